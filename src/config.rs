@@ -1,0 +1,532 @@
+//! The typed configuration: one TOML file, read once at start-up.
+//!
+//! Unknown keys are errors, every problem names the file and the key, and relative paths are
+//! resolved against the directory of the config file (or the working directory for the
+//! embedded default). Defaults live here and nowhere else.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration compiled into the binary, used by `serve` without `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/pneumotriage.toml");
+
+/// Where the embedded default is shown to come from in messages.
+pub const EMBEDDED_NAME: &str = "<embedded config/pneumotriage.toml>";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub dicom: DicomConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The directory that relative paths are resolved against; not a key of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where this configuration came from, for messages; not a key of the file.
+    #[serde(skip)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Spool, SQLite file and outputs live under here unless told otherwise.
+    pub data_dir: PathBuf,
+    /// Root for the UIDs of the objects the node creates.
+    pub uid_root: String,
+    /// Below this much free space in the spool's file system, C-STORE answers 0xA700.
+    pub min_free_disk_mb: u64,
+    /// A name for this node in the database (job claims, events); the host name by default.
+    pub name: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("var"),
+            uid_root: "2.25".into(),
+            min_free_disk_mb: 1024,
+            name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    pub ae_title: String,
+    pub bind: SocketAddr,
+    /// Any calling AE may associate (the allow-list is ignored).
+    pub accept_any: bool,
+    /// Reject associations whose called AE title is not ours.
+    pub check_called_ae: bool,
+    pub max_associations: usize,
+    /// The largest PDU we accept, announced in A-ASSOCIATE-AC.
+    pub max_pdu: u32,
+    /// An association with no PDU for this long is aborted.
+    pub idle_timeout_secs: u64,
+    /// The ARTIM timer: how long we wait for A-ASSOCIATE-RQ after connect and for the peer to close after release.
+    pub artim_timeout_secs: u64,
+    /// Also accept Secondary Capture images (stored and analysed only if applicable).
+    pub accept_secondary_capture: bool,
+    /// Also accept every other storage SOP class, store-only.
+    pub accept_all_storage: bool,
+    pub peers: Vec<Peer>,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            ae_title: "PNEUMOTRIAGE".into(),
+            bind: "0.0.0.0:11112".parse().expect("literal socket address"),
+            accept_any: false,
+            check_called_ae: true,
+            max_associations: 32,
+            max_pdu: 131_072,
+            idle_timeout_secs: 60,
+            artim_timeout_secs: 30,
+            accept_secondary_capture: false,
+            accept_all_storage: false,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl DicomConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn artim_timeout(&self) -> Duration {
+        Duration::from_secs(self.artim_timeout_secs)
+    }
+}
+
+/// One entry of the calling-AE allow-list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub ae_title: String,
+    /// When set, the association must also come from this address.
+    pub host: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; SQLite under `node.data_dir` when unset.
+    pub url: Option<String>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: None, max_connections: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Cascade,
+    Segmentation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    pub models: PathBuf,
+    pub device: String,
+    pub policy: Policy,
+    pub require_gpu: bool,
+    pub classifier_threshold: Option<f32>,
+    pub mask_threshold: Option<f32>,
+    pub min_mask_area_px: Option<u32>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            models: PathBuf::from("models/manifest.toml"),
+            device: "cpu".into(),
+            policy: Policy::Cascade,
+            require_gpu: false,
+            classifier_threshold: None,
+            mask_threshold: None,
+            min_mask_area_px: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrPolicy {
+    All,
+    Positive,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    pub seg: bool,
+    pub sr: SrPolicy,
+    pub overlay: bool,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig { seg: true, sr: SrPolicy::All, overlay: false }
+    }
+}
+
+/// A DICOM node that receives our results.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub name: String,
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { bind: "127.0.0.1:8080".parse().expect("literal socket address") }
+    }
+}
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.source, p.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.source, p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file; relative paths are relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            problems: vec![Problem { key: String::new(), message: format!("cannot read: {e}") }],
+        })?;
+        let base_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Config::parse(&text, &source, base_dir)
+    }
+
+    /// The embedded default, with paths relative to the working directory.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, PathBuf::from("."))
+    }
+
+    pub fn parse(text: &str, source: &str, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError { source: source.to_string(), problems };
+        let de = toml::Deserializer::parse(text).map_err(|e| fail(vec![toml_problem(text, &e, "")]))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            fail(vec![toml_problem(text, e.inner(), &key)])
+        })?;
+        config.base_dir = base_dir;
+        config.source = source.to_string();
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Semantic checks that types alone cannot express.
+    fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
+
+        if let Err(m) = check_ae_title(&self.dicom.ae_title) {
+            bad("dicom.ae_title", m);
+        }
+        for (i, peer) in self.dicom.peers.iter().enumerate() {
+            if let Err(m) = check_ae_title(&peer.ae_title) {
+                bad(&format!("dicom.peers[{i}].ae_title"), m);
+            }
+        }
+        if !self.dicom.accept_any && self.dicom.peers.is_empty() {
+            bad(
+                "dicom.peers",
+                "no calling AE is allowed: add [[dicom.peers]] entries or set dicom.accept_any = true".into(),
+            );
+        }
+        if self.dicom.max_associations == 0 {
+            bad("dicom.max_associations", "must be at least 1".into());
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu) {
+            bad("dicom.max_pdu", format!("{} is out of range (4096 to 16777216 bytes)", self.dicom.max_pdu));
+        }
+        if self.dicom.idle_timeout_secs == 0 {
+            bad("dicom.idle_timeout_secs", "must be at least 1 second".into());
+        }
+        if self.dicom.artim_timeout_secs == 0 {
+            bad("dicom.artim_timeout_secs", "must be at least 1 second".into());
+        }
+        if let Err(m) = check_uid_root(&self.node.uid_root) {
+            bad("node.uid_root", m);
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bad("database.url", format!("`{url}` is neither sqlite://PATH nor postgres://..."));
+            }
+        }
+        if self.database.max_connections == 0 {
+            bad("database.max_connections", "must be at least 1".into());
+        }
+        let device = self.inference.device.as_str();
+        let cuda_index_ok = device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !(device == "cpu" || device == "cuda" || cuda_index_ok) {
+            bad("inference.device", format!("`{device}` is not one of cpu, cuda, cuda:N"));
+        }
+        for (key, value) in [
+            ("inference.classifier_threshold", self.inference.classifier_threshold),
+            ("inference.mask_threshold", self.inference.mask_threshold),
+        ] {
+            if let Some(v) = value {
+                if !(0.0..=1.0).contains(&v) {
+                    bad(key, format!("{v} is not a probability between 0 and 1"));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            if !names.insert(d.name.as_str()) {
+                bad(&format!("destinations[{i}].name"), format!("`{}` is used twice", d.name));
+            }
+            if let Err(m) = check_ae_title(&d.ae_title) {
+                bad(&format!("destinations[{i}].ae_title"), m);
+            }
+            if d.port == 0 {
+                bad(&format!("destinations[{i}].port"), "must not be 0".into());
+            }
+        }
+        problems
+    }
+
+    /// Resolves a configured path against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.node.data_dir)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir().join("spool")
+    }
+
+    /// The database URL with a relative SQLite path resolved; SQLite under the data directory by default.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            None => format!("sqlite://{}", self.data_dir().join("pneumotriage.db").display()),
+            Some(url) => match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+                Some(rest) => {
+                    let (path, query) = rest.split_once('?').map_or((rest, None), |(p, q)| (p, Some(q)));
+                    let path = self.resolve(Path::new(path));
+                    match query {
+                        Some(q) => format!("sqlite://{}?{q}", path.display()),
+                        None => format!("sqlite://{}", path.display()),
+                    }
+                }
+                None => url.clone(),
+            },
+        }
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "pneumotriage".into())
+        })
+    }
+
+    /// A short human summary for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let peers = if self.dicom.accept_any {
+            "any calling AE".to_string()
+        } else {
+            let names: Vec<String> = self
+                .dicom
+                .peers
+                .iter()
+                .map(|p| match p.host {
+                    Some(h) => format!("{}@{h}", p.ae_title),
+                    None => p.ae_title.clone(),
+                })
+                .collect();
+            names.join(", ")
+        };
+        format!(
+            "AE {} on {} accepting {}; data in {}; database {}; {} destination(s); HTTP on {}",
+            self.dicom.ae_title,
+            self.dicom.bind,
+            peers,
+            self.data_dir().display(),
+            redact_url(&self.database_url()),
+            self.destinations.len(),
+            self.http.bind
+        )
+    }
+}
+
+/// Hides a password in a database URL before it is printed.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _password)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error, key: &str) -> Problem {
+    let location = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        format!(" (line {line})")
+    });
+    Problem { key: key.to_string(), message: format!("{}{}", e.message().trim_end(), location.unwrap_or_default()) }
+}
+
+/// AE titles: 1 to 16 characters of the default repertoire, no backslash or control characters, not all spaces.
+pub fn check_ae_title(ae: &str) -> Result<(), String> {
+    if ae.trim().is_empty() {
+        return Err("an AE title must not be empty".into());
+    }
+    if ae.len() > 16 {
+        return Err(format!("`{ae}` is longer than 16 characters"));
+    }
+    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
+        return Err(format!("`{ae}` contains a character not allowed in an AE title"));
+    }
+    Ok(())
+}
+
+fn check_uid_root(root: &str) -> Result<(), String> {
+    let valid = !root.is_empty()
+        && root.len() <= 24
+        && root.split('.').all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{root}` is not a UID root (digits and dots, at most 24 characters, no leading zeros)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", PathBuf::from("/etc/pt"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default().expect("the embedded default must be valid");
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert!(!c.dicom.peers.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[dicom]\naccept_any = true\nmax_pdux = 3\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("test.toml"), "{text}");
+        assert!(text.contains("max_pdux"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[dicom]\naccept_any = true\nmax_pdu = \"big\"\n").unwrap_err();
+        assert_eq!(e.problems[0].key, "dicom.max_pdu", "{e}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let e = parse("[dicom]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"\nmax_pdu = 10\n").unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"dicom.ae_title"), "{keys:?}");
+        assert!(keys.contains(&"dicom.max_pdu"), "{keys:?}");
+        assert!(keys.contains(&"dicom.peers"), "{keys:?}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = parse("[dicom]\naccept_any = true\n[database]\nurl = \"sqlite://db/x.db\"\n").unwrap();
+        assert_eq!(c.database_url(), "sqlite:///etc/pt/db/x.db");
+        assert_eq!(c.spool_dir(), PathBuf::from("/etc/pt/var/spool"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

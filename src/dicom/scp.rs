@@ -1,0 +1,453 @@
+//! The storage SCP: an acceptor that owns the association limit, and a handler per association
+//! that turns P-DATA into DIMSE messages and hands each to a service (C-ECHO, C-STORE).
+//!
+//! The SCP never decodes pixel data: data set fragments go to a spool file as they arrive, and
+//! `ingest` makes them durable before a Success response is sent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource,
+    AssociationRQ, UserVariableItem,
+};
+use dicom_ul::Pdu;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::conformance::{self, AcceptedContext, Service};
+use super::dimse::{self, command_field, status, Command};
+use super::ul::{Connection, Incoming, PData, Pdv, UlError};
+use crate::config::DicomConfig;
+use crate::ingest::{Ingest, Outcome, Received};
+use crate::spool::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::store::Event;
+
+/// The DICOM application context (PS3.7 A.2.1).
+const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+
+/// Shared state of the SCP.
+pub struct Scp {
+    config: DicomConfig,
+    ingest: Arc<Ingest>,
+    /// Bounds concurrent associations; a permit lives as long as its association.
+    associations: Arc<Semaphore>,
+}
+
+impl Scp {
+    pub fn new(config: DicomConfig, ingest: Arc<Ingest>) -> Arc<Scp> {
+        let associations = Arc::new(Semaphore::new(config.max_associations));
+        Arc::new(Scp { config, ingest, associations })
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    let scp = self.clone();
+                    tokio::spawn(async move { scp.handle_connection(stream, peer).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin or die.
+                    warn!(error = %e, "accept failed; retrying in {:?}", backoff);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let mut conn = Connection::new(stream, self.config.max_pdu);
+        let request = match tokio::time::timeout(self.config.artim_timeout(), conn.read()).await {
+            Ok(Ok(Incoming::Other(Pdu::AssociationRQ(rq)))) => rq,
+            Ok(Ok(_)) => {
+                warn!(%peer, "connection did not start with A-ASSOCIATE-RQ; aborting");
+                abort(&mut conn, AbortRQServiceProviderReason::UnexpectedPdu).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "connection closed before association");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, "no A-ASSOCIATE-RQ within the ARTIM timeout; closing");
+                return;
+            }
+        };
+        let calling_ae = conformance::trim_uid(request.calling_ae_title.trim()).to_string();
+        match self.admit(&request, &calling_ae, peer) {
+            Err((rejection, reason)) => {
+                let _ = conn.send(&Pdu::AssociationRJ(rejection)).await;
+                conn.shutdown().await;
+                warn!(peer_ae = %calling_ae, %peer, called_ae = %request.called_ae_title.trim(), %reason, "association rejected");
+                self.event("association_rejected", &calling_ae, peer, None, Some(&reason)).await;
+            }
+            Ok(permit) => {
+                let (results, contexts) = conformance::negotiate(&request.presentation_contexts, &self.config);
+                let accept = Pdu::AssociationAC(AssociationAC {
+                    protocol_version: 1,
+                    calling_ae_title: request.calling_ae_title.clone(),
+                    called_ae_title: request.called_ae_title.clone(),
+                    application_context_name: APPLICATION_CONTEXT.to_string(),
+                    presentation_contexts: results,
+                    user_variables: vec![
+                        UserVariableItem::MaxLength(self.config.max_pdu),
+                        UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+                        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+                    ],
+                });
+                if let Err(e) = conn.send(&accept).await {
+                    warn!(peer_ae = %calling_ae, %peer, error = %e, "could not send A-ASSOCIATE-AC");
+                    return;
+                }
+                let detail = format!("{} of {} presentation contexts accepted", contexts.len(), request.presentation_contexts.len());
+                info!(peer_ae = %calling_ae, %peer, contexts = %detail, "association accepted");
+                self.event("association_accepted", &calling_ae, peer, None, Some(&detail)).await;
+                let association = Association::new(self.clone(), conn, calling_ae, peer, contexts);
+                association.run().await;
+                drop(permit);
+            }
+        }
+    }
+
+    /// The association policy: called AE, calling AE (and host), then the association limit.
+    fn admit(
+        &self,
+        request: &AssociationRQ,
+        calling_ae: &str,
+        peer: SocketAddr,
+    ) -> Result<OwnedSemaphorePermit, (AssociationRJ, String)> {
+        let user_reject = |reason: AssociationRJServiceUserReason, text: String| {
+            (AssociationRJ { result: AssociationRJResult::Permanent, source: AssociationRJSource::ServiceUser(reason) }, text)
+        };
+        if request.application_context_name.trim_end_matches('\0') != APPLICATION_CONTEXT {
+            return Err(user_reject(
+                AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
+                format!("application context {} not supported", request.application_context_name),
+            ));
+        }
+        let called = request.called_ae_title.trim();
+        if self.config.check_called_ae && called != self.config.ae_title {
+            return Err(user_reject(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+                format!("called AE title {called:?} is not ours ({:?})", self.config.ae_title),
+            ));
+        }
+        if !self.config.accept_any {
+            let ip = peer.ip().to_canonical();
+            let allowed = self.config.peers.iter().any(|p| {
+                (p.ae_title == "*" || p.ae_title == calling_ae) && p.host.is_none_or(|h| h.to_canonical() == ip)
+            });
+            if !allowed {
+                return Err(user_reject(
+                    AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                    format!("calling AE title {calling_ae:?} from {ip} is not in dicom.peers"),
+                ));
+            }
+        }
+        self.associations.clone().try_acquire_owned().map_err(|_| {
+            (
+                AssociationRJ {
+                    result: AssociationRJResult::Transient,
+                    source: AssociationRJSource::ServiceProviderPresentation(
+                        AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                    ),
+                },
+                format!("already {} concurrent associations (dicom.max_associations)", self.config.max_associations),
+            )
+        })
+    }
+
+    /// Records an audit event; a database outage is logged, not fatal.
+    async fn event(&self, kind: &str, peer_ae: &str, peer: SocketAddr, sop: Option<&str>, detail: Option<&str>) {
+        let address = peer.to_string();
+        let event = Event { kind, peer_ae: Some(peer_ae), peer_address: Some(&address), sop_instance_uid: sop, detail };
+        if let Err(e) = self.ingest.store().record_event(&event).await {
+            warn!(kind, error = %e, "could not record an event");
+        }
+    }
+}
+
+async fn abort(conn: &mut Connection, reason: AbortRQServiceProviderReason) {
+    let _ = conn.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(reason) }).await;
+    conn.shutdown().await;
+}
+
+/// Where the data set of the current C-STORE goes.
+enum Sink {
+    Spool(crate::spool::TempInstance),
+    /// Read and dropped; the request is answered with this status once the data set ends.
+    Discard { status: u16, reason: String },
+}
+
+/// A request whose data set is being received.
+struct Pending {
+    command: Command,
+    context: AcceptedContext,
+    sink: Sink,
+    started: Instant,
+    bytes: u64,
+}
+
+/// Counters for the association's closing log line.
+#[derive(Default)]
+struct Tally {
+    stored: u32,
+    failed: u32,
+    bytes: u64,
+}
+
+/// Why an association ends, besides a clean release.
+enum End {
+    Released,
+    AbortedByPeer,
+    Closed,
+    /// We abort, saying why.
+    Abort(AbortRQServiceProviderReason, String),
+}
+
+struct Association {
+    scp: Arc<Scp>,
+    conn: Connection,
+    calling_ae: String,
+    peer: SocketAddr,
+    contexts: Vec<AcceptedContext>,
+    /// Command fragments received so far, and their context.
+    command: Vec<u8>,
+    pending: Option<Pending>,
+    tally: Tally,
+}
+
+impl Association {
+    fn new(scp: Arc<Scp>, conn: Connection, calling_ae: String, peer: SocketAddr, contexts: Vec<AcceptedContext>) -> Self {
+        Association { scp, conn, calling_ae, peer, contexts, command: Vec::new(), pending: None, tally: Tally::default() }
+    }
+
+    async fn run(mut self) {
+        let started = Instant::now();
+        let end = self.receive_loop().await;
+        let how = match &end {
+            End::Released => "released".to_string(),
+            End::AbortedByPeer => "aborted by the peer".to_string(),
+            End::Closed => "connection closed without release".to_string(),
+            End::Abort(_, why) => format!("aborted: {why}"),
+        };
+        if let End::Abort(reason, _) = end {
+            abort(&mut self.conn, reason).await;
+        } else {
+            self.conn.shutdown().await;
+        }
+        if self.pending.is_some() {
+            warn!(peer_ae = %self.calling_ae, peer = %self.peer, "association ended inside a data set; nothing of it was kept");
+        }
+        info!(
+            peer_ae = %self.calling_ae,
+            peer = %self.peer,
+            stored = self.tally.stored,
+            failed = self.tally.failed,
+            bytes = self.tally.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "association ended: {how}"
+        );
+    }
+
+    async fn receive_loop(&mut self) -> End {
+        let idle = self.scp.config.idle_timeout();
+        loop {
+            let incoming = match tokio::time::timeout(idle, self.conn.read()).await {
+                Err(_) => {
+                    return End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("idle for {idle:?}"))
+                }
+                Ok(Err(UlError::Closed)) => return End::Closed,
+                Ok(Err(e)) => return End::Abort(AbortRQServiceProviderReason::InvalidPduParameter, e.to_string()),
+                Ok(Ok(incoming)) => incoming,
+            };
+            match incoming {
+                Incoming::PData(pdata) => {
+                    for pdv in &pdata.pdvs {
+                        if let Err(end) = self.on_pdv(&pdata, pdv).await {
+                            return end;
+                        }
+                    }
+                }
+                Incoming::Other(Pdu::ReleaseRQ) => {
+                    if self.pending.is_some() {
+                        return End::Abort(AbortRQServiceProviderReason::UnexpectedPdu, "release inside a data set".into());
+                    }
+                    let _ = self.conn.send(&Pdu::ReleaseRP).await;
+                    return End::Released;
+                }
+                Incoming::Other(Pdu::AbortRQ { .. }) => return End::AbortedByPeer,
+                Incoming::Other(other) => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnexpectedPdu,
+                        format!("unexpected {}", other.short_description()),
+                    )
+                }
+            }
+        }
+    }
+
+    fn protocol_error(why: impl Into<String>) -> End {
+        End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, why.into())
+    }
+
+    async fn on_pdv(&mut self, pdata: &PData, pdv: &Pdv) -> Result<(), End> {
+        let fragment = pdata.fragment(pdv);
+        if pdv.is_command {
+            if self.pending.is_some() {
+                return Err(Self::protocol_error("command fragment while a data set was expected"));
+            }
+            let Some(context) = self.contexts.iter().find(|c| c.id == pdv.context_id).cloned() else {
+                return Err(Self::protocol_error(format!("presentation context {} was not accepted", pdv.context_id)));
+            };
+            self.command.extend_from_slice(fragment);
+            if pdv.is_last {
+                let bytes = std::mem::take(&mut self.command);
+                let command = dimse::parse_command(&bytes).map_err(|e| Self::protocol_error(e.to_string()))?;
+                self.on_command(command, context).await?;
+            }
+            return Ok(());
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(Self::protocol_error("data set fragment without a command"));
+        };
+        if pending.context.id != pdv.context_id {
+            return Err(Self::protocol_error("data set fragment on another presentation context"));
+        }
+        pending.bytes += fragment.len() as u64;
+        if let Sink::Spool(temp) = &mut pending.sink {
+            if let Err(e) = temp.write(fragment) {
+                pending.sink = Sink::Discard { status: status::OUT_OF_RESOURCES, reason: e.to_string() };
+            }
+        }
+        if pdv.is_last {
+            let pending = self.pending.take().expect("checked above");
+            self.finish_store(pending).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: Command, context: AcceptedContext) -> Result<(), End> {
+        match command.field {
+            command_field::C_ECHO_RQ if context.service == Service::Verification => {
+                self.respond(context.id, &command, status::SUCCESS, None).await
+            }
+            command_field::C_STORE_RQ if command.has_data_set => {
+                let sink = self.store_sink(&command, &context);
+                self.pending = Some(Pending { command, context, sink, started: Instant::now(), bytes: 0 });
+                Ok(())
+            }
+            _ if command.has_data_set => {
+                let reason = format!("operation 0x{:04X} is not supported", command.field);
+                let sink = Sink::Discard { status: status::UNRECOGNIZED_OPERATION, reason };
+                self.pending = Some(Pending { command, context, sink, started: Instant::now(), bytes: 0 });
+                Ok(())
+            }
+            _ => {
+                warn!(peer_ae = %self.calling_ae, peer = %self.peer, field = command.field, "unsupported DIMSE operation");
+                self.respond(context.id, &command, status::UNRECOGNIZED_OPERATION, Some("operation not supported"))
+                    .await
+            }
+        }
+    }
+
+    /// Decides, before any data arrives, whether this C-STORE's data set can be kept.
+    fn store_sink(&self, command: &Command, context: &AcceptedContext) -> Sink {
+        let discard = |status, reason: &str| Sink::Discard { status, reason: reason.to_string() };
+        let Some(sop_class) = command.affected_sop_class_uid.as_deref() else {
+            return discard(status::CANNOT_UNDERSTAND, "the command has no Affected SOP Class UID");
+        };
+        let Some(sop_instance) = command.affected_sop_instance_uid.as_deref() else {
+            return discard(status::CANNOT_UNDERSTAND, "the command has no Affected SOP Instance UID");
+        };
+        if conformance::service_for(sop_class, &self.scp.config).is_none() {
+            return discard(status::SOP_CLASS_NOT_SUPPORTED, "SOP class not supported");
+        }
+        if sop_class != context.abstract_syntax {
+            return discard(status::DATA_SET_MISMATCH, "SOP class differs from the presentation context's");
+        }
+        let spool = self.scp.ingest.spool();
+        match spool.has_room() {
+            Ok(true) => {}
+            Ok(false) => return discard(status::OUT_OF_RESOURCES, "free disk space is below node.min_free_disk_mb"),
+            Err(e) => return discard(status::OUT_OF_RESOURCES, &e.to_string()),
+        }
+        match spool.create_temp(sop_class, sop_instance, &context.transfer_syntax) {
+            Ok(temp) => Sink::Spool(temp),
+            Err(e) => discard(status::OUT_OF_RESOURCES, &e.to_string()),
+        }
+    }
+
+    async fn finish_store(&mut self, pending: Pending) -> Result<(), End> {
+        let Pending { command, context, sink, started, bytes } = pending;
+        let outcome = match sink {
+            Sink::Discard { status, reason } => Outcome::Refused { status, reason },
+            Sink::Spool(temp) => {
+                let received = Received {
+                    temp,
+                    sop_class_uid: command.affected_sop_class_uid.clone().unwrap_or_default(),
+                    sop_instance_uid: command.affected_sop_instance_uid.clone().unwrap_or_default(),
+                    transfer_syntax_uid: context.transfer_syntax.clone(),
+                    calling_ae: self.calling_ae.clone(),
+                    peer_address: self.peer.to_string(),
+                    service: context.service,
+                };
+                self.scp.ingest.commit(received).await
+            }
+        };
+        let status = outcome.status();
+        let ms = started.elapsed().as_millis() as u64;
+        let sop_class = command.affected_sop_class_uid.as_deref().unwrap_or("");
+        let sop_instance = command.affected_sop_instance_uid.as_deref().unwrap_or("");
+        let status_hex = format!("0x{status:04X}");
+        match &outcome {
+            Outcome::Stored { version, .. } => {
+                self.tally.stored += 1;
+                self.tally.bytes += bytes;
+                info!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
+                      bytes, ms, status = %status_hex, version, "instance stored");
+            }
+            Outcome::Duplicate { version } => {
+                self.tally.stored += 1;
+                info!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
+                      bytes, ms, status = %status_hex, version, "instance already stored with the same bytes");
+            }
+            Outcome::Refused { reason, .. } => {
+                self.tally.failed += 1;
+                warn!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
+                      bytes, ms, status = %status_hex, %reason, "instance refused");
+                let detail = format!("{status_hex}: {reason}");
+                self.scp.event("store_failed", &self.calling_ae, self.peer, Some(sop_instance), Some(&detail)).await;
+            }
+        }
+        let comment = match &outcome {
+            Outcome::Refused { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
+        self.respond(context.id, &command, status, comment).await
+    }
+
+    async fn respond(&mut self, context_id: u8, request: &Command, status: u16, comment: Option<&str>) -> Result<(), End> {
+        let response = dimse::encode_response(request, status, comment);
+        self.conn
+            .send_command(context_id, response)
+            .await
+            .map_err(|e| End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("cannot send a response: {e}")))
+    }
+}

@@ -1,0 +1,283 @@
+//! From received bytes to a durable instance: the rule "acknowledge only what is durable".
+//!
+//! A received data set is fsynced, its header read (never its pixels), checked against the
+//! C-STORE command, compared with what the database already holds under its SOP Instance UID,
+//! renamed into the spool and committed with its rows in one transaction. Only an `Outcome` of
+//! `Stored` or `Duplicate` may be answered with Success. Start-up recovery lives here too, since
+//! it applies the same rule to files a crash left between rename and commit.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::config::DicomConfig;
+use crate::dicom::conformance::{self, Service};
+use crate::dicom::dimse::status;
+use crate::spool::{self, Spool, SpoolError, TempInstance};
+use crate::store::{Event, InstanceHeader, NewInstance, Store};
+
+/// Instances with the same UID are committed one at a time; different UIDs rarely share a stripe.
+const LOCK_STRIPES: usize = 64;
+
+/// A complete data set received by C-STORE, not yet durable.
+pub struct Received {
+    pub temp: TempInstance,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub peer_address: String,
+    pub service: Service,
+}
+
+/// What became of a received instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// New instance (or new version of one) committed.
+    Stored { version: i64, instance_id: i64 },
+    /// The same bytes were already stored under this UID: nothing new to do.
+    Duplicate { version: i64 },
+    /// Not stored; answer with this status.
+    Refused { status: u16, reason: String },
+}
+
+impl Outcome {
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::Stored { .. } | Outcome::Duplicate { .. } => status::SUCCESS,
+            Outcome::Refused { status, .. } => *status,
+        }
+    }
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Complete spool files without rows that were committed now.
+    pub registered: usize,
+    /// Spool files that could not be registered (left in place, logged).
+    pub unreadable: usize,
+    pub requeued_jobs: u64,
+}
+
+pub struct Ingest {
+    spool: Arc<Spool>,
+    store: Store,
+    locks: Vec<Mutex<()>>,
+}
+
+fn refused(status: u16, reason: impl Into<String>) -> Outcome {
+    Outcome::Refused { status, reason: reason.into() }
+}
+
+impl Ingest {
+    pub fn new(spool: Arc<Spool>, store: Store) -> Ingest {
+        Ingest { spool, store, locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect() }
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Makes a received instance durable, or says why not.
+    pub async fn commit(&self, received: Received) -> Outcome {
+        let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, service } =
+            received;
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut temp = temp;
+            temp.sync()?;
+            let header = spool::read_header(temp.path());
+            let size = temp.file_size()?;
+            Ok::<_, SpoolError>((temp, header, size))
+        })
+        .await;
+        let (temp, header, size) = match synced {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return refused(status::OUT_OF_RESOURCES, e.to_string()),
+            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => return refused(status::CANNOT_UNDERSTAND, e.to_string()),
+        };
+        if header.sop_instance_uid != sop_instance_uid {
+            return refused(status::DATA_SET_MISMATCH, "SOP Instance UID of the data set differs from the command's");
+        }
+        if header.sop_class_uid != sop_class_uid {
+            return refused(status::DATA_SET_MISMATCH, "SOP Class UID of the data set differs from the command's");
+        }
+        if let Err(e) = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, 1) {
+            return refused(status::CANNOT_UNDERSTAND, e.to_string());
+        }
+
+        let _guard = self.lock_for(&sop_instance_uid).lock().await;
+        let previous = match self.store.latest_version(&sop_instance_uid).await {
+            Ok(p) => p,
+            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("database unavailable: {e}")),
+        };
+        let version = match previous {
+            None => 1,
+            Some(prev) => {
+                let stored = self.spool.absolute(&prev.path);
+                let temp_path = temp.path().to_path_buf();
+                let same = tokio::task::spawn_blocking(move || spool::same_content(&stored, &temp_path)).await;
+                // a previous file that cannot be read (removed by retention) cannot prove sameness
+                if matches!(same, Ok(Ok(true))) {
+                    let event = Event {
+                        kind: "instance_duplicate",
+                        peer_ae: Some(&calling_ae),
+                        peer_address: Some(&peer_address),
+                        sop_instance_uid: Some(&sop_instance_uid),
+                        detail: Some("same bytes as the stored version; no new job"),
+                    };
+                    if let Err(e) = self.store.record_event(&event).await {
+                        tracing::warn!(error = %e, "could not record a duplicate in the audit trail");
+                    }
+                    return Outcome::Duplicate { version: prev.version };
+                }
+                prev.version + 1
+            }
+        };
+        let relative = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, version)
+            .expect("UIDs were checked above");
+        let skip_reason = (service == Service::StoreOnly).then(|| format!("SOP class {sop_class_uid} is stored only"));
+        let new = NewInstance {
+            header,
+            version,
+            transfer_syntax_uid,
+            calling_ae,
+            peer_address,
+            path: relative.clone(),
+            size_bytes: size as i64,
+            skip_reason,
+            event_kind: "instance_stored",
+        };
+        self.place_and_record(temp, new).await
+    }
+
+    /// Renames the synced file into place, then commits its rows; undoes the rename if the commit fails.
+    async fn place_and_record(&self, temp: TempInstance, new: NewInstance) -> Outcome {
+        let spool = self.spool.clone();
+        let relative = new.path.clone();
+        let placed = tokio::task::spawn_blocking(move || {
+            let mut temp = temp;
+            spool.place(&mut temp, &relative)
+        })
+        .await;
+        match placed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return refused(status::OUT_OF_RESOURCES, e.to_string()),
+            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
+        }
+        match self.store.record_instance(&new).await {
+            Ok(recorded) => Outcome::Stored { version: new.version, instance_id: recorded.instance_id },
+            Err(e) => {
+                // Not acknowledged, so not kept: the sender will retry.
+                if let Err(remove) = self.spool.remove(&new.path) {
+                    tracing::error!(path = %new.path, error = %remove, "could not remove an uncommitted spool file");
+                }
+                refused(status::OUT_OF_RESOURCES, format!("database unavailable: {e}"))
+            }
+        }
+    }
+
+    fn lock_for(&self, uid: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        uid.hash(&mut h);
+        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// Start-up recovery. The rule: a complete file in the spool was fsynced and renamed before its
+    /// rows were committed, so a crash in between leaves a file without rows. Such a file holds a
+    /// whole, parseable data set that its sender may or may not have seen acknowledged, so it is
+    /// registered now (rows and a queued job, event `instance_recovered`) rather than deleted:
+    /// if the sender retries, the same bytes are recognised as a duplicate. Temporary files were
+    /// never acknowledged and were removed when the spool was opened. Jobs left `running` are
+    /// re-queued.
+    pub async fn recover(&self, dicom: &DicomConfig) -> Result<Recovery, crate::store::StoreError> {
+        let mut report = Recovery { requeued_jobs: self.store.requeue_abandoned_jobs().await?, ..Default::default() };
+        let known = self.store.known_paths().await?;
+        let files = match self.spool.list() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the spool for recovery");
+                return Ok(report);
+            }
+        };
+        for relative in files.into_iter().filter(|p| !known.contains(p)) {
+            match self.register_orphan(&relative, dicom).await {
+                Ok(()) => report.registered += 1,
+                Err(reason) => {
+                    tracing::error!(path = %relative, %reason, "spool file without rows could not be registered; left in place");
+                    report.unreadable += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn register_orphan(&self, relative: &str, dicom: &DicomConfig) -> Result<(), String> {
+        let absolute = self.spool.absolute(relative);
+        let (header, size, ts) = tokio::task::spawn_blocking(move || {
+            let header = spool::read_header(&absolute).map_err(|e| e.to_string())?;
+            let size = std::fs::metadata(&absolute).map_err(|e| e.to_string())?.len();
+            let ts = dicom_object::OpenFileOptions::new()
+                .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+                .open_file(&absolute)
+                .map(|o| o.meta().transfer_syntax().trim_end_matches('\0').to_string())
+                .map_err(|e| e.to_string())?;
+            Ok::<(InstanceHeader, u64, String), String>((header, size, ts))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let version = version_from_path(relative).ok_or("not a spool file name")?;
+        if spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, version).ok().as_deref()
+            != Some(relative)
+        {
+            return Err("file name does not match its UIDs".into());
+        }
+        let service = conformance::service_for(&header.sop_class_uid, dicom).unwrap_or(Service::StoreOnly);
+        let skip_reason = (service == Service::StoreOnly).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
+        let new = NewInstance {
+            header,
+            version,
+            transfer_syntax_uid: ts,
+            calling_ae: "(recovered)".into(),
+            peer_address: String::new(),
+            path: relative.to_string(),
+            size_bytes: size as i64,
+            skip_reason,
+            event_kind: "instance_recovered",
+        };
+        self.store.record_instance(&new).await.map_err(|e| e.to_string())?;
+        tracing::info!(path = %relative, "registered a spool file left without rows by a crash");
+        Ok(())
+    }
+}
+
+/// The version encoded in a spool file name: `<uid>.dcm` is 1, `<uid>.v<N>.dcm` is N.
+fn version_from_path(relative: &str) -> Option<i64> {
+    let name = relative.rsplit('/').next()?.strip_suffix(".dcm")?;
+    match name.rsplit_once(".v") {
+        Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().ok(),
+        _ => Some(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_back_from_file_names() {
+        assert_eq!(version_from_path("1.2/1.2.3.dcm"), Some(1));
+        assert_eq!(version_from_path("1.2/1.2.3.v7.dcm"), Some(7));
+        assert_eq!(version_from_path("1.2/1.2.3.txt"), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Durable storage of received instances.
+//!
+//! An instance is written to `spool/tmp/` as it arrives (a Part-10 file meta header, then the data
+//! set bytes exactly as received), fsynced, and renamed into `spool/<study>/<sop>.dcm` (or
+//! `<sop>.v<N>.dcm` for later versions) with the directory fsynced too. Paths are built from
+//! sanitized UIDs only. The spool never parses pixel data; it reads the header attributes the
+//! database needs and stops at Pixel Data.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::OpenFileOptions;
+
+use crate::store::InstanceHeader;
+
+/// Where temporary files live until they are complete and durable.
+const TMP_DIR: &str = "tmp";
+/// What a temporary file's name ends with; such files are never taken for instances.
+const TMP_SUFFIX: &str = ".part";
+
+/// The node's implementation identity, written in the file meta header.
+pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1447.1";
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PNEUMOTRIAGE_", env!("CARGO_PKG_VERSION_MAJOR"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot write the file meta header: {0}")]
+    Meta(String),
+    #[error("the data set cannot be parsed: {0}")]
+    Unparseable(String),
+    #[error("{0}")]
+    InvalidUid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+}
+
+/// The spool directory of one node.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    min_free_bytes: u64,
+    counter: AtomicU64,
+}
+
+/// A file being received; removed on drop unless it was placed into the spool.
+#[derive(Debug)]
+pub struct TempInstance {
+    path: PathBuf,
+    file: Option<File>,
+    bytes: u64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and removes incomplete temporary files,
+    /// which were never acknowledged. Returns the spool and how many such files it removed.
+    pub fn open(root: &Path, min_free_bytes: u64) -> Result<(Spool, usize), SpoolError> {
+        let tmp = root.join(TMP_DIR);
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let entry = entry.map_err(io_err(&tmp))?;
+            if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                removed += 1;
+            }
+        }
+        let root = root.canonicalize().map_err(io_err(root))?;
+        Ok((Spool { root, min_free_bytes, counter: AtomicU64::new(0) }, removed))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn absolute(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// Whether the spool's file system has more free space than the configured floor.
+    pub fn has_room(&self) -> Result<bool, SpoolError> {
+        let st = rustix::fs::statvfs(&self.root)
+            .map_err(|e| SpoolError::Io { path: self.root.clone(), source: e.into() })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize) > self.min_free_bytes)
+    }
+
+    /// Starts a new file with a Part-10 preamble and file meta header for the given identity.
+    pub fn create_temp(&self, sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> Result<TempInstance, SpoolError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.root.join(TMP_DIR).join(format!("{}-{n}{TMP_SUFFIX}", std::process::id()));
+        let mut header = Vec::with_capacity(512);
+        header.extend_from_slice(&[0u8; 128]);
+        header.extend_from_slice(b"DICM");
+        FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax_uid)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+            .build()
+            .and_then(|meta| meta.write(&mut header))
+            .map_err(|e| SpoolError::Meta(e.to_string()))?;
+        let mut file = File::create(&path).map_err(io_err(&path))?;
+        file.write_all(&header).map_err(io_err(&path))?;
+        Ok(TempInstance { path, file: Some(file), bytes: 0 })
+    }
+
+    /// Moves a complete, synced temporary file to `relative` and makes the rename durable.
+    pub fn place(&self, temp: &mut TempInstance, relative: &str) -> Result<(), SpoolError> {
+        let target = self.root.join(relative);
+        let dir = target.parent().expect("spool paths have a study directory");
+        let created_dir = !dir.exists();
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::rename(&temp.path, &target).map_err(io_err(&target))?;
+        temp.file = None;
+        temp.path = PathBuf::new();
+        sync_dir(dir)?;
+        if created_dir {
+            sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a placed file whose rows could not be committed.
+    pub fn remove(&self, relative: &str) -> Result<(), SpoolError> {
+        let path = self.root.join(relative);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Every complete instance file in the spool, as paths relative to its root.
+    pub fn list(&self) -> Result<Vec<String>, SpoolError> {
+        let mut out = Vec::new();
+        for study in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let study = study.map_err(io_err(&self.root))?;
+            let name = study.file_name().to_string_lossy().into_owned();
+            if name == TMP_DIR || !study.file_type().map_err(io_err(&study.path()))?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(study.path()).map_err(io_err(&study.path()))? {
+                let file = file.map_err(io_err(&study.path()))?;
+                let file_name = file.file_name().to_string_lossy().into_owned();
+                if file_name.ends_with(".dcm") {
+                    out.push(format!("{name}/{file_name}"));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl TempInstance {
+    /// Appends received data set bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        let file = self.file.as_mut().expect("a temp instance is written only before it is placed");
+        file.write_all(data).map_err(io_err(&self.path))?;
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Data set bytes written so far (without the file meta header).
+    pub fn data_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes the file's data to stable storage.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        let file = self.file.as_mut().expect("a temp instance is synced only before it is placed");
+        file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// Size of the whole file (meta header included).
+    pub fn file_size(&self) -> Result<u64, SpoolError> {
+        fs::metadata(&self.path).map(|m| m.len()).map_err(io_err(&self.path))
+    }
+}
+
+impl Drop for TempInstance {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// A UID fit to be a path component: digits and dots, 1 to 64 characters, no empty component.
+pub fn sanitize_uid(uid: &str) -> Option<&str> {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    let ok = !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && uid.split('.').all(|c| !c.is_empty());
+    ok.then_some(uid)
+}
+
+/// The spool path of a version of an instance, relative to the spool root.
+pub fn relative_path(study_uid: &str, sop_uid: &str, version: i64) -> Result<String, SpoolError> {
+    let study = sanitize_uid(study_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid Study Instance UID {study_uid:?}")))?;
+    let sop = sanitize_uid(sop_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid SOP Instance UID {sop_uid:?}")))?;
+    Ok(if version <= 1 { format!("{study}/{sop}.dcm") } else { format!("{study}/{sop}.v{version}.dcm") })
+}
+
+/// Reads the attributes the database needs from a Part-10 file, stopping before Pixel Data.
+pub fn read_header(path: &Path) -> Result<InstanceHeader, SpoolError> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| SpoolError::Unparseable(e.to_string()))?;
+    let text = |tag| -> Option<String> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let required = |tag, name: &str| text(tag).ok_or_else(|| SpoolError::Unparseable(format!("{name} is missing")));
+    Ok(InstanceHeader {
+        sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID")?,
+        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
+        study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+        series_instance_uid: text(tags::SERIES_INSTANCE_UID),
+        patient_id: text(tags::PATIENT_ID),
+        patient_name: text(tags::PATIENT_NAME),
+        accession_number: text(tags::ACCESSION_NUMBER),
+        study_date: text(tags::STUDY_DATE),
+        study_description: text(tags::STUDY_DESCRIPTION),
+        modality: text(tags::MODALITY),
+        body_part: text(tags::BODY_PART_EXAMINED),
+        view_position: text(tags::VIEW_POSITION),
+    })
+}
+
+/// Whether two files hold the same bytes.
+pub fn same_content(a: &Path, b: &Path) -> Result<bool, SpoolError> {
+    let (ma, mb) = (fs::metadata(a).map_err(io_err(a))?, fs::metadata(b).map_err(io_err(b))?);
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (File::open(a).map_err(io_err(a))?, File::open(b).map_err(io_err(b))?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa.read(&mut ba).map_err(io_err(a))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n]).map_err(io_err(b))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_that_could_escape_are_refused() {
+        assert_eq!(sanitize_uid("1.2.3\0"), Some("1.2.3"));
+        for bad in ["", "..", "1..2", "1.2/3", "../1", "1.2.a", ".1", &"1".repeat(65)] {
+            assert_eq!(sanitize_uid(bad), None, "{bad:?}");
+        }
+        assert!(relative_path("1.2", "../../etc/passwd", 1).is_err());
+        assert_eq!(relative_path("1.2", "1.2.3", 1).unwrap(), "1.2/1.2.3.dcm");
+        assert_eq!(relative_path("1.2", "1.2.3", 2).unwrap(), "1.2/1.2.3.v2.dcm");
+    }
+}

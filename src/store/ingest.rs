@@ -1,0 +1,178 @@
+//! Recording what arrives: studies, instance versions, their analysis jobs, and the audit trail.
+
+use sqlx::{Any, Executor};
+
+use super::{now_ms, Result, Store};
+
+/// The header attributes the node keeps for an instance (read without touching pixel data).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceHeader {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: Option<String>,
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_date: Option<String>,
+    pub study_description: Option<String>,
+    pub modality: Option<String>,
+    pub body_part: Option<String>,
+    pub view_position: Option<String>,
+}
+
+/// A received instance whose spool file is in place, ready to be committed.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub header: InstanceHeader,
+    pub version: i64,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub peer_address: String,
+    /// Relative to the spool directory.
+    pub path: String,
+    pub size_bytes: i64,
+    /// `None`: queue the job for analysis; `Some(reason)`: record it as skipped (store-only classes).
+    pub skip_reason: Option<String>,
+    /// The event recorded with the rows (`instance_stored`, `instance_recovered`).
+    pub event_kind: &'static str,
+}
+
+/// What the database already holds under a SOP Instance UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousVersion {
+    pub version: i64,
+    pub path: String,
+}
+
+/// The ids of the rows written for a new instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub instance_id: i64,
+    pub job_id: i64,
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Event<'a> {
+    pub kind: &'a str,
+    pub peer_ae: Option<&'a str>,
+    pub peer_address: Option<&'a str>,
+    pub sop_instance_uid: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+impl Store {
+    /// The newest version stored under this SOP Instance UID, if any.
+    pub async fn latest_version(&self, sop_instance_uid: &str) -> Result<Option<PreviousVersion>> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT version, path FROM instances WHERE sop_instance_uid = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(version, path)| PreviousVersion { version, path }))
+    }
+
+    /// Commits the study, instance, job and event rows of a received instance in one transaction.
+    pub async fn record_instance(&self, new: &NewInstance) -> Result<Recorded> {
+        let now = now_ms();
+        let h = &new.header;
+        let mut tx = self.pool().begin().await?;
+        let (study_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, study_date, \
+                                  study_description, instance_count, first_received_at, last_received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) \
+             ON CONFLICT (study_instance_uid) DO UPDATE SET \
+                 instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at \
+             RETURNING id",
+        )
+        .bind(&h.study_instance_uid)
+        .bind(&h.patient_id)
+        .bind(&h.patient_name)
+        .bind(&h.accession_number)
+        .bind(&h.study_date)
+        .bind(&h.study_description)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (instance_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO instances (sop_instance_uid, version, study_id, series_instance_uid, sop_class_uid, \
+                                    transfer_syntax_uid, modality, body_part, view_position, calling_ae, \
+                                    peer_address, path, size_bytes, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+        )
+        .bind(&h.sop_instance_uid)
+        .bind(new.version)
+        .bind(study_id)
+        .bind(&h.series_instance_uid)
+        .bind(&h.sop_class_uid)
+        .bind(&new.transfer_syntax_uid)
+        .bind(&h.modality)
+        .bind(&h.body_part)
+        .bind(&h.view_position)
+        .bind(&new.calling_ae)
+        .bind(&new.peer_address)
+        .bind(&new.path)
+        .bind(new.size_bytes)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let state = if new.skip_reason.is_some() { "skipped" } else { "queued" };
+        let (job_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO jobs (instance_id, state, reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING id",
+        )
+        .bind(instance_id)
+        .bind(state)
+        .bind(&new.skip_reason)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let detail = format!("version {} ({} bytes, {})", new.version, new.size_bytes, new.transfer_syntax_uid);
+        let event = Event {
+            kind: new.event_kind,
+            peer_ae: Some(&new.calling_ae),
+            peer_address: Some(&new.peer_address),
+            sop_instance_uid: Some(&h.sop_instance_uid),
+            detail: Some(&detail),
+        };
+        insert_event(&mut *tx, &self.node, &event).await?;
+        tx.commit().await?;
+        Ok(Recorded { instance_id, job_id })
+    }
+
+    /// Appends to the audit trail.
+    pub async fn record_event(&self, event: &Event<'_>) -> Result<()> {
+        insert_event(self.pool(), &self.node, event).await
+    }
+
+    /// Every spool path the database knows, for start-up reconciliation.
+    pub async fn known_paths(&self) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT path FROM instances").fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(|(p,)| p).collect())
+    }
+
+    /// A cheap round trip, to tell whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+}
+
+async fn insert_event<'e, E: Executor<'e, Database = Any>>(executor: E, node: &str, e: &Event<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (at, node, kind, peer_ae, peer_address, sop_instance_uid, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now_ms())
+    .bind(node)
+    .bind(e.kind)
+    .bind(e.peer_ae)
+    .bind(e.peer_address)
+    .bind(e.sop_instance_uid)
+    .bind(e.detail)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
