@@ -92,7 +92,7 @@ impl Ingest {
         let synced = tokio::task::spawn_blocking(move || {
             let mut temp = temp;
             temp.sync()?;
-            let header = spool::read_header(temp.path());
+            let header = spool::read_header(temp.path()).map(|(header, _)| header);
             let size = temp.file_size()?;
             Ok::<_, SpoolError>((temp, header, size))
         })
@@ -225,13 +225,8 @@ impl Ingest {
     async fn register_orphan(&self, relative: &str, dicom: &DicomConfig) -> Result<(), String> {
         let absolute = self.spool.absolute(relative);
         let (header, size, ts) = tokio::task::spawn_blocking(move || {
-            let header = spool::read_header(&absolute).map_err(|e| e.to_string())?;
+            let (header, ts) = spool::read_header(&absolute).map_err(|e| e.to_string())?;
             let size = std::fs::metadata(&absolute).map_err(|e| e.to_string())?.len();
-            let ts = dicom_object::OpenFileOptions::new()
-                .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-                .open_file(&absolute)
-                .map(|o| o.meta().transfer_syntax().trim_end_matches('\0').to_string())
-                .map_err(|e| e.to_string())?;
             Ok::<(InstanceHeader, u64, String), String>((header, size, ts))
         })
         .await

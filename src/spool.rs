@@ -219,8 +219,9 @@ pub fn relative_path(study_uid: &str, sop_uid: &str, version: i64) -> Result<Str
     Ok(if version <= 1 { format!("{study}/{sop}.dcm") } else { format!("{study}/{sop}.v{version}.dcm") })
 }
 
-/// Reads the attributes the database needs from a Part-10 file, stopping before Pixel Data.
-pub fn read_header(path: &Path) -> Result<InstanceHeader, SpoolError> {
+/// Reads the attributes the database needs, and the transfer syntax, from a Part-10 file,
+/// stopping before Pixel Data.
+pub fn read_header(path: &Path) -> Result<(InstanceHeader, String), SpoolError> {
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -234,7 +235,8 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, SpoolError> {
             .filter(|s| !s.is_empty())
     };
     let required = |tag, name: &str| text(tag).ok_or_else(|| SpoolError::Unparseable(format!("{name} is missing")));
-    Ok(InstanceHeader {
+    let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
+    let header = InstanceHeader {
         sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID")?,
         sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
         study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
@@ -247,7 +249,8 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, SpoolError> {
         modality: text(tags::MODALITY),
         body_part: text(tags::BODY_PART_EXAMINED),
         view_position: text(tags::VIEW_POSITION),
-    })
+    };
+    Ok((header, transfer_syntax))
 }
 
 /// Whether two files hold the same bytes.

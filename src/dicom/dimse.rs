@@ -36,10 +36,13 @@ const NO_DATA_SET: u16 = 0x0101;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     pub field: u16,
+    /// Message ID of a request; Message ID Being Responded To of a response.
     pub message_id: u16,
     pub affected_sop_class_uid: Option<String>,
     pub affected_sop_instance_uid: Option<String>,
     pub has_data_set: bool,
+    /// Present in responses only.
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +76,12 @@ pub fn parse_command(bytes: &[u8]) -> Result<Command, DimseError> {
     };
     Ok(Command {
         field: u16_of(tags::COMMAND_FIELD)?,
-        message_id: u16_of(tags::MESSAGE_ID)?,
+        // requests carry a Message ID, responses the ID they respond to
+        message_id: u16_of(tags::MESSAGE_ID).or_else(|_| u16_of(tags::MESSAGE_ID_BEING_RESPONDED_TO))?,
         affected_sop_class_uid: uid_of(tags::AFFECTED_SOP_CLASS_UID),
         affected_sop_instance_uid: uid_of(tags::AFFECTED_SOP_INSTANCE_UID),
         has_data_set: u16_of(tags::COMMAND_DATA_SET_TYPE)? != NO_DATA_SET,
+        status: u16_of(tags::STATUS).ok(),
     })
 }
 
@@ -122,12 +127,14 @@ mod tests {
             affected_sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.1".into()),
             affected_sop_instance_uid: Some("1.2.3.4".into()),
             has_data_set: true,
+            status: None,
         };
         let bytes = encode_response(&request, status::OUT_OF_RESOURCES, Some("disk full"));
         let back = parse_command(&bytes).unwrap();
         assert_eq!(back.field, 0x8001);
         assert_eq!(back.affected_sop_instance_uid.as_deref(), Some("1.2.3.4"));
         assert!(!back.has_data_set);
+        assert_eq!(back.status, Some(status::OUT_OF_RESOURCES));
         // the status and the message id being responded to
         let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], implicit_vr_le()).unwrap();
         assert_eq!(obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(), 0xA700);

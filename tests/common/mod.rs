@@ -1,0 +1,363 @@
+//! The test bench: a real node process, a real database (a fresh SQLite file or a fresh
+//! PostgreSQL database per test), real DICOM peers (dcmtk, pynetdicom) and real test images.
+#![allow(dead_code)]
+
+pub mod scu;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pneumotriage::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one test body once per backend, as `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Postgres) } )*
+        }
+    };
+}
+
+/// The PostgreSQL server the tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("PNEUMOTRIAGE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of one test, dropped with it.
+pub struct TestDb {
+    pub url: String,
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    fn create(backend: Backend, dir: &Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb { url: format!("sqlite://{}/db/pneumotriage.db", dir.display()), postgres_name: None },
+            Backend::Postgres => {
+                static COUNTER: AtomicU32 = AtomicU32::new(0);
+                let name = format!(
+                    "pt_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+                );
+                psql(&format!("CREATE DATABASE {name}"));
+                let admin = postgres_admin_url();
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDb { url: format!("{base}/{name}"), postgres_name: Some(name) }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.postgres_name {
+            let _ = Command::new("psql")
+                .arg(postgres_admin_url())
+                .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs SQL as the PostgreSQL administrator; panics on failure.
+pub fn psql(sql: &str) {
+    let out = Command::new("psql").arg(postgres_admin_url()).args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A node's configuration, data directory and database; start it with [`Setup::start`].
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub db: TestDb,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub backend: Backend,
+}
+
+/// Calling AE titles the default test config allows.
+pub const DEFAULT_PEERS: &str = r#"
+[[dicom.peers]]
+ae_title = "STORESCU"
+[[dicom.peers]]
+ae_title = "ECHOSCU"
+[[dicom.peers]]
+ae_title = "PYNETDICOM"
+[[dicom.peers]]
+ae_title = "TESTSCU"
+host = "127.0.0.1"
+"#;
+
+impl Setup {
+    /// A node with the default test configuration.
+    pub fn new(backend: Backend) -> Setup {
+        Setup::with(backend, "", "")
+    }
+
+    /// `node_extra` and `dicom_extra` are TOML lines added to `[node]` and `[dicom]`.
+    pub fn with(backend: Backend, node_extra: &str, dicom_extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::create(backend, dir.path());
+        let port = free_port();
+        let config_path = dir.path().join("pneumotriage.toml");
+        let setup = Setup { dir, db, port, config_path, backend };
+        setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
+        setup
+    }
+
+    pub fn write_config(&self, node_extra: &str, dicom_extra: &str, peers: &str) {
+        let text = format!(
+            "[node]\ndata_dir = \"var\"\nmin_free_disk_mb = 1\nname = \"test-node\"\n{node_extra}\n\
+             [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\nidle_timeout_secs = 30\n{dicom_extra}\n\
+             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n",
+            self.port, self.db.url
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("var/spool")
+    }
+
+    /// Starts the node and waits until its DICOM listener is ready.
+    pub fn start(&self) -> Node {
+        let log_path = self.dir.path().join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the node starts");
+        let mut node = Node { child, log_path };
+        node.wait_ready();
+        node
+    }
+
+    /// Runs a CLI subcommand against this setup's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `f` with a connection to this setup's database.
+    pub fn with_store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async {
+            let store = Store::connect(&self.db.url, 2, "test").await.expect("test database connects");
+            let out = f(&store).await;
+            store.close().await;
+            out
+        })
+    }
+
+    /// Runs a query that returns one integer.
+    pub fn count(&self, sql: &str) -> i64 {
+        let sql = sql.to_string();
+        self.with_store(async move |store| {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(store.pool()).await.expect("count query");
+            n
+        })
+    }
+
+    /// (sop_instance_uid, version, path, transfer_syntax_uid, job state) of every instance.
+    pub fn instances(&self) -> Vec<(String, i64, String, String, String)> {
+        self.with_store(async |store| {
+            sqlx::query_as(
+                "SELECT i.sop_instance_uid, i.version, i.path, i.transfer_syntax_uid, j.state \
+                 FROM instances i JOIN jobs j ON j.instance_id = i.id ORDER BY i.id",
+            )
+            .fetch_all(store.pool())
+            .await
+            .expect("instances query")
+        })
+    }
+
+    /// Every file under the spool, relative to it (the tmp directory included).
+    pub fn spool_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.spool_dir();
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path(), root, out);
+                } else {
+                    out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// A running node process; killed when dropped.
+pub struct Node {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Node {
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.log().contains("DICOM listener ready") {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the node exited with {status} before it was ready:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "the node did not get ready:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until the log contains `needle` (the node logs asynchronously to the response).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never said {needle:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter that has pydicom, pynetdicom and the data packages.
+pub fn python() -> String {
+    std::env::var("PNEUMOTRIAGE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn python_path(expr: &str) -> PathBuf {
+    let out = Command::new(python()).args(["-c", &format!("print({expr})")]).output().expect("python runs");
+    assert!(out.status.success(), "python {expr}: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A file of PyPI's pydicom-data (e.g. `RG1_UNCR.dcm`).
+pub fn pydicom_data(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| python_path("__import__('os').path.join(__import__('data_store').__path__[0], 'data')")).join(name)
+}
+
+/// deid-data's `cat.dcm`: DX for presentation, MONOCHROME2, 2614x3072.
+pub fn deid_cat() -> PathBuf {
+    python_path("__import__('os').path.join(__import__('deid_data').__path__[0], 'data', 'animals', 'cat.dcm')")
+}
+
+/// pydicom's own MR test file: a class the node does not accept by default.
+pub fn mr_small() -> PathBuf {
+    python_path("__import__('pydicom.data').data.get_testdata_file('MR_small.dcm')")
+}
+
+pub fn tool(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(name)
+}
+
+/// Runs dcmtk's storescu (by absolute path: a venv's pynetdicom shadows the name).
+pub fn storescu(port: u16, args: &[&str], files: &[&Path]) -> Output {
+    Command::new("/usr/bin/storescu")
+        .args(["-v", "-aet", "STORESCU", "-aec", "PNEUMOTRIAGE"])
+        .args(args)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(files)
+        .env("TCP_NODELAY", "1")
+        .output()
+        .expect("dcmtk storescu runs")
+}
+
+/// Whether two files decode to the same pixels (pydicom with pylibjpeg decoders).
+pub fn assert_same_pixels(sent: &Path, stored: &Path) {
+    let out = Command::new(python()).arg(tool("same_pixels.py")).arg(sent).arg(stored).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} vs {}: {}{}",
+        sent.display(),
+        stored.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The SOP Instance UID of a DICOM file.
+pub fn sop_instance_uid(path: &Path) -> String {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// Runs a command-line tool, asserting success.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
