@@ -446,12 +446,15 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn toml_problem(text: &str, e: &toml::de::Error, key: &str) -> Problem {
-    let location = e.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        format!(" (line {line})")
-    });
-    Problem { key: key.to_string(), message: format!("{}{}", e.message().trim_end(), location.unwrap_or_default()) }
+    let span = e.span().filter(|s| s.start <= s.end && s.end <= text.len());
+    let line = span.clone().map(|s| text[..s.start].matches('\n').count() + 1);
+    // a syntax error has no key path: name the text it points at instead
+    let key = match (key, span) {
+        ("", Some(s)) if s.end > s.start && !text[s.clone()].contains('\n') => text[s].trim().to_string(),
+        _ => key.to_string(),
+    };
+    let location = line.map(|n| format!(" (line {n})")).unwrap_or_default();
+    Problem { key, message: format!("{}{location}", e.message().trim_end()) }
 }
 
 /// AE titles: 1 to 16 characters of the default repertoire, no backslash or control characters, not all spaces.
@@ -501,6 +504,13 @@ mod tests {
         assert!(text.contains("test.toml"), "{text}");
         assert!(text.contains("max_pdux"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_key_is_named() {
+        let e = parse("[dicom]\naccept_any = true\naccept_any = false\n").unwrap_err();
+        assert_eq!(e.problems[0].key, "accept_any", "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
     }
 
     #[test]

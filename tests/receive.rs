@@ -18,7 +18,7 @@ fn echo_is_answered(backend: Backend) {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("Received Echo Response (Success)"), "{}", text(&out));
     node.wait_for_log("association ended: released");
-    assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'association_accepted' AND peer_ae = 'ECHOSCU'"), 1);
+    setup.wait_count("SELECT COUNT(*) FROM events WHERE kind = 'association_accepted' AND peer_ae = 'ECHOSCU'", 1);
 }
 
 /// Sends `file` with storescu `args`, then checks the newest row for its UID: the transfer
@@ -105,7 +105,7 @@ fn same_bytes_twice_is_one_job_and_new_bytes_are_a_new_version(backend: Backend)
     }
     node.wait_for_log("instance already stored with the same bytes");
     assert_eq!(setup.count("SELECT COUNT(*) FROM jobs"), 1);
-    assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'instance_duplicate'"), 1);
+    setup.wait_count("SELECT COUNT(*) FROM events WHERE kind = 'instance_duplicate'", 1);
 
     // Same UID, different bytes: JPEG lossless keeps the UID unless told otherwise.
     let work = tempfile::tempdir().unwrap();

@@ -128,9 +128,11 @@ impl Setup {
     }
 
     pub fn write_config(&self, node_extra: &str, dicom_extra: &str, peers: &str) {
+        // a low floor by default: test machines may have little free disk
+        let floor = if node_extra.contains("min_free_disk_mb") { "" } else { "min_free_disk_mb = 1" };
         let text = format!(
-            "[node]\ndata_dir = \"var\"\nmin_free_disk_mb = 1\nname = \"test-node\"\n{node_extra}\n\
-             [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\nidle_timeout_secs = 30\n{dicom_extra}\n\
+            "[node]\ndata_dir = \"var\"\nname = \"test-node\"\n{floor}\n{node_extra}\n\
+             [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\n{dicom_extra}\n\
              {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n",
             self.port, self.db.url
         );
@@ -186,6 +188,20 @@ impl Setup {
             let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(store.pool()).await.expect("count query");
             n
         })
+    }
+
+    /// Waits until a count query returns `expected` (rows written after the response, like
+    /// audit events, may land a moment later).
+    pub fn wait_count(&self, sql: &str, expected: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.count(sql);
+            if n == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql}: {n}, expected {expected}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// (sop_instance_uid, version, path, transfer_syntax_uid, job state) of every instance.
