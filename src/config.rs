@@ -57,12 +57,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            data_dir: PathBuf::from("var"),
-            uid_root: "2.25".into(),
-            min_free_disk_mb: 1024,
-            name: None,
-        }
+        NodeConfig { data_dir: PathBuf::from("var"), uid_root: "2.25".into(), min_free_disk_mb: 1024, name: None }
     }
 }
 
@@ -80,7 +75,7 @@ pub struct DicomConfig {
     pub max_pdu: u32,
     /// An association with no PDU for this long is aborted.
     pub idle_timeout_secs: u64,
-    /// The ARTIM timer: how long we wait for A-ASSOCIATE-RQ after connect and for the peer to close after release.
+    /// The ARTIM timer: how long a new connection may take to send its A-ASSOCIATE-RQ.
     pub artim_timeout_secs: u64,
     /// Also accept Secondary Capture images (stored and analysed only if applicable).
     pub accept_secondary_capture: bool,
@@ -474,7 +469,9 @@ pub fn check_ae_title(ae: &str) -> Result<(), String> {
 fn check_uid_root(root: &str) -> Result<(), String> {
     let valid = !root.is_empty()
         && root.len() <= 24
-        && root.split('.').all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')));
+        && root
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')));
     if valid {
         Ok(())
     } else {

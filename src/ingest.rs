@@ -238,7 +238,8 @@ impl Ingest {
             return Err("file name does not match its UIDs".into());
         }
         let service = conformance::service_for(&header.sop_class_uid, dicom).unwrap_or(Service::StoreOnly);
-        let skip_reason = (service == Service::StoreOnly).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
+        let skip_reason =
+            (service == Service::StoreOnly).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
         let new = NewInstance {
             header,
             version,

@@ -92,7 +92,12 @@ impl Spool {
     }
 
     /// Starts a new file with a Part-10 preamble and file meta header for the given identity.
-    pub fn create_temp(&self, sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> Result<TempInstance, SpoolError> {
+    pub fn create_temp(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax_uid: &str,
+    ) -> Result<TempInstance, SpoolError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.root.join(TMP_DIR).join(format!("{}-{n}{TMP_SUFFIX}", std::process::id()));
         let mut header = Vec::with_capacity(512);
@@ -214,8 +219,10 @@ pub fn sanitize_uid(uid: &str) -> Option<&str> {
 
 /// The spool path of a version of an instance, relative to the spool root.
 pub fn relative_path(study_uid: &str, sop_uid: &str, version: i64) -> Result<String, SpoolError> {
-    let study = sanitize_uid(study_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid Study Instance UID {study_uid:?}")))?;
-    let sop = sanitize_uid(sop_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid SOP Instance UID {sop_uid:?}")))?;
+    let study = sanitize_uid(study_uid)
+        .ok_or_else(|| SpoolError::InvalidUid(format!("invalid Study Instance UID {study_uid:?}")))?;
+    let sop =
+        sanitize_uid(sop_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid SOP Instance UID {sop_uid:?}")))?;
     Ok(if version <= 1 { format!("{study}/{sop}.dcm") } else { format!("{study}/{sop}.v{version}.dcm") })
 }
 

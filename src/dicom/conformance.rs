@@ -139,7 +139,11 @@ mod tests {
     fn uncompressed_is_preferred_whatever_the_peer_order() {
         let config = DicomConfig::default();
         let (_, accepted) = negotiate(
-            &[pc(1, uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE, &[uids::JPEG2000_LOSSLESS, uids::IMPLICIT_VR_LITTLE_ENDIAN, uids::EXPLICIT_VR_LITTLE_ENDIAN])],
+            &[pc(
+                1,
+                uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
+                &[uids::JPEG2000_LOSSLESS, uids::IMPLICIT_VR_LITTLE_ENDIAN, uids::EXPLICIT_VR_LITTLE_ENDIAN],
+            )],
             &config,
         );
         assert_eq!(accepted[0].transfer_syntax, uids::EXPLICIT_VR_LITTLE_ENDIAN);

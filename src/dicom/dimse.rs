@@ -110,8 +110,7 @@ pub fn encode_response(request: &Command, status: u16, error_comment: Option<&st
     }
     let obj = InMemDicomObject::command_from_element_iter(elements);
     let mut out = Vec::with_capacity(256);
-    obj.write_dataset_with_ts(&mut out, implicit_vr_le())
-        .expect("writing a command set to memory cannot fail");
+    obj.write_dataset_with_ts(&mut out, implicit_vr_le()).expect("writing a command set to memory cannot fail");
     out
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
-    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource,
-    AssociationRQ, UserVariableItem,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ,
+    UserVariableItem,
 };
 use dicom_ul::Pdu;
 use tokio::net::{TcpListener, TcpStream};
@@ -115,7 +115,11 @@ impl Scp {
                     warn!(peer_ae = %calling_ae, %peer, error = %e, "could not send A-ASSOCIATE-AC");
                     return;
                 }
-                let detail = format!("{} of {} presentation contexts accepted", contexts.len(), request.presentation_contexts.len());
+                let detail = format!(
+                    "{} of {} presentation contexts accepted",
+                    contexts.len(),
+                    request.presentation_contexts.len()
+                );
                 info!(peer_ae = %calling_ae, %peer, contexts = %detail, "association accepted");
                 self.event("association_accepted", &calling_ae, peer, None, Some(&detail)).await;
                 let association = Association::new(self.clone(), conn, calling_ae, peer, contexts);
@@ -133,7 +137,13 @@ impl Scp {
         peer: SocketAddr,
     ) -> Result<OwnedSemaphorePermit, (AssociationRJ, String)> {
         let user_reject = |reason: AssociationRJServiceUserReason, text: String| {
-            (AssociationRJ { result: AssociationRJResult::Permanent, source: AssociationRJSource::ServiceUser(reason) }, text)
+            (
+                AssociationRJ {
+                    result: AssociationRJResult::Permanent,
+                    source: AssociationRJSource::ServiceUser(reason),
+                },
+                text,
+            )
         };
         if request.application_context_name.trim_end_matches('\0') != APPLICATION_CONTEXT {
             return Err(user_reject(
@@ -192,7 +202,10 @@ async fn abort(conn: &mut Connection, reason: AbortRQServiceProviderReason) {
 enum Sink {
     Spool(crate::spool::TempInstance),
     /// Read and dropped; the request is answered with this status once the data set ends.
-    Discard { status: u16, reason: String },
+    Discard {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// A request whose data set is being received.
@@ -234,8 +247,23 @@ struct Association {
 }
 
 impl Association {
-    fn new(scp: Arc<Scp>, conn: Connection, calling_ae: String, peer: SocketAddr, contexts: Vec<AcceptedContext>) -> Self {
-        Association { scp, conn, calling_ae, peer, contexts, command: Vec::new(), pending: None, tally: Tally::default() }
+    fn new(
+        scp: Arc<Scp>,
+        conn: Connection,
+        calling_ae: String,
+        peer: SocketAddr,
+        contexts: Vec<AcceptedContext>,
+    ) -> Self {
+        Association {
+            scp,
+            conn,
+            calling_ae,
+            peer,
+            contexts,
+            command: Vec::new(),
+            pending: None,
+            tally: Tally::default(),
+        }
     }
 
     async fn run(mut self) {
@@ -287,7 +315,10 @@ impl Association {
                 }
                 Incoming::Other(Pdu::ReleaseRQ) => {
                     if self.pending.is_some() {
-                        return End::Abort(AbortRQServiceProviderReason::UnexpectedPdu, "release inside a data set".into());
+                        return End::Abort(
+                            AbortRQServiceProviderReason::UnexpectedPdu,
+                            "release inside a data set".into(),
+                        );
                     }
                     let _ = self.conn.send(&Pdu::ReleaseRP).await;
                     return End::Released;
@@ -443,11 +474,16 @@ impl Association {
         self.respond(context.id, &command, status, comment).await
     }
 
-    async fn respond(&mut self, context_id: u8, request: &Command, status: u16, comment: Option<&str>) -> Result<(), End> {
+    async fn respond(
+        &mut self,
+        context_id: u8,
+        request: &Command,
+        status: u16,
+        comment: Option<&str>,
+    ) -> Result<(), End> {
         let response = dimse::encode_response(request, status, comment);
-        self.conn
-            .send_command(context_id, response)
-            .await
-            .map_err(|e| End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("cannot send a response: {e}")))
+        self.conn.send_command(context_id, response).await.map_err(|e| {
+            End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, format!("cannot send a response: {e}"))
+        })
     }
 }

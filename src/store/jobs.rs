@@ -20,8 +20,7 @@ impl Store {
         let n = done.rows_affected();
         if n > 0 {
             let detail = format!("{n} job(s) left running were re-queued");
-            self.record_event(&Event { kind: "jobs_requeued", detail: Some(&detail), ..Default::default() })
-                .await?;
+            self.record_event(&Event { kind: "jobs_requeued", detail: Some(&detail), ..Default::default() }).await?;
         }
         Ok(n)
     }

@@ -55,10 +55,8 @@ impl Store {
         let redacted = crate::config::redact_url(url);
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
-            Backend::Sqlite => prepare_sqlite_url(url).map_err(|source| StoreError::Connect {
-                url: redacted.clone(),
-                source: sqlx::Error::Io(source),
-            })?,
+            Backend::Sqlite => prepare_sqlite_url(url)
+                .map_err(|source| StoreError::Connect { url: redacted.clone(), source: sqlx::Error::Io(source) })?,
             Backend::Postgres => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url)

@@ -35,7 +35,8 @@ macro_rules! on_both_backends {
 
 /// The PostgreSQL server the tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("PNEUMOTRIAGE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PNEUMOTRIAGE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database of one test, dropped with it.
@@ -47,7 +48,9 @@ pub struct TestDb {
 impl TestDb {
     fn create(backend: Backend, dir: &Path) -> TestDb {
         match backend {
-            Backend::Sqlite => TestDb { url: format!("sqlite://{}/db/pneumotriage.db", dir.display()), postgres_name: None },
+            Backend::Sqlite => {
+                TestDb { url: format!("sqlite://{}/db/pneumotriage.db", dir.display()), postgres_name: None }
+            }
             Backend::Postgres => {
                 static COUNTER: AtomicU32 = AtomicU32::new(0);
                 let name = format!(
@@ -80,7 +83,11 @@ impl Drop for TestDb {
 
 /// Runs SQL as the PostgreSQL administrator; panics on failure.
 pub fn psql(sql: &str) {
-    let out = Command::new("psql").arg(postgres_admin_url()).args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("psql runs");
+    let out = Command::new("psql")
+        .arg(postgres_admin_url())
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -185,7 +192,8 @@ impl Setup {
     pub fn count(&self, sql: &str) -> i64 {
         let sql = sql.to_string();
         self.with_store(async move |store| {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(store.pool()).await.expect("count query");
+            let (n,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(store.pool()).await.expect("count query");
             n
         })
     }
@@ -310,7 +318,8 @@ fn python_path(expr: &str) -> PathBuf {
 /// A file of PyPI's pydicom-data (e.g. `RG1_UNCR.dcm`).
 pub fn pydicom_data(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| python_path("__import__('os').path.join(__import__('data_store').__path__[0], 'data')")).join(name)
+    DIR.get_or_init(|| python_path("__import__('os').path.join(__import__('data_store').__path__[0], 'data')"))
+        .join(name)
 }
 
 /// deid-data's `cat.dcm`: DX for presentation, MONOCHROME2, 2614x3072.
