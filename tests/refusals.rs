@@ -152,8 +152,15 @@ fn association_limit_rejects_transiently(backend: Backend) {
     let err = associate(setup.port, &[(CR, EXPLICIT_LE)]).err().expect("the second is rejected");
     assert!(format!("{err:?}").contains("Transient"), "{err:?}");
     first.release().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    associate(setup.port, &[(CR, EXPLICIT_LE)]).expect("a slot is free again").release().unwrap();
+    // the slot is freed once the node has seen the release through
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match associate(setup.port, &[(CR, EXPLICIT_LE)]) {
+            Ok(again) => break again.release().unwrap(),
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no slot after release: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn idle_association_is_aborted(backend: Backend) {
