@@ -16,7 +16,7 @@ use crate::config::DicomConfig;
 use crate::dicom::conformance::{self, Service};
 use crate::dicom::dimse::status;
 use crate::spool::{self, Spool, SpoolError, TempInstance};
-use crate::store::{Event, InstanceHeader, NewInstance, Store};
+use crate::store::{Event, InstanceHeader, NewInstance, PreviousVersion, Store};
 
 /// Instances with the same UID are committed one at a time; different UIDs rarely share a stripe.
 const LOCK_STRIPES: usize = 64;
@@ -89,63 +89,34 @@ impl Ingest {
     pub async fn commit(&self, received: Received) -> Outcome {
         let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, service } =
             received;
-        let synced = tokio::task::spawn_blocking(move || {
-            let mut temp = temp;
-            temp.sync()?;
-            let header = spool::read_header(temp.path()).map(|(header, _)| header);
-            let size = temp.file_size()?;
-            Ok::<_, SpoolError>((temp, header, size))
-        })
-        .await;
-        let (temp, header, size) = match synced {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return refused(status::OUT_OF_RESOURCES, e.to_string()),
-            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
-        };
-        let header = match header {
-            Ok(h) => h,
-            Err(e) => return refused(status::CANNOT_UNDERSTAND, e.to_string()),
-        };
-        if header.sop_instance_uid != sop_instance_uid {
-            return refused(status::DATA_SET_MISMATCH, "SOP Instance UID of the data set differs from the command's");
-        }
-        if header.sop_class_uid != sop_class_uid {
-            return refused(status::DATA_SET_MISMATCH, "SOP Class UID of the data set differs from the command's");
-        }
-        if let Err(e) = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, 1) {
-            return refused(status::CANNOT_UNDERSTAND, e.to_string());
-        }
-
+        // One UID at a time from the version lookup to the commit; the UID comes from the command
+        // and the file step refuses a data set whose own UID differs.
         let _guard = self.lock_for(&sop_instance_uid).lock().await;
         let previous = match self.store.latest_version(&sop_instance_uid).await {
             Ok(p) => p,
             Err(e) => return refused(status::OUT_OF_RESOURCES, format!("database unavailable: {e}")),
         };
-        let version = match previous {
-            None => 1,
-            Some(prev) => {
-                let stored = self.spool.absolute(&prev.path);
-                let temp_path = temp.path().to_path_buf();
-                let same = tokio::task::spawn_blocking(move || spool::same_content(&stored, &temp_path)).await;
-                // a previous file that cannot be read (removed by retention) cannot prove sameness
-                if matches!(same, Ok(Ok(true))) {
-                    let event = Event {
-                        kind: "instance_duplicate",
-                        peer_ae: Some(&calling_ae),
-                        peer_address: Some(&peer_address),
-                        sop_instance_uid: Some(&sop_instance_uid),
-                        detail: Some("same bytes as the stored version; no new job"),
-                    };
-                    if let Err(e) = self.store.record_event(&event).await {
-                        tracing::warn!(error = %e, "could not record a duplicate in the audit trail");
-                    }
-                    return Outcome::Duplicate { version: prev.version };
+        let spool = self.spool.clone();
+        let command = (sop_class_uid.clone(), sop_instance_uid.clone());
+        let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &command, previous)).await;
+        let (header, version, relative, size) = match placed {
+            Ok(Ok(Durable::Placed { header, version, relative, size })) => (header, version, relative, size),
+            Ok(Ok(Durable::Duplicate { version })) => {
+                let event = Event {
+                    kind: "instance_duplicate",
+                    peer_ae: Some(&calling_ae),
+                    peer_address: Some(&peer_address),
+                    sop_instance_uid: Some(&sop_instance_uid),
+                    detail: Some("same bytes as the stored version; no new job"),
+                };
+                if let Err(e) = self.store.record_event(&event).await {
+                    tracing::warn!(error = %e, "could not record a duplicate in the audit trail");
                 }
-                prev.version + 1
+                return Outcome::Duplicate { version };
             }
+            Ok(Err(refusal)) => return refusal,
+            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
         };
-        let relative = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, version)
-            .expect("UIDs were checked above");
         let skip_reason = (service == Service::StoreOnly).then(|| format!("SOP class {sop_class_uid} is stored only"));
         let new = NewInstance {
             header,
@@ -153,30 +124,13 @@ impl Ingest {
             transfer_syntax_uid,
             calling_ae,
             peer_address,
-            path: relative.clone(),
+            path: relative,
             size_bytes: size as i64,
             skip_reason,
             event_kind: "instance_stored",
         };
-        self.place_and_record(temp, new).await
-    }
-
-    /// Renames the synced file into place, then commits its rows; undoes the rename if the commit fails.
-    async fn place_and_record(&self, temp: TempInstance, new: NewInstance) -> Outcome {
-        let spool = self.spool.clone();
-        let relative = new.path.clone();
-        let placed = tokio::task::spawn_blocking(move || {
-            let mut temp = temp;
-            spool.place(&mut temp, &relative)
-        })
-        .await;
-        match placed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return refused(status::OUT_OF_RESOURCES, e.to_string()),
-            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
-        }
         match self.store.record_instance(&new).await {
-            Ok(recorded) => Outcome::Stored { version: new.version, instance_id: recorded.instance_id },
+            Ok(recorded) => Outcome::Stored { version, instance_id: recorded.instance_id },
             Err(e) => {
                 // Not acknowledged, so not kept: the sender will retry.
                 if let Err(remove) = self.spool.remove(&new.path) {
@@ -255,6 +209,46 @@ impl Ingest {
         tracing::info!(path = %relative, "registered a spool file left without rows by a crash");
         Ok(())
     }
+}
+
+/// The file half of a commit, the result of [`make_durable`].
+enum Durable {
+    /// Synced and renamed into place as `relative`; its rows are still to be committed.
+    Placed { header: InstanceHeader, version: i64, relative: String, size: u64 },
+    /// The same bytes as the stored `version`: the temporary file was dropped.
+    Duplicate { version: i64 },
+}
+
+/// Syncs a received file, reads and checks its header against the command's (class, instance)
+/// UIDs, compares it with the previous version if any, and renames it into place. Blocking.
+fn make_durable(
+    spool: &Spool,
+    mut temp: TempInstance,
+    (sop_class_uid, sop_instance_uid): &(String, String),
+    previous: Option<PreviousVersion>,
+) -> Result<Durable, Outcome> {
+    let out_of_resources = |e: SpoolError| refused(status::OUT_OF_RESOURCES, e.to_string());
+    temp.sync().map_err(out_of_resources)?;
+    let (header, _) = spool::read_header(temp.path()).map_err(|e| refused(status::CANNOT_UNDERSTAND, e.to_string()))?;
+    if &header.sop_instance_uid != sop_instance_uid {
+        return Err(refused(status::DATA_SET_MISMATCH, "SOP Instance UID of the data set differs from the command's"));
+    }
+    if &header.sop_class_uid != sop_class_uid {
+        return Err(refused(status::DATA_SET_MISMATCH, "SOP Class UID of the data set differs from the command's"));
+    }
+    let version = match previous {
+        None => 1,
+        // a previous file that cannot be read (removed by retention) cannot prove sameness
+        Some(prev) => match spool::same_content(&spool.absolute(&prev.path), temp.path()) {
+            Ok(true) => return Ok(Durable::Duplicate { version: prev.version }),
+            _ => prev.version + 1,
+        },
+    };
+    let relative = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, version)
+        .map_err(|e| refused(status::CANNOT_UNDERSTAND, e.to_string()))?;
+    let size = temp.file_size().map_err(out_of_resources)?;
+    spool.place(&mut temp, &relative).map_err(out_of_resources)?;
+    Ok(Durable::Placed { header, version, relative, size })
 }
 
 /// The version encoded in a spool file name: `<uid>.dcm` is 1, `<uid>.v<N>.dcm` is N.

@@ -1,8 +1,12 @@
 //! Recording what arrives: studies, instance versions, their analysis jobs, and the audit trail.
 
-use sqlx::{Any, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Result, Store};
+use super::{now_ms, Result, Store, StoreError};
+
+/// The most instances committed in one transaction.
+const MAX_BATCH: usize = 64;
 
 /// The header attributes the node keeps for an instance (read without touching pixel data).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,72 +78,10 @@ impl Store {
         Ok(row.map(|(version, path)| PreviousVersion { version, path }))
     }
 
-    /// Commits the study, instance, job and event rows of a received instance in one transaction.
+    /// Commits the study, instance, job and event rows of a received instance. Instances that
+    /// arrive while a commit is in flight are committed together in the next transaction.
     pub async fn record_instance(&self, new: &NewInstance) -> Result<Recorded> {
-        let now = now_ms();
-        let h = &new.header;
-        let mut tx = self.pool().begin().await?;
-        let (study_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, study_date, \
-                                  study_description, instance_count, first_received_at, last_received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) \
-             ON CONFLICT (study_instance_uid) DO UPDATE SET \
-                 instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at \
-             RETURNING id",
-        )
-        .bind(&h.study_instance_uid)
-        .bind(&h.patient_id)
-        .bind(&h.patient_name)
-        .bind(&h.accession_number)
-        .bind(&h.study_date)
-        .bind(&h.study_description)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (instance_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO instances (sop_instance_uid, version, study_id, series_instance_uid, sop_class_uid, \
-                                    transfer_syntax_uid, modality, body_part, view_position, calling_ae, \
-                                    peer_address, path, size_bytes, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
-        )
-        .bind(&h.sop_instance_uid)
-        .bind(new.version)
-        .bind(study_id)
-        .bind(&h.series_instance_uid)
-        .bind(&h.sop_class_uid)
-        .bind(&new.transfer_syntax_uid)
-        .bind(&h.modality)
-        .bind(&h.body_part)
-        .bind(&h.view_position)
-        .bind(&new.calling_ae)
-        .bind(&new.peer_address)
-        .bind(&new.path)
-        .bind(new.size_bytes)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let state = if new.skip_reason.is_some() { "skipped" } else { "queued" };
-        let (job_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO jobs (instance_id, state, reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) RETURNING id",
-        )
-        .bind(instance_id)
-        .bind(state)
-        .bind(&new.skip_reason)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let detail = format!("version {} ({} bytes, {})", new.version, new.size_bytes, new.transfer_syntax_uid);
-        let event = Event {
-            kind: new.event_kind,
-            peer_ae: Some(&new.calling_ae),
-            peer_address: Some(&new.peer_address),
-            sop_instance_uid: Some(&h.sop_instance_uid),
-            detail: Some(&detail),
-        };
-        insert_event(&mut *tx, &self.node, &event).await?;
-        tx.commit().await?;
-        Ok(Recorded { instance_id, job_id })
+        self.committer.commit(new.clone()).await
     }
 
     /// Appends to the audit trail.
@@ -175,4 +117,134 @@ async fn insert_event<'e, E: Executor<'e, Database = Any>>(executor: E, node: &s
     .execute(executor)
     .await?;
     Ok(())
+}
+
+type Request = (NewInstance, oneshot::Sender<Result<Recorded>>);
+
+/// The handle to the task that commits received instances (group commit).
+#[derive(Clone)]
+pub(super) struct Committer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    pub(super) fn spawn(pool: AnyPool, node: String) -> Committer {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(run_committer(pool, node, rx));
+        Committer { tx }
+    }
+
+    async fn commit(&self, new: NewInstance) -> Result<Recorded> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Sql(sqlx::Error::PoolClosed);
+        self.tx.send((new, reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Takes whatever has queued up since the last commit and commits it in one transaction. If
+/// that transaction fails, each instance is retried alone, so one bad row fails only itself.
+async fn run_committer(pool: AnyPool, node: String, mut rx: mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let together = commit_batch(&pool, &node, batch.iter().map(|(new, _)| new)).await;
+        match together {
+            Ok(ids) => {
+                for ((_, reply), id) in batch.drain(..).zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let (_, reply) = batch.pop().expect("one request in the batch");
+                let _ = reply.send(Err(e));
+            }
+            Err(e) => {
+                tracing::debug!(instances = batch.len(), error = %e, "group commit failed; committing one by one");
+                for (new, reply) in batch.drain(..) {
+                    let alone = commit_batch(&pool, &node, std::iter::once(&new)).await;
+                    let _ = reply.send(alone.map(|ids| ids[0]));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch<'a>(
+    pool: &AnyPool,
+    node: &str,
+    instances: impl Iterator<Item = &'a NewInstance>,
+) -> Result<Vec<Recorded>> {
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::new();
+    for new in instances {
+        ids.push(insert_instance(&mut tx, node, new).await?);
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// The study, instance, job and event rows of one instance, inside the caller's transaction.
+async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance) -> Result<Recorded> {
+    let now = now_ms();
+    let h = &new.header;
+    let (study_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, study_date, \
+                              study_description, instance_count, first_received_at, last_received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) \
+         ON CONFLICT (study_instance_uid) DO UPDATE SET \
+             instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at \
+         RETURNING id",
+    )
+    .bind(&h.study_instance_uid)
+    .bind(&h.patient_id)
+    .bind(&h.patient_name)
+    .bind(&h.accession_number)
+    .bind(&h.study_date)
+    .bind(&h.study_description)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (instance_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO instances (sop_instance_uid, version, study_id, series_instance_uid, sop_class_uid, \
+                                transfer_syntax_uid, modality, body_part, view_position, calling_ae, \
+                                peer_address, path, size_bytes, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+    )
+    .bind(&h.sop_instance_uid)
+    .bind(new.version)
+    .bind(study_id)
+    .bind(&h.series_instance_uid)
+    .bind(&h.sop_class_uid)
+    .bind(&new.transfer_syntax_uid)
+    .bind(&h.modality)
+    .bind(&h.body_part)
+    .bind(&h.view_position)
+    .bind(&new.calling_ae)
+    .bind(&new.peer_address)
+    .bind(&new.path)
+    .bind(new.size_bytes)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let state = if new.skip_reason.is_some() { "skipped" } else { "queued" };
+    let (job_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO jobs (instance_id, state, reason, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $4) RETURNING id",
+    )
+    .bind(instance_id)
+    .bind(state)
+    .bind(&new.skip_reason)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let detail = format!("version {} ({} bytes, {})", new.version, new.size_bytes, new.transfer_syntax_uid);
+    let event = Event {
+        kind: new.event_kind,
+        peer_ae: Some(&new.calling_ae),
+        peer_address: Some(&new.peer_address),
+        sop_instance_uid: Some(&h.sop_instance_uid),
+        detail: Some(&detail),
+    };
+    insert_event(&mut *conn, node, &event).await?;
+    Ok(Recorded { instance_id, job_id })
 }

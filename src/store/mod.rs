@@ -46,6 +46,10 @@ pub struct Store {
     backend: Backend,
     /// Written into events and job claims, so that a shared database says which node did what.
     node: String,
+    /// Received instances go through one committer task, which commits concurrent arrivals
+    /// in one transaction (group commit): one fsync for several instances, and no writers
+    /// queueing on SQLite's lock.
+    committer: ingest::Committer,
 }
 
 impl Store {
@@ -80,7 +84,8 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { url: redacted, source })?;
-        Ok(Store { pool, backend, node: node.to_string() })
+        let committer = ingest::Committer::spawn(pool.clone(), node.to_string());
+        Ok(Store { pool, backend, node: node.to_string(), committer })
     }
 
     /// Brings the schema up to date; safe to run at every start.
