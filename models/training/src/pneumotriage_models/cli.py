@@ -3,7 +3,7 @@
     pneumotriage-models generate OUT N [--seed S]
     pneumotriage-models train-demo [--seed S] [--models-dir models]          (needs PyTorch)
     pneumotriage-models train --images DIR --masks CSV --out DIR [...]       (needs PyTorch)
-    pneumotriage-models export-full-size OUT                                  (needs PyTorch)
+    pneumotriage-models export --full-size OUT                                (needs PyTorch)
     pneumotriage-models evaluate --manifest models/manifest.toml --images DIR --masks CSV [--json]
 """
 
@@ -54,7 +54,11 @@ def _cmd_train_demo(args) -> int:
     return 0
 
 
-def _cmd_export_full_size(args) -> int:
+def _cmd_export(args) -> int:
+    if not args.full_size:
+        print("nothing to export: the demo models are exported by train-demo, SIIM-trained ones by train; "
+              "--full-size exports the seed's architectures with random weights", file=sys.stderr)
+        return 2
     from .demo import export_full_size
 
     export_full_size(Path(args.out))
@@ -89,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", default="models")
     p.add_argument("--work", help="where the synthetic sets go (a temporary directory by default)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--n-train", type=int, default=2400)
+    p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-heldout", type=int, default=400)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=8)
     p.set_defaults(func=_cmd_train_demo)
 
     p = sub.add_parser("train", help="train the seed's architectures on SIIM-ACR data")
@@ -103,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vgg19-weights", help="torchvision's vgg19-*.pth (ImageNet), if you have it")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("export-full-size", help="the seed's architectures at full size with random weights (benchmarks)")
+    p = sub.add_parser("export", help="export ONNX models: --full-size, the seed's architectures with random weights")
+    p.add_argument("--full-size", action="store_true", help="VGG19 at 512 and U-Net DenseNet121 at 1024 (benchmarks)")
     p.add_argument("out")
-    p.set_defaults(func=_cmd_export_full_size)
+    p.set_defaults(func=_cmd_export)
 
     args = parser.parse_args(argv)
     return args.func(args)
