@@ -147,11 +147,26 @@ def train_real(images: Path, masks: Path, out: Path, *, seed: int, epochs: int, 
     pos_train, pos_val = train.subset(np.flatnonzero(train.labels)), val.subset(np.flatnonzero(val.labels))
     dice = train_segmenter(segmenter, pos_train, pos_val, epochs=epochs, lr=1e-4, seed=seed, mask_threshold=0.5)
     out.mkdir(parents=True, exist_ok=True)
-    for name, model in (("classifier", classifier), ("segmenter", segmenter)):
-        output = "logit" if name == "classifier" else "mask_logits"
-        export(model, out / f"{name}.onnx", channels=3, height=512, width=512, input_name="image", output_name=output)
+    training_data = f"SIIM-ACR layout from {images} and {masks}, split by patient (seed {seed})"
+    entries = []
+    for role, model, architecture, output in (
+        ("classifier", classifier, "vgg19", "logit"),
+        ("segmenter", segmenter, "unet-densenet121", "mask_logits"),
+    ):
+        entry = _model_entry(role, f"siim-{architecture}", architecture, f"{role}.onnx", cls_pre, training_data, output=output)
+        entry.intended_use = "research: validate on your own data before any use"
+        diff = export(model, out / entry.file, channels=3, height=512, width=512, input_name=entry.input, output_name=output)
+        entry.sha256 = manifest_mod.sha256_of(out / entry.file)
+        print(f"exported {out / entry.file}: max |onnxruntime - PyTorch| = {diff:.2e}")
+        entries.append(entry)
+    chosen = metrics.choose_threshold(sweep, TARGET_RECALL)
+    entries[0].metrics = {"dataset": "validation split", **{k: chosen[k] for k in ("threshold", "recall", "precision", "specificity")}}
+    entries[1].metrics = {"dataset": "validation split (positives)", "mean_dice_positives": dice}
+    thresholds = manifest_mod.Thresholds(classifier=float(chosen["threshold"]))
+    manifest = manifest_mod.Manifest(models=entries, thresholds=thresholds, notice="trained on SIIM-ACR data")
+    manifest_mod.save(manifest, out / "manifest.toml")
     write_json(out / "metrics.json", {"validation_threshold_sweep": sweep, "validation_segmenter_dice": dice})
-    print(f"wrote {out}/classifier.onnx, segmenter.onnx and metrics.json; add them to a manifest (models/README.md)")
+    print(f"wrote {out}/manifest.toml, classifier.onnx, segmenter.onnx and metrics.json")
 
 
 def export_full_size(out: Path) -> None:

@@ -67,6 +67,12 @@ def _augment(x: torch.Tensor, y: torch.Tensor | None, rng: np.random.Generator):
     return x * gain + bias, y
 
 
+def _optimizer(model: nn.Module, lr: float, epochs: int, batches_per_epoch: int):
+    """AdamW with a one-cycle schedule over the whole run."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches_per_epoch)
+
+
 def predict(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
     """Logits for every image (classifier: (N,), segmenter: (N, H, W))."""
     model.eval()
@@ -83,8 +89,7 @@ def train_classifier(model, train: Arrays, val: Arrays, *, epochs: int, lr: floa
     """Trains with BCE; returns the validation sweep and the threshold chosen for recall."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((len(train.labels) + 31) // 32))
+    opt, sched = _optimizer(model, lr, epochs, (len(train.labels) + 31) // 32)
     loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(epochs):
         model.train()
@@ -116,8 +121,7 @@ def train_segmenter(model, train: Arrays, val: Arrays, *, epochs: int, lr: float
     """Trains on positives with BCE + Dice; returns the validation mean Dice of positives."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((len(train.labels) + 15) // 16))
+    opt, sched = _optimizer(model, lr, epochs, (len(train.labels) + 15) // 16)
     bce = nn.BCEWithLogitsLoss()
     dice = 0.0
     for epoch in range(epochs):
