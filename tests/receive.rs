@@ -141,7 +141,29 @@ fn cli_lists_studies_and_instances(backend: Backend) {
     assert_eq!(table.lines().count(), 2, "a header and one study:\n{table}");
 }
 
+/// Patient data stays out of the log at info level (the default).
+fn patient_names_stay_out_of_the_log(backend: Backend) {
+    let setup = Setup::new(backend);
+    let node = setup.start();
+    let images = tempfile::tempdir().unwrap();
+    let made = Command::new(common::python())
+        .arg(common::tool("make_series.py"))
+        .arg(images.path())
+        .args(["1", "--size", "64"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let file = images.path().join("dx0000.dcm");
+    assert!(storescu(setup.port, &[], &[&file]).status.success());
+    let log = node.wait_for_log("instance stored");
+    assert!(log.contains(&sop_instance_uid(&file)), "the instance is logged by UID");
+    for patient_data in ["Series0", "PT00000", "ACC00000"] {
+        assert!(!log.contains(patient_data), "{patient_data} is in the log:\n{log}");
+    }
+}
+
 on_both_backends!(
+    patient_names_stay_out_of_the_log,
     echo_is_answered,
     every_accepted_syntax_round_trips_from_dcmtk,
     pynetdicom_storescu_is_received,
