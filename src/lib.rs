@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dicom;
+pub mod imaging;
 pub mod ingest;
 pub mod spool;
 pub mod store;

@@ -1,0 +1,266 @@
+//! Pixels: decoding a stored image, the Modality LUT, the VOI transform, the MONOCHROME1
+//! inversion, and the resize and normalisation a model expects.
+//!
+//! The steps and their order are the contract in models/README.md ("Preprocessing"), whose
+//! reference implementation is `models/training/src/pneumotriage_models/preprocess.py`.
+//! dicom-pixeldata only decodes here: it is asked for the stored samples, and every transform
+//! is applied by this module (dicom-pixeldata 0.10 ignores LUT sequences and never inverts
+//! MONOCHROME1).
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use dicom_pixeldata::PixelDecoder;
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagingError {
+    #[error("cannot decode the pixel data: {0}")]
+    Decode(String),
+    #[error("not a single grayscale frame: {0}")]
+    NotGrayscale(String),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("cannot resize: {0}")]
+    Resize(String),
+}
+
+/// An image as displayed: one value per pixel in 0..1, 1 = bright (dense), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisplayImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<f32>,
+}
+
+/// What a model's input needs (the manifest's fields).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Preprocess {
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// Decodes the first frame and applies Modality LUT, VOI and the MONOCHROME1 inversion.
+pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayImage, ImagingError> {
+    let decoded = obj.decode_pixel_data().map_err(|e| ImagingError::Decode(e.to_string()))?;
+    if decoded.samples_per_pixel() != 1 {
+        return Err(ImagingError::NotGrayscale(format!("{} samples per pixel", decoded.samples_per_pixel())));
+    }
+    let photometric = decoded.photometric_interpretation().as_str().trim().to_string();
+    if photometric != "MONOCHROME1" && photometric != "MONOCHROME2" {
+        return Err(ImagingError::NotGrayscale(format!("photometric interpretation {photometric}")));
+    }
+    let (width, height) = (decoded.columns(), decoded.rows());
+    let count = width as usize * height as usize;
+    let bits_allocated = decoded.bits_allocated();
+    let bits_stored = decoded.bits_stored();
+    if !(1..=16).contains(&bits_stored) || bits_stored > bits_allocated || !matches!(bits_allocated, 8 | 16) {
+        return Err(ImagingError::Invalid("Bits Allocated / Bits Stored"));
+    }
+    let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
+    let frame = decoded.frame_data(0).map_err(|e| ImagingError::Decode(e.to_string()))?;
+    let stored = stored_values(frame, count, bits_allocated, bits_stored, signed)?;
+    let modality = ModalityLut::of(obj, signed)?;
+    let values: Vec<f64> = stored.iter().map(|&v| modality.apply(v)).collect();
+    let voi = Voi::of(obj, &values)?;
+    let invert = photometric == "MONOCHROME1";
+    let pixels = values
+        .iter()
+        .map(|&v| {
+            let u = voi.apply(v) as f32;
+            if invert {
+                1.0 - u
+            } else {
+                u
+            }
+        })
+        .collect();
+    Ok(DisplayImage { width, height, pixels })
+}
+
+/// The stored sample values of a frame: Bits Stored masked, sign-extended when signed.
+fn stored_values(
+    frame: &[u8],
+    count: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    signed: bool,
+) -> Result<Vec<i32>, ImagingError> {
+    let bytes_per_sample = bits_allocated as usize / 8;
+    if frame.len() < count * bytes_per_sample {
+        return Err(ImagingError::Decode(format!("{} bytes of pixel data for {count} samples", frame.len())));
+    }
+    let mask: u32 = (1u32 << bits_stored) - 1;
+    let sign_bit: u32 = 1u32 << (bits_stored - 1);
+    let value = |raw: u32| -> i32 {
+        let v = raw & mask;
+        if signed && v & sign_bit != 0 {
+            v as i32 - (1i32 << bits_stored)
+        } else {
+            v as i32
+        }
+    };
+    Ok(match bytes_per_sample {
+        1 => frame[..count].iter().map(|&b| value(b as u32)).collect(),
+        _ => frame[..count * 2].chunks_exact(2).map(|c| value(u16::from_le_bytes([c[0], c[1]]) as u32)).collect(),
+    })
+}
+
+/// A lookup table of a Modality or VOI LUT Sequence item.
+struct Lut {
+    first: i64,
+    data: Vec<f64>,
+    bits: u32,
+}
+
+impl Lut {
+    /// The first item of a LUT sequence, if the object has one.
+    fn first_item(obj: &InMemDicomObject, sequence: Tag, signed: bool) -> Result<Option<Lut>, ImagingError> {
+        let Ok(Some(seq)) = obj.element_opt(sequence) else { return Ok(None) };
+        let Some(item) = seq.items().and_then(|items| items.first()) else { return Ok(None) };
+        let descriptor: Vec<i64> = item
+            .element(tags::LUT_DESCRIPTOR)
+            .ok()
+            .and_then(|e| e.to_multi_int::<i64>().ok())
+            .ok_or(ImagingError::Invalid("LUT Descriptor"))?;
+        let [count, first, bits] = descriptor[..] else { return Err(ImagingError::Invalid("LUT Descriptor")) };
+        // the first stored value mapped: signed when the pixel data is (PS3.3 C.11.1.1), which
+        // a descriptor written as US can only say by wrapping around
+        let first = if signed && first > 32767 { first - 65536 } else { first };
+        let count = if count == 0 { 65536 } else { count as usize & 0xFFFF };
+        let data: Vec<f64> = item
+            .element(tags::LUT_DATA)
+            .ok()
+            .and_then(|e| e.to_multi_int::<u16>().ok())
+            .ok_or(ImagingError::Invalid("LUT Data"))?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        if data.len() < count || !(1..=16).contains(&bits) {
+            return Err(ImagingError::Invalid("LUT Data"));
+        }
+        Ok(Some(Lut { first, data: data[..count].to_vec(), bits: bits as u32 }))
+    }
+
+    fn apply(&self, v: f64) -> f64 {
+        let i = (v.round() as i64 - self.first).clamp(0, self.data.len() as i64 - 1);
+        self.data[i as usize]
+    }
+}
+
+enum ModalityLut {
+    Rescale { slope: f64, intercept: f64 },
+    Table(Lut),
+}
+
+impl ModalityLut {
+    fn of(obj: &InMemDicomObject, signed: bool) -> Result<ModalityLut, ImagingError> {
+        if let Some(lut) = Lut::first_item(obj, tags::MODALITY_LUT_SEQUENCE, signed)? {
+            return Ok(ModalityLut::Table(lut));
+        }
+        let number = |tag, default| first_f64(obj, tag).unwrap_or(default);
+        Ok(ModalityLut::Rescale {
+            slope: number(tags::RESCALE_SLOPE, 1.0),
+            intercept: number(tags::RESCALE_INTERCEPT, 0.0),
+        })
+    }
+
+    fn apply(&self, stored: i32) -> f64 {
+        match self {
+            ModalityLut::Rescale { slope, intercept } => stored as f64 * slope + intercept,
+            ModalityLut::Table(lut) => lut.apply(stored as f64),
+        }
+    }
+}
+
+enum Voi {
+    Table(Lut),
+    Window { center: f64, width: f64, function: WindowFunction },
+    Range { low: f64, high: f64 },
+}
+
+#[derive(Clone, Copy)]
+enum WindowFunction {
+    Linear,
+    LinearExact,
+    Sigmoid,
+}
+
+impl Voi {
+    /// The first VOI LUT, else the first window, else the range of `values`.
+    fn of(obj: &InMemDicomObject, values: &[f64]) -> Result<Voi, ImagingError> {
+        // the VOI LUT's input is the Modality LUT's output, taken as unsigned unless negative
+        if let Some(lut) = Lut::first_item(obj, tags::VOILUT_SEQUENCE, false)? {
+            return Ok(Voi::Table(lut));
+        }
+        if let (Some(center), Some(width)) = (first_f64(obj, tags::WINDOW_CENTER), first_f64(obj, tags::WINDOW_WIDTH)) {
+            let function = match obj.element_opt(tags::VOILUT_FUNCTION).ok().flatten().and_then(|e| e.to_str().ok()) {
+                Some(f) if f.trim() == "LINEAR_EXACT" => WindowFunction::LinearExact,
+                Some(f) if f.trim() == "SIGMOID" => WindowFunction::Sigmoid,
+                _ => WindowFunction::Linear,
+            };
+            return Ok(Voi::Window { center, width, function });
+        }
+        let (low, high) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        Ok(Voi::Range { low, high })
+    }
+
+    /// PS3.3 C.11.2.1.2 with an output range of 0..1.
+    fn apply(&self, v: f64) -> f64 {
+        let out = match *self {
+            Voi::Table(ref lut) => lut.apply(v) / ((1u64 << lut.bits) - 1) as f64,
+            Voi::Range { low, high } if high > low => (v - low) / (high - low),
+            Voi::Range { .. } => 0.0,
+            Voi::Window { center, width, function: WindowFunction::Sigmoid } => {
+                1.0 / (1.0 + (-4.0 * (v - center) / width.max(1e-6)).exp())
+            }
+            Voi::Window { center, width, function: WindowFunction::LinearExact } => {
+                (v - center) / width.max(1e-6) + 0.5
+            }
+            Voi::Window { center, width, function: WindowFunction::Linear } => {
+                let width = width.max(1.0);
+                if width == 1.0 {
+                    if v >= center - 0.5 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                } else {
+                    (v - (center - 0.5)) / (width - 1.0) + 0.5
+                }
+            }
+        };
+        out.clamp(0.0, 1.0)
+    }
+}
+
+fn first_f64(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok()).and_then(|v| v.first().copied())
+}
+
+/// Antialiased bilinear resize (the convolution filter Pillow's BILINEAR uses).
+pub fn resize(image: &DisplayImage, width: u32, height: u32) -> Result<DisplayImage, ImagingError> {
+    if (image.width, image.height) == (width, height) {
+        return Ok(image.clone());
+    }
+    let bytes: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_ne_bytes()).collect();
+    let src = Image::from_vec_u8(image.width, image.height, bytes, PixelType::F32)
+        .map_err(|e| ImagingError::Resize(e.to_string()))?;
+    let mut dst = Image::new(width, height, PixelType::F32);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| ImagingError::Resize(e.to_string()))?;
+    let pixels = dst.buffer().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok(DisplayImage { width, height, pixels })
+}
+
+/// A model's input tensor, (channels, height, width) row-major: resized, normalised, the grey
+/// channel repeated.
+pub fn to_tensor(image: &DisplayImage, pre: &Preprocess) -> Result<Vec<f32>, ImagingError> {
+    let small = resize(image, pre.width, pre.height)?;
+    let plane: Vec<f32> = small.pixels.iter().map(|v| (v - pre.mean) / pre.std).collect();
+    Ok(plane.iter().copied().cycle().take(plane.len() * pre.channels as usize).collect())
+}

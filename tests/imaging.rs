@@ -1,0 +1,92 @@
+//! Pixels as the models expect them: the node's decoding, Modality LUT, VOI and MONOCHROME1
+//! handling against pydicom's (through models/training's reference preprocessing), and every
+//! accepted compressed syntax decoding to the pixels of the uncompressed original.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{deid_cat, pydicom_data, python, run, text, tool};
+use pneumotriage::imaging::{display_image, resize, DisplayImage};
+
+fn node_display(path: &Path) -> DisplayImage {
+    let obj = dicom_object::open_file(path).unwrap();
+    display_image(&obj).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The reference image from pydicom, optionally resized to `size` x `size` with Pillow.
+fn reference(path: &Path, size: Option<u32>) -> (u32, u32, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ref.f32");
+    let mut cmd = Command::new(python());
+    cmd.arg(tool("display_reference.py")).arg(path).arg(&out);
+    if let Some(n) = size {
+        cmd.args(["--size", &n.to_string()]);
+    }
+    let done = cmd.output().unwrap();
+    assert!(done.status.success(), "{}", text(&done));
+    let dims: Vec<u32> = String::from_utf8_lossy(&done.stdout).split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let bytes = std::fs::read(&out).unwrap();
+    let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (dims[1], dims[0], values)
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn assert_matches_pydicom(path: &Path) {
+    let ours = node_display(path);
+    let (width, height, theirs) = reference(path, None);
+    assert_eq!((ours.width, ours.height), (width, height), "{}", path.display());
+    let diff = max_difference(&ours.pixels, &theirs);
+    assert!(diff < 1e-4, "{}: max difference {diff}", path.display());
+    // the model-size image after the antialiased bilinear resize
+    let small = resize(&ours, 256, 256).unwrap();
+    let (_, _, theirs_small) = reference(path, Some(256));
+    let diff = max_difference(&small.pixels, &theirs_small);
+    assert!(diff < 2e-3, "{} at 256: max difference {diff}", path.display());
+}
+
+#[test]
+fn monochrome1_cr_matches_pydicom() {
+    let path = pydicom_data("RG1_UNCR.dcm");
+    assert_matches_pydicom(&path);
+    // MONOCHROME1: air (dark) must come out dark, i.e. the inversion happened
+    let image = node_display(&path);
+    let mean: f32 = image.pixels.iter().sum::<f32>() / image.pixels.len() as f32;
+    assert!(mean > 0.05 && mean < 0.95, "mean {mean}");
+}
+
+#[test]
+fn monochrome2_dx_matches_pydicom() {
+    assert_matches_pydicom(&deid_cat());
+}
+
+#[test]
+fn modality_lut_sequence_matches_pydicom() {
+    assert_matches_pydicom(&pydicom_data("mlut_18.dcm"));
+}
+
+#[test]
+fn voi_lut_sequence_matches_pydicom() {
+    assert_matches_pydicom(&pydicom_data("vlut_04.dcm"));
+}
+
+#[test]
+fn every_accepted_compressed_syntax_decodes_to_the_uncompressed_pixels() {
+    let original = pydicom_data("RG1_UNCR.dcm");
+    let expected = node_display(&original);
+    let work = tempfile::tempdir().unwrap();
+    let jpeg = work.path().join("jpeg.dcm");
+    let rle = work.path().join("rle.dcm");
+    run("dcmcjpeg", &[original.to_str().unwrap(), jpeg.to_str().unwrap()]);
+    run("dcmcrle", &[original.to_str().unwrap(), rle.to_str().unwrap()]);
+    for file in [pydicom_data("RG1_J2KR.dcm"), jpeg, rle] {
+        let decoded = node_display(&file);
+        assert_eq!((decoded.width, decoded.height), (expected.width, expected.height));
+        assert!(decoded.pixels == expected.pixels, "{} differs from the uncompressed original", file.display());
+    }
+}
