@@ -148,6 +148,10 @@ pub struct InferenceConfig {
     pub device: String,
     pub policy: Policy,
     pub require_gpu: bool,
+    /// The ONNX Runtime library (libonnxruntime.so.*); looked for in the usual places when unset.
+    pub onnxruntime: Option<PathBuf>,
+    /// Threads per ONNX Runtime session.
+    pub threads: usize,
     pub classifier_threshold: Option<f32>,
     pub mask_threshold: Option<f32>,
     pub min_mask_area_px: Option<u32>,
@@ -160,6 +164,8 @@ impl Default for InferenceConfig {
             device: "cpu".into(),
             policy: Policy::Cascade,
             require_gpu: false,
+            onnxruntime: None,
+            threads: 1,
             classifier_threshold: None,
             mask_threshold: None,
             min_mask_area_px: None,
@@ -328,6 +334,9 @@ impl Config {
         let cuda_index_ok = device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
         if !(device == "cpu" || device == "cuda" || cuda_index_ok) {
             bad("inference.device", format!("`{device}` is not one of cpu, cuda, cuda:N"));
+        }
+        if self.inference.threads == 0 {
+            bad("inference.threads", "must be at least 1".into());
         }
         for (key, value) in [
             ("inference.classifier_threshold", self.inference.classifier_threshold),

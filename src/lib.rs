@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dicom;
 pub mod imaging;
+pub mod inference;
 pub mod ingest;
 pub mod spool;
 pub mod store;

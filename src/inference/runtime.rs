@@ -1,0 +1,138 @@
+//! ONNX Runtime: finding the library (load-dynamic, no downloads), the one process-wide
+//! environment, and a session per model checked against its manifest entry.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::manifest::{Manifest, ManifestError, ModelSpec, OutputKind, Role};
+
+/// The onnxruntime release the node is built against (its PyPI wheel carries the library).
+pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "the ONNX Runtime library was not found (looked at: {looked}). Install it with \
+         `python3 -m pip install onnxruntime=={ONNXRUNTIME_VERSION}` and point inference.onnxruntime \
+         (or ORT_DYLIB_PATH) at its onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}"
+    )]
+    NotFound { looked: String },
+    #[error("cannot load the ONNX Runtime library {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("model {name}: {message}")]
+    Model { name: String, message: String },
+}
+
+/// Where the library is looked for, in order: the configured path, `ORT_DYLIB_PATH`, next to
+/// the binary, `/usr/lib/pneumotriage`, and the project's `.venv` (what `scripts/test` installs).
+pub fn find_onnxruntime(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let mut looked = Vec::new();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    candidates.extend(configured.map(Path::to_path_buf));
+    candidates.extend(std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        dirs.push(exe_dir);
+    }
+    dirs.push(PathBuf::from("/usr/lib/pneumotriage"));
+    for root in [PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))] {
+        if let Ok(lib) = std::fs::read_dir(root.join(".venv/lib")) {
+            for python in lib.flatten() {
+                dirs.push(python.path().join("site-packages/onnxruntime/capi"));
+            }
+        }
+    }
+    for dir in dirs {
+        candidates.push(dir.join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}")));
+        candidates.push(dir.join("libonnxruntime.so"));
+    }
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        looked.push(candidate.display().to_string());
+    }
+    Err(RuntimeError::NotFound { looked: looked.join(", ") })
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The one ONNX Runtime environment of the process, loading the library on first use.
+pub fn environment(library: &Path) -> Result<&'static Environment, RuntimeError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            ort::init_from(library)
+                .map_err(|e| e.to_string())?
+                .with_name("pneumotriage")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|message| RuntimeError::Load { path: library.to_path_buf(), message: message.clone() })
+}
+
+/// A loaded model: its manifest entry and an ONNX Runtime session.
+pub struct Model {
+    pub spec: ModelSpec,
+    session: Session,
+}
+
+impl Model {
+    /// Opens a model after checking its sha256, and its input and output against the manifest.
+    pub fn open(library: &Path, manifest: &Manifest, role: Role, threads: usize) -> Result<Model, RuntimeError> {
+        let spec = manifest.model(role).clone();
+        let bytes = manifest.read_verified(&spec)?;
+        let name = spec.name.clone();
+        let fail = |message: String| RuntimeError::Model { name: name.clone(), message };
+        let env = environment(library)?;
+        let session = Session::builder(env)
+            .and_then(|b| Ok(b.with_intra_threads(threads.max(1))?))
+            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .map_err(|e| fail(e.to_string()))?;
+        let model = Model { spec, session };
+        model.check_shapes().map_err(fail)?;
+        Ok(model)
+    }
+
+    fn check_shapes(&self) -> Result<(), String> {
+        let s = &self.spec;
+        let [input] = self.session.inputs() else { return Err("the model must have exactly one input".into()) };
+        let [output] = self.session.outputs() else { return Err("the model must have exactly one output".into()) };
+        if input.name() != s.input || output.name() != s.output {
+            return Err(format!(
+                "tensors are {} -> {}, the manifest says {} -> {}",
+                input.name(),
+                output.name(),
+                s.input,
+                s.output
+            ));
+        }
+        let shape: Vec<i64> = input.dtype().tensor_shape().map(|d| d.iter().copied().collect()).unwrap_or_default();
+        let expected = [s.channels as i64, s.height as i64, s.width as i64];
+        if shape.len() != 4 || shape[1..] != expected {
+            return Err(format!("input shape is {shape:?}, the manifest says (batch, {expected:?})"));
+        }
+        Ok(())
+    }
+
+    /// Runs one image (a (C, H, W) tensor) and returns probabilities: one value for a
+    /// classifier, H x W values for a segmenter.
+    pub fn probabilities(&mut self, tensor: Vec<f32>) -> Result<Vec<f32>, RuntimeError> {
+        let s = &self.spec;
+        let fail = |e: ort::Error| RuntimeError::Model { name: s.name.clone(), message: e.to_string() };
+        let shape = [1usize, s.channels as usize, s.height as usize, s.width as usize];
+        let input = Tensor::from_array((shape, tensor)).map_err(fail)?;
+        let outputs = self.session.run(ort::inputs![s.input.as_str() => input]).map_err(fail)?;
+        let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(fail)?;
+        Ok(match s.output_kind {
+            OutputKind::Probabilities => values.to_vec(),
+            OutputKind::Logits => values.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        })
+    }
+}
