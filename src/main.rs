@@ -45,6 +45,17 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Analyse DICOM files offline (no network, no database): a line per file, and with --out a
+    /// JSON result per file.
+    Infer {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write `<file name>.json` per file here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// List received instances, most recent first.
     Instances {
         #[command(flatten)]
@@ -63,7 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -94,7 +105,7 @@ fn load(arg: &ConfigArg) -> Result<Config, pneumotriage::config::ConfigError> {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let config_arg = match &command {
         Command::Serve(c) | Command::CheckConfig(c) | Command::Migrate(c) => c,
-        Command::Studies { config, .. } | Command::Instances { config, .. } => config,
+        Command::Studies { config, .. } | Command::Instances { config, .. } | Command::Infer { config, .. } => config,
     };
     let config = match load(config_arg) {
         Ok(c) => c,
@@ -111,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(_) => serve(config).await.map(|_| ExitCode::SUCCESS),
+        Command::Infer { out, files, .. } => tokio::task::block_in_place(|| infer(&config, out.as_deref(), &files)),
         Command::Migrate(_) => {
             let store = connect(&config).await?;
             println!("database schema is up to date ({})", pneumotriage::config::redact_url(&config.database_url()));
@@ -165,6 +177,55 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `pneumotriage infer`: every file through the cascade, a line each.
+fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    use pneumotriage::inference::analyze::{not_applicable, Analyzer};
+    let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
+    println!("models: {}", analyzer.manifest.notice);
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut failed = 0;
+    for file in files {
+        let name = file.display();
+        let obj = match dicom_object::open_file(file) {
+            Ok(obj) => obj,
+            Err(e) => {
+                println!("{name}: failed: cannot read it as DICOM: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let result = match not_applicable(&obj) {
+            Some(reason) => {
+                println!("{name}: skipped: {reason}");
+                serde_json::json!({ "file": file, "skipped": reason })
+            }
+            None => match analyzer.analyze(&obj) {
+                Ok(a) => {
+                    let area = a.mask_area_mm2.map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
+                    let t = &a.timings;
+                    println!(
+                        "{name}: {:?} p={:.3}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
+                        a.decision, a.probability, a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
+                    );
+                    serde_json::json!({ "file": file, "result": a, "notice": analyzer.manifest.notice })
+                }
+                Err(e) => {
+                    println!("{name}: failed: {e}");
+                    failed += 1;
+                    serde_json::json!({ "file": file, "failed": e.to_string() })
+                }
+            },
+        };
+        if let Some(dir) = out {
+            let stem = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&result)?)?;
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Connects to the configured database and brings its schema up to date.
