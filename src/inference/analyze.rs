@@ -89,8 +89,7 @@ impl Analyzer {
         let library = find_onnxruntime(configured.as_deref())?;
         let classifier = Model::open(&library, &manifest, Role::Classifier, inference.threads)?;
         let segmenter = Model::open(&library, &manifest, Role::Segmenter, inference.threads)?;
-        let rules = Rules::new(
-            &manifest.thresholds,
+        let rules = manifest.thresholds.with_overrides(
             inference.classifier_threshold,
             inference.mask_threshold,
             inference.min_mask_area_px,

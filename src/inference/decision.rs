@@ -15,26 +15,17 @@ pub enum Decision {
     PositiveWithoutMask,
 }
 
-/// The thresholds in force: the manifest's, with the config's overrides applied.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rules {
-    pub classifier: f32,
-    pub mask: f32,
-    pub min_mask_area_px: u32,
-    pub triplet_top: f32,
-    pub triplet_min_area_px: u32,
-    pub triplet_bottom: f32,
-}
+/// The thresholds in force: the manifest's, with the config's overrides applied
+/// ([`Thresholds::with_overrides`]).
+pub type Rules = Thresholds;
 
-impl Rules {
-    pub fn new(t: &Thresholds, classifier: Option<f32>, mask: Option<f32>, min_area: Option<u32>) -> Rules {
-        Rules {
-            classifier: classifier.unwrap_or(t.classifier),
-            mask: mask.unwrap_or(t.mask),
-            min_mask_area_px: min_area.unwrap_or(t.min_mask_area_px),
-            triplet_top: t.triplet_top,
-            triplet_min_area_px: t.triplet_min_area_px,
-            triplet_bottom: t.triplet_bottom,
+impl Thresholds {
+    pub fn with_overrides(&self, classifier: Option<f32>, mask: Option<f32>, min_area: Option<u32>) -> Thresholds {
+        Thresholds {
+            classifier: classifier.unwrap_or(self.classifier),
+            mask: mask.unwrap_or(self.mask),
+            min_mask_area_px: min_area.unwrap_or(self.min_mask_area_px),
+            ..*self
         }
     }
 }
@@ -86,7 +77,7 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules {
+        Thresholds {
             classifier: 0.5,
             mask: 0.5,
             min_mask_area_px: 3,
@@ -127,7 +118,7 @@ mod tests {
             triplet_min_area_px: 40,
             triplet_bottom: 0.3,
         };
-        let r = Rules::new(&t, Some(0.6), None, Some(0));
+        let r = t.with_overrides(Some(0.6), None, Some(0));
         assert_eq!((r.classifier, r.mask, r.min_mask_area_px), (0.6, 0.5, 0));
     }
 }

@@ -31,7 +31,7 @@ pub enum OutputKind {
     Probabilities,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 pub struct Thresholds {
     pub classifier: f32,
     pub mask: f32,
