@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub inference: InferenceConfig,
     #[serde(default)]
+    pub priority: PriorityConfig,
+    #[serde(default)]
     pub outputs: OutputsConfig,
     #[serde(default)]
     pub destinations: Vec<Destination>,
@@ -144,6 +146,8 @@ pub enum Policy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
+    /// false: receive and keep only; jobs wait in the queue until analysis is turned back on.
+    pub enabled: bool,
     pub models: PathBuf,
     pub device: String,
     pub policy: Policy,
@@ -152,6 +156,10 @@ pub struct InferenceConfig {
     pub onnxruntime: Option<PathBuf>,
     /// Threads per ONNX Runtime session.
     pub threads: usize,
+    /// Inference threads, each with its own sessions: images analysed at the same time.
+    pub workers: usize,
+    /// Also run the models on the horizontally flipped image and average (test-time augmentation).
+    pub tta_hflip: bool,
     pub classifier_threshold: Option<f32>,
     pub mask_threshold: Option<f32>,
     pub min_mask_area_px: Option<u32>,
@@ -160,16 +168,37 @@ pub struct InferenceConfig {
 impl Default for InferenceConfig {
     fn default() -> Self {
         InferenceConfig {
+            enabled: true,
             models: PathBuf::from("models/manifest.toml"),
             device: "cpu".into(),
             policy: Policy::Cascade,
             require_gpu: false,
             onnxruntime: None,
             threads: 1,
+            workers: 1,
+            tta_hflip: false,
             classifier_threshold: None,
             mask_threshold: None,
             min_mask_area_px: None,
         }
+    }
+}
+
+/// How an analysed image's priority on the worklist is set (see `inference::decision::priority`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriorityConfig {
+    /// A positive with a mask and at least this probability is `urgent`; other positives are `review`.
+    pub urgent_probability: f32,
+    /// A positive whose mask covers at least this many mm² is `urgent` whatever its probability.
+    pub urgent_area_mm2: Option<f64>,
+    /// A negative with at least this probability is `review` (a near miss); unset: negatives are `routine`.
+    pub review_probability: Option<f32>,
+}
+
+impl Default for PriorityConfig {
+    fn default() -> Self {
+        PriorityConfig { urgent_probability: 0.8, urgent_area_mm2: None, review_probability: None }
     }
 }
 
@@ -338,9 +367,20 @@ impl Config {
         if self.inference.threads == 0 {
             bad("inference.threads", "must be at least 1".into());
         }
+        if !(1..=64).contains(&self.inference.workers) {
+            bad("inference.workers", format!("{} is out of range (1 to 64)", self.inference.workers));
+        }
+        if self.inference.require_gpu && device == "cpu" {
+            bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());
+        }
+        if self.priority.urgent_area_mm2.is_some_and(|a| a.is_nan() || a < 0.0) {
+            bad("priority.urgent_area_mm2", "must not be negative".into());
+        }
         for (key, value) in [
             ("inference.classifier_threshold", self.inference.classifier_threshold),
             ("inference.mask_threshold", self.inference.mask_threshold),
+            ("priority.urgent_probability", Some(self.priority.urgent_probability)),
+            ("priority.review_probability", self.priority.review_probability),
         ] {
             if let Some(v) = value {
                 if !(0.0..=1.0).contains(&v) {

@@ -3,8 +3,11 @@
 
 pub mod config;
 pub mod dicom;
+pub mod evaluate;
 pub mod imaging;
 pub mod inference;
 pub mod ingest;
+pub mod pipeline;
+pub mod results;
 pub mod spool;
 pub mod store;

@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pneumotriage::config::Config;
 use pneumotriage::dicom::scp::Scp;
+use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
+use pneumotriage::pipeline::Pipeline;
+use pneumotriage::results::overlay;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Store};
 use tracing::{info, warn};
@@ -45,16 +48,31 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
-    /// Analyse DICOM files offline (no network, no database): a line per file, and with --out a
-    /// JSON result per file.
+    /// Analyse DICOM files offline (no network, no database): a line per file, and with --out
+    /// per file a JSON result, the model's input as a PNG and the image with the mask outline.
     Infer {
         #[command(flatten)]
         config: ConfigArg,
-        /// Write `<file name>.json` per file here.
+        /// Write `<file name>.json`, `<file name>.input.png` and `<file name>.overlay.png` here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Measure the models through the node's own analysis on a labelled set in the SIIM-ACR
+    /// layout: classifier recall, precision, specificity, AUC and a threshold sweep, segmenter
+    /// Dice and IoU, and the Kaggle metric.
+    Evaluate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The DICOM files, `<ImageId>.dcm`, searched recursively.
+        #[arg(long, value_name = "DIR")]
+        images: PathBuf,
+        /// The masks: `ImageId, EncodedPixels` rows (SIIM-ACR's train-rle.csv).
+        #[arg(long, value_name = "CSV")]
+        masks: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// List received instances, most recent first.
     Instances {
@@ -105,7 +123,10 @@ fn load(arg: &ConfigArg) -> Result<Config, pneumotriage::config::ConfigError> {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let config_arg = match &command {
         Command::Serve(c) | Command::CheckConfig(c) | Command::Migrate(c) => c,
-        Command::Studies { config, .. } | Command::Instances { config, .. } | Command::Infer { config, .. } => config,
+        Command::Studies { config, .. }
+        | Command::Instances { config, .. }
+        | Command::Infer { config, .. }
+        | Command::Evaluate { config, .. } => config,
     };
     let config = match load(config_arg) {
         Ok(c) => c,
@@ -121,8 +142,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", config.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(_) => serve(config).await.map(|_| ExitCode::SUCCESS),
+        Command::Serve(_) => serve(config).await,
         Command::Infer { out, files, .. } => tokio::task::block_in_place(|| infer(&config, out.as_deref(), &files)),
+        Command::Evaluate { images, masks, json, .. } => {
+            tokio::task::block_in_place(|| evaluate(&config, &images, &masks, json))
+        }
         Command::Migrate(_) => {
             let store = connect(&config).await?;
             println!("database schema is up to date ({})", pneumotriage::config::redact_url(&config.database_url()));
@@ -181,9 +205,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `pneumotriage infer`: every file through the cascade, a line each.
 fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    use pneumotriage::inference::analyze::{not_applicable, Analyzer};
+    use pneumotriage::inference::analyze::not_applicable;
     let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
-    println!("models: {}", analyzer.manifest.notice);
+    analyzer.keep_views = out.is_some();
+    println!(
+        "models: {} {} and {} {} on {} ({})",
+        analyzer.classifier().name,
+        analyzer.classifier().version,
+        analyzer.segmenter().name,
+        analyzer.segmenter().version,
+        analyzer.execution_provider(),
+        analyzer.manifest.notice
+    );
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -208,10 +241,20 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
                     let area = a.mask_area_mm2.map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
                     let t = &a.timings;
                     println!(
-                        "{name}: {:?} p={:.3}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
-                        a.decision, a.probability, a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
+                        "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
+                        a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
                     );
-                    serde_json::json!({ "file": file, "result": a, "notice": analyzer.manifest.notice })
+                    if let (Some(dir), Some(views)) = (out, &a.views) {
+                        let stem = output_stem(file);
+                        let input = overlay::grey_png(&views.model_input)?;
+                        std::fs::write(dir.join(format!("{stem}.input.png")), input)?;
+                        let outlined = overlay::outline_png(&views.display, a.mask.as_deref())?;
+                        std::fs::write(dir.join(format!("{stem}.overlay.png")), outlined)?;
+                    }
+                    serde_json::json!({ "file": file, "result": a, "models": {
+                        "classifier": analyzer.classifier().name, "classifier_version": analyzer.classifier().version,
+                        "segmenter": analyzer.segmenter().name, "segmenter_version": analyzer.segmenter().version,
+                        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice })
                 }
                 Err(e) => {
                     println!("{name}: failed: {e}");
@@ -221,11 +264,64 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
             },
         };
         if let Some(dir) = out {
-            let stem = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-            std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&result)?)?;
+            std::fs::write(dir.join(format!("{}.json", output_stem(file))), serde_json::to_string_pretty(&result)?)?;
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The name `infer --out` gives a file's outputs: its own file name.
+fn output_stem(file: &std::path::Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+}
+
+/// `pneumotriage evaluate`: the metrics of the models through the node's own code path.
+fn evaluate(
+    config: &Config,
+    images: &std::path::Path,
+    masks: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
+    let report = pneumotriage::evaluate::evaluate(&mut analyzer, images, masks, |done, total| {
+        if done % 50 == 0 || done == total {
+            eprintln!("{done}/{total} images");
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
+    let c = &report.classifier;
+    println!("models: {}", report.notice);
+    println!("{} images, {} positive", report.images, report.positives);
+    if !report.missing.is_empty() {
+        println!("{} labelled images without a DICOM file (first: {})", report.missing.len(), report.missing[0]);
+    }
+    for failure in &report.failed {
+        println!("failed: {failure}");
+    }
+    println!(
+        "classifier at {:.2}: recall {}, precision {}, specificity {}, AUC {}",
+        c.threshold,
+        f(c.recall),
+        f(c.precision),
+        f(c.specificity),
+        f(report.auc)
+    );
+    for row in &report.threshold_sweep {
+        println!(
+            "  threshold {:.1}: recall {}, precision {}, specificity {}",
+            row.threshold,
+            f(row.recall),
+            f(row.precision),
+            f(row.specificity)
+        );
+    }
+    println!("segmenter on positives: Dice {}, IoU {}", f(report.mean_dice_positives), f(report.mean_iou_positives));
+    println!("cascade Kaggle metric (mean Dice, empty-empty = 1): {}", f(report.kaggle_mean_dice));
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Connects to the configured database and brings its schema up to date.
@@ -237,8 +333,38 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// One analyzer per inference worker, or the reason the models cannot run.
+fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
+    let analyzers = (0..config.inference.workers).map(|_| Analyzer::open(config)).collect::<Result<Vec<_>, _>>()?;
+    let first = &analyzers[0];
+    info!(
+        classifier = %format_args!("{} {}", first.classifier().name, first.classifier().version),
+        segmenter = %format_args!("{} {}", first.segmenter().name, first.segmenter().version),
+        policy = ?config.inference.policy,
+        device = %config.inference.device,
+        execution_provider = first.execution_provider(),
+        workers = analyzers.len(),
+        "models loaded ({})",
+        first.manifest.notice
+    );
+    Ok(analyzers)
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %config.source, "starting: {}", config.summary());
+    // The models first: a node that cannot analyse should say so before it accepts images.
+    let analyzers = if config.inference.enabled {
+        match tokio::task::block_in_place(|| open_analyzers(&config)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: cannot load the models ([inference] in {}): {e}", config.source);
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        warn!("analysis is off (inference.enabled = false): images are received and kept, their jobs wait");
+        None
+    };
     let spool_dir = config.spool_dir();
     let (spool, removed) = Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024)
         .with_context(|| format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source))?;
@@ -246,7 +372,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!(removed, "removed incomplete temporary files (never acknowledged)");
     }
     let store = connect(&config).await?;
-    let ingest = Arc::new(Ingest::new(Arc::new(spool), store.clone()));
+    let spool = Arc::new(spool);
+    let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
     let recovery = ingest.recover(&config.dicom).await.context("start-up recovery")?;
     if recovery.registered > 0 || recovery.requeued_jobs > 0 || recovery.unreadable > 0 {
         warn!(
@@ -259,12 +386,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.dicom.bind)
         .await
         .with_context(|| format!("cannot listen on dicom.bind = {} ({})", config.dicom.bind, config.source))?;
+    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a));
     info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
     let scp = Scp::new(config.dicom.clone(), ingest);
     scp.serve(listener, shutdown_signal()).await;
     info!("stopping");
+    if let Some(pipeline) = pipeline {
+        pipeline.shutdown().await;
+    }
     store.close().await;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,23 +5,14 @@ mod common;
 
 use std::process::Command;
 
-use common::{pydicom_data, python, text, tool};
+use common::{pydicom_data, python, synthetic_images, text, tool};
 
 #[test]
 fn infer_finds_synthetic_pneumothoraces_and_skips_a_tibia() {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     let out = work.path().join("out");
-    let made = Command::new(python())
-        .args(["-m", "pneumotriage_models.generate"])
-        .arg(&images)
-        .args(["10", "--seed", "4242"])
-        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/src"))
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
-    let mut files: Vec<_> = walk(&images);
-    files.sort();
+    let files = synthetic_images(&images, 10, 4242);
     let tibia = pydicom_data("RG3_UNCR.dcm");
     let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
         .arg("infer")
@@ -61,16 +52,34 @@ fn infer_finds_synthetic_pneumothoraces_and_skips_a_tibia() {
             assert_eq!(row["decision"], "negative", "{row}");
         }
     }
-}
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else if e.path().extension().is_some_and(|x| x == "dcm") {
-            out.push(e.path());
+    // What the model saw, and the image with the mask's outline, for every analysed file.
+    for row in rows.iter().filter(|r| !r["decision"].is_null()) {
+        let id = row["image_id"].as_str().unwrap();
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{id}.dcm.json"))).unwrap()).unwrap();
+        let (input, _) = read_png(&out.join(format!("{id}.dcm.input.png")));
+        assert_eq!((input.width, input.height, input.color_type), (256, 256, png::ColorType::Grayscale));
+        let (overlay, pixels) = read_png(&out.join(format!("{id}.dcm.overlay.png")));
+        assert_eq!(overlay.color_type, png::ColorType::Rgb);
+        assert_eq!(
+            (overlay.width as u64, overlay.height as u64),
+            (result["result"]["width"].as_u64().unwrap(), result["result"]["height"].as_u64().unwrap())
+        );
+        let outlined = pixels.chunks_exact(3).filter(|p| p[0] != p[1] || p[1] != p[2]).count();
+        if row["decision"] == "positive" {
+            assert!(outlined > 100, "{id}: a positive's overlay shows its outline ({outlined} coloured pixels)");
+        } else {
+            assert_eq!(outlined, 0, "{id}: nothing drawn on a negative");
         }
     }
-    out
+}
+
+fn read_png(path: &std::path::Path) -> (png::OutputInfo, Vec<u8>) {
+    let mut reader =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap())).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info, buf)
 }

@@ -8,7 +8,10 @@ use std::process::Command;
 
 use common::{pydicom_data, python, text, tool};
 use pneumotriage::imaging::{display_image, to_tensor};
+use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role, RuntimeError};
+
+const CPU: SessionSettings = SessionSettings { threads: 1, device: Device::Cpu, require_gpu: false };
 
 fn manifest_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml")
@@ -47,7 +50,7 @@ fn demo_models_give_what_python_onnxruntime_gives() {
     assert!(manifest.notice.contains("not for clinical use"));
     let image = display_image(&dicom_object::open_file(pydicom_data("RG1_UNCR.dcm")).unwrap()).unwrap();
     for role in [Role::Classifier, Role::Segmenter] {
-        let mut model = Model::open(&library(), &manifest, role, 1).unwrap();
+        let mut model = Model::open(&library(), &manifest, role, CPU).unwrap();
         let tensor = to_tensor(&image, &model.spec.preprocess()).unwrap();
         let ours = model.probabilities(tensor.clone()).unwrap();
         let theirs = python_probabilities(&manifest, role, &tensor);
@@ -75,7 +78,7 @@ fn a_model_file_that_is_not_the_manifests_is_refused() {
     std::fs::write(&classifier, bytes).unwrap();
     std::fs::write(dir.path().join("manifest.toml"), &text).unwrap();
     let tampered = Manifest::load(&dir.path().join("manifest.toml")).unwrap();
-    let err = Model::open(&library(), &tampered, Role::Classifier, 1).err().expect("refused");
+    let err = Model::open(&library(), &tampered, Role::Classifier, CPU).err().expect("refused");
     assert!(err.to_string().contains("sha256"), "{err}");
 
     // a manifest that lies about the input size
@@ -83,7 +86,7 @@ fn a_model_file_that_is_not_the_manifests_is_refused() {
     std::fs::write(dir.path().join("manifest.toml"), &text).unwrap();
     std::fs::write(&classifier, std::fs::read(manifest.path_of(manifest.model(Role::Classifier))).unwrap()).unwrap();
     let lying = Manifest::load(&dir.path().join("manifest.toml")).unwrap();
-    match Model::open(&library(), &lying, Role::Classifier, 1) {
+    match Model::open(&library(), &lying, Role::Classifier, CPU) {
         Err(RuntimeError::Model { message, .. }) => assert!(message.contains("input shape"), "{message}"),
         other => panic!("expected a shape error, got {:?}", other.err()),
     }

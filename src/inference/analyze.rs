@@ -7,11 +7,11 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::Serialize;
 
-use super::decision::{self, Decision, Rules};
-use super::manifest::Manifest;
-use super::runtime::{find_onnxruntime, Model, RuntimeError};
+use super::decision::{self, Decision, Priority, Rules};
+use super::manifest::{Manifest, ModelSpec};
+use super::runtime::{find_onnxruntime, Device, Model, RuntimeError, SessionSettings};
 use super::Role;
-use crate::config::{Config, Policy};
+use crate::config::{Config, Policy, PriorityConfig};
 use crate::imaging::{self, DisplayImage};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,7 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Analysis {
     pub decision: Decision,
+    pub priority: Priority,
     pub probability: f32,
     pub width: u32,
     pub height: u32,
@@ -44,13 +45,34 @@ pub struct Analysis {
     /// When the pixel spacing is known (Imager Pixel Spacing, else Pixel Spacing; 0\0 is unknown).
     pub mask_area_mm2: Option<f64>,
     pub timings: Timings,
+    /// The mask at the source image's size, row-major.
     #[serde(skip)]
     pub mask: Option<Vec<bool>>,
+    /// What the first model saw and the displayed image, kept only when asked (`infer --out`).
+    #[serde(skip)]
+    pub views: Option<Views>,
+    /// The segmenter's own mask at the source size whatever the classifier said (the
+    /// segmenter's metrics in `evaluate`); only with [`Analyzer::segment_always`].
+    #[serde(skip)]
+    pub segmenter_mask: Option<Vec<bool>>,
 }
+
+/// The images behind an analysis, for inspection.
+#[derive(Debug, Clone)]
+pub struct Views {
+    /// The model's input as the model saw it, de-normalised to 0..1 (first channel).
+    pub model_input: DisplayImage,
+    /// The source image after Modality LUT, VOI and MONOCHROME1 inversion.
+    pub display: DisplayImage,
+}
+
+/// The smallest image analysed, in pixels per side.
+pub const MIN_SIDE: u32 = 64;
 
 /// Why an image is not analysed (design.md §3, "Applicability"), or `None` when it is.
 pub fn not_applicable(obj: &InMemDicomObject) -> Option<String> {
     let text = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_uppercase());
+    let number = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
     match text(tags::MODALITY).as_deref() {
         Some("CR") | Some("DX") => {}
         other => return Some(format!("modality {} is not CR or DX", other.unwrap_or("(none)"))),
@@ -70,6 +92,17 @@ pub fn not_applicable(obj: &InMemDicomObject) -> Option<String> {
             return Some(format!("{frames} frames (one is analysed)"));
         }
     }
+    let photometric = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    if number(tags::SAMPLES_PER_PIXEL).is_some_and(|n| n != 1)
+        || !(photometric == "MONOCHROME1" || photometric == "MONOCHROME2")
+    {
+        return Some(format!("not a grayscale image (photometric interpretation {photometric})"));
+    }
+    if let (Some(rows), Some(columns)) = (number(tags::ROWS), number(tags::COLUMNS)) {
+        if rows < MIN_SIDE || columns < MIN_SIDE {
+            return Some(format!("{columns}x{rows} pixels is smaller than {MIN_SIDE}x{MIN_SIDE}"));
+        }
+    }
     None
 }
 
@@ -79,6 +112,13 @@ pub struct Analyzer {
     segmenter: Model,
     rules: Rules,
     policy: Policy,
+    priority_rules: PriorityConfig,
+    tta_hflip: bool,
+    /// Keep the model input and the displayed image in each [`Analysis`] (`infer --out`).
+    pub keep_views: bool,
+    /// Run the segmenter on every image, also below the classifier's threshold (`evaluate`);
+    /// the decision is the same.
+    pub segment_always: bool,
 }
 
 impl Analyzer {
@@ -87,14 +127,51 @@ impl Analyzer {
         let manifest = Manifest::load(&config.resolve(&inference.models)).map_err(RuntimeError::from)?;
         let configured = inference.onnxruntime.as_ref().map(|p| config.resolve(p));
         let library = find_onnxruntime(configured.as_deref())?;
-        let classifier = Model::open(&library, &manifest, Role::Classifier, inference.threads)?;
-        let segmenter = Model::open(&library, &manifest, Role::Segmenter, inference.threads)?;
+        let settings = SessionSettings {
+            threads: inference.threads,
+            device: Device::parse(&inference.device),
+            require_gpu: inference.require_gpu,
+        };
+        let classifier = Model::open(&library, &manifest, Role::Classifier, settings)?;
+        let segmenter = Model::open(&library, &manifest, Role::Segmenter, settings)?;
         let rules = manifest.thresholds.with_overrides(
             inference.classifier_threshold,
             inference.mask_threshold,
             inference.min_mask_area_px,
         );
-        Ok(Analyzer { manifest, classifier, segmenter, rules, policy: inference.policy })
+        Ok(Analyzer {
+            manifest,
+            classifier,
+            segmenter,
+            rules,
+            policy: inference.policy,
+            priority_rules: config.priority,
+            tta_hflip: inference.tta_hflip,
+            keep_views: false,
+            segment_always: false,
+        })
+    }
+
+    pub fn classifier(&self) -> &ModelSpec {
+        &self.classifier.spec
+    }
+
+    pub fn segmenter(&self) -> &ModelSpec {
+        &self.segmenter.spec
+    }
+
+    /// The thresholds in force (the manifest's with the config's overrides).
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The execution provider the models run on (CPU when CUDA fell back).
+    pub fn execution_provider(&self) -> &'static str {
+        self.segmenter.execution_provider
     }
 
     pub fn analyze(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Analysis, AnalyzeError> {
@@ -104,36 +181,68 @@ impl Analyzer {
         timings.decode_ms = ms(started);
 
         let mut stage = Instant::now();
-        let classifier_input = imaging::to_tensor(&image, &self.classifier.spec.preprocess())?;
-        let segmenter_input = imaging::to_tensor(&image, &self.segmenter.spec.preprocess())?;
+        let classifier_pre = self.classifier.spec.preprocess();
+        let segmenter_pre = self.segmenter.spec.preprocess();
+        let classifier_input = imaging::to_tensor(&image, &classifier_pre)?;
+        let segmenter_input = if segmenter_pre == classifier_pre {
+            classifier_input.clone()
+        } else {
+            imaging::to_tensor(&image, &segmenter_pre)?
+        };
         timings.preprocess_ms = ms(stage);
 
         stage = Instant::now();
-        let outcome = match self.policy {
+        let (outcome, probabilities) = match self.policy {
             Policy::Cascade => {
-                let p = self.classifier.probabilities(classifier_input)?[0];
-                let seg = if p >= self.rules.classifier {
-                    Some(self.segmenter.probabilities(segmenter_input)?)
+                let p = run(&mut self.classifier, &classifier_input, self.tta_hflip)?[0];
+                let seg = if p >= self.rules.classifier || self.segment_always {
+                    Some(run(&mut self.segmenter, &segmenter_input, self.tta_hflip)?)
                 } else {
                     None
                 };
-                decision::cascade(&self.rules, p, seg.as_deref())
+                (decision::cascade(&self.rules, p, seg.as_deref()), seg)
             }
-            Policy::Segmentation => decision::triplet(&self.rules, &self.segmenter.probabilities(segmenter_input)?),
+            Policy::Segmentation => {
+                let seg = run(&mut self.segmenter, &segmenter_input, self.tta_hflip)?;
+                (decision::triplet(&self.rules, &seg), Some(seg))
+            }
         };
         timings.inference_ms = ms(stage);
 
         stage = Instant::now();
-        let mask = match &outcome.mask {
-            Some(small) => Some(self.full_size_mask(small, &image)?),
-            None => None,
+        // The segmenter alone has a mask when the rules' area test passes whatever the classifier said.
+        let segmenter_has_mask = match (self.policy, &probabilities) {
+            (Policy::Cascade, Some(p)) => decision::cascade(&self.rules, 1.0, Some(p)).mask.is_some(),
+            _ => outcome.mask.is_some(),
         };
+        let full = match probabilities {
+            Some(p) if outcome.mask.is_some() || (self.segment_always && segmenter_has_mask) => {
+                Some(self.full_size_mask(p, &image)?)
+            }
+            _ => None,
+        };
+        let segmenter_mask = full.clone().filter(|_| self.segment_always && segmenter_has_mask);
+        let mask = full.filter(|_| outcome.mask.is_some());
         let mask_area_px = mask.as_ref().map_or(0, |m| m.iter().filter(|&&b| b).count());
         let mask_rle = mask.as_ref().map_or_else(|| "-1".to_string(), |m| siim_rle(m, image.width, image.height));
         let mask_area_mm2 = pixel_spacing(obj).map(|(r, c)| mask_area_px as f64 * r * c);
+        let priority = decision::priority(&self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
         timings.postprocess_ms = ms(stage);
+        let views = self.keep_views.then(|| {
+            let (_, h, w) = self.classifier.input_shape();
+            let plane = &classifier_input[..h * w];
+            Views {
+                model_input: DisplayImage {
+                    width: w as u32,
+                    height: h as u32,
+                    pixels: plane.iter().map(|v| v * classifier_pre.std + classifier_pre.mean).collect(),
+                },
+                display: image.clone(),
+            }
+        });
         Ok(Analysis {
             decision: outcome.decision,
+            priority,
             probability: outcome.probability,
             width: image.width,
             height: image.height,
@@ -142,20 +251,43 @@ impl Analyzer {
             mask_area_mm2,
             timings,
             mask,
+            views,
+            segmenter_mask,
         })
     }
 
-    /// The model-resolution mask brought back to the source size with the same filter.
-    fn full_size_mask(&self, small: &[bool], image: &DisplayImage) -> Result<Vec<bool>, AnalyzeError> {
+    /// The segmenter's probabilities brought back to the source size with the same filter, then
+    /// thresholded (the mask threshold, or the triplet rule's bottom one).
+    fn full_size_mask(&self, probabilities: Vec<f32>, image: &DisplayImage) -> Result<Vec<bool>, AnalyzeError> {
         let spec = &self.segmenter.spec;
-        let as_image = DisplayImage {
-            width: spec.width,
-            height: spec.height,
-            pixels: small.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect(),
+        let cut = match self.policy {
+            Policy::Cascade => self.rules.mask,
+            Policy::Segmentation => self.rules.triplet_bottom,
         };
-        let big = imaging::resize(&as_image, image.width, image.height)?;
-        Ok(big.pixels.iter().map(|&v| v >= 0.5).collect())
+        let small = DisplayImage { width: spec.width, height: spec.height, pixels: probabilities };
+        let big = imaging::resize(&small, image.width, image.height)?;
+        Ok(big.pixels.iter().map(|&v| v >= cut).collect())
     }
+}
+
+/// Runs a model on one input, and with `hflip` on its mirror image too, averaging the two (the
+/// mirrored output flipped back first when it is a map).
+fn run(model: &mut Model, input: &[f32], hflip: bool) -> Result<Vec<f32>, RuntimeError> {
+    let direct = model.probabilities(input.to_vec())?;
+    if !hflip {
+        return Ok(direct);
+    }
+    let (_, _, width) = model.input_shape();
+    let mut mirrored = model.probabilities(flip_rows(input, width))?;
+    if mirrored.len() > 1 {
+        mirrored = flip_rows(&mirrored, width);
+    }
+    Ok(direct.iter().zip(&mirrored).map(|(a, b)| (a + b) / 2.0).collect())
+}
+
+/// Mirrors every row of width `width` (a (C,) H, W tensor).
+fn flip_rows(values: &[f32], width: usize) -> Vec<f32> {
+    values.chunks_exact(width).flat_map(|row| row.iter().rev().copied()).collect()
 }
 
 fn ms(since: Instant) -> f64 {
@@ -209,5 +341,10 @@ mod tests {
         // column-major order: (0,0) (1,0) (0,1) (1,1) (0,2) (1,2) -> 0 0 1 1 0 1
         assert_eq!(siim_rle(&mask, 3, 2), "2 2 1 1");
         assert_eq!(siim_rle(&[false; 6], 3, 2), "-1");
+    }
+
+    #[test]
+    fn flip_mirrors_each_row() {
+        assert_eq!(flip_rows(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3), [3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
     }
 }

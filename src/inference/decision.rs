@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::manifest::Thresholds;
+use crate::config::PriorityConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -13,6 +14,51 @@ pub enum Decision {
     Negative,
     /// The classifier said positive but the segmenter found no region large enough.
     PositiveWithoutMask,
+}
+
+/// Where an analysed image goes on the worklist; ordered, so that a study takes its images' highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Routine,
+    Review,
+    Urgent,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Routine => "routine",
+            Priority::Review => "review",
+            Priority::Urgent => "urgent",
+        }
+    }
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Positive => "positive",
+            Decision::Negative => "negative",
+            Decision::PositiveWithoutMask => "positive_without_mask",
+        }
+    }
+}
+
+/// The priority rules of `[priority]`: a confident positive with a mask (or a large one) is
+/// urgent; every other positive is for review; a negative is routine unless it is a near miss.
+pub fn priority(rules: &PriorityConfig, decision: Decision, probability: f32, mask_area_mm2: Option<f64>) -> Priority {
+    match decision {
+        Decision::Positive
+            if probability >= rules.urgent_probability
+                || rules.urgent_area_mm2.zip(mask_area_mm2).is_some_and(|(min, area)| area >= min) =>
+        {
+            Priority::Urgent
+        }
+        Decision::Positive | Decision::PositiveWithoutMask => Priority::Review,
+        Decision::Negative if rules.review_probability.is_some_and(|p| probability >= p) => Priority::Review,
+        Decision::Negative => Priority::Routine,
+    }
 }
 
 /// The thresholds in force: the manifest's, with the config's overrides applied
@@ -106,6 +152,20 @@ mod tests {
         assert_eq!(positive.decision, Decision::Positive);
         assert_eq!(positive.mask, Some(vec![true, true, true, false]), "then every pixel above bottom");
         assert!((positive.probability - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn priority_follows_the_configured_rules() {
+        let rules = PriorityConfig { urgent_probability: 0.8, urgent_area_mm2: Some(1000.0), review_probability: None };
+        assert_eq!(priority(&rules, Decision::Positive, 0.85, None), Priority::Urgent);
+        assert_eq!(priority(&rules, Decision::Positive, 0.7, Some(400.0)), Priority::Review);
+        assert_eq!(priority(&rules, Decision::Positive, 0.7, Some(1200.0)), Priority::Urgent, "large mask");
+        assert_eq!(priority(&rules, Decision::PositiveWithoutMask, 0.99, None), Priority::Review);
+        assert_eq!(priority(&rules, Decision::Negative, 0.5, None), Priority::Routine);
+        let near_miss = PriorityConfig { review_probability: Some(0.4), ..rules };
+        assert_eq!(priority(&near_miss, Decision::Negative, 0.5, None), Priority::Review);
+        assert_eq!(priority(&near_miss, Decision::Negative, 0.3, None), Priority::Routine);
+        assert!(Priority::Urgent > Priority::Review && Priority::Review > Priority::Routine);
     }
 
     #[test]

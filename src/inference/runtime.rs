@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::ep::{ExecutionProvider, CUDA};
 use ort::session::Session;
 use ort::value::Tensor;
+use tracing::warn;
 
 use super::manifest::{Manifest, ManifestError, ModelSpec, OutputKind, Role};
 
@@ -77,27 +79,63 @@ pub fn environment(library: &Path) -> Result<&'static Environment, RuntimeError>
         .map_err(|message| RuntimeError::Load { path: library.to_path_buf(), message: message.clone() })
 }
 
-/// A loaded model: its manifest entry and an ONNX Runtime session.
+/// Where the models run: `inference.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device by index.
+    Cuda(i32),
+}
+
+impl Device {
+    /// Parses "cpu", "cuda" or "cuda:N" (the config has checked the value already).
+    pub fn parse(text: &str) -> Device {
+        match text.strip_prefix("cuda") {
+            Some(rest) => Device::Cuda(rest.strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or(0)),
+            None => Device::Cpu,
+        }
+    }
+}
+
+/// How sessions are made: `inference.threads`, `inference.device` and `inference.require_gpu`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub threads: usize,
+    pub device: Device,
+    pub require_gpu: bool,
+}
+
+pub const CPU_PROVIDER: &str = "CPUExecutionProvider";
+
+/// A loaded model: its manifest entry, an ONNX Runtime session and the execution provider it runs on.
 pub struct Model {
     pub spec: ModelSpec,
+    pub execution_provider: &'static str,
     session: Session,
 }
 
 impl Model {
     /// Opens a model after checking its sha256, and its input and output against the manifest.
-    pub fn open(library: &Path, manifest: &Manifest, role: Role, threads: usize) -> Result<Model, RuntimeError> {
+    pub fn open(
+        library: &Path,
+        manifest: &Manifest,
+        role: Role,
+        settings: SessionSettings,
+    ) -> Result<Model, RuntimeError> {
         let spec = manifest.model(role).clone();
         let bytes = manifest.read_verified(&spec)?;
         let name = spec.name.clone();
         let fail = |message: String| RuntimeError::Model { name: name.clone(), message };
         let env = environment(library)?;
-        let session = Session::builder(env)
-            .and_then(|b| Ok(b.with_intra_threads(threads.max(1))?))
-            .and_then(|mut b| b.commit_from_memory(&bytes))
-            .map_err(|e| fail(e.to_string()))?;
-        let model = Model { spec, session };
+        let (session, execution_provider) = session(env, &bytes, settings, &spec.name).map_err(fail)?;
+        let model = Model { spec, execution_provider, session };
         model.check_shapes().map_err(fail)?;
         Ok(model)
+    }
+
+    /// The input tensor's (channels, height, width).
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        (self.spec.channels as usize, self.spec.height as usize, self.spec.width as usize)
     }
 
     fn check_shapes(&self) -> Result<(), String> {
@@ -135,4 +173,39 @@ impl Model {
             OutputKind::Logits => values.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
         })
     }
+}
+
+/// A session on the configured device. CUDA that cannot be used (a CPU-only library, no driver,
+/// missing CUDA libraries) fails when `require_gpu` is set, else falls back to the CPU with a
+/// warning: ONNX Runtime's own fallback is silent.
+fn session(
+    env: &Environment,
+    model: &[u8],
+    settings: SessionSettings,
+    name: &str,
+) -> Result<(Session, &'static str), String> {
+    let threads = settings.threads.max(1);
+    if let Device::Cuda(id) = settings.device {
+        let cuda = Session::builder(env)
+            .and_then(|b| Ok(b.with_intra_threads(threads)?))
+            .and_then(|b| {
+                Ok(b.with_execution_providers([CUDA::default().with_device_id(id).build().error_on_failure()])?)
+            })
+            .and_then(|mut b| b.commit_from_memory(model));
+        match cuda {
+            Ok(session) => return Ok((session, CUDA::NAME)),
+            Err(e) if settings.require_gpu => {
+                return Err(format!(
+                    "inference.device = \"cuda:{id}\" cannot be used and inference.require_gpu is true: {e} \
+                     (the GPU build of ONNX Runtime is PyPI's onnxruntime-gpu with its [cuda,cudnn] extras)"
+                ))
+            }
+            Err(e) => warn!(model = name, error = %e, "CUDA device {id} cannot be used; running on the CPU"),
+        }
+    }
+    let session = Session::builder(env)
+        .and_then(|b| Ok(b.with_intra_threads(threads)?))
+        .and_then(|mut b| b.commit_from_memory(model))
+        .map_err(|e| e.to_string())?;
+    Ok((session, CPU_PROVIDER))
 }

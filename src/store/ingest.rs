@@ -81,7 +81,11 @@ impl Store {
     /// Commits the study, instance, job and event rows of a received instance. Instances that
     /// arrive while a commit is in flight are committed together in the next transaction.
     pub async fn record_instance(&self, new: &NewInstance) -> Result<Recorded> {
-        self.committer.commit(new.clone()).await
+        let recorded = self.committer.commit(new.clone()).await?;
+        if new.skip_reason.is_none() {
+            self.jobs_queued.notify_one();
+        }
+        Ok(recorded)
     }
 
     /// Appends to the audit trail.
@@ -102,7 +106,11 @@ impl Store {
     }
 }
 
-async fn insert_event<'e, E: Executor<'e, Database = Any>>(executor: E, node: &str, e: &Event<'_>) -> Result<()> {
+pub(super) async fn insert_event<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    node: &str,
+    e: &Event<'_>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (at, node, kind, peer_ae, peer_address, sop_instance_uid, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

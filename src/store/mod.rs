@@ -9,13 +9,16 @@ mod jobs;
 mod listing;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
+use tokio::sync::Notify;
 
 pub use ingest::{Event, InstanceHeader, NewInstance, PreviousVersion, Recorded};
+pub use jobs::{ClaimedJob, JobEnd, NewResult};
 pub use listing::{InstanceRow, StudyRow};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -50,6 +53,8 @@ pub struct Store {
     /// in one transaction (group commit): one fsync for several instances, and no writers
     /// queueing on SQLite's lock.
     committer: ingest::Committer,
+    /// Signalled when this node queues a job, so that the pipeline claims it at once.
+    jobs_queued: Arc<Notify>,
 }
 
 impl Store {
@@ -85,7 +90,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect { url: redacted, source })?;
         let committer = ingest::Committer::spawn(pool.clone(), node.to_string());
-        Ok(Store { pool, backend, node: node.to_string(), committer })
+        Ok(Store { pool, backend, node: node.to_string(), committer, jobs_queued: Arc::new(Notify::new()) })
     }
 
     /// Brings the schema up to date; safe to run at every start.
@@ -104,6 +109,11 @@ impl Store {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Notified (`notify_one`) when this node queues a job for analysis.
+    pub fn jobs_queued(&self) -> &Notify {
+        &self.jobs_queued
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -102,6 +102,8 @@ pub struct Setup {
     pub port: u16,
     pub config_path: PathBuf,
     pub backend: Backend,
+    /// The `[inference]` lines of the config.
+    pub inference: String,
 }
 
 /// Calling AE titles the default test config allows.
@@ -118,18 +120,31 @@ host = "127.0.0.1"
 "#;
 
 impl Setup {
-    /// A node with the default test configuration.
+    /// A receiving node with the default test configuration: analysis is off, so that jobs
+    /// stay queued for the receive tests to see.
     pub fn new(backend: Backend) -> Setup {
         Setup::with(backend, "", "")
     }
 
     /// `node_extra` and `dicom_extra` are TOML lines added to `[node]` and `[dicom]`.
     pub fn with(backend: Backend, node_extra: &str, dicom_extra: &str) -> Setup {
+        Setup::build(backend, node_extra, dicom_extra, "enabled = false")
+    }
+
+    /// A node that analyses what it receives with the repository's models; `inference_extra`
+    /// is added to `[inference]`.
+    pub fn analysing(backend: Backend, inference_extra: &str) -> Setup {
+        Setup::build(backend, "", "", inference_extra)
+    }
+
+    fn build(backend: Backend, node_extra: &str, dicom_extra: &str, inference_extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::create(backend, dir.path());
         let port = free_port();
         let config_path = dir.path().join("pneumotriage.toml");
-        let setup = Setup { dir, db, port, config_path, backend };
+        let inference =
+            format!("models = \"{}/models/manifest.toml\"\n{inference_extra}\n", env!("CARGO_MANIFEST_DIR"));
+        let setup = Setup { dir, db, port, config_path, backend, inference };
         setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
         setup
     }
@@ -140,8 +155,8 @@ impl Setup {
         let text = format!(
             "[node]\ndata_dir = \"var\"\nname = \"test-node\"\n{floor}\n{node_extra}\n\
              [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\n{dicom_extra}\n\
-             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n",
-            self.port, self.db.url
+             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n[inference]\n{}",
+            self.port, self.db.url, self.inference
         );
         std::fs::write(&self.config_path, text).unwrap();
     }
@@ -385,4 +400,35 @@ pub fn run(program: &str, args: &[&str]) -> Output {
 
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Writes `n` synthetic radiographs with known masks (models/training's generator) and their
+/// `train-rle.csv` under `dir`; returns the DICOM files, sorted.
+pub fn synthetic_images(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
+    let made = Command::new(python())
+        .args(["-m", "pneumotriage_models.generate"])
+        .arg(dir)
+        .args([n.to_string(), "--seed".into(), seed.to_string()])
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/src"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else if e.path().extension().is_some_and(|x| x == "dcm") {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    files
+}
+
+/// The true masks of a synthetic set by ImageId (the file stem): (is positive, the CSV's RLE rows).
+pub fn synthetic_truth(dir: &Path) -> std::collections::HashMap<String, Vec<String>> {
+    pneumotriage::evaluate::read_rle_csv(&dir.join("train-rle.csv")).unwrap().into_iter().collect()
 }

@@ -1,0 +1,264 @@
+//! The workers that take a received instance from "queued" to a result (design.md §3).
+//!
+//! One async task claims jobs from the database and hands them over a bounded channel to the
+//! inference threads, each with its own model sessions; a burst of arrivals waits in the
+//! database, not in memory. A worker reads the spool file, checks applicability, runs the
+//! cascade and writes the result, or ends the job with its reason:
+//! - not applicable or not grayscale: `skipped`;
+//! - unreadable file, corrupt pixel data, a panic in the analysis: `failed` at once (a poisoned
+//!   image fails alone and the worker goes on);
+//! - an ONNX Runtime error or an I/O error: retried with backoff, `failed` after
+//!   [`MAX_ATTEMPTS`].
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Policy;
+use crate::imaging::ImagingError;
+use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
+use crate::spool::Spool;
+use crate::store::{ClaimedJob, JobEnd, NewResult, Store};
+
+/// How long a claimed job is ours before another node may take it over.
+pub const LEASE: Duration = Duration::from_secs(300);
+/// Attempts before a job with transient errors is failed.
+pub const MAX_ATTEMPTS: i64 = 4;
+/// How often the queue is polled when nothing signals new work (retries that fall due, jobs
+/// queued by other nodes, expired leases).
+const POLL: Duration = Duration::from_secs(2);
+
+/// What became of one job's analysis.
+#[derive(Debug)]
+pub enum Verdict {
+    Analysed(Box<Analysis>),
+    Skipped(String),
+    Failed(String),
+    /// Worth another attempt later.
+    Transient(String),
+}
+
+/// The running pipeline; [`Pipeline::shutdown`] stops it.
+pub struct Pipeline {
+    stop: watch::Sender<bool>,
+    stopping: Arc<AtomicBool>,
+    claimer: tokio::task::JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    store: Store,
+}
+
+impl Pipeline {
+    /// Starts one inference thread per analyzer and the claiming task.
+    pub fn start(store: Store, spool: Arc<Spool>, analyzers: Vec<Analyzer>) -> Pipeline {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<ClaimedJob>(analyzers.len().max(1));
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let (stop, stop_rx) = watch::channel(false);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let handle = Handle::current();
+        let workers = analyzers
+            .into_iter()
+            .enumerate()
+            .map(|(n, analyzer)| {
+                let worker = Worker {
+                    analyzer,
+                    spool: spool.clone(),
+                    store: store.clone(),
+                    jobs: jobs_rx.clone(),
+                    stopping: stopping.clone(),
+                    runtime: handle.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("inference-{n}"))
+                    .spawn(move || worker.run())
+                    .expect("cannot start an inference thread")
+            })
+            .collect();
+        let claimer = tokio::spawn(claim_jobs(store.clone(), jobs_tx, stop_rx));
+        Pipeline { stop, stopping, claimer, workers, store }
+    }
+
+    /// Stops claiming, lets each worker finish the image in hand, and puts back in the queue the
+    /// jobs claimed but not started.
+    pub async fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let _ = self.claimer.await;
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
+        match self.store.requeue_abandoned_jobs().await {
+            Ok(n) if n > 0 => info!(requeued = n, "jobs claimed but not analysed were put back in the queue"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not re-queue claimed jobs; they return when their lease expires"),
+        }
+    }
+}
+
+/// Claims due jobs while a worker can take one; sleeps until a job is queued or the poll
+/// interval passes.
+async fn claim_jobs(store: Store, jobs: mpsc::Sender<ClaimedJob>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let permit = tokio::select! {
+            permit = jobs.reserve() => match permit { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        match store.claim_job(LEASE).await {
+            Ok(Some(job)) => {
+                debug!(job = job.id, attempt = job.attempts, "job claimed");
+                permit.send(job);
+                backoff = Duration::from_millis(500);
+            }
+            Ok(None) => {
+                drop(permit);
+                tokio::select! {
+                    _ = store.jobs_queued().notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                warn!(error = %e, "cannot claim analysis jobs; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+struct Worker {
+    analyzer: Analyzer,
+    spool: Arc<Spool>,
+    store: Store,
+    jobs: Arc<Mutex<mpsc::Receiver<ClaimedJob>>>,
+    stopping: Arc<AtomicBool>,
+    runtime: Handle,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let job = match self.jobs.lock() {
+                Ok(mut jobs) => jobs.blocking_recv(),
+                Err(_) => None,
+            };
+            // Jobs still in the channel at shutdown are re-queued by `Pipeline::shutdown`.
+            let Some(job) = job.filter(|_| !self.stopping.load(Ordering::SeqCst)) else { return };
+            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job);
+            self.runtime.block_on(self.record(&job, verdict));
+        }
+    }
+
+    async fn record(&self, job: &ClaimedJob, verdict: Verdict) {
+        let store = &self.store;
+        let (what, written) = match verdict {
+            Verdict::Analysed(analysis) => {
+                let result = new_result(&self.analyzer, &analysis);
+                let t = &analysis.timings;
+                info!(
+                    job = job.id,
+                    instance = job.instance_id,
+                    decision = result.decision,
+                    priority = result.priority,
+                    probability = format_args!("{:.3}", analysis.probability),
+                    mask_px = analysis.mask_area_px,
+                    decode_ms = t.decode_ms as u64,
+                    inference_ms = t.inference_ms as u64,
+                    "analysed"
+                );
+                ("result", store.record_result(job, &result).await)
+            }
+            Verdict::Skipped(reason) => {
+                info!(job = job.id, instance = job.instance_id, %reason, "skipped");
+                ("skip", store.end_job(job, JobEnd::Skipped, &reason).await)
+            }
+            Verdict::Failed(reason) => {
+                warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
+                ("failure", store.end_job(job, JobEnd::Failed, &reason).await)
+            }
+            Verdict::Transient(reason) if job.attempts >= MAX_ATTEMPTS => {
+                let reason = format!("gave up after {} attempts: {reason}", job.attempts);
+                warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
+                ("failure", store.end_job(job, JobEnd::Failed, &reason).await)
+            }
+            Verdict::Transient(reason) => {
+                let delay = Duration::from_secs(5 << (job.attempts.clamp(1, 6) - 1));
+                warn!(job = job.id, attempt = job.attempts, %reason, "analysis will be retried in {delay:?}");
+                ("retry", store.retry_job(job, &reason, delay).await)
+            }
+        };
+        match written {
+            Ok(true) => {}
+            Ok(false) => warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded"),
+            // The job stays claimed; it is taken up again when its lease expires (or at restart).
+            Err(e) => error!(job = job.id, error = %e, "cannot record the job's {what}"),
+        }
+    }
+}
+
+/// Reads a job's spool file and analyses it; never panics.
+pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob) -> Verdict {
+    let path = spool.absolute(&job.path);
+    match std::fs::metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Verdict::Failed(format!("the spool file {} is missing", job.path))
+        }
+        Err(e) => return Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
+    }
+    let obj = match dicom_object::open_file(&path) {
+        Ok(obj) => obj,
+        Err(e) => return Verdict::Failed(format!("cannot read it as DICOM: {e}")),
+    };
+    if let Some(reason) = not_applicable(&obj) {
+        return Verdict::Skipped(format!("not applicable: {reason}"));
+    }
+    match catch_unwind(AssertUnwindSafe(|| analyzer.analyze(&obj))) {
+        Ok(Ok(analysis)) => Verdict::Analysed(Box::new(analysis)),
+        Ok(Err(AnalyzeError::Imaging(ImagingError::NotGrayscale(why)))) => {
+            Verdict::Skipped(format!("not applicable: {why}"))
+        }
+        Ok(Err(AnalyzeError::Imaging(e))) => Verdict::Failed(e.to_string()),
+        Ok(Err(AnalyzeError::Runtime(e))) => Verdict::Transient(e.to_string()),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Verdict::Failed(format!("internal error while analysing: {message}"))
+        }
+    }
+}
+
+/// The result row of an analysis.
+pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
+    let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
+    let t = &a.timings;
+    NewResult {
+        policy: match analyzer.policy() {
+            Policy::Cascade => "cascade",
+            Policy::Segmentation => "segmentation",
+        },
+        decision: a.decision.as_str(),
+        priority: a.priority.as_str(),
+        probability: a.probability as f64,
+        width: a.width as i64,
+        height: a.height as i64,
+        mask_rle: a.mask_rle.clone(),
+        mask_area_px: a.mask_area_px as i64,
+        mask_area_mm2: a.mask_area_mm2,
+        classifier: model(analyzer.classifier()),
+        segmenter: model(analyzer.segmenter()),
+        execution_provider: analyzer.execution_provider(),
+        timings_ms: [t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms],
+    }
+}
