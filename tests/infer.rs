@@ -83,3 +83,49 @@ fn read_png(path: &std::path::Path) -> (png::OutputInfo, Vec<u8>) {
     buf.truncate(info.buffer_size());
     (info, buf)
 }
+
+/// `evaluate` over the demo models' held-out set reproduces the metrics models/demo/metrics.json
+/// (and the manifest) recorded with the Python reference implementation.
+#[test]
+fn evaluate_reproduces_the_manifest_metrics() {
+    let recorded: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let (n, seed) = (recorded["heldout_n"].as_u64().unwrap(), recorded["heldout_seed"].as_u64().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    // scripts/test generates the set once for this test and pytest; alone, the test makes its own.
+    let images = match std::env::var_os("PNEUMOTRIAGE_HELDOUT").map(std::path::PathBuf::from) {
+        Some(dir) if dir.join("train-rle.csv").is_file() => dir,
+        _ => {
+            let dir = work.path().join("heldout");
+            synthetic_images(&dir, n as usize, seed);
+            dir
+        }
+    };
+    let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .args(["evaluate", "--json", "--images"])
+        .arg(&images)
+        .arg("--masks")
+        .arg(images.join("train-rle.csv"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let heldout = &recorded["heldout"];
+    assert_eq!(report["images"].as_u64(), Some(n));
+    assert_eq!(report["positives"], heldout["classifier"]["positives"]);
+    let close = |ours: &serde_json::Value, theirs: &serde_json::Value, what: &str| {
+        let (a, b) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
+        assert!((a - b).abs() <= 0.005, "{what}: evaluate says {a}, the manifest {b}");
+    };
+    for key in ["recall", "precision", "specificity"] {
+        close(&report["classifier"][key], &heldout["classifier"][key], key);
+    }
+    close(&report["auc"], &heldout["classifier"]["auc"], "auc");
+    close(&report["mean_dice_positives"], &heldout["segmenter"]["mean_dice_positives"], "segmenter Dice");
+    close(&report["mean_iou_positives"], &heldout["segmenter"]["mean_iou_positives"], "segmenter IoU");
+    close(&report["kaggle_mean_dice"], &heldout["cascade"]["kaggle_mean_dice"], "Kaggle metric");
+    assert_eq!(report["threshold_sweep"].as_array().unwrap().len(), 9);
+}

@@ -1,9 +1,12 @@
-//! The store's group commit: concurrent arrivals share transactions, and a bad row fails alone.
+//! The store: group commit (concurrent arrivals share transactions, a bad row fails alone) and
+//! the job queue shared by several nodes (each job claimed once, expired leases taken over).
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Backend, Setup};
-use pneumotriage::store::{InstanceHeader, NewInstance};
+use pneumotriage::store::{InstanceHeader, JobEnd, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {
     NewInstance {
@@ -58,4 +61,78 @@ fn concurrent_instances_are_all_committed_and_a_bad_one_fails_alone(backend: Bac
     assert_eq!(setup.count("SELECT instance_count FROM studies"), 41, "the failed row left no trace in its study");
 }
 
-on_both_backends!(concurrent_instances_are_all_committed_and_a_bad_one_fails_alone);
+fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) {
+    let setup = Setup::new(backend);
+    let url = setup.db.url.clone();
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        for i in 0..30 {
+            store.record_instance(&instance(&format!("1.2.5.{i}"), 1)).await.unwrap();
+        }
+        let a = Store::connect(&url, 4, "node-a").await.unwrap();
+        let b = Store::connect(&url, 4, "node-b").await.unwrap();
+        // Both nodes claim as fast as they can, three claimers each.
+        let mut tasks = tokio::task::JoinSet::new();
+        for node in [&a, &b, &a, &b, &a, &b] {
+            let node = node.clone();
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(job) = node.claim_job(Duration::from_secs(60)).await.unwrap() {
+                    mine.push(job.id);
+                }
+                mine
+            });
+        }
+        let mut claimed: Vec<i64> = tasks.join_all().await.into_iter().flatten().collect();
+        claimed.sort();
+        let total = claimed.len();
+        claimed.dedup();
+        assert_eq!((total, claimed.len()), (30, 30), "every job claimed exactly once");
+
+        // A lease that expires: node a stops answering, node b takes the job over.
+        store.record_instance(&instance("1.2.5.99", 1)).await.unwrap();
+        let lost = a.claim_job(Duration::ZERO).await.unwrap().expect("a claims the new job");
+        assert_eq!(lost.attempts, 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let taken = b.claim_job(Duration::from_secs(60)).await.unwrap().expect("b takes the expired job over");
+        assert_eq!((taken.id, taken.attempts), (lost.id, 2));
+        assert!(a.claim_job(Duration::from_secs(60)).await.unwrap().is_none(), "b's lease holds");
+        assert!(!a.record_result(&lost, &result()).await.unwrap(), "a may no longer finish it");
+        assert!(!a.end_job(&lost, JobEnd::Failed, "late").await.unwrap());
+        assert!(b.record_result(&taken, &result()).await.unwrap());
+        a.close().await;
+        b.close().await;
+    });
+    assert_eq!(setup.count("SELECT COUNT(*) FROM results"), 1);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM results WHERE node = 'node-b'"), 1);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM jobs WHERE state = 'done'"), 1);
+    assert_eq!(
+        setup.count("SELECT COUNT(*) FROM studies WHERE priority = 'urgent'"),
+        1,
+        "the study takes the result's priority"
+    );
+}
+
+fn result() -> NewResult {
+    let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
+    NewResult {
+        policy: "cascade",
+        decision: "positive",
+        priority: "urgent",
+        probability: 0.9,
+        width: 10,
+        height: 10,
+        mask_rle: "5 3".into(),
+        mask_area_px: 3,
+        mask_area_mm2: None,
+        classifier: model("c"),
+        segmenter: model("s"),
+        execution_provider: "CPUExecutionProvider",
+        timings_ms: [1.0, 2.0, 3.0, 4.0],
+    }
+}
+
+on_both_backends!(
+    concurrent_instances_are_all_committed_and_a_bad_one_fails_alone,
+    two_nodes_claim_each_job_once_and_take_over_expired_leases
+);

@@ -408,7 +408,7 @@ pub fn synthetic_images(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
     let made = Command::new(python())
         .args(["-m", "pneumotriage_models.generate"])
         .arg(dir)
-        .args([n.to_string(), "--seed".into(), seed.to_string()])
+        .args([n.to_string(), "--seed".into(), seed.to_string(), "--jobs".into(), "2".into()])
         .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/src"))
         .output()
         .unwrap();
