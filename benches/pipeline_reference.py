@@ -11,9 +11,10 @@ with time.perf_counter and the median of each is reported:
   tensor, reused, when the two models' preprocessing is the same, as the Rust node does);
 * inference: classifier then segmenter, always both (also below the classifier's threshold, so
   that both sides do the same work), sigmoid on logits;
-* postprocess: the segmenter's probabilities resized to the source size (Pillow bilinear),
-  thresholded at the manifest's mask threshold, the area counted and the mask RLE-encoded
-  (SIIM-ACR).
+* postprocess: as the node does it: when the mask at the model's resolution is not empty and
+  covers the minimum area, the segmenter's probabilities resized to the source size (Pillow
+  bilinear) and thresholded at the manifest's mask threshold; then the area counted and the
+  mask RLE-encoded (SIIM-ACR).
 
 The preprocessing is the project's reference one (models/training/src/pneumotriage_models).
 Stdout gets one JSON object and nothing else; warnings go to stderr.
@@ -55,7 +56,7 @@ class Model:
         return out if self.spec.output_kind == "probabilities" else sigmoid(out)
 
 
-def pipeline(path: str, classifier: Model, segmenter: Model, mask_threshold: float) -> tuple[dict, dict]:
+def pipeline(path: str, classifier: Model, segmenter: Model, thresholds) -> tuple[dict, dict]:
     """Runs the pipeline once on one file: (stage timings in ms, results)."""
     t0 = time.perf_counter()
     ds = pydicom.dcmread(path)
@@ -68,9 +69,13 @@ def pipeline(path: str, classifier: Model, segmenter: Model, mask_threshold: flo
     probability = float(classifier.probabilities(classifier_input).reshape(-1)[0])
     prob_map = segmenter.probabilities(segmenter_input)[0, 0]
     t3 = time.perf_counter()
-    mask = resize(prob_map, *image.shape) >= mask_threshold
-    area = int(mask.sum())
-    rle = encode(mask)
+    small_area = int((prob_map >= thresholds.mask).sum())
+    if small_area > 0 and small_area >= thresholds.min_mask_area_px:
+        mask = resize(prob_map, *image.shape) >= thresholds.mask
+        area, rle = int(mask.sum()), encode(mask)
+    else:
+        area, rle = 0, "-1"
+
     t4 = time.perf_counter()
     times = [t0, t1, t2, t3, t4]
     stages = {s: (times[i + 1] - times[i]) * 1000.0 for i, s in enumerate(STAGES)}
@@ -96,8 +101,8 @@ def main() -> None:
 
     files = []
     for path in args.files:
-        pipeline(path, classifier, segmenter, manifest.thresholds.mask)  # warm-up
-        runs = [pipeline(path, classifier, segmenter, manifest.thresholds.mask) for _ in range(args.repeat)]
+        pipeline(path, classifier, segmenter, manifest.thresholds)  # warm-up
+        runs = [pipeline(path, classifier, segmenter, manifest.thresholds) for _ in range(args.repeat)]
         result = runs[-1][1]
         entry = {"file": Path(path).name, "width": result["width"], "height": result["height"]}
         for stage in (*STAGES, "total"):

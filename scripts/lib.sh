@@ -23,3 +23,16 @@ apt_need() {
     done
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
+
+# ONNX Runtime for the node (load-dynamic): PyPI's onnxruntime wheel in the project's .venv,
+# where the binary looks for it. The version is the one tests/requirements.txt pins.
+ensure_onnxruntime() {
+    local version
+    version=$(sed -n 's/^onnxruntime==//p' tests/requirements.txt)
+    if ! ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$version" >/dev/null 2>&1; then
+        python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
+        echo "==> installing ONNX Runtime $version (PyPI's onnxruntime) into .venv"
+        [ -x .venv/bin/python ] || python3 -m venv .venv
+        .venv/bin/pip install -q --disable-pip-version-check "onnxruntime==$version"
+    fi
+}

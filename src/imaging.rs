@@ -11,7 +11,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +63,31 @@ pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayI
     }
     let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
     let frame = decoded.frame_data(0).map_err(|e| ImagingError::Decode(e.to_string()))?;
-    let stored = stored_values(frame, count, bits_allocated, bits_stored, signed)?;
+    let samples = Samples::of(frame, count, bits_allocated)?;
+    // Every transform depends on the stored value alone, and Bits Stored is at most 16: one
+    // table from masked sample to display value, then one pass over the pixels.
+    let mask = (1usize << bits_stored) - 1;
+    let stored = |raw: usize| -> i32 {
+        if signed && raw & (1 << (bits_stored - 1)) != 0 {
+            raw as i32 - (1i32 << bits_stored)
+        } else {
+            raw as i32
+        }
+    };
     let modality = ModalityLut::of(obj, signed)?;
-    let values: Vec<f64> = stored.iter().map(|&v| modality.apply(v)).collect();
-    let voi = Voi::of(obj, &values)?;
+    let voi = Voi::of(obj, || {
+        // no window: the range of the values present
+        let mut present = vec![false; mask + 1];
+        samples.for_each(|raw| present[raw & mask] = true);
+        present.iter().enumerate().filter(|(_, &p)| p).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (raw, _)| {
+            let v = modality.apply(stored(raw));
+            (lo.min(v), hi.max(v))
+        })
+    })?;
     let invert = photometric == "MONOCHROME1";
-    let pixels = values
-        .iter()
-        .map(|&v| {
-            let u = voi.apply(v) as f32;
+    let table: Vec<f32> = (0..=mask)
+        .map(|raw| {
+            let u = voi.apply(modality.apply(stored(raw))) as f32;
             if invert {
                 1.0 - u
             } else {
@@ -79,35 +95,41 @@ pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayI
             }
         })
         .collect();
+    let pixels = samples.map(|raw| table[raw & mask]);
     Ok(DisplayImage { width, height, pixels })
 }
 
-/// The stored sample values of a frame: Bits Stored masked, sign-extended when signed.
-fn stored_values(
-    frame: &[u8],
-    count: usize,
-    bits_allocated: u16,
-    bits_stored: u16,
-    signed: bool,
-) -> Result<Vec<i32>, ImagingError> {
-    let bytes_per_sample = bits_allocated as usize / 8;
-    if frame.len() < count * bytes_per_sample {
-        return Err(ImagingError::Decode(format!("{} bytes of pixel data for {count} samples", frame.len())));
-    }
-    let mask: u32 = (1u32 << bits_stored) - 1;
-    let sign_bit: u32 = 1u32 << (bits_stored - 1);
-    let value = |raw: u32| -> i32 {
-        let v = raw & mask;
-        if signed && v & sign_bit != 0 {
-            v as i32 - (1i32 << bits_stored)
-        } else {
-            v as i32
+/// The raw samples of a frame, 8 or 16 bits (little endian) each.
+enum Samples<'a> {
+    Bytes(&'a [u8]),
+    Words(&'a [u8]),
+}
+
+impl<'a> Samples<'a> {
+    fn of(frame: &'a [u8], count: usize, bits_allocated: u16) -> Result<Samples<'a>, ImagingError> {
+        let bytes_per_sample = bits_allocated as usize / 8;
+        if frame.len() < count * bytes_per_sample {
+            return Err(ImagingError::Decode(format!("{} bytes of pixel data for {count} samples", frame.len())));
         }
-    };
-    Ok(match bytes_per_sample {
-        1 => frame[..count].iter().map(|&b| value(b as u32)).collect(),
-        _ => frame[..count * 2].chunks_exact(2).map(|c| value(u16::from_le_bytes([c[0], c[1]]) as u32)).collect(),
-    })
+        Ok(match bytes_per_sample {
+            1 => Samples::Bytes(&frame[..count]),
+            _ => Samples::Words(&frame[..count * 2]),
+        })
+    }
+
+    fn map<T>(&self, f: impl Fn(usize) -> T) -> Vec<T> {
+        match self {
+            Samples::Bytes(b) => b.iter().map(|&v| f(v as usize)).collect(),
+            Samples::Words(w) => w.chunks_exact(2).map(|c| f(u16::from_le_bytes([c[0], c[1]]) as usize)).collect(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(usize)) {
+        match self {
+            Samples::Bytes(b) => b.iter().for_each(|&v| f(v as usize)),
+            Samples::Words(w) => w.chunks_exact(2).for_each(|c| f(u16::from_le_bytes([c[0], c[1]]) as usize)),
+        }
+    }
 }
 
 /// A lookup table of a Modality or VOI LUT Sequence item.
@@ -191,8 +213,8 @@ enum WindowFunction {
 }
 
 impl Voi {
-    /// The first VOI LUT, else the first window, else the range of `values`.
-    fn of(obj: &InMemDicomObject, values: &[f64]) -> Result<Voi, ImagingError> {
+    /// The first VOI LUT, else the first window, else the range (low, high) `range` computes.
+    fn of(obj: &InMemDicomObject, range: impl FnOnce() -> (f64, f64)) -> Result<Voi, ImagingError> {
         // the VOI LUT's input is the Modality LUT's output, taken as unsigned unless negative
         if let Some(lut) = Lut::first_item(obj, tags::VOILUT_SEQUENCE, false)? {
             return Ok(Voi::Table(lut));
@@ -205,7 +227,7 @@ impl Voi {
             };
             return Ok(Voi::Window { center, width, function });
         }
-        let (low, high) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (low, high) = range();
         Ok(Voi::Range { low, high })
     }
 
@@ -247,8 +269,7 @@ pub fn resize(image: &DisplayImage, width: u32, height: u32) -> Result<DisplayIm
     if (image.width, image.height) == (width, height) {
         return Ok(image.clone());
     }
-    let bytes: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_ne_bytes()).collect();
-    let src = Image::from_vec_u8(image.width, image.height, bytes, PixelType::F32)
+    let src = ImageRef::new(image.width, image.height, bytemuck::cast_slice(&image.pixels), PixelType::F32)
         .map_err(|e| ImagingError::Resize(e.to_string()))?;
     let mut dst = Image::new(width, height, PixelType::F32);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));

@@ -56,6 +56,7 @@ enum Command {
         /// Write `<file name>.json`, `<file name>.input.png` and `<file name>.overlay.png` here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// DICOM files, or directories to analyse every file under.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -89,10 +90,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pneumotriage::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,ort=warn,jpeg2k=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -138,6 +141,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::CheckConfig(_) => {
+            // The models too: a manifest or model file that is missing or altered stops `serve`.
+            if config.inference.enabled {
+                if let Err(e) = check_models(&config) {
+                    eprintln!("{}: inference.models: {e}", config.source);
+                    eprintln!("configuration has 1 problem(s)");
+                    return Ok(ExitCode::from(2));
+                }
+            }
             println!("{}: OK", config.source);
             println!("{}", config.summary());
             Ok(ExitCode::SUCCESS)
@@ -221,7 +232,7 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut failed = 0;
-    for file in files {
+    for file in &expand_directories(files)? {
         let name = file.display();
         let obj = match dicom_object::open_file(file) {
             Ok(obj) => obj,
@@ -238,7 +249,11 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
             }
             None => match analyzer.analyze(&obj) {
                 Ok(a) => {
-                    let area = a.mask_area_mm2.map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
+                    let area = a
+                        .mask_area_mm2
+                        .filter(|_| a.mask_area_px > 0)
+                        .map(|mm2| format!(" ({mm2:.0} mm²)"))
+                        .unwrap_or_default();
                     let t = &a.timings;
                     println!(
                         "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
@@ -268,6 +283,24 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The files given, with each directory replaced by the files under it (recursively, sorted).
+fn expand_directories(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            inside.sort();
+            out.extend(expand_directories(&inside)?);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The name `infer --out` gives a file's outputs: its own file name.
@@ -331,6 +364,15 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
         .with_context(|| format!("database.url in {}", config.source))?;
     store.migrate().await?;
     Ok(store)
+}
+
+/// Reads the manifest and checks every model file against its sha256 (without ONNX Runtime).
+fn check_models(config: &Config) -> Result<(), pneumotriage::inference::manifest::ManifestError> {
+    let manifest = pneumotriage::inference::Manifest::load(&config.resolve(&config.inference.models))?;
+    for model in &manifest.models {
+        manifest.read_verified(model)?;
+    }
+    Ok(())
 }
 
 /// One analyzer per inference worker, or the reason the models cannot run.

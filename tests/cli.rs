@@ -36,13 +36,57 @@ fn check_config_names_the_file_the_key_and_the_line() {
 
 #[test]
 fn shipped_configurations_are_valid() {
-    for file in ["config/pneumotriage.toml", "config/production.example.toml"] {
-        let out = pneumotriage(&["check-config", "--config", &repo(file)]);
-        assert!(out.status.success(), "{file}: {}", text(&out));
+    // check-config also checks the models, so the example's installed manifest path is pointed
+    // at this checkout's.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo("config/production.example.toml")).unwrap();
+    assert!(example.contains("/usr/share/pneumotriage/models/manifest.toml"));
+    let production = dir.path().join("production.toml");
+    std::fs::write(&production, example.replace("/usr/share/pneumotriage/models", &repo("models"))).unwrap();
+    let default = dir.path().join("default.toml");
+    let embedded = std::fs::read_to_string(repo("config/pneumotriage.toml")).unwrap();
+    std::fs::write(
+        &default,
+        embedded.replace("\"models/manifest.toml\"", &format!("{:?}", repo("models/manifest.toml"))),
+    )
+    .unwrap();
+    for file in [&default, &production] {
+        let out = pneumotriage(&["check-config", "--config", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", file.display(), text(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "{}", text(&out));
     }
-    let out = pneumotriage(&["check-config"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .arg("check-config")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "the embedded default: {}", text(&out));
+}
+
+#[test]
+fn check_config_refuses_models_that_are_not_the_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(repo("models/manifest.toml")).unwrap();
+    let classifier = dir.path().join("demo/classifier.onnx");
+    std::fs::create_dir_all(classifier.parent().unwrap()).unwrap();
+    for name in ["classifier.onnx", "segmenter.onnx"] {
+        std::fs::copy(repo(&format!("models/demo/{name}")), dir.path().join("demo").join(name)).unwrap();
+    }
+    std::fs::write(dir.path().join("manifest.toml"), manifest).unwrap();
+    let mut bytes = std::fs::read(&classifier).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&classifier, bytes).unwrap();
+    let config = dir.path().join("site.toml");
+    std::fs::write(&config, "[dicom]\naccept_any = true\n[inference]\nmodels = \"manifest.toml\"\n").unwrap();
+    let out = pneumotriage(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inference.models") && err.contains("sha256"), "{err}");
+    // serve refuses to start on it too, before it listens, with the same exit status
+    let out = pneumotriage(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot load the models"), "{}", text(&out));
 }
 
 fn migrate_creates_the_schema_and_is_repeatable(backend: Backend) {

@@ -1,10 +1,10 @@
 //! Pixels as the models expect them: the node's decoding, Modality LUT, VOI and MONOCHROME1
 //! handling against pydicom's (through models/training's reference preprocessing), and every
-//! accepted compressed syntax decoding to the pixels of the uncompressed original.
+//! accepted transfer syntax decoding to the pixels of the uncompressed original.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{deid_cat, pydicom_data, python, run, text, tool};
@@ -76,17 +76,54 @@ fn voi_lut_sequence_matches_pydicom() {
 }
 
 #[test]
-fn every_accepted_compressed_syntax_decodes_to_the_uncompressed_pixels() {
+fn every_accepted_syntax_decodes_to_the_uncompressed_pixels() {
     let original = pydicom_data("RG1_UNCR.dcm");
     let expected = node_display(&original);
     let work = tempfile::tempdir().unwrap();
-    let jpeg = work.path().join("jpeg.dcm");
-    let rle = work.path().join("rle.dcm");
-    run("dcmcjpeg", &[original.to_str().unwrap(), jpeg.to_str().unwrap()]);
-    run("dcmcrle", &[original.to_str().unwrap(), rle.to_str().unwrap()]);
-    for file in [pydicom_data("RG1_J2KR.dcm"), jpeg, rle] {
-        let decoded = node_display(&file);
+    let path = |name: &str| work.path().join(name);
+    let make = |tool: &str, flags: &[&str], from: &Path, name: &str| -> PathBuf {
+        let target = path(name);
+        let mut args = flags.to_vec();
+        args.extend([from.to_str().unwrap(), target.to_str().unwrap()]);
+        run(tool, &args);
+        target
+    };
+    // Lossless: exactly the same display values, whatever the encoding.
+    let lossless = [
+        (make("dcmconv", &["+ti"], &original, "implicit.dcm"), "1.2.840.10008.1.2"),
+        (make("dcmconv", &["+td"], &original, "deflated.dcm"), "1.2.840.10008.1.2.1.99"),
+        (make("dcmcjpeg", &["+e1"], &original, "jpeg-sv1.dcm"), "1.2.840.10008.1.2.4.70"),
+        (make("dcmcjpeg", &["+el"], &original, "jpeg-p14.dcm"), "1.2.840.10008.1.2.4.57"),
+        (make("dcmcrle", &[], &original, "rle.dcm"), "1.2.840.10008.1.2.5"),
+        (pydicom_data("RG1_J2KR.dcm"), "1.2.840.10008.1.2.4.90"),
+    ];
+    for (file, syntax) in &lossless {
+        assert_eq!(&transfer_syntax(file), syntax, "{}", file.display());
+        let decoded = node_display(file);
         assert_eq!((decoded.width, decoded.height), (expected.width, expected.height));
-        assert!(decoded.pixels == expected.pixels, "{} differs from the uncompressed original", file.display());
+        assert!(decoded.pixels == expected.pixels, "{syntax} differs from the uncompressed original");
     }
+    // Lossy: close to the original. JPEG 2000 lossy is pydicom-data's RG1_J2KI; JPEG Baseline
+    // holds 8 bits, so it is compared with an 8-bit copy of RG1.
+    let eight_bit = path("8bit.dcm");
+    let out =
+        std::process::Command::new(python()).arg(tool("to_8bit.py")).arg(&original).arg(&eight_bit).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let baseline = make("dcmcjpeg", &["+eb", "+q", "95"], &eight_bit, "baseline.dcm");
+    for (file, reference, syntax) in [
+        (pydicom_data("RG1_J2KI.dcm"), original.clone(), "1.2.840.10008.1.2.4.91"),
+        (baseline, eight_bit.clone(), "1.2.840.10008.1.2.4.50"),
+    ] {
+        assert_eq!(transfer_syntax(&file), syntax, "{}", file.display());
+        let (decoded, reference) = (node_display(&file), node_display(&reference));
+        assert_eq!(decoded.pixels.len(), reference.pixels.len());
+        let mean = decoded.pixels.iter().zip(&reference.pixels).map(|(a, b)| (a - b).abs()).sum::<f32>()
+            / decoded.pixels.len() as f32;
+        assert!(mean < 0.01, "{syntax}: mean difference {mean} from the original");
+    }
+}
+
+fn transfer_syntax(path: &Path) -> String {
+    let obj = dicom_object::open_file(path).unwrap();
+    obj.meta().transfer_syntax().trim_end_matches('\0').to_string()
 }

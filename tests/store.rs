@@ -113,6 +113,23 @@ fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) 
     );
 }
 
+fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
+    let setup = Setup::new(backend);
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        store.record_instance(&instance("1.2.6.1", 1)).await.unwrap();
+        let job = store.claim_job(Duration::from_secs(60)).await.unwrap().unwrap();
+        assert!(store.retry_job(&job, "ONNX Runtime error", Duration::from_millis(300)).await.unwrap());
+        assert!(store.claim_job(Duration::from_secs(60)).await.unwrap().is_none(), "not before its time");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let again = store.claim_job(Duration::from_secs(60)).await.unwrap().expect("due now");
+        assert_eq!((again.id, again.attempts), (job.id, 2));
+        assert!(store.end_job(&again, JobEnd::Failed, "gave up").await.unwrap());
+    });
+    assert_eq!(setup.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND reason = 'gave up'"), 1);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'analysis_failed'"), 1);
+}
+
 fn result() -> NewResult {
     let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
     NewResult {
@@ -134,5 +151,6 @@ fn result() -> NewResult {
 
 on_both_backends!(
     concurrent_instances_are_all_committed_and_a_bad_one_fails_alone,
-    two_nodes_claim_each_job_once_and_take_over_expired_leases
+    two_nodes_claim_each_job_once_and_take_over_expired_leases,
+    a_retried_job_waits_for_its_time_then_counts_its_attempts
 );

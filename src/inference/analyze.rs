@@ -309,25 +309,41 @@ pub fn pixel_spacing(obj: &InMemDicomObject) -> Option<(f64, f64)> {
 /// previous run ("-1" when empty).
 pub fn siim_rle(mask: &[bool], width: u32, height: u32) -> String {
     let (w, h) = (width as usize, height as usize);
-    let mut out = Vec::new();
-    let (mut run_start, mut last_end) = (None, 0usize);
-    for position in 0..=w * h {
-        let on = position < w * h && mask[(position % h) * w + position / h];
-        match (on, run_start) {
-            (true, None) => run_start = Some(position),
-            (false, Some(start)) => {
-                out.push(format!("{} {}", start - last_end, position - start));
-                last_end = position;
-                run_start = None;
-            }
-            _ => {}
+    // Only the columns with a pixel set need the (cache-unfriendly) column-major walk: found
+    // with one row-major pass.
+    let mut used = vec![false; w];
+    for row in mask.chunks_exact(w) {
+        for (u, &m) in used.iter_mut().zip(row) {
+            *u |= m;
         }
     }
-    if out.is_empty() {
-        "-1".into()
-    } else {
-        out.join(" ")
+    let (Some(first), Some(last)) = (used.iter().position(|&u| u), used.iter().rposition(|&u| u)) else {
+        return "-1".into();
+    };
+    let mut out = String::new();
+    let (mut run_start, mut last_end) = (None, 0usize);
+    for x in first..=last + 1 {
+        for y in 0..h {
+            let position = x * h + y;
+            let on = x <= last && mask[y * w + x];
+            match (on, run_start) {
+                (true, None) => run_start = Some(position),
+                (false, Some(start)) => {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push_str(&format!("{} {}", start - last_end, position - start));
+                    last_end = position;
+                    run_start = None;
+                }
+                _ => {}
+            }
+            if x > last {
+                break;
+            }
+        }
     }
+    out
 }
 
 #[cfg(test)]

@@ -209,3 +209,22 @@ fn session(
         .map_err(|e| e.to_string())?;
     Ok((session, CPU_PROVIDER))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pinned_library_is_the_one_the_scripts_install() {
+        let requirements = include_str!("../../tests/requirements.txt");
+        let pin = format!("onnxruntime=={ONNXRUNTIME_VERSION}");
+        assert!(requirements.lines().any(|l| l.trim() == pin), "tests/requirements.txt must pin {pin}");
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(Device::parse("cpu"), Device::Cpu);
+        assert_eq!(Device::parse("cuda"), Device::Cuda(0));
+        assert_eq!(Device::parse("cuda:3"), Device::Cuda(3));
+    }
+}
