@@ -96,6 +96,7 @@ fn every_accepted_syntax_decodes_to_the_uncompressed_pixels() {
         (make("dcmcjpeg", &["+el"], &original, "jpeg-p14.dcm"), "1.2.840.10008.1.2.4.57"),
         (make("dcmcrle", &[], &original, "rle.dcm"), "1.2.840.10008.1.2.5"),
         (pydicom_data("RG1_J2KR.dcm"), "1.2.840.10008.1.2.4.90"),
+        (make("dcmcjpls", &["+el"], &original, "jpeg-ls.dcm"), "1.2.840.10008.1.2.4.80"),
     ];
     for (file, syntax) in &lossless {
         assert_eq!(&transfer_syntax(file), syntax, "{}", file.display());
@@ -110,7 +111,9 @@ fn every_accepted_syntax_decodes_to_the_uncompressed_pixels() {
         std::process::Command::new(python()).arg(tool("to_8bit.py")).arg(&original).arg(&eight_bit).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let baseline = make("dcmcjpeg", &["+eb", "+q", "95"], &eight_bit, "baseline.dcm");
+    let near_lossless = make("dcmcjpls", &["+en"], &original, "jpeg-ls-near.dcm");
     for (file, reference, syntax) in [
+        (near_lossless, original.clone(), "1.2.840.10008.1.2.4.81"),
         (pydicom_data("RG1_J2KI.dcm"), original.clone(), "1.2.840.10008.1.2.4.91"),
         (baseline, eight_bit.clone(), "1.2.840.10008.1.2.4.50"),
     ] {

@@ -56,6 +56,8 @@ fn every_accepted_syntax_round_trips_from_dcmtk(backend: Backend) {
     let rle = reencode("dcmcrle", &[], work.path(), "rg1_rle.dcm");
     send_and_check(&setup, &rle, &["-xr"], "1.2.840.10008.1.2.5");
     send_and_check(&setup, &pydicom_data("RG1_J2KR.dcm"), &["-xv"], "1.2.840.10008.1.2.4.90");
+    let jpeg_ls = reencode("dcmcjpls", &[], work.path(), "rg1_jpeg_ls.dcm");
+    send_and_check(&setup, &jpeg_ls, &["-xt"], "1.2.840.10008.1.2.4.80");
     send_and_check(&setup, &deid_cat(), &[], "1.2.840.10008.1.2.1");
     assert_eq!(setup.count("SELECT COUNT(*) FROM studies"), 2, "the RG1 variants share a study; the cat has its own");
 }

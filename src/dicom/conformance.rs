@@ -18,7 +18,7 @@ const STORAGE_CLASS_PREFIX: &str = "1.2.840.10008.5.1.4.1.1.";
 
 /// Transfer syntaxes accepted for storage, most preferred first: uncompressed before compressed,
 /// lossless before lossy. Only syntaxes whose pixel data the pipeline can decode are listed:
-/// not 12-bit JPEG Extended (.4.51) and, until the pipeline builds CharLS, not JPEG-LS.
+/// not 12-bit JPEG Extended (.4.51), which dicom-pixeldata's JPEG decoder cannot read.
 pub const STORAGE_TRANSFER_SYNTAXES: &[&str] = &[
     uids::EXPLICIT_VR_LITTLE_ENDIAN,
     uids::IMPLICIT_VR_LITTLE_ENDIAN,
@@ -27,7 +27,9 @@ pub const STORAGE_TRANSFER_SYNTAXES: &[&str] = &[
     uids::JPEG_LOSSLESS,
     uids::RLE_LOSSLESS,
     uids::JPEG2000_LOSSLESS,
+    uids::JPEGLS_LOSSLESS,
     uids::JPEG2000,
+    uids::JPEGLS_NEAR_LOSSLESS,
     uids::JPEG_BASELINE8_BIT,
 ];
 
