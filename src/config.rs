@@ -214,13 +214,22 @@ pub enum SrPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct OutputsConfig {
     pub seg: bool,
+    /// Series Number and Series Description of the SEG series.
+    pub seg_series_number: i32,
+    pub seg_series_description: String,
     pub sr: SrPolicy,
     pub overlay: bool,
 }
 
 impl Default for OutputsConfig {
     fn default() -> Self {
-        OutputsConfig { seg: true, sr: SrPolicy::All, overlay: false }
+        OutputsConfig {
+            seg: true,
+            seg_series_number: 9901,
+            seg_series_description: "AI pneumothorax segmentation".into(),
+            sr: SrPolicy::All,
+            overlay: false,
+        }
     }
 }
 
@@ -387,6 +396,9 @@ impl Config {
                     bad(key, format!("{v} is not a probability between 0 and 1"));
                 }
             }
+        }
+        if self.outputs.seg_series_description.chars().count() > 64 {
+            bad("outputs.seg_series_description", "is longer than 64 characters (DICOM LO)".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {

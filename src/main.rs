@@ -11,7 +11,7 @@ use pneumotriage::dicom::scp::Scp;
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
 use pneumotriage::pipeline::Pipeline;
-use pneumotriage::results::overlay;
+use pneumotriage::results::{overlay, seg};
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Store};
 use tracing::{info, warn};
@@ -53,7 +53,7 @@ enum Command {
     Infer {
         #[command(flatten)]
         config: ConfigArg,
-        /// Write `<file name>.json`, `<file name>.input.png` and `<file name>.overlay.png` here.
+        /// Write `<file name>.json`, `.input.png`, `.overlay.png` and, for positives, `.seg.dcm` here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// DICOM files, or directories to analyse every file under.
@@ -259,6 +259,23 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
                         "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
                         a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
                     );
+                    if let (Some(dir), Some(mask), true) = (out, &a.mask, config.outputs.seg) {
+                        let (date, time) = dicom_now();
+                        let request = seg::SegRequest {
+                            source: &obj,
+                            mask,
+                            width: a.width,
+                            height: a.height,
+                            segmenter: analyzer.segmenter(),
+                            uid_root: &config.node.uid_root,
+                            series_number: config.outputs.seg_series_number,
+                            series_description: &config.outputs.seg_series_description,
+                            notice: &analyzer.manifest.notice,
+                            date: &date,
+                            time: &time,
+                        };
+                        seg::build(&request)?.write_to_file(dir.join(format!("{}.seg.dcm", output_stem(file))))?;
+                    }
                     if let (Some(dir), Some(views)) = (out, &a.views) {
                         let stem = output_stem(file);
                         let input = overlay::grey_png(&views.model_input)?;
@@ -301,6 +318,13 @@ fn expand_directories(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Now as DICOM DA and TM, in UTC.
+fn dicom_now() -> (String, String) {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    (digits[..8].to_string(), digits[8..14].to_string())
 }
 
 /// The name `infer --out` gives a file's outputs: its own file name.

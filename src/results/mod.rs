@@ -1,4 +1,7 @@
-//! What the node makes of an analysis for people and other systems. For now the rendered
-//! views (`infer --out`, later the worklist's overlay and the secondary capture).
+//! What the node makes of an analysis for people and other systems: the rendered views
+//! (`infer --out`, later the worklist's overlay and the secondary capture) and the DICOM
+//! Segmentation; the UIDs of what it creates.
 
 pub mod overlay;
+pub mod seg;
+pub mod uid;

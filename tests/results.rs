@@ -1,0 +1,95 @@
+//! The DICOM objects made of a result, checked by real validators: the Segmentation of
+//! pydicom-data's RG1 (CR, MONOCHROME1), deid-data's cat.dcm (DX) and synthetic positives passes
+//! dicom3tools' `dciodvfy` without errors, and highdicom reads back the node's mask.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{deid_cat, pydicom_data, python, synthetic_images, synthetic_truth, text, tool};
+
+/// `infer --out` with thresholds that give every image a mask, so that real radiographs get a
+/// SEG from the demo models too.
+fn infer_with_masks(files: &[PathBuf], out: &Path) {
+    let config = out.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dicom]\naccept_any = true\n[inference]\nmodels = \"{}/models/manifest.toml\"\n\
+             classifier_threshold = 0.0\nmask_threshold = 0.05\nmin_mask_area_px = 0\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .args(["infer", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(out)
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+}
+
+#[test]
+fn segmentations_pass_dciodvfy_and_read_back_in_highdicom() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let synthetic = synthetic_images(&images, 6, 77);
+    let truth = synthetic_truth(&images);
+    let positives: Vec<PathBuf> = synthetic
+        .into_iter()
+        .filter(|f| truth[&f.file_stem().unwrap().to_string_lossy().into_owned()].iter().any(|r| r.trim() != "-1"))
+        .collect();
+    assert!(!positives.is_empty());
+    let mut files = vec![pydicom_data("RG1_UNCR.dcm"), deid_cat()];
+    files.extend(positives);
+    let out = work.path().join("out");
+    infer_with_masks(&files, &out);
+
+    let mut uids = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let seg = out.join(format!("{name}.seg.dcm"));
+        assert!(seg.is_file(), "no SEG for {name}");
+        let check = Command::new("dciodvfy").arg("-new").arg(&seg).output().expect("dicom3tools' dciodvfy runs");
+        let report = text(&check);
+        assert!(check.status.success() && !report.contains("Error"), "{name}: dciodvfy says:\n{report}");
+        assert!(report.contains("Segmentation"), "{report}");
+
+        let read = Command::new(python())
+            .arg(tool("check_seg.py"))
+            .arg(&seg)
+            .arg(out.join(format!("{name}.json")))
+            .output()
+            .unwrap();
+        assert!(read.status.success(), "{name}: {}", text(&read));
+        let got: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+        assert_eq!(got["equal"], true, "{name}: highdicom's mask differs from the node's: {got}");
+        assert!(got["pixels"].as_u64().unwrap() > 0, "{got}");
+        assert_eq!(got["category"], serde_json::json!(["49755003", "SCT"]));
+        assert_eq!(got["type"], serde_json::json!(["36118008", "SCT"]));
+        assert_eq!(got["algorithm_type"], "AUTOMATIC");
+        assert_eq!(got["algorithm"], "pneumotriage-demo-segmenter");
+        assert_eq!(got["family"], "123110");
+        assert_eq!(got["source_instance"], common::sop_instance_uid(file).as_str());
+        assert_eq!(got["series_number"], 9901);
+        uids.push(got["sop_instance"].as_str().unwrap().to_string());
+    }
+    // The same analysis gives the same SEG: a retried delivery re-sends, never duplicates.
+    let again = work.path().join("again");
+    infer_with_masks(&files[..1], &again);
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let first_uid = dicom_object::open_file(again.join(format!("{name}.seg.dcm"))).unwrap();
+    assert_eq!(
+        first_uid
+            .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0'),
+        uids[0]
+    );
+}
