@@ -432,6 +432,11 @@ impl Config {
         self.data_dir().join("spool")
     }
 
+    /// Where the objects the node makes (SEG, SR) are kept until delivered.
+    pub fn outputs_dir(&self) -> PathBuf {
+        self.data_dir().join("outputs")
+    }
+
     /// The database URL with a relative SQLite path resolved; SQLite under the data directory by default.
     pub fn database_url(&self) -> String {
         match &self.database.url {

@@ -10,7 +10,7 @@ use pneumotriage::config::Config;
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
-use pneumotriage::pipeline::Pipeline;
+use pneumotriage::pipeline::{dicom_now, OutputSettings, Pipeline};
 use pneumotriage::results::{overlay, seg};
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Store};
@@ -263,6 +263,7 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
                         let (date, time) = dicom_now();
                         let request = seg::SegRequest {
                             source: &obj,
+                            source_key: "",
                             mask,
                             width: a.width,
                             height: a.height,
@@ -318,13 +319,6 @@ fn expand_directories(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// Now as DICOM DA and TM, in UTC.
-fn dicom_now() -> (String, String) {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    (digits[..8].to_string(), digits[8..14].to_string())
 }
 
 /// The name `infer --out` gives a file's outputs: its own file name.
@@ -452,7 +446,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.dicom.bind)
         .await
         .with_context(|| format!("cannot listen on dicom.bind = {} ({})", config.dicom.bind, config.source))?;
-    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a));
+    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config)));
     info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
     let scp = Scp::new(config.dicom.clone(), ingest);
     scp.serve(listener, shutdown_signal()).await;

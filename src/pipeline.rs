@@ -11,19 +11,24 @@
 //!   [`MAX_ATTEMPTS`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::config::Policy;
+use crate::config::{Config, Policy};
 use crate::imaging::ImagingError;
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
-use crate::spool::Spool;
-use crate::store::{ClaimedJob, JobEnd, NewResult, Store};
+use crate::results::seg;
+use crate::spool::{sanitize_uid, write_durably, Spool};
+use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
 
 /// How long a claimed job is ours before another node may take it over.
 pub const LEASE: Duration = Duration::from_secs(300);
@@ -33,10 +38,43 @@ pub const MAX_ATTEMPTS: i64 = 4;
 /// queued by other nodes, expired leases).
 const POLL: Duration = Duration::from_secs(2);
 
+/// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    pub seg: bool,
+    pub uid_root: String,
+    pub seg_series_number: i32,
+    pub seg_series_description: String,
+    /// `<data_dir>/outputs`.
+    pub dir: PathBuf,
+}
+
+impl OutputSettings {
+    pub fn of(config: &Config) -> OutputSettings {
+        OutputSettings {
+            seg: config.outputs.seg,
+            uid_root: config.node.uid_root.clone(),
+            seg_series_number: config.outputs.seg_series_number,
+            seg_series_description: config.outputs.seg_series_description.clone(),
+            dir: config.outputs_dir(),
+        }
+    }
+}
+
+/// A DICOM object made of a result, not yet written.
+#[derive(Debug)]
+pub struct MadeObject {
+    pub kind: &'static str,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub bytes: Vec<u8>,
+}
+
 /// What became of one job's analysis.
 #[derive(Debug)]
 pub enum Verdict {
-    Analysed(Box<Analysis>),
+    Analysed(Box<Analysis>, Vec<MadeObject>),
     Skipped(String),
     Failed(String),
     /// Worth another attempt later.
@@ -54,7 +92,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts one inference thread per analyzer and the claiming task.
-    pub fn start(store: Store, spool: Arc<Spool>, analyzers: Vec<Analyzer>) -> Pipeline {
+    pub fn start(store: Store, spool: Arc<Spool>, analyzers: Vec<Analyzer>, outputs: OutputSettings) -> Pipeline {
         let (jobs_tx, jobs_rx) = mpsc::channel::<ClaimedJob>(analyzers.len().max(1));
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (stop, stop_rx) = watch::channel(false);
@@ -71,6 +109,7 @@ impl Pipeline {
                     jobs: jobs_rx.clone(),
                     stopping: stopping.clone(),
                     runtime: handle.clone(),
+                    outputs: outputs.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("inference-{n}"))
@@ -141,6 +180,7 @@ struct Worker {
     jobs: Arc<Mutex<mpsc::Receiver<ClaimedJob>>>,
     stopping: Arc<AtomicBool>,
     runtime: Handle,
+    outputs: OutputSettings,
 }
 
 impl Worker {
@@ -152,7 +192,7 @@ impl Worker {
             };
             // Jobs still in the channel at shutdown are re-queued by `Pipeline::shutdown`.
             let Some(job) = job.filter(|_| !self.stopping.load(Ordering::SeqCst)) else { return };
-            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job);
+            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job, &self.outputs);
             self.runtime.block_on(self.record(&job, verdict));
         }
     }
@@ -160,8 +200,18 @@ impl Worker {
     async fn record(&self, job: &ClaimedJob, verdict: Verdict) {
         let store = &self.store;
         let (what, written) = match verdict {
-            Verdict::Analysed(analysis) => {
+            Verdict::Analysed(analysis, objects) => {
                 let result = new_result(&self.analyzer, &analysis);
+                let outputs = match write_objects(&self.outputs.dir, objects) {
+                    Ok(outputs) => outputs,
+                    Err(e) => {
+                        // The disk is full or unwritable: try again later rather than lose the objects.
+                        warn!(job = job.id, error = %e, "cannot write the result's objects; will retry");
+                        let _ =
+                            store.retry_job(job, &format!("cannot write outputs: {e}"), Duration::from_secs(30)).await;
+                        return;
+                    }
+                };
                 let t = &analysis.timings;
                 info!(
                     job = job.id,
@@ -174,7 +224,7 @@ impl Worker {
                     inference_ms = t.inference_ms as u64,
                     "analysed"
                 );
-                ("result", store.record_result(job, &result).await)
+                ("result", store.record_result(job, &result, &outputs).await)
             }
             Verdict::Skipped(reason) => {
                 info!(job = job.id, instance = job.instance_id, %reason, "skipped");
@@ -204,8 +254,85 @@ impl Worker {
     }
 }
 
+/// Writes made objects durably under `dir` (`<study>/<sop instance>.dcm`) and describes them
+/// for their rows.
+fn write_objects(dir: &Path, objects: Vec<MadeObject>) -> Result<Vec<NewOutput>, String> {
+    objects
+        .into_iter()
+        .map(|o| {
+            let (Some(study), Some(sop)) = (sanitize_uid(&o.study_instance_uid), sanitize_uid(&o.sop_instance_uid))
+            else {
+                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.sop_instance_uid));
+            };
+            let relative = format!("{study}/{sop}.dcm");
+            write_durably(&dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
+            Ok(NewOutput {
+                kind: o.kind,
+                sop_class_uid: o.sop_class_uid,
+                sop_instance_uid: sop.to_string(),
+                path: relative,
+                size_bytes: o.bytes.len() as i64,
+            })
+        })
+        .collect()
+}
+
+/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`).
+/// One that cannot be made is logged and left out; the result is recorded all the same.
+fn make_objects(
+    analyzer: &Analyzer,
+    obj: &FileDicomObject<InMemDicomObject>,
+    analysis: &Analysis,
+    settings: &OutputSettings,
+    source_key: &str,
+) -> Vec<MadeObject> {
+    let mut made = Vec::new();
+    if let (true, Some(mask)) = (settings.seg, analysis.mask.as_deref()) {
+        let (date, time) = dicom_now();
+        let request = seg::SegRequest {
+            source: obj,
+            source_key,
+            mask,
+            width: analysis.width,
+            height: analysis.height,
+            segmenter: analyzer.segmenter(),
+            uid_root: &settings.uid_root,
+            series_number: settings.seg_series_number,
+            series_description: &settings.seg_series_description,
+            notice: &analyzer.manifest.notice,
+            date: &date,
+            time: &time,
+        };
+        let built = seg::build(&request).map_err(|e| e.to_string()).and_then(|seg| {
+            let mut bytes = Vec::new();
+            seg.write_all(&mut bytes).map_err(|e| e.to_string())?;
+            let uid =
+                |tag| seg.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
+            Ok(MadeObject {
+                kind: "seg",
+                sop_class_uid: seg::SEGMENTATION_STORAGE.to_string(),
+                sop_instance_uid: uid(tags::SOP_INSTANCE_UID).unwrap_or_default(),
+                study_instance_uid: uid(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+                bytes,
+            })
+        });
+        match built {
+            Ok(object) => made.push(object),
+            Err(e) => warn!(error = %e, "no SEG for this result"),
+        }
+    }
+    made
+}
+
+/// Now as DICOM DA and TM, in UTC.
+pub fn dicom_now() -> (String, String) {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    (digits[..8].to_string(), digits[8..14].to_string())
+}
+
 /// Reads a job's spool file and analyses it; never panics.
-pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob) -> Verdict {
+pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob, outputs: &OutputSettings) -> Verdict {
     let path = spool.absolute(&job.path);
     match std::fs::metadata(&path) {
         Ok(_) => {}
@@ -222,7 +349,10 @@ pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob) -> 
         return Verdict::Skipped(format!("not applicable: {reason}"));
     }
     match catch_unwind(AssertUnwindSafe(|| analyzer.analyze(&obj))) {
-        Ok(Ok(analysis)) => Verdict::Analysed(Box::new(analysis)),
+        Ok(Ok(analysis)) => {
+            let made = make_objects(analyzer, &obj, &analysis, outputs, &job.path);
+            Verdict::Analysed(Box::new(analysis), made)
+        }
         Ok(Err(AnalyzeError::Imaging(ImagingError::NotGrayscale(why)))) => {
             Verdict::Skipped(format!("not applicable: {why}"))
         }

@@ -228,6 +228,18 @@ fn start_writeback(file: &File, data_offset: u64, len: u64) {
     }
 }
 
+/// Writes a file so that it is whole on disk or absent: a temporary beside it, fsync, rename,
+/// directory fsync. For the objects the node creates (`<data_dir>/outputs`).
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let dir = path.parent().expect("output paths have a directory");
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let temp = path.with_extension("part");
+    let mut file = File::create(&temp).map_err(io_err(&temp))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io_err(&temp))?;
+    fs::rename(&temp, path).map_err(io_err(path))?;
+    sync_dir(dir)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }

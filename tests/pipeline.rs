@@ -112,6 +112,37 @@ fn analyses_what_arrives(backend: Backend) {
         "one flagged study per positive"
     );
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'analysis_failed'"), 1);
+    // Each positive's SEG is written under <data_dir>/outputs and recorded with its result.
+    let outputs: Vec<(String, String, String)> = setup.with_store(async |store| {
+        sqlx::query_as(
+            "SELECT o.sop_class_uid, o.path, i.sop_instance_uid FROM outputs o \
+             JOIN results r ON r.id = o.result_id JOIN instances i ON i.id = r.instance_id WHERE o.kind = 'seg'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    });
+    assert_eq!(outputs.len() as i64, positives, "{outputs:?}");
+    for (class, path, source) in &outputs {
+        assert_eq!(class, "1.2.840.10008.5.1.4.1.1.66.4");
+        let file = setup.dir.path().join("var/outputs").join(path);
+        let seg = dicom_object::open_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let referenced = seg.element(dicom_dictionary_std::tags::REFERENCED_SERIES_SEQUENCE).unwrap().items().unwrap()
+            [0]
+        .element(dicom_dictionary_std::tags::REFERENCED_INSTANCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+            .element(dicom_dictionary_std::tags::REFERENCED_SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string();
+        assert_eq!(&referenced, source);
+        let check = std::process::Command::new("dciodvfy").arg("-new").arg(&file).output().unwrap();
+        assert!(check.status.success() && !text(&check).contains("Error"), "{}", text(&check));
+    }
     assert_eq!(
         setup.count(
             "SELECT COUNT(*) FROM results WHERE classifier_sha256 = '' OR execution_provider <> 'CPUExecutionProvider'"

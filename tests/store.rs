@@ -97,9 +97,9 @@ fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) 
         let taken = b.claim_job(Duration::from_secs(60)).await.unwrap().expect("b takes the expired job over");
         assert_eq!((taken.id, taken.attempts), (lost.id, 2));
         assert!(a.claim_job(Duration::from_secs(60)).await.unwrap().is_none(), "b's lease holds");
-        assert!(!a.record_result(&lost, &result()).await.unwrap(), "a may no longer finish it");
+        assert!(!a.record_result(&lost, &result(), &[]).await.unwrap(), "a may no longer finish it");
         assert!(!a.end_job(&lost, JobEnd::Failed, "late").await.unwrap());
-        assert!(b.record_result(&taken, &result()).await.unwrap());
+        assert!(b.record_result(&taken, &result(), &[]).await.unwrap());
         a.close().await;
         b.close().await;
     });

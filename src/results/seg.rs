@@ -24,6 +24,9 @@ pub const SEGMENTATION_STORAGE: &str = uids::SEGMENTATION_STORAGE;
 pub struct SegRequest<'a> {
     /// The analysed image (its header is enough).
     pub source: &'a InMemDicomObject,
+    /// What tells this version of the source from another under the same SOP Instance UID
+    /// (the spool path); part of the derived UIDs.
+    pub source_key: &'a str,
     /// The mask at the source's size, row-major.
     pub mask: &'a [bool],
     pub width: u32,
@@ -149,7 +152,13 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
     let source_series = source_text(src, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
     let model = request.segmenter;
-    let key = [source_instance.as_str(), model.name.as_str(), model.version.as_str(), model.sha256.as_str()];
+    let key = [
+        source_instance.as_str(),
+        request.source_key,
+        model.name.as_str(),
+        model.version.as_str(),
+        model.sha256.as_str(),
+    ];
     let derived = |role: &str| {
         let mut parts = key.to_vec();
         parts.push(role);

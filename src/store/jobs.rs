@@ -34,6 +34,18 @@ pub enum JobEnd {
     Failed,
 }
 
+/// A DICOM object made of a result, already written under `<data_dir>/outputs`.
+#[derive(Debug, Clone)]
+pub struct NewOutput {
+    /// `seg`, `sr` or `overlay`.
+    pub kind: &'static str,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// Relative to `<data_dir>/outputs`.
+    pub path: String,
+    pub size_bytes: i64,
+}
+
 /// A result row: the analysis, the models that made it and where it ran.
 #[derive(Debug, Clone)]
 pub struct NewResult {
@@ -102,9 +114,10 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// Writes a job's result, marks it done and raises its study's priority, in one transaction.
-    /// Returns false (and writes nothing) when the job is no longer this node's.
-    pub async fn record_result(&self, job: &ClaimedJob, result: &NewResult) -> Result<bool> {
+    /// Writes a job's result and the objects made of it, marks the job done and raises its
+    /// study's priority, in one transaction. Returns false (and writes nothing) when the job is
+    /// no longer this node's.
+    pub async fn record_result(&self, job: &ClaimedJob, result: &NewResult, outputs: &[NewOutput]) -> Result<bool> {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let now = now_ms();
@@ -114,13 +127,13 @@ impl Store {
         let [cn, cv, cs] = &result.classifier;
         let [sn, sv, ss] = &result.segmenter;
         let [decode, preprocess, inference, postprocess] = result.timings_ms;
-        sqlx::query(
+        let (result_id,): (i64,) = sqlx::query_as(
             "INSERT INTO results (instance_id, job_id, policy, decision, priority, probability, width, height, \
                  mask_rle, mask_area_px, mask_area_mm2, classifier_name, classifier_version, classifier_sha256, \
                  segmenter_name, segmenter_version, segmenter_sha256, execution_provider, decode_ms, \
                  preprocess_ms, inference_ms, postprocess_ms, node, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24)",
+                 $21, $22, $23, $24) RETURNING id",
         )
         .bind(job.instance_id)
         .bind(job.id)
@@ -146,8 +159,23 @@ impl Store {
         .bind(postprocess)
         .bind(self.node())
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        for output in outputs {
+            sqlx::query(
+                "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(result_id)
+            .bind(output.kind)
+            .bind(&output.sop_class_uid)
+            .bind(&output.sop_instance_uid)
+            .bind(&output.path)
+            .bind(output.size_bytes)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(true)

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use ingest::{Event, InstanceHeader, NewInstance, PreviousVersion, Recorded};
-pub use jobs::{ClaimedJob, JobEnd, NewResult};
+pub use jobs::{ClaimedJob, JobEnd, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
