@@ -241,6 +241,37 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// Which objects go there: "seg", "sr", "overlay"; all that are made by default.
+    #[serde(default = "all_objects")]
+    pub objects: Vec<String>,
+    /// Our AE title towards it; `dicom.ae_title` by default.
+    #[serde(default)]
+    pub calling_ae_title: Option<String>,
+    /// After a transient failure, the first retry waits this long, then twice as long each
+    /// time (with jitter), up to `retry_max_secs`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_secs: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+    /// Connecting, and waiting for each answer.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_retry_initial() -> u64 {
+    5
+}
+
+fn default_retry_max() -> u64 {
+    600
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+fn all_objects() -> Vec<String> {
+    ["seg", "sr", "overlay"].map(String::from).to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -410,6 +441,23 @@ impl Config {
             }
             if d.port == 0 {
                 bad(&format!("destinations[{i}].port"), "must not be 0".into());
+            }
+            for object in &d.objects {
+                if !matches!(object.as_str(), "seg" | "sr" | "overlay") {
+                    bad(&format!("destinations[{i}].objects"), format!("`{object}` is not one of seg, sr, overlay"));
+                }
+            }
+            if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
+                bad(
+                    &format!("destinations[{i}].retry_initial_secs"),
+                    "must be at least 1 and at most retry_max_secs".into(),
+                );
+            }
+            if d.timeout_secs == 0 {
+                bad(&format!("destinations[{i}].timeout_secs"), "must be at least 1".into());
+            }
+            if let Some(Err(m)) = d.calling_ae_title.as_deref().map(check_ae_title) {
+                bad(&format!("destinations[{i}].calling_ae_title"), m);
             }
         }
         problems

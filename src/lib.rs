@@ -2,6 +2,7 @@
 //! stages) triages them for pneumothorax. See README.md and ../shared/design.md for the map.
 
 pub mod config;
+pub mod delivery;
 pub mod dicom;
 pub mod evaluate;
 pub mod imaging;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pneumotriage::config::Config;
+use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
@@ -75,6 +76,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the deliveries of results to their destinations, most recent first.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only those that failed permanently.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send failed deliveries again: one by its ID, or all of them.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The delivery's ID (see `deliveries`).
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<i64>,
+        #[arg(long)]
+        all_failed: bool,
+    },
     /// List received instances, most recent first.
     Instances {
         #[command(flatten)]
@@ -129,7 +152,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Studies { config, .. }
         | Command::Instances { config, .. }
         | Command::Infer { config, .. }
-        | Command::Evaluate { config, .. } => config,
+        | Command::Evaluate { config, .. }
+        | Command::Deliveries { config, .. }
+        | Command::Retry { config, .. } => config,
     };
     let config = match load(config_arg) {
         Ok(c) => c,
@@ -186,6 +211,46 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliveries { failed, json, limit, .. } => {
+            let store = connect(&config).await?;
+            let rows = store.list_deliveries(failed, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_table(
+                    &["ID", "DESTINATION", "OBJECT", "SOP INSTANCE UID", "STATE", "ATTEMPTS", "LAST ERROR"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.destination.clone(),
+                            r.kind.clone(),
+                            r.sop_instance_uid.clone(),
+                            r.state.clone(),
+                            r.attempts.to_string(),
+                            r.last_error.clone().unwrap_or_default(),
+                        ]
+                    }),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { id, .. } => {
+            let store = connect(&config).await?;
+            let n = store.requeue_failed_deliveries(id).await?;
+            match (n, id) {
+                (0, Some(id)) => {
+                    eprintln!("error: delivery {id} is not a failed delivery");
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => {
+                    println!(
+                        "{n} deliver{} re-queued; a running node sends them within seconds",
+                        if n == 1 { "y" } else { "ies" }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Instances { json, limit, study, .. } => {
             let store = connect(&config).await?;
@@ -446,7 +511,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.dicom.bind)
         .await
         .with_context(|| format!("cannot listen on dicom.bind = {} ({})", config.dicom.bind, config.source))?;
+    let resent = store.requeue_abandoned_deliveries().await.context("start-up recovery")?;
+    if resent > 0 {
+        warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
+    }
     let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config)));
+    let outbox = Outbox::start(store.clone(), &config);
     info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
     let scp = Scp::new(config.dicom.clone(), ingest);
     scp.serve(listener, shutdown_signal()).await;
@@ -454,6 +524,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if let Some(pipeline) = pipeline {
         pipeline.shutdown().await;
     }
+    outbox.shutdown().await;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }

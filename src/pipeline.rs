@@ -11,7 +11,7 @@
 //!   [`MAX_ATTEMPTS`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct OutputSettings {
     pub seg_series_description: String,
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
+    /// Each destination's name and the kinds of objects it takes.
+    pub destinations: Vec<(String, Vec<String>)>,
 }
 
 impl OutputSettings {
@@ -57,6 +59,7 @@ impl OutputSettings {
             seg_series_number: config.outputs.seg_series_number,
             seg_series_description: config.outputs.seg_series_description.clone(),
             dir: config.outputs_dir(),
+            destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
         }
     }
 }
@@ -202,7 +205,7 @@ impl Worker {
         let (what, written) = match verdict {
             Verdict::Analysed(analysis, objects) => {
                 let result = new_result(&self.analyzer, &analysis);
-                let outputs = match write_objects(&self.outputs.dir, objects) {
+                let outputs = match write_objects(&self.outputs, objects) {
                     Ok(outputs) => outputs,
                     Err(e) => {
                         // The disk is full or unwritable: try again later rather than lose the objects.
@@ -256,7 +259,7 @@ impl Worker {
 
 /// Writes made objects durably under `dir` (`<study>/<sop instance>.dcm`) and describes them
 /// for their rows.
-fn write_objects(dir: &Path, objects: Vec<MadeObject>) -> Result<Vec<NewOutput>, String> {
+fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<Vec<NewOutput>, String> {
     objects
         .into_iter()
         .map(|o| {
@@ -265,8 +268,15 @@ fn write_objects(dir: &Path, objects: Vec<MadeObject>) -> Result<Vec<NewOutput>,
                 return Err(format!("invalid UIDs for a {} ({})", o.kind, o.sop_instance_uid));
             };
             let relative = format!("{study}/{sop}.dcm");
-            write_durably(&dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
+            write_durably(&settings.dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
+            let destinations = settings
+                .destinations
+                .iter()
+                .filter(|(_, kinds)| kinds.iter().any(|k| k == o.kind))
+                .map(|(name, _)| name.clone())
+                .collect();
             Ok(NewOutput {
+                destinations,
                 kind: o.kind,
                 sop_class_uid: o.sop_class_uid,
                 sop_instance_uid: sop.to_string(),

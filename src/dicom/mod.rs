@@ -1,7 +1,8 @@
 //! The network side: the upper layer (`ul`), DIMSE command sets (`dimse`), what we accept
-//! (`conformance`) and the storage SCP (`scp`).
+//! (`conformance`), the storage SCP (`scp`) and the SCU that sends results (`scu`).
 
 pub mod conformance;
 pub mod dimse;
 pub mod scp;
+pub mod scu;
 pub mod ul;

@@ -44,6 +44,8 @@ pub struct NewOutput {
     /// Relative to `<data_dir>/outputs`.
     pub path: String,
     pub size_bytes: i64,
+    /// The destinations it is to be sent to: a delivery row each, in the same transaction.
+    pub destinations: Vec<String>,
 }
 
 /// A result row: the analysis, the models that made it and where it ran.
@@ -162,9 +164,9 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         for output in outputs {
-            sqlx::query(
+            let (output_id,): (i64,) = sqlx::query_as(
                 "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             )
             .bind(result_id)
             .bind(output.kind)
@@ -173,11 +175,25 @@ impl Store {
             .bind(&output.path)
             .bind(output.size_bytes)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            for destination in &output.destinations {
+                sqlx::query(
+                    "INSERT INTO deliveries (output_id, destination, state, next_attempt_at, created_at, updated_at) \
+                     VALUES ($1, $2, 'pending', $3, $3, $3)",
+                )
+                .bind(output_id)
+                .bind(destination)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
         tx.commit().await?;
+        if outputs.iter().any(|o| !o.destinations.is_empty()) {
+            self.deliveries_queued().notify_one();
+        }
         Ok(true)
     }
 

@@ -4,6 +4,7 @@
 //! (kept per backend under `migrations/`). This module owns every SQL statement of the node;
 //! nothing else builds SQL.
 
+mod deliveries;
 mod ingest;
 mod jobs;
 mod listing;
@@ -17,6 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
+pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, InstanceHeader, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, JobEnd, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
@@ -55,6 +57,8 @@ pub struct Store {
     committer: ingest::Committer,
     /// Signalled when this node queues a job, so that the pipeline claims it at once.
     jobs_queued: Arc<Notify>,
+    /// Signalled when this node queues deliveries, so that the outbox sends them at once.
+    deliveries_queued: Arc<Notify>,
 }
 
 impl Store {
@@ -90,7 +94,14 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect { url: redacted, source })?;
         let committer = ingest::Committer::spawn(pool.clone(), node.to_string());
-        Ok(Store { pool, backend, node: node.to_string(), committer, jobs_queued: Arc::new(Notify::new()) })
+        Ok(Store {
+            pool,
+            backend,
+            node: node.to_string(),
+            committer,
+            jobs_queued: Arc::new(Notify::new()),
+            deliveries_queued: Arc::new(Notify::new()),
+        })
     }
 
     /// Brings the schema up to date; safe to run at every start.
@@ -114,6 +125,11 @@ impl Store {
     /// Notified (`notify_one`) when this node queues a job for analysis.
     pub fn jobs_queued(&self) -> &Notify {
         &self.jobs_queued
+    }
+
+    /// Notified (`notify_one`) when this node queues deliveries.
+    pub fn deliveries_queued(&self) -> &Notify {
+        &self.deliveries_queued
     }
 
     pub fn pool(&self) -> &AnyPool {

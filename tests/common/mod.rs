@@ -104,6 +104,8 @@ pub struct Setup {
     pub backend: Backend,
     /// The `[inference]` lines of the config.
     pub inference: String,
+    /// Sections added at the end of the config (e.g. `[[destinations]]`).
+    pub tail: String,
 }
 
 /// Calling AE titles the default test config allows.
@@ -144,7 +146,7 @@ impl Setup {
         let config_path = dir.path().join("pneumotriage.toml");
         let inference =
             format!("models = \"{}/models/manifest.toml\"\n{inference_extra}\n", env!("CARGO_MANIFEST_DIR"));
-        let setup = Setup { dir, db, port, config_path, backend, inference };
+        let setup = Setup { dir, db, port, config_path, backend, inference, tail: String::new() };
         setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
         setup
     }
@@ -155,8 +157,8 @@ impl Setup {
         let text = format!(
             "[node]\ndata_dir = \"var\"\nname = \"test-node\"\n{floor}\n{node_extra}\n\
              [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\n{dicom_extra}\n\
-             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n[inference]\n{}",
-            self.port, self.db.url, self.inference
+             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n[inference]\n{}\n{}",
+            self.port, self.db.url, self.inference, self.tail
         );
         std::fs::write(&self.config_path, text).unwrap();
     }
@@ -431,4 +433,14 @@ pub fn synthetic_images(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
 /// The true masks of a synthetic set by ImageId (the file stem): (is positive, the CSV's RLE rows).
 pub fn synthetic_truth(dir: &Path) -> std::collections::HashMap<String, Vec<String>> {
     pneumotriage::evaluate::read_rle_csv(&dir.join("train-rle.csv")).unwrap().into_iter().collect()
+}
+
+/// A synthetic radiograph with a pneumothorax (from the generator's seed 77 set), written under `dir`.
+pub fn synthetic_positive(dir: &Path) -> PathBuf {
+    let files = synthetic_images(dir, 6, 77);
+    let truth = synthetic_truth(dir);
+    files
+        .into_iter()
+        .find(|f| truth[&f.file_stem().unwrap().to_string_lossy().into_owned()].iter().any(|r| r.trim() != "-1"))
+        .expect("the seed 77 set has a positive")
 }

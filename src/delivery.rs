@@ -1,0 +1,170 @@
+//! The delivery task: sends the objects the pipeline made to their destinations (the outbox
+//! rows of `store::deliveries`), one C-STORE at a time, with exponential backoff and jitter for
+//! transient failures and a flag for permanent ones. Everything it does is a row update, so a
+//! restart resumes where it stopped; a delivery left `sending` by a crash is taken up again
+//! when its lease expires (at once for this node, see `Store::requeue_abandoned`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Destination};
+use crate::dicom::scu::{self, Peer, SendError};
+use crate::store::{ClaimedDelivery, Store};
+
+/// How long a claimed delivery is ours.
+const LEASE: Duration = Duration::from_secs(300);
+/// How often the outbox is polled when nothing signals work (retries falling due).
+const POLL: Duration = Duration::from_secs(1);
+
+/// The running delivery task; [`Outbox::shutdown`] stops it after the send in progress.
+pub struct Outbox {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Outbox {
+    pub fn start(store: Store, config: &Config) -> Outbox {
+        let destinations: HashMap<String, (Destination, Peer)> = config
+            .destinations
+            .iter()
+            .map(|d| {
+                let peer = Peer {
+                    host: d.host.clone(),
+                    port: d.port,
+                    called_ae_title: d.ae_title.clone(),
+                    calling_ae_title: d.calling_ae_title.clone().unwrap_or_else(|| config.dicom.ae_title.clone()),
+                    timeout: Duration::from_secs(d.timeout_secs),
+                };
+                (d.name.clone(), (d.clone(), peer))
+            })
+            .collect();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(store, destinations, config.outputs_dir(), stop_rx));
+        Outbox { stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    store: Store,
+    destinations: HashMap<String, (Destination, Peer)>,
+    dir: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let delivery = match store.claim_delivery(LEASE).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "cannot claim deliveries");
+                None
+            }
+        };
+        let Some(delivery) = delivery else {
+            tokio::select! {
+                _ = store.deliveries_queued().notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        };
+        send(&store, &destinations, &dir, &delivery).await;
+    }
+}
+
+async fn send(
+    store: &Store,
+    destinations: &HashMap<String, (Destination, Peer)>,
+    dir: &std::path::Path,
+    d: &ClaimedDelivery,
+) {
+    let Some((destination, peer)) = destinations.get(&d.destination) else {
+        let reason = format!("destination `{}` is not in the configuration", d.destination);
+        warn!(delivery = d.id, %reason, "delivery failed");
+        record(store.delivery_failed(d, &reason).await, d);
+        return;
+    };
+    let (peer, path) = (peer.clone(), dir.join(&d.path));
+    let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
+    let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
+        .await
+        .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}"))));
+    let written = match outcome {
+        Ok(status) => {
+            info!(
+                delivery = d.id,
+                destination = %d.destination,
+                object = %d.kind,
+                sop_instance = %d.sop_instance_uid,
+                status = format_args!("{status:#06X}"),
+                attempt = d.attempts,
+                "delivered"
+            );
+            store.delivery_done(d).await
+        }
+        Err(SendError::Transient(reason)) => {
+            let delay = backoff(destination, d.attempts, d.id);
+            warn!(delivery = d.id, destination = %d.destination, attempt = d.attempts, %reason, "delivery will be retried in {delay:?}");
+            store.delivery_retry(d, &reason, delay).await
+        }
+        Err(SendError::Permanent(reason)) => {
+            error!(delivery = d.id, destination = %d.destination, %reason, "delivery failed; `pneumotriage retry` sends it again");
+            store.delivery_failed(d, &reason).await
+        }
+    };
+    record(written, d);
+}
+
+fn record(written: crate::store::Result<bool>, d: &ClaimedDelivery) {
+    match written {
+        Ok(true) => {}
+        Ok(false) => warn!(delivery = d.id, "the delivery was taken over by another node"),
+        Err(e) => {
+            error!(delivery = d.id, error = %e, "cannot record the delivery's outcome; it is retried when its lease expires")
+        }
+    }
+}
+
+/// The wait before attempt `attempts + 1`: the destination's initial delay doubled per attempt,
+/// capped, with ±20 % jitter so that many deliveries do not retry in step.
+pub fn backoff(destination: &Destination, attempts: i64, salt: i64) -> Duration {
+    let base = destination.retry_initial_secs as f64 * 2f64.powi((attempts - 1).clamp(0, 30) as i32);
+    let capped = base.min(destination.retry_max_secs as f64);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let unit = ((nanos as i64 ^ salt.wrapping_mul(0x9E37_79B9)) & 0xFFFF) as f64 / 65535.0; // 0..1
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let d = Destination {
+            name: "pacs".into(),
+            ae_title: "PACS".into(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            objects: vec![],
+            calling_ae_title: None,
+            retry_initial_secs: 5,
+            retry_max_secs: 60,
+            timeout_secs: 30,
+        };
+        for (attempts, nominal) in [(1, 5.0), (2, 10.0), (3, 20.0), (4, 40.0), (5, 60.0), (40, 60.0)] {
+            let wait = backoff(&d, attempts, 7).as_secs_f64();
+            assert!((nominal * 0.8..=nominal * 1.2).contains(&wait), "attempt {attempts}: {wait}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The outbox: a delivery row per object made and destination, committed with the result, then
+//! claimed, sent and marked by the delivery task. Claims work as for jobs (a lease, only the
+//! claimant may finish), so a delivery survives restarts and is never sent by two nodes at once.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{now_ms, Backend, Event, Result, Store};
+
+/// A delivery this node has claimed, with what the sender needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub destination: String,
+    /// Counting this one.
+    pub attempts: i64,
+    pub kind: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// Relative to `<data_dir>/outputs`.
+    pub path: String,
+}
+
+/// A delivery as `pneumotriage deliveries` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub destination: String,
+    pub kind: String,
+    pub sop_instance_uid: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+const CLAIM_POSTGRES: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
+            attempts = attempts + 1, updated_at = $3 \
+     WHERE id = (SELECT id FROM deliveries \
+                 WHERE (state = 'pending' AND next_attempt_at <= $3) \
+                    OR (state = 'sending' AND lease_expires_at < $3) \
+                 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     RETURNING id";
+
+const CLAIM_SQLITE: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
+            attempts = attempts + 1, updated_at = $3 \
+     WHERE id = (SELECT id FROM deliveries \
+                 WHERE (state = 'pending' AND next_attempt_at <= $3) \
+                    OR (state = 'sending' AND lease_expires_at < $3) \
+                 ORDER BY next_attempt_at, id LIMIT 1) \
+     RETURNING id";
+
+impl Store {
+    /// Claims the delivery that has been due longest, for `lease`.
+    pub async fn claim_delivery(&self, lease: Duration) -> Result<Option<ClaimedDelivery>> {
+        let now = now_ms();
+        let sql = match self.backend() {
+            Backend::Postgres => CLAIM_POSTGRES,
+            Backend::Sqlite => CLAIM_SQLITE,
+        };
+        let claimed: Option<(i64,)> = sqlx::query_as(sql)
+            .bind(self.node())
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some((id,)) = claimed else { return Ok(None) };
+        Ok(Some(
+            sqlx::query_as(
+                "SELECT d.id, d.destination, d.attempts, o.kind, o.sop_class_uid, o.sop_instance_uid, o.path \
+                 FROM deliveries d JOIN outputs o ON o.id = d.output_id WHERE d.id = $1",
+            )
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?,
+        ))
+    }
+
+    /// The destination stored the object.
+    pub async fn delivery_done(&self, d: &ClaimedDelivery) -> Result<bool> {
+        self.finish_delivery(d, "delivered", None, 0, "delivered").await
+    }
+
+    /// A transient failure: try again after `delay`.
+    pub async fn delivery_retry(&self, d: &ClaimedDelivery, error: &str, delay: Duration) -> Result<bool> {
+        self.finish_delivery(d, "pending", Some(error), delay.as_millis() as i64, "delivery_deferred").await
+    }
+
+    /// A permanent failure: no more attempts until an admin re-queues it (`retry`).
+    pub async fn delivery_failed(&self, d: &ClaimedDelivery, error: &str) -> Result<bool> {
+        self.finish_delivery(d, "failed", Some(error), 0, "delivery_failed").await
+    }
+
+    async fn finish_delivery(
+        &self,
+        d: &ClaimedDelivery,
+        state: &str,
+        error: Option<&str>,
+        delay_ms: i64,
+        event: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = $1, last_error = $2, next_attempt_at = $3, claimed_by = NULL, \
+                 lease_expires_at = NULL, updated_at = $4, \
+                 delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END \
+             WHERE id = $5 AND state = 'sending' AND claimed_by = $6",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(now + delay_ms)
+        .bind(now)
+        .bind(d.id)
+        .bind(self.node())
+        .execute(self.pool())
+        .await?;
+        let detail = format!(
+            "{} {} to {} (attempt {}){}",
+            d.kind,
+            d.sop_instance_uid,
+            d.destination,
+            d.attempts,
+            error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        self.record_event(&Event { kind: event, detail: Some(&detail), ..Default::default() }).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts back in the outbox the deliveries left `sending` by this node (it stopped or
+    /// crashed mid-send; the destination may have the object already, and storing the same SOP
+    /// Instance UID again is harmless) and those whose lease expired. Returns how many.
+    pub async fn requeue_abandoned_deliveries(&self) -> Result<u64> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'sending' AND (claimed_by = $2 OR lease_expires_at < $1)",
+        )
+        .bind(now)
+        .bind(self.node())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deliveries, newest first; only the failed ones with `failed_only`.
+    pub async fn list_deliveries(&self, failed_only: bool, limit: i64) -> Result<Vec<DeliveryRow>> {
+        Ok(sqlx::query_as(
+            "SELECT d.id, d.destination, o.kind, o.sop_instance_uid, d.state, d.attempts, d.last_error, \
+                    d.next_attempt_at, d.delivered_at \
+             FROM deliveries d JOIN outputs o ON o.id = d.output_id \
+             WHERE ($1 = 0 OR d.state = 'failed') ORDER BY d.id DESC LIMIT $2",
+        )
+        .bind(failed_only as i64)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
+    /// Returns how many were re-queued.
+    pub async fn requeue_failed_deliveries(&self, id: Option<i64>) -> Result<u64> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        let n = done.rows_affected();
+        if n > 0 {
+            let detail = match id {
+                Some(id) => format!("delivery {id} re-queued"),
+                None => format!("{n} failed deliveries re-queued"),
+            };
+            self.record_event(&Event { kind: "deliveries_requeued", detail: Some(&detail), ..Default::default() })
+                .await?;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,142 @@
+//! Results to the PACS: the outbox delivers a positive's SEG to dcmtk's `storescp`, waits out a
+//! destination that is down, and stops at once on one that refuses us until an admin retries.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, storescu, synthetic_positive, text, Backend, Setup};
+
+/// dcmtk's storescp as the PACS, writing what it receives under `dir`; killed when dropped.
+struct Pacs(Child);
+
+impl Pacs {
+    fn start(port: u16, dir: &Path, refuse: bool) -> Pacs {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut command = Command::new("/usr/bin/storescp");
+        command.args(["-aet", "PACS", "-od"]).arg(dir);
+        if refuse {
+            command.arg("--refuse");
+        }
+        let child = command.arg(port.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // listening once a TCP connection succeeds
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pacs(child)
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn setup_with_pacs(backend: Backend, pacs_port: u16) -> Setup {
+    let mut setup = Setup::analysing(backend, "");
+    setup.tail = format!(
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n"
+    );
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    setup
+}
+
+/// (state, attempts, last error) of the one delivery.
+fn delivery(setup: &Setup) -> Option<(String, i64, Option<String>)> {
+    setup.with_store(async |store| {
+        sqlx::query_as("SELECT state, attempts, last_error FROM deliveries").fetch_optional(store.pool()).await.unwrap()
+    })
+}
+
+fn wait_delivery(
+    setup: &Setup,
+    what: &str,
+    done: impl Fn(&(String, i64, Option<String>)) -> bool,
+) -> (String, i64, Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(d) = delivery(setup).filter(|d| done(d)) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", delivery(setup));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The SOP Instance UIDs of the files under `dir`.
+fn received(dir: &Path) -> Vec<String> {
+    let mut uids = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path: PathBuf = entry.path();
+        if let Ok(obj) = dicom_object::open_file(&path) {
+            uids.push(obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string());
+        }
+    }
+    uids
+}
+
+fn seg_uid(setup: &Setup) -> String {
+    setup.with_store(async |store| {
+        let (uid,): (String,) = sqlx::query_as("SELECT sop_instance_uid FROM outputs WHERE kind = 'seg'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        uid
+    })
+}
+
+fn delivers_once_the_destination_is_up(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let positive = synthetic_positive(&work.path().join("images"));
+    let pacs_port = free_port();
+    let setup = setup_with_pacs(backend, pacs_port);
+    let node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    // Nothing listens yet: transient failures, retried.
+    let (_, attempts, error) = wait_delivery(&setup, "a failed attempt", |d| d.0 == "pending" && d.1 >= 1);
+    assert!(attempts >= 1 && error.as_deref().unwrap_or("").contains("cannot associate"), "{error:?}");
+    let inbox = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &inbox, false);
+    let (state, _, _) = wait_delivery(&setup, "delivered once the PACS is up", |d| d.0 == "delivered");
+    assert_eq!(state, "delivered");
+    assert_eq!(received(&inbox), vec![seg_uid(&setup)], "the PACS has the SEG, once");
+    let log = node.log();
+    assert!(log.contains("delivery will be retried") && log.contains("delivered"), "{log}");
+    let out = setup.cli(&["deliveries", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["state"], "delivered", "{rows}");
+}
+
+fn a_refusing_destination_fails_once_until_retried(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let positive = synthetic_positive(&work.path().join("images"));
+    let pacs_port = free_port();
+    let inbox = work.path().join("pacs");
+    let refusing = Pacs::start(pacs_port, &inbox, true);
+    let setup = setup_with_pacs(backend, pacs_port);
+    let _node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    let (_, attempts, error) = wait_delivery(&setup, "a permanent failure", |d| d.0 == "failed");
+    assert_eq!(attempts, 1, "one attempt: {error:?}");
+    assert!(error.as_deref().unwrap_or("").contains("rejected"), "{error:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(delivery(&setup).unwrap().1, 1, "no retry loop on a permanent failure");
+    let failed = setup.cli(&["deliveries", "--failed"]);
+    assert!(text(&failed).contains("failed"), "{}", text(&failed));
+
+    drop(refusing);
+    let _pacs = Pacs::start(pacs_port, &inbox, false);
+    let out = setup.cli(&["retry", "--all-failed"]);
+    assert!(out.status.success() && text(&out).contains("1 delivery re-queued"), "{}", text(&out));
+    wait_delivery(&setup, "delivered after retry", |d| d.0 == "delivered");
+    assert_eq!(received(&inbox), vec![seg_uid(&setup)]);
+}
+
+on_both_backends!(delivers_once_the_destination_is_up, a_refusing_destination_fails_once_until_retried);
