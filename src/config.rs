@@ -218,6 +218,9 @@ pub struct OutputsConfig {
     pub seg_series_number: i32,
     pub seg_series_description: String,
     pub sr: SrPolicy,
+    /// Series Number and Series Description of the SR series.
+    pub sr_series_number: i32,
+    pub sr_series_description: String,
     pub overlay: bool,
 }
 
@@ -228,6 +231,8 @@ impl Default for OutputsConfig {
             seg_series_number: 9901,
             seg_series_description: "AI pneumothorax segmentation".into(),
             sr: SrPolicy::All,
+            sr_series_number: 9902,
+            sr_series_description: "AI pneumothorax report".into(),
             overlay: false,
         }
     }
@@ -428,8 +433,13 @@ impl Config {
                 }
             }
         }
-        if self.outputs.seg_series_description.chars().count() > 64 {
-            bad("outputs.seg_series_description", "is longer than 64 characters (DICOM LO)".into());
+        for (key, value) in [
+            ("outputs.seg_series_description", &self.outputs.seg_series_description),
+            ("outputs.sr_series_description", &self.outputs.sr_series_description),
+        ] {
+            if value.chars().count() > 64 {
+                bad(key, "is longer than 64 characters (DICOM LO)".into());
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {

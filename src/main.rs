@@ -11,8 +11,8 @@ use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
-use pneumotriage::pipeline::{dicom_now, OutputSettings, Pipeline};
-use pneumotriage::results::{overlay, seg};
+use pneumotriage::pipeline::{make_objects, OutputSettings, Pipeline};
+use pneumotriage::results::overlay;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Store};
 use tracing::{info, warn};
@@ -54,7 +54,7 @@ enum Command {
     Infer {
         #[command(flatten)]
         config: ConfigArg,
-        /// Write `<file name>.json`, `.input.png`, `.overlay.png` and, for positives, `.seg.dcm` here.
+        /// Write `<file name>.json`, `.input.png`, `.overlay.png`, `.sr.dcm` and, for positives, `.seg.dcm` here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// DICOM files, or directories to analyse every file under.
@@ -284,6 +284,7 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
     use pneumotriage::inference::analyze::not_applicable;
     let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
     analyzer.keep_views = out.is_some();
+    let outputs = OutputSettings::of(config);
     println!(
         "models: {} {} and {} {} on {} ({})",
         analyzer.classifier().name,
@@ -324,23 +325,12 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
                         "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
                         a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
                     );
-                    if let (Some(dir), Some(mask), true) = (out, &a.mask, config.outputs.seg) {
-                        let (date, time) = dicom_now();
-                        let request = seg::SegRequest {
-                            source: &obj,
-                            source_key: "",
-                            mask,
-                            width: a.width,
-                            height: a.height,
-                            segmenter: analyzer.segmenter(),
-                            uid_root: &config.node.uid_root,
-                            series_number: config.outputs.seg_series_number,
-                            series_description: &config.outputs.seg_series_description,
-                            notice: &analyzer.manifest.notice,
-                            date: &date,
-                            time: &time,
-                        };
-                        seg::build(&request)?.write_to_file(dir.join(format!("{}.seg.dcm", output_stem(file))))?;
+                    if let Some(dir) = out {
+                        // the SEG and SR the node would send
+                        for made in make_objects(&analyzer, &obj, &a, &outputs, "") {
+                            let name = format!("{}.{}.dcm", output_stem(file), made.kind);
+                            std::fs::write(dir.join(name), &made.bytes)?;
+                        }
                     }
                     if let (Some(dir), Some(views)) = (out, &a.views) {
                         let stem = output_stem(file);

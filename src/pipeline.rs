@@ -23,10 +23,11 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Policy};
+use crate::config::{Config, Policy, SrPolicy};
 use crate::imaging::ImagingError;
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
-use crate::results::seg;
+use crate::inference::decision::Decision;
+use crate::results::{seg, sr};
 use crate::spool::{sanitize_uid, write_durably, Spool};
 use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
 
@@ -42,6 +43,11 @@ const POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct OutputSettings {
     pub seg: bool,
+    pub sr: SrPolicy,
+    pub sr_series_number: i32,
+    pub sr_series_description: String,
+    /// This node's name: the SR's device observer.
+    pub node_name: String,
     pub uid_root: String,
     pub seg_series_number: i32,
     pub seg_series_description: String,
@@ -55,6 +61,10 @@ impl OutputSettings {
     pub fn of(config: &Config) -> OutputSettings {
         OutputSettings {
             seg: config.outputs.seg,
+            sr: config.outputs.sr,
+            sr_series_number: config.outputs.sr_series_number,
+            sr_series_description: config.outputs.sr_series_description.clone(),
+            node_name: config.node_name(),
             uid_root: config.node.uid_root.clone(),
             seg_series_number: config.outputs.seg_series_number,
             seg_series_description: config.outputs.seg_series_description.clone(),
@@ -70,6 +80,7 @@ pub struct MadeObject {
     pub kind: &'static str,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
+    pub series_instance_uid: String,
     pub study_instance_uid: String,
     pub bytes: Vec<u8>,
 }
@@ -287,9 +298,10 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
         .collect()
 }
 
-/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`).
-/// One that cannot be made is logged and left out; the result is recorded all the same.
-fn make_objects(
+/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`)
+/// and the SR (as `outputs.sr` says). One that cannot be made is logged and left out; the
+/// result is recorded all the same.
+pub fn make_objects(
     analyzer: &Analyzer,
     obj: &FileDicomObject<InMemDicomObject>,
     analysis: &Analysis,
@@ -313,25 +325,59 @@ fn make_objects(
             date: &date,
             time: &time,
         };
-        let built = seg::build(&request).map_err(|e| e.to_string()).and_then(|seg| {
-            let mut bytes = Vec::new();
-            seg.write_all(&mut bytes).map_err(|e| e.to_string())?;
-            let uid =
-                |tag| seg.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
-            Ok(MadeObject {
-                kind: "seg",
-                sop_class_uid: seg::SEGMENTATION_STORAGE.to_string(),
-                sop_instance_uid: uid(tags::SOP_INSTANCE_UID).unwrap_or_default(),
-                study_instance_uid: uid(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
-                bytes,
-            })
-        });
-        match built {
+        match seg::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("seg", obj)) {
             Ok(object) => made.push(object),
             Err(e) => warn!(error = %e, "no SEG for this result"),
         }
     }
+    let wanted = match settings.sr {
+        SrPolicy::All => true,
+        SrPolicy::Positive => analysis.decision != Decision::Negative,
+        SrPolicy::None => false,
+    };
+    if wanted {
+        let (date, time) = dicom_now();
+        let seg = made.iter().find(|o| o.kind == "seg");
+        let request = sr::SrRequest {
+            source: obj,
+            source_key,
+            decision: analysis.decision,
+            probability: analysis.probability,
+            priority: analysis.priority,
+            classifier: analyzer.classifier(),
+            segmenter: analyzer.segmenter(),
+            seg: seg.map(|s| sr::SegReference {
+                sop_instance_uid: &s.sop_instance_uid,
+                series_instance_uid: &s.series_instance_uid,
+            }),
+            uid_root: &settings.uid_root,
+            node_name: &settings.node_name,
+            series_number: settings.sr_series_number,
+            series_description: &settings.sr_series_description,
+            date: &date,
+            time: &time,
+        };
+        match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("sr", obj)) {
+            Ok(object) => made.push(object),
+            Err(e) => warn!(error = %e, "no SR for this result"),
+        }
+    }
     made
+}
+
+/// A built object as bytes, with the UIDs its rows and references need.
+fn made_object(kind: &'static str, obj: FileDicomObject<InMemDicomObject>) -> Result<MadeObject, String> {
+    let mut bytes = Vec::new();
+    obj.write_all(&mut bytes).map_err(|e| e.to_string())?;
+    let uid = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
+    Ok(MadeObject {
+        kind,
+        sop_class_uid: uid(tags::SOP_CLASS_UID).unwrap_or_default(),
+        sop_instance_uid: uid(tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        series_instance_uid: uid(tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        study_instance_uid: uid(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        bytes,
+    })
 }
 
 /// Now as DICOM DA and TM, in UTC.

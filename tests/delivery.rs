@@ -1,5 +1,6 @@
-//! Results to the PACS: the outbox delivers a positive's SEG to dcmtk's `storescp`, waits out a
-//! destination that is down, and stops at once on one that refuses us until an admin retries.
+//! Results to the PACS: the outbox delivers a positive's SEG and SR to dcmtk's `storescp`, waits
+//! out a destination that is down, and stops at once on one that refuses us until an admin
+//! retries.
 
 mod common;
 
@@ -48,24 +49,27 @@ fn setup_with_pacs(backend: Backend, pacs_port: u16) -> Setup {
     setup
 }
 
-/// (state, attempts, last error) of the one delivery.
-fn delivery(setup: &Setup) -> Option<(String, i64, Option<String>)> {
+type Delivery = (String, i64, Option<String>);
+
+/// (state, attempts, last error) of every delivery.
+fn deliveries(setup: &Setup) -> Vec<Delivery> {
     setup.with_store(async |store| {
-        sqlx::query_as("SELECT state, attempts, last_error FROM deliveries").fetch_optional(store.pool()).await.unwrap()
+        sqlx::query_as("SELECT state, attempts, last_error FROM deliveries ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
     })
 }
 
-fn wait_delivery(
-    setup: &Setup,
-    what: &str,
-    done: impl Fn(&(String, i64, Option<String>)) -> bool,
-) -> (String, i64, Option<String>) {
+/// Waits until there are `n` deliveries and each satisfies `done`.
+fn wait_deliveries(setup: &Setup, n: usize, what: &str, done: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(d) = delivery(setup).filter(|d| done(d)) {
-            return d;
+        let all = deliveries(setup);
+        if all.len() == n && all.iter().all(&done) {
+            return all;
         }
-        assert!(Instant::now() < deadline, "{what}: {:?}", delivery(setup));
+        assert!(Instant::now() < deadline, "{what}: {all:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -82,13 +86,14 @@ fn received(dir: &Path) -> Vec<String> {
     uids
 }
 
-fn seg_uid(setup: &Setup) -> String {
+/// The SOP Instance UIDs of the objects made (the SEG and the SR), sorted.
+fn made_uids(setup: &Setup) -> Vec<String> {
     setup.with_store(async |store| {
-        let (uid,): (String,) = sqlx::query_as("SELECT sop_instance_uid FROM outputs WHERE kind = 'seg'")
-            .fetch_one(store.pool())
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT sop_instance_uid FROM outputs ORDER BY sop_instance_uid")
+            .fetch_all(store.pool())
             .await
             .unwrap();
-        uid
+        rows.into_iter().map(|(u,)| u).collect()
     })
 }
 
@@ -100,18 +105,20 @@ fn delivers_once_the_destination_is_up(backend: Backend) {
     let node = setup.start();
     assert!(storescu(setup.port, &[], &[&positive]).status.success());
     // Nothing listens yet: transient failures, retried.
-    let (_, attempts, error) = wait_delivery(&setup, "a failed attempt", |d| d.0 == "pending" && d.1 >= 1);
-    assert!(attempts >= 1 && error.as_deref().unwrap_or("").contains("cannot associate"), "{error:?}");
+    let failing = wait_deliveries(&setup, 2, "failed attempts", |d| d.1 >= 1 && d.2.is_some());
+    assert!(failing.iter().all(|d| d.2.as_deref().unwrap().contains("cannot associate")), "{failing:?}");
     let inbox = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &inbox, false);
-    let (state, _, _) = wait_delivery(&setup, "delivered once the PACS is up", |d| d.0 == "delivered");
-    assert_eq!(state, "delivered");
-    assert_eq!(received(&inbox), vec![seg_uid(&setup)], "the PACS has the SEG, once");
+    wait_deliveries(&setup, 2, "delivered once the PACS is up", |d| d.0 == "delivered");
+    let mut got = received(&inbox);
+    got.sort();
+    assert_eq!(got, made_uids(&setup), "the PACS has the SEG and the SR, once each");
     let log = node.log();
     assert!(log.contains("delivery will be retried") && log.contains("delivered"), "{log}");
     let out = setup.cli(&["deliveries", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows[0]["state"], "delivered", "{rows}");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["state"] == "delivered"), "{rows}");
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
 }
 
 fn a_refusing_destination_fails_once_until_retried(backend: Backend) {
@@ -123,20 +130,24 @@ fn a_refusing_destination_fails_once_until_retried(backend: Backend) {
     let setup = setup_with_pacs(backend, pacs_port);
     let _node = setup.start();
     assert!(storescu(setup.port, &[], &[&positive]).status.success());
-    let (_, attempts, error) = wait_delivery(&setup, "a permanent failure", |d| d.0 == "failed");
-    assert_eq!(attempts, 1, "one attempt: {error:?}");
-    assert!(error.as_deref().unwrap_or("").contains("rejected"), "{error:?}");
+    let failed = wait_deliveries(&setup, 2, "permanent failures", |d| d.0 == "failed");
+    for (_, attempts, error) in &failed {
+        assert_eq!(*attempts, 1, "one attempt: {error:?}");
+        assert!(error.as_deref().unwrap_or("").contains("rejected"), "{error:?}");
+    }
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(delivery(&setup).unwrap().1, 1, "no retry loop on a permanent failure");
+    assert!(deliveries(&setup).iter().all(|d| d.1 == 1), "no retry loop on a permanent failure");
     let failed = setup.cli(&["deliveries", "--failed"]);
     assert!(text(&failed).contains("failed"), "{}", text(&failed));
 
     drop(refusing);
     let _pacs = Pacs::start(pacs_port, &inbox, false);
     let out = setup.cli(&["retry", "--all-failed"]);
-    assert!(out.status.success() && text(&out).contains("1 delivery re-queued"), "{}", text(&out));
-    wait_delivery(&setup, "delivered after retry", |d| d.0 == "delivered");
-    assert_eq!(received(&inbox), vec![seg_uid(&setup)]);
+    assert!(out.status.success() && text(&out).contains("2 deliveries re-queued"), "{}", text(&out));
+    wait_deliveries(&setup, 2, "delivered after retry", |d| d.0 == "delivered");
+    let mut got = received(&inbox);
+    got.sort();
+    assert_eq!(got, made_uids(&setup));
 }
 
 on_both_backends!(delivers_once_the_destination_is_up, a_refusing_destination_fails_once_until_retried);

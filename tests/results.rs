@@ -1,6 +1,7 @@
-//! The DICOM objects made of a result, checked by real validators: the Segmentation of
-//! pydicom-data's RG1 (CR, MONOCHROME1), deid-data's cat.dcm (DX) and synthetic positives passes
-//! dicom3tools' `dciodvfy` without errors, and highdicom reads back the node's mask.
+//! The DICOM objects made of a result, checked by real validators: the Segmentation and the
+//! structured report of pydicom-data's RG1 (CR, MONOCHROME1), deid-data's cat.dcm (DX) and
+//! synthetic positives and negatives pass dicom3tools' `dciodvfy` without errors; highdicom
+//! reads back the node's mask, and the report's finding, probability, priority and references.
 
 mod common;
 
@@ -77,6 +78,13 @@ fn segmentations_pass_dciodvfy_and_read_back_in_highdicom() {
         assert_eq!(got["source_instance"], common::sop_instance_uid(file).as_str());
         assert_eq!(got["series_number"], 9901);
         uids.push(got["sop_instance"].as_str().unwrap().to_string());
+
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap()).unwrap();
+        let report = check_sr(&out.join(format!("{name}.sr.dcm")));
+        assert_eq!(report["finding_present"], true, "{report}");
+        assert_eq!(report["seg_sop_instance_uid"], got["sop_instance"], "the SR points at the SEG: {report}");
+        assert_report_matches(&report, &result, file);
     }
     // The same analysis gives the same SEG: a retried delivery re-sends, never duplicates.
     let again = work.path().join("again");
@@ -92,4 +100,63 @@ fn segmentations_pass_dciodvfy_and_read_back_in_highdicom() {
             .trim_end_matches('\0'),
         uids[0]
     );
+}
+
+/// Validates a report with dciodvfy and reads it with highdicom (tests/tools/check_sr.py).
+fn check_sr(path: &Path) -> serde_json::Value {
+    let check = Command::new("dciodvfy").arg("-new").arg(path).output().unwrap();
+    let report = text(&check);
+    assert!(check.status.success() && !report.contains("Error"), "{}: dciodvfy says:\n{report}", path.display());
+    assert!(report.contains("Comprehensive3DSR"), "{report}");
+    let read = Command::new(python()).arg(tool("check_sr.py")).arg(path).output().unwrap();
+    assert!(read.status.success(), "{}: {}", path.display(), text(&read));
+    serde_json::from_slice(&read.stdout).unwrap()
+}
+
+/// The report says what the node's result says.
+fn assert_report_matches(report: &serde_json::Value, result: &serde_json::Value, source: &Path) {
+    let r = &result["result"];
+    let p = report["probability"].as_f64().unwrap();
+    assert!((p - r["probability"].as_f64().unwrap()).abs() < 1e-4, "{report} vs {result}");
+    let letter = match r["priority"].as_str().unwrap() {
+        "urgent" => "S",
+        "review" => "A",
+        _ => "R",
+    };
+    assert_eq!(report["priority"]["value"], letter, "{report}");
+    assert_eq!(report["source_image_sop_instance_uid"], common::sop_instance_uid(source).as_str());
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/manifest.toml")).unwrap();
+    let classifier = &report["algorithms"][0];
+    assert_eq!(classifier["name"], "pneumotriage-demo-classifier");
+    assert!(manifest.contains(classifier["sha256"].as_str().unwrap()), "{classifier}");
+}
+
+#[test]
+fn a_negative_gets_a_report_saying_absent_and_no_segmentation() {
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    let files = synthetic_images(&images, 6, 77);
+    let truth = synthetic_truth(&images);
+    let negative = files
+        .into_iter()
+        .find(|f| truth[&f.file_stem().unwrap().to_string_lossy().into_owned()].iter().all(|r| r.trim() == "-1"))
+        .expect("the seed 77 set has a negative");
+    let out = work.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .args(["infer", "--out"])
+        .arg(&out)
+        .arg(&negative)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let name = negative.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!out.join(format!("{name}.seg.dcm")).exists(), "no SEG for a negative");
+    let report = check_sr(&out.join(format!("{name}.sr.dcm")));
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap()).unwrap();
+    assert_eq!(result["result"]["decision"], "negative");
+    assert_eq!(report["finding_present"], false, "{report}");
+    assert!(report["seg_sop_instance_uid"].is_null(), "{report}");
+    assert_report_matches(&report, &result, &negative);
 }

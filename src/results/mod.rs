@@ -1,7 +1,8 @@
 //! What the node makes of an analysis for people and other systems: the rendered views
-//! (`infer --out`, later the worklist's overlay and the secondary capture) and the DICOM
-//! Segmentation; the UIDs of what it creates.
+//! (`infer --out`, later the worklist's overlay and the secondary capture), the DICOM
+//! Segmentation and the structured report; the UIDs of what it creates.
 
 pub mod overlay;
 pub mod seg;
+pub mod sr;
 pub mod uid;

@@ -1,0 +1,330 @@
+//! The structured report of a result: TID 1500 (Imaging Measurement Report), as IHE AI Results
+//! does, in a Comprehensive 3D SR (design.md §4).
+//!
+//! One measurement group (TID 1501) for the whole image: the classifier (TID 4019 algorithm
+//! identification, its sha256 as a parameter), the probability, Pneumothorax = Present/Absent,
+//! the priority as an HL7 ActPriority code, and the source image. When there is a SEG, a second
+//! group (TID 1410) with the finding, the segmenter and the SEG's frame. The codes are the
+//! standard's (pydicom's `sr.codedict`, highdicom); each is listed in docs/conformance.md.
+
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+use super::seg::{code, copy_patient_and_study, seq, text, SegError, SEGMENTATION_STORAGE};
+use super::uid;
+use crate::inference::decision::{Decision, Priority};
+use crate::inference::ModelSpec;
+
+pub const COMPREHENSIVE_3D_SR: &str = uids::COMPREHENSIVE3_DSR_STORAGE;
+
+/// The SEG a report refers to.
+pub struct SegReference<'a> {
+    pub sop_instance_uid: &'a str,
+    pub series_instance_uid: &'a str,
+}
+
+/// What a report is made from.
+pub struct SrRequest<'a> {
+    pub source: &'a InMemDicomObject,
+    /// As for the SEG: what tells this version of the source from another.
+    pub source_key: &'a str,
+    pub decision: Decision,
+    pub probability: f32,
+    pub priority: Priority,
+    pub classifier: &'a ModelSpec,
+    pub segmenter: &'a ModelSpec,
+    pub seg: Option<SegReference<'a>>,
+    pub uid_root: &'a str,
+    /// This node's name (the device observer).
+    pub node_name: &'a str,
+    pub series_number: i32,
+    pub series_description: &'a str,
+    pub date: &'a str,
+    pub time: &'a str,
+}
+
+/// The HL7 ActPriority code of a priority (design.md §4: urgent = S, review = A, routine = R).
+pub fn act_priority(priority: Priority) -> (&'static str, &'static str) {
+    match priority {
+        Priority::Urgent => ("S", "stat"),
+        Priority::Review => ("A", "ASAP"),
+        Priority::Routine => ("R", "routine"),
+    }
+}
+
+const HL7_ACT_PRIORITY: &str = "HL7ActPriority";
+
+fn concept(value: &str, scheme: &str, meaning: &str) -> DataElement<InMemDicomObject> {
+    seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code(value, scheme, meaning)])
+}
+
+/// A content item: relationship, value type, concept name, then its value elements.
+fn item(
+    relationship: &str,
+    value_type: &str,
+    name: (&str, &str, &str),
+    value: Vec<DataElement<InMemDicomObject>>,
+) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::from_element_iter([
+        text(tags::RELATIONSHIP_TYPE, VR::CS, relationship),
+        text(tags::VALUE_TYPE, VR::CS, value_type),
+        concept(name.0, name.1, name.2),
+    ]);
+    for element in value {
+        obj.put(element);
+    }
+    obj
+}
+
+fn text_item(relationship: &str, name: (&str, &str, &str), value: &str) -> InMemDicomObject {
+    item(relationship, "TEXT", name, vec![text(tags::TEXT_VALUE, VR::UT, value)])
+}
+
+fn code_item(relationship: &str, name: (&str, &str, &str), value: (&str, &str, &str)) -> InMemDicomObject {
+    item(relationship, "CODE", name, vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![code(value.0, value.1, value.2)])])
+}
+
+fn uidref_item(relationship: &str, name: (&str, &str, &str), value: &str) -> InMemDicomObject {
+    item(relationship, "UIDREF", name, vec![text(tags::UID, VR::UI, value)])
+}
+
+fn image_item(name: (&str, &str, &str), class: &str, instance: &str, frame: Option<&str>) -> InMemDicomObject {
+    let mut reference = InMemDicomObject::from_element_iter([
+        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
+        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
+    ]);
+    if let Some(frame) = frame {
+        reference.put(DataElement::new(tags::REFERENCED_FRAME_NUMBER, VR::IS, PrimitiveValue::from(frame)));
+    }
+    item("CONTAINS", "IMAGE", name, vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![reference])])
+}
+
+fn container(
+    relationship: Option<&str>,
+    name: (&str, &str, &str),
+    template: Option<&str>,
+    children: Vec<InMemDicomObject>,
+) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::from_element_iter([
+        text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+        concept(name.0, name.1, name.2),
+        text(tags::CONTINUITY_OF_CONTENT, VR::CS, "CONTINUOUS"),
+    ]);
+    if let Some(relationship) = relationship {
+        obj.put(text(tags::RELATIONSHIP_TYPE, VR::CS, relationship));
+    }
+    if let Some(template) = template {
+        obj.put(template_sequence(template));
+    }
+    obj.put(seq(tags::CONTENT_SEQUENCE, children));
+    obj
+}
+
+fn template_sequence(id: &str) -> DataElement<InMemDicomObject> {
+    seq(
+        tags::CONTENT_TEMPLATE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
+            text(tags::TEMPLATE_IDENTIFIER, VR::CS, id),
+        ])],
+    )
+}
+
+/// TID 4019: a model's name, version and sha256.
+fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
+    [
+        text_item("HAS CONCEPT MOD", ("111001", "DCM", "Algorithm Name"), &model.name),
+        text_item("HAS CONCEPT MOD", ("111003", "DCM", "Algorithm Version"), &model.version),
+        text_item("HAS CONCEPT MOD", ("111002", "DCM", "Algorithm Parameters"), &format!("sha256:{}", model.sha256)),
+    ]
+}
+
+fn source(obj: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, SegError> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or(SegError::MissingSource(what))
+}
+
+/// The report of `request`, with its file meta (Explicit VR Little Endian).
+pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
+    let src = request.source;
+    let source_class = source(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
+    let source_instance = source(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
+    let source_series = source(src, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+    let study = source(src, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
+    let (c, s) = (request.classifier, request.segmenter);
+    let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
+    let derived = |role: &str| {
+        let mut parts = key.to_vec();
+        parts.push(role);
+        uid::derive(request.uid_root, &parts)
+    };
+    let present = request.decision != Decision::Negative;
+    let (priority_code, priority_meaning) = act_priority(request.priority);
+
+    // Group A (TID 1501): the whole image.
+    let mut classification = vec![
+        text_item("HAS OBS CONTEXT", ("112039", "DCM", "Tracking Identifier"), "pneumothorax classification"),
+        uidref_item("HAS OBS CONTEXT", ("112040", "DCM", "Tracking Unique Identifier"), &derived("sr tracking a")),
+    ];
+    classification.extend(algorithm(c));
+    let probability = format!("{:.4}", request.probability.clamp(0.0, 1.0));
+    let mut measured = InMemDicomObject::from_element_iter([DataElement::new(
+        tags::NUMERIC_VALUE,
+        VR::DS,
+        PrimitiveValue::from(probability.as_str()),
+    )]);
+    measured.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code("1", "UCUM", "no units")]));
+    classification.push(item(
+        "CONTAINS",
+        "NUM",
+        ("122157", "DCM", "Probability"),
+        vec![seq(tags::MEASURED_VALUE_SEQUENCE, vec![measured])],
+    ));
+    classification.push(code_item(
+        "CONTAINS",
+        ("36118008", "SCT", "Pneumothorax"),
+        if present { ("52101004", "SCT", "Present") } else { ("272519000", "SCT", "Absent") },
+    ));
+    classification.push(code_item(
+        "CONTAINS",
+        ("260870009", "SCT", "Priority (attribute)"),
+        (priority_code, HL7_ACT_PRIORITY, priority_meaning),
+    ));
+    classification.push(image_item(("121112", "DCM", "Source of Measurement"), &source_class, &source_instance, None));
+    let mut groups =
+        vec![container(Some("CONTAINS"), ("125007", "DCM", "Measurement Group"), Some("1501"), classification)];
+
+    // Group B (TID 1410): the region, when there is a SEG.
+    if let Some(seg) = &request.seg {
+        let mut region = vec![
+            text_item("HAS OBS CONTEXT", ("112039", "DCM", "Tracking Identifier"), "pneumothorax region"),
+            uidref_item("HAS OBS CONTEXT", ("112040", "DCM", "Tracking Unique Identifier"), &derived("sr tracking b")),
+            code_item("CONTAINS", ("121071", "DCM", "Finding"), ("36118008", "SCT", "Pneumothorax")),
+        ];
+        region.extend(algorithm(s));
+        region.push(image_item(
+            ("121214", "DCM", "Referenced Segmentation Frame"),
+            SEGMENTATION_STORAGE,
+            seg.sop_instance_uid,
+            Some("1"),
+        ));
+        region.push(image_item(
+            ("121233", "DCM", "Source Image for Segmentation"),
+            &source_class,
+            &source_instance,
+            None,
+        ));
+        groups.push(container(Some("CONTAINS"), ("125007", "DCM", "Measurement Group"), Some("1410"), region));
+    }
+
+    let content = vec![
+        code_item(
+            "HAS CONCEPT MOD",
+            ("121049", "DCM", "Language of Content Item and Descendants"),
+            ("en-US", "RFC5646", "English (United States)"),
+        ),
+        code_item("HAS OBS CONTEXT", ("121005", "DCM", "Observer Type"), ("121007", "DCM", "Device")),
+        uidref_item(
+            "HAS OBS CONTEXT",
+            ("121012", "DCM", "Device Observer UID"),
+            &uid::derive(request.uid_root, &["device observer", request.node_name]),
+        ),
+        text_item("HAS OBS CONTEXT", ("121013", "DCM", "Device Observer Name"), request.node_name),
+        text_item("HAS OBS CONTEXT", ("121014", "DCM", "Device Observer Manufacturer"), "pneumotriage"),
+        text_item("HAS OBS CONTEXT", ("121015", "DCM", "Device Observer Model Name"), "pneumotriage"),
+        code_item(
+            "HAS CONCEPT MOD",
+            ("121058", "DCM", "Procedure reported"),
+            ("43468-8", "LN", "XR unspecified body region"),
+        ),
+        container(Some("CONTAINS"), ("126010", "DCM", "Imaging Measurements"), None, groups),
+    ];
+
+    let mut obj = InMemDicomObject::new_empty();
+    copy_patient_and_study(src, &mut obj);
+    let sop_instance = derived("sr instance");
+    for element in [
+        text(tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_3D_SR),
+        text(tags::SOP_INSTANCE_UID, VR::UI, &sop_instance),
+        text(tags::INSTANCE_CREATION_DATE, VR::DA, request.date),
+        text(tags::INSTANCE_CREATION_TIME, VR::TM, request.time),
+        text(tags::MODALITY, VR::CS, "SR"),
+        text(tags::SERIES_INSTANCE_UID, VR::UI, &derived("sr series")),
+        DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(request.series_number.to_string())),
+        text(tags::SERIES_DESCRIPTION, VR::LO, request.series_description),
+        DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from("1")),
+        text(tags::CONTENT_DATE, VR::DA, request.date),
+        text(tags::CONTENT_TIME, VR::TM, request.time),
+        text(tags::MANUFACTURER, VR::LO, "pneumotriage"),
+        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "pneumotriage"),
+        text(tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")),
+        seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]),
+        seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
+        text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
+        text(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
+        text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+        concept("126000", "DCM", "Imaging Measurement Report"),
+        text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
+        template_sequence("1500"),
+        seq(tags::CONTENT_SEQUENCE, content),
+    ] {
+        obj.put(element);
+    }
+    // The HL7 ActPriority scheme is not one DICOM names, so it is declared.
+    obj.put(seq(
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, HL7_ACT_PRIORITY),
+            text(tags::CODING_SCHEME_UID, VR::UI, "2.16.840.1.113883.5.7"),
+            text(tags::CODING_SCHEME_REGISTRY, VR::LO, "HL7"),
+            text(tags::CODING_SCHEME_NAME, VR::ST, "HL7 v3 ActPriority"),
+            text(tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "Health Level Seven International"),
+        ])],
+    ));
+    // Every instance the tree references, by study and series.
+    let reference = |class: &str, instance: &str| {
+        InMemDicomObject::from_element_iter([
+            text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
+            text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
+        ])
+    };
+    let series_item = |series: &str, class: &str, instance: &str| {
+        let mut item = InMemDicomObject::from_element_iter([text(tags::SERIES_INSTANCE_UID, VR::UI, series)]);
+        item.put(seq(tags::REFERENCED_SOP_SEQUENCE, vec![reference(class, instance)]));
+        item
+    };
+    let mut series = vec![series_item(&source_series, &source_class, &source_instance)];
+    if let Some(seg) = &request.seg {
+        series.push(series_item(seg.series_instance_uid, SEGMENTATION_STORAGE, seg.sop_instance_uid));
+    }
+    let mut evidence = InMemDicomObject::from_element_iter([text(tags::STUDY_INSTANCE_UID, VR::UI, &study)]);
+    evidence.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series));
+    obj.put(seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]));
+
+    obj.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .implementation_class_uid(crate::spool::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(crate::spool::IMPLEMENTATION_VERSION_NAME),
+    )
+    .map_err(|e| SegError::Meta(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_to_hl7_act_priority() {
+        assert_eq!(act_priority(Priority::Urgent).0, "S");
+        assert_eq!(act_priority(Priority::Review).0, "A");
+        assert_eq!(act_priority(Priority::Routine).0, "R");
+    }
+}
