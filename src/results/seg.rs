@@ -103,7 +103,8 @@ pub fn copy_patient_and_study(source: &InMemDicomObject, target: &mut InMemDicom
     }
 }
 
-fn source_text(source: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, SegError> {
+/// A required text attribute of the source image.
+pub fn source_text(source: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, SegError> {
     source
         .element_opt(tag)
         .ok()

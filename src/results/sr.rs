@@ -7,12 +7,12 @@
 //! group (TID 1410) with the finding, the segmenter and the SEG's frame. The codes are the
 //! standard's (pydicom's `sr.codedict`, highdicom); each is listed in docs/conformance.md.
 
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
-use super::seg::{code, copy_patient_and_study, seq, text, SegError, SEGMENTATION_STORAGE};
+use super::seg::{code, copy_patient_and_study, seq, source_text, text, SegError, SEGMENTATION_STORAGE};
 use super::uid;
 use crate::inference::decision::{Decision, Priority};
 use crate::inference::ModelSpec;
@@ -141,23 +141,13 @@ fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
     ]
 }
 
-fn source(obj: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, SegError> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
-        .ok_or(SegError::MissingSource(what))
-}
-
 /// The report of `request`, with its file meta (Explicit VR Little Endian).
 pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
     let src = request.source;
-    let source_class = source(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
-    let source_instance = source(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
-    let source_series = source(src, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
-    let study = source(src, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
+    let source_class = source_text(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
+    let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
+    let source_series = source_text(src, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+    let study = source_text(src, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
     let (c, s) = (request.classifier, request.segmenter);
     let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
     let derived = |role: &str| {
