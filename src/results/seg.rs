@@ -289,6 +289,11 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     obj.put(seq(tags::REFERENCED_SERIES_SEQUENCE, vec![series]));
 
     obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pack_bits(request.mask))));
+    into_file(obj)
+}
+
+/// An object the node made, with its file meta: Explicit VR Little Endian, our implementation.
+pub fn into_file(obj: InMemDicomObject) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
     obj.with_meta(
         FileMetaTableBuilder::new()
             .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)

@@ -9,10 +9,9 @@
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
-use super::seg::{code, copy_patient_and_study, seq, source_text, text, SegError, SEGMENTATION_STORAGE};
+use super::seg::{code, copy_patient_and_study, into_file, seq, source_text, text, SegError, SEGMENTATION_STORAGE};
 use super::uid;
 use crate::inference::decision::{Decision, Priority};
 use crate::inference::ModelSpec;
@@ -298,13 +297,7 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, S
     evidence.put(seq(tags::REFERENCED_SERIES_SEQUENCE, series));
     obj.put(seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]));
 
-    obj.with_meta(
-        FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(crate::spool::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::spool::IMPLEMENTATION_VERSION_NAME),
-    )
-    .map_err(|e| SegError::Meta(e.to_string()))
+    into_file(obj)
 }
 
 #[cfg(test)]
