@@ -221,7 +221,10 @@ pub struct OutputsConfig {
     /// Series Number and Series Description of the SR series.
     pub sr_series_number: i32,
     pub sr_series_description: String,
+    /// A secondary capture with the outline and a banner, for each positive with a mask.
     pub overlay: bool,
+    pub overlay_series_number: i32,
+    pub overlay_series_description: String,
 }
 
 impl Default for OutputsConfig {
@@ -234,6 +237,8 @@ impl Default for OutputsConfig {
             sr_series_number: 9902,
             sr_series_description: "AI pneumothorax report".into(),
             overlay: false,
+            overlay_series_number: 9903,
+            overlay_series_description: "AI pneumothorax overlay, not for diagnosis".into(),
         }
     }
 }
@@ -436,6 +441,7 @@ impl Config {
         for (key, value) in [
             ("outputs.seg_series_description", &self.outputs.seg_series_description),
             ("outputs.sr_series_description", &self.outputs.sr_series_description),
+            ("outputs.overlay_series_description", &self.outputs.overlay_series_description),
         ] {
             if value.chars().count() > 64 {
                 bad(key, "is longer than 64 characters (DICOM LO)".into());

@@ -54,7 +54,8 @@ enum Command {
     Infer {
         #[command(flatten)]
         config: ConfigArg,
-        /// Write `<file name>.json`, `.input.png`, `.overlay.png`, `.sr.dcm` and, for positives, `.seg.dcm` here.
+        /// Write `<file name>.json`, `.input.png`, `.overlay.png`, `.sr.dcm` and, for positives,
+        /// `.seg.dcm` and the secondary capture `.overlay.dcm` here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// DICOM files, or directories to analyse every file under.
@@ -284,7 +285,9 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
     use pneumotriage::inference::analyze::not_applicable;
     let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
     analyzer.keep_views = out.is_some();
-    let outputs = OutputSettings::of(config);
+    let mut outputs = OutputSettings::of(config);
+    // for inspection, the secondary capture too, whether or not the node sends it
+    outputs.outputs.overlay = true;
     println!(
         "models: {} {} and {} {} on {} ({})",
         analyzer.classifier().name,
@@ -326,7 +329,7 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
                         a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
                     );
                     if let Some(dir) = out {
-                        // the SEG and SR the node would send
+                        // the SEG, SR and secondary capture the node would send
                         for made in make_objects(&analyzer, &obj, &a, &outputs, "") {
                             let name = format!("{}.{}.dcm", output_stem(file), made.kind);
                             std::fs::write(dir.join(name), &made.bytes)?;

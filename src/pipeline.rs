@@ -23,11 +23,11 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Policy, SrPolicy};
+use crate::config::{Config, OutputsConfig, Policy, SrPolicy};
 use crate::imaging::ImagingError;
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
 use crate::inference::decision::Decision;
-use crate::results::{seg, sr};
+use crate::results::{sc, seg, sr};
 use crate::spool::{sanitize_uid, write_durably, Spool};
 use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
 
@@ -42,15 +42,11 @@ const POLL: Duration = Duration::from_secs(2);
 /// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
 #[derive(Debug, Clone)]
 pub struct OutputSettings {
-    pub seg: bool,
-    pub sr: SrPolicy,
-    pub sr_series_number: i32,
-    pub sr_series_description: String,
+    /// What to make, and the series it goes in.
+    pub outputs: OutputsConfig,
     /// This node's name: the SR's device observer.
     pub node_name: String,
     pub uid_root: String,
-    pub seg_series_number: i32,
-    pub seg_series_description: String,
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
     /// Each destination's name and the kinds of objects it takes.
@@ -60,14 +56,9 @@ pub struct OutputSettings {
 impl OutputSettings {
     pub fn of(config: &Config) -> OutputSettings {
         OutputSettings {
-            seg: config.outputs.seg,
-            sr: config.outputs.sr,
-            sr_series_number: config.outputs.sr_series_number,
-            sr_series_description: config.outputs.sr_series_description.clone(),
+            outputs: config.outputs.clone(),
             node_name: config.node_name(),
             uid_root: config.node.uid_root.clone(),
-            seg_series_number: config.outputs.seg_series_number,
-            seg_series_description: config.outputs.seg_series_description.clone(),
             dir: config.outputs_dir(),
             destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
         }
@@ -115,7 +106,9 @@ impl Pipeline {
         let workers = analyzers
             .into_iter()
             .enumerate()
-            .map(|(n, analyzer)| {
+            .map(|(n, mut analyzer)| {
+                // the secondary capture is drawn on the displayed source
+                analyzer.keep_views |= outputs.outputs.overlay;
                 let worker = Worker {
                     analyzer,
                     spool: spool.clone(),
@@ -298,8 +291,9 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
         .collect()
 }
 
-/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`)
-/// and the SR (as `outputs.sr` says). One that cannot be made is logged and left out; the
+/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`),
+/// the SR (as `outputs.sr` says) and the secondary capture of a positive with a mask (when
+/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and left out; the
 /// result is recorded all the same.
 pub fn make_objects(
     analyzer: &Analyzer,
@@ -309,7 +303,8 @@ pub fn make_objects(
     source_key: &str,
 ) -> Vec<MadeObject> {
     let mut made = Vec::new();
-    if let (true, Some(mask)) = (settings.seg, analysis.mask.as_deref()) {
+    let outputs = &settings.outputs;
+    if let (true, Some(mask)) = (outputs.seg, analysis.mask.as_deref()) {
         let (date, time) = dicom_now();
         let request = seg::SegRequest {
             source: obj,
@@ -319,8 +314,8 @@ pub fn make_objects(
             height: analysis.height,
             segmenter: analyzer.segmenter(),
             uid_root: &settings.uid_root,
-            series_number: settings.seg_series_number,
-            series_description: &settings.seg_series_description,
+            series_number: outputs.seg_series_number,
+            series_description: &outputs.seg_series_description,
             notice: &analyzer.manifest.notice,
             date: &date,
             time: &time,
@@ -330,7 +325,7 @@ pub fn make_objects(
             Err(e) => warn!(error = %e, "no SEG for this result"),
         }
     }
-    let wanted = match settings.sr {
+    let wanted = match outputs.sr {
         SrPolicy::All => true,
         SrPolicy::Positive => analysis.decision != Decision::Negative,
         SrPolicy::None => false,
@@ -352,14 +347,36 @@ pub fn make_objects(
             }),
             uid_root: &settings.uid_root,
             node_name: &settings.node_name,
-            series_number: settings.sr_series_number,
-            series_description: &settings.sr_series_description,
+            series_number: outputs.sr_series_number,
+            series_description: &outputs.sr_series_description,
             date: &date,
             time: &time,
         };
         match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("sr", obj)) {
             Ok(object) => made.push(object),
             Err(e) => warn!(error = %e, "no SR for this result"),
+        }
+    }
+    let display = analysis.views.as_ref().map(|v| &v.display);
+    if let (true, Some(mask), Some(display)) = (outputs.overlay, analysis.mask.as_deref(), display) {
+        let (date, time) = dicom_now();
+        let request = sc::ScRequest {
+            source: obj,
+            source_key,
+            display,
+            mask,
+            probability: analysis.probability,
+            classifier: analyzer.classifier(),
+            segmenter: analyzer.segmenter(),
+            uid_root: &settings.uid_root,
+            series_number: outputs.overlay_series_number,
+            series_description: &outputs.overlay_series_description,
+            date: &date,
+            time: &time,
+        };
+        match sc::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("overlay", obj)) {
+            Ok(object) => made.push(object),
+            Err(e) => warn!(error = %e, "no secondary capture for this result"),
         }
     }
     made

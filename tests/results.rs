@@ -85,6 +85,7 @@ fn segmentations_pass_dciodvfy_and_read_back_in_highdicom() {
         assert_eq!(report["finding_present"], true, "{report}");
         assert_eq!(report["seg_sop_instance_uid"], got["sop_instance"], "the SR points at the SEG: {report}");
         assert_report_matches(&report, &result, file);
+        check_secondary_capture(&out, &name, file);
     }
     // The same analysis gives the same SEG: a retried delivery re-sends, never duplicates.
     let again = work.path().join("again");
@@ -100,6 +101,43 @@ fn segmentations_pass_dciodvfy_and_read_back_in_highdicom() {
             .trim_end_matches('\0'),
         uids[0]
     );
+}
+
+/// The secondary capture passes dciodvfy, refers to its source, and below its banner holds
+/// exactly the outlined image `infer` wrote as `.overlay.png`.
+fn check_secondary_capture(out: &Path, name: &str, source: &Path) {
+    use dicom_dictionary_std::tags;
+    let path = out.join(format!("{name}.overlay.dcm"));
+    let check = Command::new("dciodvfy").arg("-new").arg(&path).output().unwrap();
+    let report = text(&check);
+    assert!(check.status.success() && !report.contains("Error"), "{name}: dciodvfy says:\n{report}");
+    assert!(report.contains("SCImage"), "{report}");
+    let sc = dicom_object::open_file(&path).unwrap();
+    let get = |tag| sc.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+    assert_eq!(get(tags::PHOTOMETRIC_INTERPRETATION), "RGB");
+    assert_eq!(get(tags::BURNED_IN_ANNOTATION), "YES");
+    assert_eq!(get(tags::SERIES_NUMBER), "9903");
+    assert_eq!(get(tags::STUDY_INSTANCE_UID), common::study_instance_uid(source));
+    let item = &sc.element(tags::SOURCE_IMAGE_SEQUENCE).unwrap().items().unwrap()[0];
+    let referenced = item.element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap().to_str().unwrap();
+    assert_eq!(referenced.trim_end_matches('\0'), common::sop_instance_uid(source));
+
+    let png = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.join(format!("{name}.overlay.png"))).unwrap(),
+    ));
+    let mut reader = png.read_info().unwrap();
+    let mut outlined = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut outlined).unwrap();
+    let rows: usize = get(tags::ROWS).parse().unwrap();
+    let columns: usize = get(tags::COLUMNS).parse().unwrap();
+    assert_eq!(columns, info.width as usize);
+    let banner = rows - info.height as usize;
+    assert!(banner > 0, "a banner above the image");
+    let pixels = sc.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let image = &pixels[banner * columns * 3..rows * columns * 3];
+    assert!(image == &outlined[..info.buffer_size()], "{name}: the SC's image differs from the overlay PNG");
+    let strip = &pixels[..banner * columns * 3];
+    assert!(strip.chunks(3).any(|p| p == [255, 255, 255]), "the banner has text");
 }
 
 /// Validates a report with dciodvfy and reads it with highdicom (tests/tools/check_sr.py).
@@ -152,6 +190,7 @@ fn a_negative_gets_a_report_saying_absent_and_no_segmentation() {
     assert!(run.status.success(), "{}", text(&run));
     let name = negative.file_name().unwrap().to_string_lossy().into_owned();
     assert!(!out.join(format!("{name}.seg.dcm")).exists(), "no SEG for a negative");
+    assert!(!out.join(format!("{name}.overlay.dcm")).exists(), "no secondary capture for a negative");
     let report = check_sr(&out.join(format!("{name}.sr.dcm")));
     let result: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap()).unwrap();

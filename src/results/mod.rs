@@ -2,7 +2,9 @@
 //! (`infer --out`, later the worklist's overlay and the secondary capture), the DICOM
 //! Segmentation and the structured report; the UIDs of what it creates.
 
+pub mod common;
 pub mod overlay;
+pub mod sc;
 pub mod seg;
 pub mod sr;
 pub mod uid;

@@ -32,6 +32,45 @@ pub fn outlined_rgb(image: &DisplayImage, mask: Option<&[bool]>) -> Vec<u8> {
     rgb
 }
 
+/// The banner's text and background colours.
+const BANNER_TEXT: [u8; 3] = [255, 255, 255];
+const BANNER_BACKGROUND: [u8; 3] = [0, 0, 0];
+
+/// `rgb` (`width` × `height`) with a black strip above it holding `text` in white, in an 8×8
+/// bitmap font scaled to the image (up to one line of text per 1/40 of its height, smaller if
+/// the line would not fit across). Characters outside ASCII are drawn as `?`. Returns the new
+/// pixels and height: the image itself is kept whole, nothing is drawn over it.
+pub fn with_banner(rgb: &[u8], width: u32, height: u32, text: &str) -> (Vec<u8>, u32) {
+    let w = width as usize;
+    let chars: Vec<usize> = text.chars().map(|c| if c.is_ascii() { c as usize } else { '?' as usize }).collect();
+    let fit = w / (chars.len() * 8 + 16).max(1);
+    let scale = fit.min((height as usize / 320).max(1)).max(1);
+    let pad = 4 * scale;
+    let strip = 8 * scale + 2 * pad;
+    let mut out = Vec::with_capacity(strip * w * 3 + rgb.len());
+    for _ in 0..strip * w {
+        out.extend_from_slice(&BANNER_BACKGROUND);
+    }
+    for (n, &c) in chars.iter().enumerate() {
+        let glyph = font8x8::legacy::BASIC_LEGACY[c];
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in (0..8).filter(|col| bits & (1 << col) != 0) {
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let x = pad + (n * 8 + col) * scale + dx;
+                        let y = pad + row * scale + dy;
+                        if x < w {
+                            out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&BANNER_TEXT);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.extend_from_slice(rgb);
+    (out, height + strip as u32)
+}
+
 /// Mask pixels with a 4-neighbour outside the mask (or on the image border).
 pub fn edges(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
     let at = |x: usize, y: usize| mask[y * w + x];
@@ -127,6 +166,23 @@ mod tests {
         assert_eq!(px(0, 0), &[128, 128, 128], "far from the mask: the image");
         assert_eq!(px(2, 2), &OUTLINE, "next to the border: the line");
         assert_eq!(px(1, 4), &[128, 128, 128]);
+    }
+
+    #[test]
+    fn the_banner_sits_above_the_whole_image() {
+        let image = DisplayImage { width: 400, height: 100, pixels: vec![0.5; 400 * 100] };
+        let rgb = outlined_rgb(&image, None);
+        let (out, height) = with_banner(&rgb, 400, 100, "AI");
+        // scale 1 on a 100-pixel image: 8 rows of text and 4 of padding above and below
+        assert_eq!(height, 116);
+        assert_eq!(out.len(), 400 * 116 * 3);
+        assert_eq!(&out[16 * 400 * 3..], &rgb[..], "the image follows the strip unchanged");
+        let lit = out[..16 * 400 * 3].chunks(3).filter(|p| *p == BANNER_TEXT).count();
+        let expected: u32 = [b'A', b'I']
+            .iter()
+            .map(|&c| font8x8::legacy::BASIC_LEGACY[c as usize].iter().map(|r| r.count_ones()).sum::<u32>())
+            .sum();
+        assert_eq!(lit as u32, expected, "each set bit of the glyphs is one white pixel");
     }
 
     #[test]

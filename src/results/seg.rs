@@ -8,12 +8,13 @@
 //! structure" / SCT 36118008 "Pneumothorax", AUTOMATIC, with the segmenter's name and version
 //! and the algorithm family DCM 123110 "Artificial Intelligence".
 
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+use super::common::{
+    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
+};
 use super::uid;
 use crate::inference::ModelSpec;
 
@@ -41,78 +42,6 @@ pub struct SegRequest<'a> {
     /// When the object is made, as DICOM DA and TM.
     pub date: &'a str,
     pub time: &'a str,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SegError {
-    #[error("the source image lacks {0}")]
-    MissingSource(&'static str),
-    #[error("the mask has {got} pixels, the image {expected}")]
-    MaskSize { got: usize, expected: usize },
-    #[error("cannot build the file meta: {0}")]
-    Meta(String),
-}
-
-/// A coded concept (a Code Sequence item).
-pub fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::CODE_VALUE, VR::SH, value),
-        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-        text(tags::CODE_MEANING, VR::LO, meaning),
-    ])
-}
-
-pub fn text(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::from(value))
-}
-
-pub fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-}
-
-fn us(tag: Tag, value: u16) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::US, PrimitiveValue::from(value))
-}
-
-/// The attributes copied from the source: patient, study and (for SEG) Patient Orientation.
-/// Type 2 attributes the source lacks are written empty.
-pub fn copy_patient_and_study(source: &InMemDicomObject, target: &mut InMemDicomObject) {
-    for (tag, vr) in [
-        (tags::SPECIFIC_CHARACTER_SET, VR::CS),
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_INSTANCE_UID, VR::UI),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-        (tags::STUDY_DESCRIPTION, VR::LO),
-    ] {
-        match source.element_opt(tag).ok().flatten() {
-            Some(e) => {
-                target.put(e.clone());
-            }
-            None if tag != tags::SPECIFIC_CHARACTER_SET && tag != tags::STUDY_DESCRIPTION => {
-                target.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
-            }
-            None => {}
-        }
-    }
-}
-
-/// A required text attribute of the source image.
-pub fn source_text(source: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, SegError> {
-    source
-        .element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
-        .ok_or(SegError::MissingSource(what))
 }
 
 /// The reference to the source image, as an item of Source Image / Referenced Instance sequences.
@@ -143,11 +72,11 @@ pub fn pack_bits(mask: &[bool]) -> Vec<u8> {
 }
 
 /// The Segmentation of `request`, with its file meta (Explicit VR Little Endian).
-pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
+pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, BuildError> {
     let src = request.source;
     let expected = request.width as usize * request.height as usize;
     if request.mask.len() != expected {
-        return Err(SegError::MaskSize { got: request.mask.len(), expected });
+        return Err(BuildError::MaskSize { got: request.mask.len(), expected });
     }
     let source_class = source_text(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
     let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
@@ -172,22 +101,18 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     if let Some(orientation) = src.element_opt(tags::PATIENT_ORIENTATION).ok().flatten() {
         obj.put(orientation.clone());
     }
-    for element in [
-        text(tags::SOP_CLASS_UID, VR::UI, SEGMENTATION_STORAGE),
-        text(tags::SOP_INSTANCE_UID, VR::UI, &sop_instance),
-        text(tags::INSTANCE_CREATION_DATE, VR::DA, request.date),
-        text(tags::INSTANCE_CREATION_TIME, VR::TM, request.time),
-        text(tags::MODALITY, VR::CS, "SEG"),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, &derived("seg series")),
-        DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(request.series_number.to_string())),
-        text(tags::SERIES_DESCRIPTION, VR::LO, request.series_description),
-        DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from("1")),
-        text(tags::CONTENT_DATE, VR::DA, request.date),
-        text(tags::CONTENT_TIME, VR::TM, request.time),
-        text(tags::MANUFACTURER, VR::LO, "pneumotriage"),
-        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "pneumotriage"),
-        text(tags::DEVICE_SERIAL_NUMBER, VR::LO, "1"),
-        text(tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")),
+    let series = derived("seg series");
+    let header = new_instance_header(&NewInstance {
+        sop_class_uid: SEGMENTATION_STORAGE,
+        sop_instance_uid: &sop_instance,
+        modality: "SEG",
+        series_instance_uid: &series,
+        series_number: request.series_number,
+        series_description: request.series_description,
+        date: request.date,
+        time: request.time,
+    });
+    for element in header.into_iter().chain([
         // Segmentation Image
         DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED".into(), "PRIMARY".into()].into())),
         text(tags::CONTENT_LABEL, VR::CS, "PNEUMOTHORAX"),
@@ -206,7 +131,7 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
         us(tags::HIGH_BIT, 0),
         us(tags::PIXEL_REPRESENTATION, 0),
         DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")),
-    ] {
+    ]) {
         obj.put(element);
     }
 
@@ -290,17 +215,6 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
 
     obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pack_bits(request.mask))));
     into_file(obj)
-}
-
-/// An object the node made, with its file meta: Explicit VR Little Endian, our implementation.
-pub fn into_file(obj: InMemDicomObject) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
-    obj.with_meta(
-        FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(crate::spool::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::spool::IMPLEMENTATION_VERSION_NAME),
-    )
-    .map_err(|e| SegError::Meta(e.to_string()))
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
-use super::seg::{code, copy_patient_and_study, into_file, seq, source_text, text, SegError, SEGMENTATION_STORAGE};
+use super::common::{
+    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, BuildError, NewInstance,
+};
+use super::seg::SEGMENTATION_STORAGE;
 use super::uid;
 use crate::inference::decision::{Decision, Priority};
 use crate::inference::ModelSpec;
@@ -141,7 +144,7 @@ fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
 }
 
 /// The report of `request`, with its file meta (Explicit VR Little Endian).
-pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, SegError> {
+pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, BuildError> {
     let src = request.source;
     let source_class = source_text(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
     let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
@@ -239,21 +242,18 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, S
     let mut obj = InMemDicomObject::new_empty();
     copy_patient_and_study(src, &mut obj);
     let sop_instance = derived("sr instance");
-    for element in [
-        text(tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_3D_SR),
-        text(tags::SOP_INSTANCE_UID, VR::UI, &sop_instance),
-        text(tags::INSTANCE_CREATION_DATE, VR::DA, request.date),
-        text(tags::INSTANCE_CREATION_TIME, VR::TM, request.time),
-        text(tags::MODALITY, VR::CS, "SR"),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, &derived("sr series")),
-        DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(request.series_number.to_string())),
-        text(tags::SERIES_DESCRIPTION, VR::LO, request.series_description),
-        DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from("1")),
-        text(tags::CONTENT_DATE, VR::DA, request.date),
-        text(tags::CONTENT_TIME, VR::TM, request.time),
-        text(tags::MANUFACTURER, VR::LO, "pneumotriage"),
-        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "pneumotriage"),
-        text(tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")),
+    let series = derived("sr series");
+    let header = new_instance_header(&NewInstance {
+        sop_class_uid: COMPREHENSIVE_3D_SR,
+        sop_instance_uid: &sop_instance,
+        modality: "SR",
+        series_instance_uid: &series,
+        series_number: request.series_number,
+        series_description: request.series_description,
+        date: request.date,
+        time: request.time,
+    });
+    for element in header.into_iter().chain([
         seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]),
         seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
         text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
@@ -263,7 +263,7 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, S
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
         template_sequence("1500"),
         seq(tags::CONTENT_SEQUENCE, content),
-    ] {
+    ]) {
         obj.put(element);
     }
     // The HL7 ActPriority scheme is not one DICOM names, so it is declared.

@@ -381,16 +381,20 @@ pub fn assert_same_pixels(sent: &Path, stored: &Path) {
 
 /// The SOP Instance UID of a DICOM file.
 pub fn sop_instance_uid(path: &Path) -> String {
+    header_text(path, dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+}
+
+/// The Study Instance UID of a DICOM file.
+pub fn study_instance_uid(path: &Path) -> String {
+    header_text(path, dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+}
+
+fn header_text(path: &Path, tag: dicom_core::Tag) -> String {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .open_file(path)
         .unwrap();
-    obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string()
+    obj.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
 }
 
 /// Runs a command-line tool, asserting success.
