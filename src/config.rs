@@ -266,6 +266,32 @@ pub struct Destination {
     /// Connecting, and waiting for each answer.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Associations open to it at once (one object each).
+    #[serde(default = "default_destination_associations")]
+    pub max_associations: usize,
+    /// DICOM over TLS (PS3.15 B.9); plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<DestinationTls>,
+}
+
+/// TLS towards a destination. The server's certificate is always verified, against `ca_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTls {
+    /// PEM certificates of the authorities that sign the destination's certificate.
+    pub ca_file: PathBuf,
+    /// Our certificate chain and private key (PEM), for destinations that require one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name its certificate must carry; `host` by default.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+fn default_destination_associations() -> usize {
+    2
 }
 
 fn default_retry_initial() -> u64 {
@@ -474,6 +500,28 @@ impl Config {
             }
             if let Some(Err(m)) = d.calling_ae_title.as_deref().map(check_ae_title) {
                 bad(&format!("destinations[{i}].calling_ae_title"), m);
+            }
+            if !(1..=64).contains(&d.max_associations) {
+                bad(&format!("destinations[{i}].max_associations"), "must be between 1 and 64".into());
+            }
+            if let Some(tls) = &d.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    bad(&format!("destinations[{i}].tls"), "cert_file and key_file go together".into());
+                }
+                for (key, file) in [
+                    ("ca_file", Some(&tls.ca_file)),
+                    ("cert_file", tls.cert_file.as_ref()),
+                    ("key_file", tls.key_file.as_ref()),
+                ] {
+                    if let Some(file) = file {
+                        if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                            bad(
+                                &format!("destinations[{i}].tls.{key}"),
+                                format!("{}: {e}", self.resolve(file).display()),
+                            );
+                        }
+                    }
+                }
             }
         }
         problems

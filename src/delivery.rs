@@ -1,11 +1,11 @@
 //! The delivery task: sends the objects the pipeline made to their destinations (the outbox
-//! rows of `store::deliveries`), one C-STORE at a time, with exponential backoff and jitter for
-//! transient failures and a flag for permanent ones. Everything it does is a row update, so a
-//! restart resumes where it stopped; a delivery left `sending` by a crash is taken up again
-//! when its lease expires (at once for this node, see `Store::requeue_abandoned`).
+//! rows of `store::deliveries`), up to `max_associations` C-STOREs at a time per destination,
+//! with exponential backoff and jitter for transient failures and a flag for permanent ones.
+//! Everything it does is a row update, so a restart resumes where it stopped; a delivery left
+//! `sending` by a crash is taken up again when its lease expires (at once for this node, see
+//! `Store::requeue_abandoned_deliveries`).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -20,50 +20,77 @@ const LEASE: Duration = Duration::from_secs(300);
 /// How often the outbox is polled when nothing signals work (retries falling due).
 const POLL: Duration = Duration::from_secs(1);
 
-/// The running delivery task; [`Outbox::shutdown`] stops it after the send in progress.
+/// The running senders; [`Outbox::shutdown`] stops them after the sends in progress.
 pub struct Outbox {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A destination as the senders use it.
+struct Target {
+    destination: Destination,
+    peer: Peer,
+    dir: std::path::PathBuf,
 }
 
 impl Outbox {
-    pub fn start(store: Store, config: &Config) -> Outbox {
-        let destinations: HashMap<String, (Destination, Peer)> = config
-            .destinations
-            .iter()
-            .map(|d| {
-                let peer = Peer {
-                    host: d.host.clone(),
-                    port: d.port,
-                    called_ae_title: d.ae_title.clone(),
-                    calling_ae_title: d.calling_ae_title.clone().unwrap_or_else(|| config.dicom.ae_title.clone()),
-                    timeout: Duration::from_secs(d.timeout_secs),
-                };
-                (d.name.clone(), (d.clone(), peer))
-            })
-            .collect();
+    /// Starts `max_associations` senders per destination. Fails, naming the key, when a
+    /// destination's TLS files cannot be used.
+    pub fn start(store: Store, config: &Config) -> Result<Outbox, String> {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(store, destinations, config.outputs_dir(), stop_rx));
-        Outbox { stop, task }
+        let mut senders = Vec::new();
+        for (i, d) in config.destinations.iter().enumerate() {
+            let target = Arc::new(Target { destination: d.clone(), peer: peer(config, i)?, dir: config.outputs_dir() });
+            for _ in 0..d.max_associations {
+                senders.push(tokio::spawn(run(store.clone(), target.clone(), stop_rx.clone())));
+            }
+        }
+        Ok(Outbox { stop, senders })
     }
 
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for sender in self.senders {
+            let _ = sender.await;
+        }
     }
 }
 
-async fn run(
-    store: Store,
-    destinations: HashMap<String, (Destination, Peer)>,
-    dir: PathBuf,
-    mut stop: watch::Receiver<bool>,
-) {
+/// How to reach `destinations[i]`, its TLS files read; an error names the file and the key.
+pub fn peer(config: &Config, i: usize) -> Result<Peer, String> {
+    let d = &config.destinations[i];
+    let tls = match &d.tls {
+        None => None,
+        Some(tls) => {
+            let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
+            let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
+            let client = scu::tls_client_config(
+                &config.resolve(&tls.ca_file),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .map_err(|e| format!("{}: destinations[{i}].tls: {e}", config.source))?;
+            Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone())))
+        }
+    };
+    Ok(Peer {
+        host: d.host.clone(),
+        port: d.port,
+        called_ae_title: d.ae_title.clone(),
+        calling_ae_title: d.calling_ae_title.clone().unwrap_or_else(|| config.dicom.ae_title.clone()),
+        timeout: Duration::from_secs(d.timeout_secs),
+        tls,
+    })
+}
+
+/// One sender: claims this destination's due deliveries one after another.
+async fn run(store: Store, target: Arc<Target>, mut stop: watch::Receiver<bool>) {
+    let mut queued = store.deliveries_queued();
     loop {
         if *stop.borrow() {
             return;
         }
-        let delivery = match store.claim_delivery(LEASE).await {
+        queued.mark_unchanged();
+        let delivery = match store.claim_delivery(&target.destination.name, LEASE).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot claim deliveries");
@@ -72,29 +99,18 @@ async fn run(
         };
         let Some(delivery) = delivery else {
             tokio::select! {
-                _ = store.deliveries_queued().notified() => {}
+                _ = queued.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.changed() => return,
             }
             continue;
         };
-        send(&store, &destinations, &dir, &delivery).await;
+        send(&store, &target, &delivery).await;
     }
 }
 
-async fn send(
-    store: &Store,
-    destinations: &HashMap<String, (Destination, Peer)>,
-    dir: &std::path::Path,
-    d: &ClaimedDelivery,
-) {
-    let Some((destination, peer)) = destinations.get(&d.destination) else {
-        let reason = format!("destination `{}` is not in the configuration", d.destination);
-        warn!(delivery = d.id, %reason, "delivery failed");
-        record(store.delivery_failed(d, &reason).await, d);
-        return;
-    };
-    let (peer, path) = (peer.clone(), dir.join(&d.path));
+async fn send(store: &Store, target: &Target, d: &ClaimedDelivery) {
+    let (destination, peer, path) = (&target.destination, target.peer.clone(), target.dir.join(&d.path));
     let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
     let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
         .await
@@ -161,6 +177,8 @@ mod tests {
             retry_initial_secs: 5,
             retry_max_secs: 60,
             timeout_secs: 30,
+            max_associations: 1,
+            tls: None,
         };
         for (attempts, nominal) in [(1, 5.0), (2, 10.0), (3, 20.0), (4, 40.0), (5, 60.0), (40, 60.0)] {
             let wait = backoff(&d, attempts, 7).as_secs_f64();

@@ -167,13 +167,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::CheckConfig(_) => {
-            // The models too: a manifest or model file that is missing or altered stops `serve`.
+            // The models and TLS files too: what `serve` would stop on.
+            let mut problems = Vec::new();
             if config.inference.enabled {
                 if let Err(e) = check_models(&config) {
-                    eprintln!("{}: inference.models: {e}", config.source);
-                    eprintln!("configuration has 1 problem(s)");
-                    return Ok(ExitCode::from(2));
+                    problems.push(format!("{}: inference.models: {e}", config.source));
                 }
+            }
+            problems
+                .extend((0..config.destinations.len()).filter_map(|i| pneumotriage::delivery::peer(&config, i).err()));
+            if !problems.is_empty() {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                eprintln!("configuration has {} problem(s)", problems.len());
+                return Ok(ExitCode::from(2));
             }
             println!("{}: OK", config.source);
             println!("{}", config.summary());
@@ -483,6 +491,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         warn!("analysis is off (inference.enabled = false): images are received and kept, their jobs wait");
         None
     };
+    for i in 0..config.destinations.len() {
+        if let Err(e) = pneumotriage::delivery::peer(&config, i) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let spool_dir = config.spool_dir();
     let (spool, removed) = Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024)
         .with_context(|| format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source))?;
@@ -509,7 +523,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
     }
     let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config)));
-    let outbox = Outbox::start(store.clone(), &config);
+    let outbox = Outbox::start(store.clone(), &config).map_err(anyhow::Error::msg)?;
     info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
     let scp = Scp::new(config.dicom.clone(), ingest);
     scp.serve(listener, shutdown_signal()).await;

@@ -15,12 +15,13 @@ struct Pacs(Child);
 
 impl Pacs {
     fn start(port: u16, dir: &Path, refuse: bool) -> Pacs {
+        Pacs::start_with(port, dir, if refuse { &["--refuse"] } else { &[] })
+    }
+
+    fn start_with(port: u16, dir: &Path, args: &[&str]) -> Pacs {
         std::fs::create_dir_all(dir).unwrap();
         let mut command = Command::new("/usr/bin/storescp");
-        command.args(["-aet", "PACS", "-od"]).arg(dir);
-        if refuse {
-            command.arg("--refuse");
-        }
+        command.args(["-aet", "PACS", "-od"]).arg(dir).args(args);
         let child = command.arg(port.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         // listening once a TCP connection succeeds
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -148,6 +149,94 @@ fn a_refusing_destination_fails_once_until_retried(backend: Backend) {
     let mut got = received(&inbox);
     got.sort();
     assert_eq!(got, made_uids(&setup));
+}
+
+/// A certificate authority, a server certificate for localhost signed by it, a client
+/// certificate for the node, and a second authority that signed none of them (openssl).
+fn make_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &str| {
+        let out = Command::new("openssl").args(args.split(' ')).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args}: {}", text(&out));
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&format!("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {ca}.key -out {ca}.crt"));
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for (name, cn) in [("pacs", "localhost"), ("node", "pneumotriage")] {
+        openssl(&format!("req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"));
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out {name}.crt"
+        ));
+    }
+}
+
+/// Over TLS (mutual: storescp requires our certificate): delivered to the PACS whose
+/// certificate the configured authority signed; a destination configured with another
+/// authority fails once, as a permanent failure naming the certificate, and is not retried.
+#[test]
+fn delivers_over_tls_and_refuses_an_unverified_server() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    make_certificates(&certs);
+    let positive = synthetic_positive(&work.path().join("images"));
+    let pacs_port = free_port();
+    let inbox = work.path().join("pacs");
+    let c = |name: &str| certs.join(name).display().to_string();
+    let _pacs = Pacs::start_with(pacs_port, &inbox, &["+tls", &c("pacs.key"), &c("pacs.crt"), "+cf", &c("ca.crt")]);
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    let destination = |name: &str, ca: &str| {
+        format!(
+            "[[destinations]]\nname = \"{name}\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+             objects = [\"seg\", \"sr\"]\nretry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n\
+             [destinations.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nserver_name = \"localhost\"\n",
+            c(ca),
+            c("node.crt"),
+            c("node.key")
+        )
+    };
+    setup.tail = destination("pacs", "ca.crt") + &destination("impostor", "other-ca.crt");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let check = setup.cli(&["check-config"]);
+    assert!(check.status.success(), "{}", text(&check));
+    let _node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    let rows = |setup: &Setup| -> Vec<(String, String, i64, Option<String>)> {
+        setup.with_store(async |store| {
+            sqlx::query_as("SELECT destination, state, attempts, last_error FROM deliveries ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let all = rows(&setup);
+        if all.len() == 4 && all.iter().all(|d| d.1 == "delivered" || d.1 == "failed") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "deliveries over TLS: {all:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (destination, state, attempts, error) in &settled {
+        if destination == "pacs" {
+            assert_eq!(state, "delivered", "{settled:?}");
+        } else {
+            assert_eq!((state.as_str(), *attempts), ("failed", 1), "{settled:?}");
+            let error = error.as_deref().unwrap_or("");
+            assert!(error.contains("TLS") && error.to_lowercase().contains("certificate"), "{error}");
+        }
+    }
+    let mut got = received(&inbox);
+    got.sort();
+    assert_eq!(got, made_uids(&setup), "the PACS has the SEG and the SR, once each");
+
+    // A key file that is not there stops check-config, naming the key.
+    setup.tail = setup.tail.replace(&c("node.key"), &c("missing.key"));
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let check = setup.cli(&["check-config"]);
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(text(&check).contains("destinations[0].tls.key_file"), "{}", text(&check));
 }
 
 on_both_backends!(delivers_once_the_destination_is_up, a_refusing_destination_fails_once_until_retried);

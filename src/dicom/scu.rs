@@ -7,6 +7,8 @@
 //! presentation context accepted, status 0xA9xx, 0xCxxx or any other failure.
 
 use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -14,8 +16,9 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::CloseSocket;
 use dicom_ul::pdu::{AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason};
-use dicom_ul::{ClientAssociationOptions, Pdu};
+use dicom_ul::{ClientAssociation, ClientAssociationOptions, Pdu};
 
 use super::dimse;
 
@@ -36,12 +39,51 @@ pub struct Peer {
     pub called_ae_title: String,
     pub calling_ae_title: String,
     pub timeout: Duration,
+    /// DICOM over TLS: the client configuration and the name the server's certificate must carry.
+    pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
+}
+
+/// A TLS client configuration that trusts the authorities in `ca_file` (PEM) and, given
+/// `identity` (certificate chain and key files, PEM), presents it to servers that ask.
+pub fn tls_client_config(
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = |file: &Path| {
+        CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", file.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let authorities = certificates(ca_file)?;
+    if authorities.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", ca_file.display()));
+    }
+    for authority in authorities {
+        roots.add(authority).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+            builder
+                .with_client_auth_cert(certificates(cert_file)?, key)
+                .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        }
+    };
+    Ok(Arc::new(config))
 }
 
 /// Sends the Part-10 file at `path` (its class and instance given) by C-STORE; Ok on success
 /// or warning statuses.
 pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_instance: &str) -> Result<u16, SendError> {
-    let transient = |what: &str, e: &dyn std::fmt::Display| SendError::Transient(format!("{what}: {e}"));
     let file = dicom_object::open_file(path)
         .map_err(|e| SendError::Permanent(format!("cannot read {}: {e}", path.display())))?;
     let stored_ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
@@ -59,22 +101,52 @@ pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_inst
         .connection_timeout(peer.timeout)
         .read_timeout(peer.timeout)
         .write_timeout(peer.timeout);
-    let mut assoc = match options.establish((peer.host.as_str(), peer.port)) {
-        Ok(a) => a,
-        Err(dicom_ul::association::Error::Rejected { association_rj, .. }) => {
+    let address = (peer.host.as_str(), peer.port);
+    match &peer.tls {
+        None => {
+            let assoc = options.establish(address).map_err(|e| association_error(e, sop_class))?;
+            transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
+        }
+        Some((tls, server_name)) => {
+            let options = options.tls_config(tls.clone()).server_name(server_name);
+            let assoc = options.establish_tls(address).map_err(|e| association_error(e, sop_class))?;
+            transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
+        }
+    }
+}
+
+/// A failure to associate, classified.
+fn association_error(e: dicom_ul::association::Error, sop_class: &str) -> SendError {
+    use dicom_ul::association::Error;
+    match e {
+        Error::Rejected { association_rj, .. } => {
             let message = format!("association rejected ({:?}, {:?})", association_rj.result, association_rj.source);
-            return Err(match association_rj.result {
+            match association_rj.result {
                 AssociationRJResult::Permanent => SendError::Permanent(message),
                 AssociationRJResult::Transient => SendError::Transient(message),
-            });
+            }
         }
-        Err(dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) => {
-            return Err(SendError::Permanent(format!(
-                "the destination accepts no presentation context for {sop_class}"
-            )))
+        Error::NoAcceptedPresentationContexts { .. } => {
+            SendError::Permanent(format!("the destination accepts no presentation context for {sop_class}"))
         }
-        Err(e) => return Err(transient("cannot associate", &e)),
-    };
+        // a certificate that does not verify will not verify next time either
+        Error::TlsHandshake { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+            SendError::Permanent(format!("TLS handshake failed: {source}"))
+        }
+        e => SendError::Transient(format!("cannot associate: {e}")),
+    }
+}
+
+/// The C-STORE over an established association, then the release.
+fn transfer<S: CloseSocket + std::io::Read + std::io::Write>(
+    mut assoc: ClientAssociation<S>,
+    file: &dicom_object::DefaultDicomObject,
+    path: &Path,
+    stored_ts: &str,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<u16, SendError> {
+    let transient = |what: &str, e: &dyn std::fmt::Display| SendError::Transient(format!("{what}: {e}"));
     let Some(context) = assoc
         .presentation_contexts()
         .iter()

@@ -39,22 +39,22 @@ pub struct DeliveryRow {
 const CLAIM_POSTGRES: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
             attempts = attempts + 1, updated_at = $3 \
      WHERE id = (SELECT id FROM deliveries \
-                 WHERE (state = 'pending' AND next_attempt_at <= $3) \
-                    OR (state = 'sending' AND lease_expires_at < $3) \
+                 WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
+                    OR (state = 'sending' AND lease_expires_at < $3)) \
                  ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
      RETURNING id";
 
 const CLAIM_SQLITE: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
             attempts = attempts + 1, updated_at = $3 \
      WHERE id = (SELECT id FROM deliveries \
-                 WHERE (state = 'pending' AND next_attempt_at <= $3) \
-                    OR (state = 'sending' AND lease_expires_at < $3) \
+                 WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
+                    OR (state = 'sending' AND lease_expires_at < $3)) \
                  ORDER BY next_attempt_at, id LIMIT 1) \
      RETURNING id";
 
 impl Store {
     /// Claims the delivery that has been due longest, for `lease`.
-    pub async fn claim_delivery(&self, lease: Duration) -> Result<Option<ClaimedDelivery>> {
+    pub async fn claim_delivery(&self, destination: &str, lease: Duration) -> Result<Option<ClaimedDelivery>> {
         let now = now_ms();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
@@ -64,6 +64,7 @@ impl Store {
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(destination)
             .fetch_optional(self.pool())
             .await?;
         let Some((id,)) = claimed else { return Ok(None) };

@@ -192,7 +192,7 @@ impl Store {
         sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
         tx.commit().await?;
         if outputs.iter().any(|o| !o.destinations.is_empty()) {
-            self.deliveries_queued().notify_one();
+            self.signal_deliveries();
         }
         Ok(true)
     }

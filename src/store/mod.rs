@@ -57,8 +57,9 @@ pub struct Store {
     committer: ingest::Committer,
     /// Signalled when this node queues a job, so that the pipeline claims it at once.
     jobs_queued: Arc<Notify>,
-    /// Signalled when this node queues deliveries, so that the outbox sends them at once.
-    deliveries_queued: Arc<Notify>,
+    /// Bumped when this node queues deliveries, so that the outbox's senders (several, one
+    /// set per destination) all look at once; a watch loses no wake-up between two looks.
+    deliveries_queued: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -100,7 +101,7 @@ impl Store {
             node: node.to_string(),
             committer,
             jobs_queued: Arc::new(Notify::new()),
-            deliveries_queued: Arc::new(Notify::new()),
+            deliveries_queued: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -127,9 +128,13 @@ impl Store {
         &self.jobs_queued
     }
 
-    /// Notified (`notify_one`) when this node queues deliveries.
-    pub fn deliveries_queued(&self) -> &Notify {
-        &self.deliveries_queued
+    /// Changes when this node queues deliveries.
+    pub fn deliveries_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.deliveries_queued.subscribe()
+    }
+
+    pub(crate) fn signal_deliveries(&self) {
+        self.deliveries_queued.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn pool(&self) -> &AnyPool {
