@@ -1,6 +1,7 @@
-//! Results to the PACS: the outbox delivers a positive's SEG and SR to dcmtk's `storescp`, waits
-//! out a destination that is down, and stops at once on one that refuses us until an admin
-//! retries.
+//! Results to the PACS: the outbox delivers a positive's SEG and SR to dcmtk's `storescp` (also
+//! over TLS), waits out a destination that is down, and stops at once on one that refuses us
+//! until an admin retries; the whole loop ends in a real Orthanc, and a node killed during
+//! delivery delivers after its restart, each object once.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::orthanc::{self, StoredInstance};
 use common::{free_port, storescu, synthetic_positive, text, Backend, Setup};
 
 /// dcmtk's storescp as the PACS, writing what it receives under `dir`; killed when dropped.
@@ -239,4 +241,108 @@ fn delivers_over_tls_and_refuses_an_unverified_server() {
     assert!(text(&check).contains("destinations[0].tls.key_file"), "{}", text(&check));
 }
 
-on_both_backends!(delivers_once_the_destination_is_up, a_refusing_destination_fails_once_until_retried);
+fn orthanc_destination(port: u16, extra: &str) -> String {
+    format!(
+        "[outputs]\noverlay = true\n[[destinations]]\nname = \"orthanc\"\nae_title = \"{}\"\nhost = \"127.0.0.1\"\n\
+         port = {port}\nretry_initial_secs = 1\nretry_max_secs = 2\n{extra}\n",
+        orthanc::AET
+    )
+}
+
+/// The whole loop: a modality sends a synthetic positive to the PACS (Orthanc) and to the node;
+/// Orthanc's REST API then shows, in the image's study, the node's SEG, SR and secondary
+/// capture, each once, with the UIDs the node recorded.
+fn the_whole_loop_ends_in_orthanc(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let positive = synthetic_positive(&work.path().join("images"));
+    let pacs = orthanc::start();
+    let mut setup = Setup::analysing(backend, "");
+    setup.tail = orthanc_destination(pacs.dicom_port, "");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let _node = setup.start();
+    assert!(storescu(pacs.dicom_port, &[], &[&positive]).status.success(), "the modality sends to the PACS");
+    assert!(storescu(setup.port, &[], &[&positive]).status.success(), "and to the node");
+
+    let study = common::study_instance_uid(&positive);
+    let stored = pacs.wait_for_instances(&study, 4, Duration::from_secs(60));
+    let mut modalities: Vec<&str> = stored.iter().map(|i| i.modality.as_str()).collect();
+    modalities.sort();
+    let source_modality = dicom_object::open_file(&positive)
+        .unwrap()
+        .element_by_name("Modality")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut expected = vec![source_modality.as_str(), "OT", "SEG", "SR"];
+    expected.sort();
+    assert_eq!(modalities, expected, "{stored:?}\n{}", pacs.log());
+    let by_modality = |m: &str| stored.iter().find(|i| i.modality == m).unwrap();
+    assert_eq!(by_modality("SEG").sop_class_uid, "1.2.840.10008.5.1.4.1.1.66.4");
+    assert_eq!(by_modality("SR").sop_class_uid, "1.2.840.10008.5.1.4.1.1.88.34");
+    assert_eq!(by_modality("OT").sop_class_uid, "1.2.840.10008.5.1.4.1.1.7");
+    let mut ours: Vec<String> =
+        stored.iter().filter(|i| i.modality != source_modality).map(|i| i.sop_instance_uid.clone()).collect();
+    ours.sort();
+    assert_eq!(ours, made_uids(&setup), "Orthanc holds what the node made, once each");
+    let series: std::collections::HashSet<&str> = stored.iter().map(|i| i.series_instance_uid.as_str()).collect();
+    assert_eq!(series.len(), 4, "each object in its own series: {stored:?}");
+    wait_deliveries(&setup, 3, "all delivered", |d| d.0 == "delivered" && d.1 == 1);
+}
+
+/// A PACS that accepts connections and never answers: an association hangs until its timeout.
+struct Stall {
+    port: u16,
+}
+
+impl Stall {
+    fn start() -> Stall {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        Stall { port }
+    }
+}
+
+/// `kill -9` while deliveries are in flight (the PACS stalls mid-association): after the
+/// restart, pointed at a PACS that answers, every object is delivered, each stored once, under
+/// the SOP Instance UIDs recorded before the crash.
+fn a_node_killed_during_delivery_delivers_after_restart(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let positive = synthetic_positive(&work.path().join("images"));
+    let stall = Stall::start();
+    let mut setup = Setup::analysing(backend, "");
+    setup.tail = orthanc_destination(stall.port, "timeout_secs = 300\nmax_associations = 3");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let mut node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    wait_deliveries(&setup, 3, "all three sending", |d| d.0 == "sending");
+    let before = made_uids(&setup);
+    node.kill9();
+
+    let pacs = orthanc::start();
+    setup.tail = orthanc_destination(pacs.dicom_port, "");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let node = setup.start();
+    wait_deliveries(&setup, 3, "delivered after the restart", |d| d.0 == "delivered");
+    assert!(node.log().contains("deliveries interrupted by the last stop will be sent again"), "{}", node.log());
+    assert_eq!(made_uids(&setup), before, "the objects were not made again");
+    let stored: Vec<StoredInstance> =
+        pacs.wait_for_instances(&common::study_instance_uid(&positive), 3, Duration::from_secs(30));
+    let mut got: Vec<String> = stored.iter().map(|i| i.sop_instance_uid.clone()).collect();
+    got.sort();
+    assert_eq!(got, before, "each object stored once, under the UIDs recorded before the crash");
+}
+
+on_both_backends!(
+    delivers_once_the_destination_is_up,
+    a_refusing_destination_fails_once_until_retried,
+    the_whole_loop_ends_in_orthanc,
+    a_node_killed_during_delivery_delivers_after_restart
+);

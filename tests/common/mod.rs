@@ -2,6 +2,7 @@
 //! PostgreSQL database per test), real DICOM peers (dcmtk, pynetdicom) and real test images.
 #![allow(dead_code)]
 
+pub mod orthanc;
 pub mod scu;
 
 use std::io::Read;
