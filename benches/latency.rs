@@ -1,0 +1,338 @@
+//! End-to-end latency: from the start of an image's C-STORE to the node to its SEG stored at the
+//! destination, on CPU with the demo models (issue 5's benchmark).
+//!
+//! Method: the node (release build, SQLite, one inference worker, the embedded defaults
+//! otherwise) analyses synthetic 1024x1024 radiographs from models/training's generator with
+//! `classifier_threshold = 0` so that every image goes through both models (the cascade's worst
+//! case) and, with `mask_threshold = 0.01`, nearly every one yields a SEG (those whose mask is
+//! empty anyway are counted apart: their SR marks the end), and delivers SEG and SR to dcmtk's `storescp`. The sender is the node's
+//! own storage SCU, one association per image as most modalities do; the start of each C-STORE
+//! is taken just before it connects, the SEG's arrival is the modification time of the file
+//! storescp wrote (same clock). Scenarios: at idle (one image, then wait for its SEG, N times);
+//! a stream of 100 images sent back to back (a PACS pushing a backlog: the last waits for the 99
+//! before it, so this measures throughput); and a stream of 100 images one every 150 ms (about
+//! 400 images a minute, several busy modalities at once).
+//!
+//! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
+//! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers, default
+//! 1), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
+//! `PNEUMOTRIAGE_PYTHON` (default `.venv/bin/python`). The images are cached in
+//! `target/bench-data/latency-<n>/`. It prints figures and asserts nothing about speed.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use dicom_dictionary_std::tags;
+use pneumotriage::dicom::scu::{self, Peer};
+
+const PNEUMOTRIAGE: &str = env!("CARGO_BIN_EXE_pneumotriage");
+const STORESCP: &str = "/usr/bin/storescp";
+
+/// Child processes killed when dropped.
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A node delivering to a storescp, in a temporary directory.
+struct Rig {
+    _kids: Kids,
+    node_port: u16,
+    inbox: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}); its log:\n{}", fs::read_to_string(log).unwrap_or_default());
+        }
+        ensure!(Instant::now() < deadline, "{what} is not listening after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+impl Rig {
+    fn start(workers: usize) -> Result<Rig> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::Builder::new().prefix("latency-bench-").tempdir()?;
+        let inbox = dir.path().join("pacs");
+        fs::create_dir(&inbox)?;
+        let (node_port, pacs_port) = (free_port()?, free_port()?);
+        let pacs_log = dir.path().join("storescp.log");
+        let mut pacs = Command::new(STORESCP)
+            .args(["-aet", "PACS", "-od"])
+            .arg(&inbox)
+            .arg(pacs_port.to_string())
+            .stdout(fs::File::create(&pacs_log)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting storescp")?;
+        wait_listening(pacs_port, &mut pacs, "storescp", &pacs_log)?;
+        let config = dir.path().join("pneumotriage.toml");
+        fs::write(
+            &config,
+            format!(
+                "[node]\ndata_dir = {:?}\nmin_free_disk_mb = 100\n[dicom]\nbind = \"127.0.0.1:{node_port}\"\n\
+                 accept_any = true\n[inference]\nmodels = {:?}\nworkers = {workers}\nclassifier_threshold = 0.0\n\
+                 mask_threshold = 0.01\nmin_mask_area_px = 0\n[[destinations]]\nname = \"pacs\"\n\
+                 ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n",
+                dir.path().join("var").display().to_string(),
+                root.join("models/manifest.toml").display().to_string()
+            ),
+        )?;
+        let node_log = dir.path().join("node.log");
+        let mut node = Command::new(PNEUMOTRIAGE)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(root)
+            .env("RUST_LOG", "warn")
+            .stdout(fs::File::create(&node_log)?)
+            .stderr(fs::File::create(dir.path().join("node.err"))?)
+            .spawn()
+            .context("starting the node")?;
+        wait_listening(node_port, &mut node, "the node", &dir.path().join("node.err"))?;
+        Ok(Rig { _kids: Kids(vec![node, pacs]), node_port, inbox, dir })
+    }
+
+    fn peer(&self) -> Peer {
+        Peer {
+            host: "127.0.0.1".into(),
+            port: self.node_port,
+            called_ae_title: "PNEUMOTRIAGE".into(),
+            calling_ae_title: "MODALITY".into(),
+            timeout: Duration::from_secs(60),
+            tls: None,
+        }
+    }
+
+    /// What has arrived so far, by source SOP Instance UID: when its SEG's file was written
+    /// (`segs`), and that its SR is there (`reports`).
+    fn arrived(&self) -> Result<(HashMap<String, SystemTime>, HashMap<String, SystemTime>)> {
+        let (mut segs, mut reports) = (HashMap::new(), HashMap::new());
+        for entry in fs::read_dir(&self.inbox)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (into, path): (&mut HashMap<_, _>, &[_]) = if name.starts_with("SG.") {
+                (&mut segs, &[tags::SOURCE_IMAGE_SEQUENCE])
+            } else if name.starts_with("SR") {
+                (
+                    &mut reports,
+                    &[
+                        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+                        tags::REFERENCED_SERIES_SEQUENCE,
+                        tags::REFERENCED_SOP_SEQUENCE,
+                    ],
+                )
+            } else {
+                continue;
+            };
+            let written = entry.metadata()?.modified()?;
+            let Ok(obj) = dicom_object::open_file(entry.path()) else { continue }; // still being written
+            for source in referenced_uids(&obj, path) {
+                into.insert(source, written);
+            }
+        }
+        Ok((segs, reports))
+    }
+
+    /// Waits until the SRs of all `sources` have arrived (every analysed image has one; a SEG only
+    /// one with a non-empty mask); the SEGs' latencies from `started`, and how many had none.
+    fn wait_segs(&self, started: &HashMap<String, SystemTime>, timeout: Duration) -> Result<(Vec<Duration>, usize)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (segs, reports) = self.arrived()?;
+            if started.keys().all(|uid| reports.contains_key(uid)) {
+                // the SEG and the SR of an image go at once, on two associations
+                std::thread::sleep(Duration::from_millis(200));
+                let (segs, _) = self.arrived()?;
+                let latencies: Vec<Duration> = started
+                    .iter()
+                    .filter_map(|(uid, t0)| segs.get(uid).map(|t| t.duration_since(*t0).unwrap_or_default()))
+                    .collect();
+                return Ok((latencies.clone(), started.len() - latencies.len()));
+            }
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(self.dir.path().join("node.err")).unwrap_or_default();
+                let names: Vec<String> = fs::read_dir(&self.inbox)?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                bail!(
+                    "{} SEGs, {} SRs of {} after {timeout:?}; the destination has {names:?}; the node's log:\n{log}",
+                    segs.len(),
+                    reports.len(),
+                    started.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Every Referenced SOP Instance UID in the items of the sequences along `path` (an SR's
+/// evidence names the source and the SEG, in their series).
+fn referenced_uids(obj: &dicom_object::InMemDicomObject, path: &[dicom_core::Tag]) -> Vec<String> {
+    let Some((tag, rest)) = path.split_first() else {
+        let uid =
+            obj.element(tags::REFERENCED_SOP_INSTANCE_UID).ok().and_then(|e| e.to_str().ok().map(|s| s.into_owned()));
+        return uid.map(|u| u.trim_end_matches('\0').to_string()).into_iter().collect();
+    };
+    let items = obj.element(*tag).ok().and_then(|e| e.items().map(|i| i.to_vec())).unwrap_or_default();
+    items.iter().flat_map(|item| referenced_uids(item, rest)).collect()
+}
+
+/// Sends one file to the node; when its C-STORE started.
+fn send(peer: &Peer, file: &(PathBuf, String, String)) -> Result<SystemTime> {
+    let started = SystemTime::now();
+    scu::store_file(peer, &file.0, &file.1, &file.2).map_err(|e| anyhow::anyhow!("{}: {e}", file.0.display()))?;
+    Ok(started)
+}
+
+/// `n` synthetic radiographs (cached), with their SOP Class and Instance UIDs.
+fn dataset(n: usize) -> Result<Vec<(PathBuf, String, String)>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(format!("target/bench-data/latency-{n}"));
+    if !dir.is_dir() {
+        let partial = dir.with_extension("partial");
+        let _ = fs::remove_dir_all(&partial);
+        let python = std::env::var("PNEUMOTRIAGE_PYTHON")
+            .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
+        eprintln!("generating {n} synthetic radiographs into {} ...", dir.display());
+        let status = Command::new(&python)
+            .args(["-m", "pneumotriage_models.generate"])
+            .arg(&partial)
+            .arg(n.to_string())
+            .args(["--seed", "2026", "--jobs", "2"])
+            .env("PYTHONPATH", root.join("models/training/src"))
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {python}"))?;
+        ensure!(status.success(), "the generator failed ({status})");
+        fs::rename(&partial, &dir)?;
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "dcm") {
+                let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&path)?;
+                let uid =
+                    |tag| -> Result<String> { Ok(obj.element(tag)?.to_str()?.trim_end_matches('\0').to_string()) };
+                files.push((path.clone(), uid(tags::SOP_CLASS_UID)?, uid(tags::SOP_INSTANCE_UID)?));
+            }
+        }
+    }
+    files.sort();
+    ensure!(files.len() >= n, "{} holds {} images, not {n}: delete it to regenerate", dir.display(), files.len());
+    files.truncate(n);
+    Ok(files)
+}
+
+fn env_usize(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The `p`-th percentile (nearest rank) of `xs`, in milliseconds.
+fn percentile(xs: &[Duration], p: f64) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, latencies: &[Duration], without_seg: usize) {
+    if latencies.is_empty() {
+        println!("{name:<28} no SEG ({without_seg} images with an empty mask)");
+        return;
+    }
+    println!(
+        "{name:<28} n={:<4} p50 {:>7.0} ms   p90 {:>7.0} ms   p99 {:>7.0} ms   max {:>7.0} ms   ({without_seg} without SEG)",
+        latencies.len(),
+        percentile(latencies, 50.0),
+        percentile(latencies, 90.0),
+        percentile(latencies, 99.0),
+        percentile(latencies, 100.0)
+    );
+}
+
+fn main() -> Result<()> {
+    let idle_n = env_usize("LATENCY_BENCH_IDLE", 20)?;
+    let stream_n = env_usize("LATENCY_BENCH_STREAM", 100)?;
+    let workers = env_usize("LATENCY_BENCH_WORKERS", 1)?;
+    let interval = Duration::from_millis(env_usize("LATENCY_BENCH_INTERVAL_MS", 150)? as u64);
+    let files = dataset(idle_n + 2 * stream_n)?;
+    let (idle_files, streams) = files.split_at(idle_n);
+    let (stream_files, paced_files) = streams.split_at(stream_n);
+    let cores = std::thread::available_parallelism()?.get();
+    println!(
+        "end-to-end latency, C-STORE start to SEG stored at the destination ({cores} cores, {workers} inference \
+         worker(s), demo models on CPU, every image through both models, synthetic 1024x1024 DX)"
+    );
+
+    let rig = Rig::start(workers)?;
+    let peer = rig.peer();
+    // one image first, not counted: the sessions' first run allocates
+    let warm = HashMap::from([(idle_files[0].2.clone(), send(&peer, &idle_files[0])?)]);
+    rig.wait_segs(&warm, Duration::from_secs(60))?;
+
+    let (mut idle, mut idle_without) = (Vec::new(), 0);
+    for file in &idle_files[1..] {
+        let started = HashMap::from([(file.2.clone(), send(&peer, file)?)]);
+        let (latencies, without) = rig.wait_segs(&started, Duration::from_secs(60))?;
+        idle.extend(latencies);
+        idle_without += without;
+    }
+    report("idle, one image at a time", &idle, idle_without);
+
+    for (files, pace) in [(stream_files, Duration::ZERO), (paced_files, interval)] {
+        let burst = Instant::now();
+        let mut started = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            if let Some(wait) = (pace * i as u32).checked_sub(burst.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            started.insert(file.2.clone(), send(&peer, file)?);
+        }
+        let sent = burst.elapsed();
+        let (latencies, without) = rig.wait_segs(&started, Duration::from_secs(600))?;
+        let done = burst.elapsed();
+        let name = if pace.is_zero() {
+            format!("stream of {stream_n}, back to back")
+        } else {
+            format!("stream of {stream_n}, every {} ms", pace.as_millis())
+        };
+        report(&name, &latencies, without);
+        println!(
+            "  the {stream_n} images were received in {:.1} s; their last SEG was stored {:.1} s after the first \
+             C-STORE ({:.1} images/s through the cascade)",
+            sent.as_secs_f64(),
+            done.as_secs_f64(),
+            stream_n as f64 / done.as_secs_f64()
+        );
+    }
+    Ok(())
+}
