@@ -101,7 +101,8 @@ impl Server {
                     &config,
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
-                         bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n"
+                         bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
+                         [http]\nenabled = false\n"
                     ),
                 )?;
                 let mut cmd = Command::new(PNEUMOTRIAGE);

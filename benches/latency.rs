@@ -91,7 +91,7 @@ impl Rig {
             &config,
             format!(
                 "[node]\ndata_dir = {:?}\nmin_free_disk_mb = 100\n[dicom]\nbind = \"127.0.0.1:{node_port}\"\n\
-                 accept_any = true\n[inference]\nmodels = {:?}\nworkers = {workers}\nclassifier_threshold = 0.0\n\
+                 accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\nworkers = {workers}\nclassifier_threshold = 0.0\n\
                  mask_threshold = 0.01\nmin_mask_area_px = 0\n[[destinations]]\nname = \"pacs\"\n\
                  ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n",
                 dir.path().join("var").display().to_string(),

@@ -79,6 +79,9 @@ pub struct DicomConfig {
     pub idle_timeout_secs: u64,
     /// The ARTIM timer: how long a new connection may take to send its A-ASSOCIATE-RQ.
     pub artim_timeout_secs: u64,
+    /// On SIGTERM or SIGINT, associations in progress get this long to finish before they are
+    /// aborted (what they had not been answered for is not kept, and the sender knows it).
+    pub shutdown_grace_secs: u64,
     /// Also accept Secondary Capture images (stored and analysed only if applicable).
     pub accept_secondary_capture: bool,
     /// Also accept every other storage SOP class, store-only.
@@ -97,6 +100,7 @@ impl Default for DicomConfig {
             max_pdu: 131_072,
             idle_timeout_secs: 60,
             artim_timeout_secs: 30,
+            shutdown_grace_secs: 30,
             accept_secondary_capture: false,
             accept_all_storage: false,
             peers: Vec::new(),
@@ -194,11 +198,22 @@ pub struct PriorityConfig {
     pub urgent_area_mm2: Option<f64>,
     /// A negative with at least this probability is `review` (a near miss); unset: negatives are `routine`.
     pub review_probability: Option<f32>,
+    /// On the worklist, a routine study that has waited this long is listed with the review
+    /// studies (AI triage must not stretch the longest waits); 0 turns it off.
+    pub routine_aging_minutes: u64,
+    /// Likewise, a review study that has waited this long is listed with the urgent ones; 0: off.
+    pub review_aging_minutes: u64,
 }
 
 impl Default for PriorityConfig {
     fn default() -> Self {
-        PriorityConfig { urgent_probability: 0.8, urgent_area_mm2: None, review_probability: None }
+        PriorityConfig {
+            urgent_probability: 0.8,
+            urgent_area_mm2: None,
+            review_probability: None,
+            routine_aging_minutes: 120,
+            review_aging_minutes: 0,
+        }
     }
 }
 
@@ -313,12 +328,17 @@ fn all_objects() -> Vec<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// Health, metrics, the worklist API and page; `enabled = false` serves none of it.
+    pub enabled: bool,
     pub bind: SocketAddr,
+    /// When set, every endpoint but /healthz and /readyz (and the page itself, which holds no
+    /// data) requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { bind: "127.0.0.1:8080".parse().expect("literal socket address") }
+        HttpConfig { enabled: true, bind: "127.0.0.1:8080".parse().expect("literal socket address"), token: None }
     }
 }
 
@@ -448,6 +468,11 @@ impl Config {
         }
         if self.inference.require_gpu && device == "cpu" {
             bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());
+        }
+        if let Some(token) = &self.http.token {
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bad("http.token", "must be at least 16 characters, without spaces".into());
+            }
         }
         if self.priority.urgent_area_mm2.is_some_and(|a| a.is_nan() || a < 0.0) {
             bad("priority.urgent_area_mm2", "must not be negative".into());
@@ -594,14 +619,14 @@ impl Config {
             names.join(", ")
         };
         format!(
-            "AE {} on {} accepting {}; data in {}; database {}; {} destination(s); HTTP on {}",
+            "AE {} on {} accepting {}; data in {}; database {}; {} destination(s); HTTP {}",
             self.dicom.ae_title,
             self.dicom.bind,
             peers,
             self.data_dir().display(),
             redact_url(&self.database_url()),
             self.destinations.len(),
-            self.http.bind
+            if self.http.enabled { format!("on {}", self.http.bind) } else { "off".into() }
         )
     }
 }

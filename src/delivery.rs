@@ -112,6 +112,7 @@ async fn run(store: Store, target: Arc<Target>, mut stop: watch::Receiver<bool>)
 async fn send(store: &Store, target: &Target, d: &ClaimedDelivery) {
     let (destination, peer, path) = (&target.destination, target.peer.clone(), target.dir.join(&d.path));
     let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
+    let started = std::time::Instant::now();
     let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
         .await
         .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}"))));
@@ -126,15 +127,18 @@ async fn send(store: &Store, target: &Target, d: &ClaimedDelivery) {
                 attempt = d.attempts,
                 "delivered"
             );
+            crate::metrics::delivery("delivered", started.elapsed());
             store.delivery_done(d).await
         }
         Err(SendError::Transient(reason)) => {
             let delay = backoff(destination, d.attempts, d.id);
             warn!(delivery = d.id, destination = %d.destination, attempt = d.attempts, %reason, "delivery will be retried in {delay:?}");
+            crate::metrics::delivery("retry", started.elapsed());
             store.delivery_retry(d, &reason, delay).await
         }
         Err(SendError::Permanent(reason)) => {
             error!(delivery = d.id, destination = %d.destination, %reason, "delivery failed; `pneumotriage retry` sends it again");
+            crate::metrics::delivery("failed", started.elapsed());
             store.delivery_failed(d, &reason).await
         }
     };

@@ -1,13 +1,15 @@
-//! pneumotriage: a DICOM node that receives chest radiographs, keeps them durably, and (in later
-//! stages) triages them for pneumothorax. See README.md and ../shared/design.md for the map.
+//! pneumotriage: a DICOM node that receives chest radiographs, keeps them durably, triages them
+//! for pneumothorax, sends the results back to the PACS and serves a worklist. See README.md and ../shared/design.md for the map.
 
 pub mod config;
 pub mod delivery;
 pub mod dicom;
 pub mod evaluate;
+pub mod http;
 pub mod imaging;
 pub mod inference;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod results;
 pub mod spool;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use pneumotriage::config::Config;
 use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::scp::Scp;
+use pneumotriage::http::{AppState, Readiness};
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
 use pneumotriage::pipeline::{make_objects, OutputSettings, Pipeline};
@@ -99,6 +101,13 @@ enum Command {
         #[arg(long)]
         all_failed: bool,
     },
+    /// Summarise the node's work: analysis queue, results by priority, deliveries by state.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// List received instances, most recent first.
     Instances {
         #[command(flatten)]
@@ -155,6 +164,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         | Command::Infer { config, .. }
         | Command::Evaluate { config, .. }
         | Command::Deliveries { config, .. }
+        | Command::Status { config, .. }
         | Command::Retry { config, .. } => config,
     };
     let config = match load(config_arg) {
@@ -242,6 +252,45 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }),
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, .. } => {
+            let store = connect(&config).await?;
+            let counts = store.counts().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pneumotriage::http::status_json(&store).await?)?);
+            } else {
+                let count = |what: &str, key: &str| {
+                    counts
+                        .iter()
+                        .find(|(w, _)| *w == what)
+                        .and_then(|(_, rows)| rows.iter().find(|(k, _)| k == key))
+                        .map_or(0, |(_, n)| *n)
+                };
+                println!(
+                    "analysis queue: {} queued, {} running; {} done, {} skipped, {} failed",
+                    count("jobs", "queued"),
+                    count("jobs", "running"),
+                    count("jobs", "done"),
+                    count("jobs", "skipped"),
+                    count("jobs", "failed")
+                );
+                println!(
+                    "results: {} urgent, {} review, {} routine",
+                    count("results", "urgent"),
+                    count("results", "review"),
+                    count("results", "routine")
+                );
+                println!(
+                    "deliveries: {} pending, {} sending, {} delivered, {} failed{}",
+                    count("deliveries", "pending"),
+                    count("deliveries", "sending"),
+                    count("deliveries", "delivered"),
+                    count("deliveries", "failed"),
+                    if count("deliveries", "failed") > 0 { " (pneumotriage deliveries --failed)" } else { "" }
+                );
+            }
+            store.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { id, .. } => {
@@ -522,18 +571,83 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if resent > 0 {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
     }
+    // One stop signal for the DICOM listener and the HTTP server.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let on_stop = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let readiness = Arc::new(Readiness::default());
+    readiness.models.store(true, Ordering::Relaxed); // loaded above, or analysis is off
+    let http = if config.http.enabled {
+        let http_listener = tokio::net::TcpListener::bind(config.http.bind)
+            .await
+            .with_context(|| format!("cannot listen on http.bind = {} ({})", config.http.bind, config.source))?;
+        info!(bind = %http_listener.local_addr()?, "HTTP ready: /healthz /readyz /metrics /api/studies, worklist at /");
+        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone());
+        Some(tokio::spawn(pneumotriage::http::serve(http_listener, state, on_stop())))
+    } else {
+        None
+    };
     let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config)));
     let outbox = Outbox::start(store.clone(), &config).map_err(anyhow::Error::msg)?;
     info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
+    readiness.listening.store(true, Ordering::Relaxed);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = start_watchdog();
     let scp = Scp::new(config.dicom.clone(), ingest);
-    scp.serve(listener, shutdown_signal()).await;
-    info!("stopping");
+    let signal_readiness = readiness.clone();
+    let stop_on_signal = async move {
+        shutdown_signal().await;
+        info!("stopping: no new associations; finishing those in progress");
+        signal_readiness.stopping.store(true, Ordering::Relaxed);
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    };
+    scp.serve(listener, stop_on_signal).await;
+    readiness.listening.store(false, Ordering::Relaxed);
     if let Some(pipeline) = pipeline {
         pipeline.shutdown().await;
     }
     outbox.shutdown().await;
+    let _ = stop.send(true);
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => warn!(error = %e, "the HTTP server failed"),
+            Err(e) => warn!(error = %e, "the HTTP server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     store.close().await;
+    info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (Type=notify) where the node stands; nothing without NOTIFY_SOCKET.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// With WatchdogSec= in the unit, pings systemd at half the interval while the runtime runs.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    info!("systemd watchdog every {every:?}");
+    Some(tokio::spawn(async move {
+        loop {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    }))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -231,6 +231,13 @@ impl Worker {
                     inference_ms = t.inference_ms as u64,
                     "analysed"
                 );
+                let stages = [
+                    ("decode", t.decode_ms),
+                    ("preprocess", t.preprocess_ms),
+                    ("inference", t.inference_ms),
+                    ("postprocess", t.postprocess_ms),
+                ];
+                crate::metrics::result(result.decision, result.priority, stages.map(|(n, ms)| (n, ms as f64)));
                 ("result", store.record_result(job, &result, &outputs).await)
             }
             Verdict::Skipped(reason) => {

@@ -87,6 +87,20 @@ impl Spool {
         self.root.join(relative)
     }
 
+    /// Whether the spool can take an image now: a file written and removed in its temporary
+    /// directory, and free space above the floor (`/readyz`).
+    pub fn probe(&self) -> Result<(), String> {
+        let path = self.root.join(TMP_DIR).join(".ready-probe");
+        fs::write(&path, b"ready")
+            .and_then(|()| fs::remove_file(&path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match self.has_room() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("free space is below node.min_free_disk_mb".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Whether the spool's file system has more free space than the configured floor.
     pub fn has_room(&self) -> Result<bool, SpoolError> {
         let st = rustix::fs::statvfs(&self.root)

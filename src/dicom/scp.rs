@@ -44,19 +44,24 @@ impl Scp {
     }
 
     /// Accepts connections until `shutdown` resolves.
+    /// Accepts associations until `shutdown` resolves; then stops accepting, lets the
+    /// associations in progress finish for up to `dicom.shutdown_grace_secs`, and aborts the rest
+    /// (what they had not been answered for is not kept, and their peers see the abort).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(10);
+        let mut associations = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
+                Some(_) = associations.join_next(), if !associations.is_empty() => continue,
                 a = listener.accept() => a,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
                     let scp = self.clone();
-                    tokio::spawn(async move { scp.handle_connection(stream, peer).await });
+                    associations.spawn(async move { scp.handle_connection(stream, peer).await });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin or die.
@@ -65,6 +70,17 @@ impl Scp {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
+        }
+        drop(listener);
+        if associations.is_empty() {
+            return;
+        }
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        info!(associations = associations.len(), "no new associations; waiting up to {grace:?} for those in progress");
+        let finished = tokio::time::timeout(grace, async { while associations.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            warn!(associations = associations.len(), "associations still open after the grace period; aborting them");
+            associations.shutdown().await;
         }
     }
 
@@ -95,6 +111,7 @@ impl Scp {
                 let _ = conn.send(&Pdu::AssociationRJ(rejection)).await;
                 conn.shutdown().await;
                 warn!(peer_ae = %calling_ae, %peer, called_ae = %request.called_ae_title.trim(), %reason, "association rejected");
+                crate::metrics::association(false);
                 self.event("association_rejected", &calling_ae, peer, None, Some(&reason)).await;
             }
             Ok(permit) => {
@@ -121,6 +138,7 @@ impl Scp {
                     request.presentation_contexts.len()
                 );
                 info!(peer_ae = %calling_ae, %peer, contexts = %detail, "association accepted");
+                crate::metrics::association(true);
                 self.event("association_accepted", &calling_ae, peer, None, Some(&detail)).await;
                 let association = Association::new(self.clone(), conn, calling_ae, peer, contexts);
                 association.run().await;
@@ -447,6 +465,14 @@ impl Association {
         let sop_class = command.affected_sop_class_uid.as_deref().unwrap_or("");
         let sop_instance = command.affected_sop_instance_uid.as_deref().unwrap_or("");
         let status_hex = format!("0x{status:04X}");
+        let counted = match &outcome {
+            Outcome::Stored { .. } => "stored",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Refused { status: 0xA700..=0xA7FF, .. } => "out_of_resources",
+            Outcome::Refused { status: 0xC000..=0xCFFF, .. } => "failed",
+            Outcome::Refused { .. } => "refused",
+        };
+        crate::metrics::instance(counted, started.elapsed());
         match &outcome {
             Outcome::Stored { version, .. } => {
                 self.tally.stored += 1;

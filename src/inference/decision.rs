@@ -156,7 +156,12 @@ mod tests {
 
     #[test]
     fn priority_follows_the_configured_rules() {
-        let rules = PriorityConfig { urgent_probability: 0.8, urgent_area_mm2: Some(1000.0), review_probability: None };
+        let rules = PriorityConfig {
+            urgent_probability: 0.8,
+            urgent_area_mm2: Some(1000.0),
+            review_probability: None,
+            ..PriorityConfig::default()
+        };
         assert_eq!(priority(&rules, Decision::Positive, 0.85, None), Priority::Urgent);
         assert_eq!(priority(&rules, Decision::Positive, 0.7, Some(400.0)), Priority::Review);
         assert_eq!(priority(&rules, Decision::Positive, 0.7, Some(1200.0)), Priority::Urgent, "large mask");

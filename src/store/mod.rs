@@ -8,6 +8,7 @@ mod deliveries;
 mod ingest;
 mod jobs;
 mod listing;
+pub mod worklist;
 
 use std::str::FromStr;
 use std::sync::Arc;

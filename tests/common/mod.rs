@@ -107,6 +107,9 @@ pub struct Setup {
     pub inference: String,
     /// Sections added at the end of the config (e.g. `[[destinations]]`).
     pub tail: String,
+    /// The HTTP server's port, and lines added to `[http]` (e.g. a token).
+    pub http_port: u16,
+    pub http: String,
 }
 
 /// Calling AE titles the default test config allows.
@@ -147,7 +150,9 @@ impl Setup {
         let config_path = dir.path().join("pneumotriage.toml");
         let inference =
             format!("models = \"{}/models/manifest.toml\"\n{inference_extra}\n", env!("CARGO_MANIFEST_DIR"));
-        let setup = Setup { dir, db, port, config_path, backend, inference, tail: String::new() };
+        let http_port = free_port();
+        let (tail, http) = (String::new(), String::new());
+        let setup = Setup { dir, db, port, config_path, backend, inference, tail, http_port, http };
         setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
         setup
     }
@@ -158,8 +163,9 @@ impl Setup {
         let text = format!(
             "[node]\ndata_dir = \"var\"\nname = \"test-node\"\n{floor}\n{node_extra}\n\
              [dicom]\nae_title = \"PNEUMOTRIAGE\"\nbind = \"127.0.0.1:{}\"\n{dicom_extra}\n\
-             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n[inference]\n{}\n{}",
-            self.port, self.db.url, self.inference, self.tail
+             {peers}\n[database]\nurl = \"{}\"\nmax_connections = 4\n\
+             [http]\nbind = \"127.0.0.1:{}\"\n{}\n[inference]\n{}\n{}",
+            self.port, self.db.url, self.http_port, self.http, self.inference, self.tail
         );
         std::fs::write(&self.config_path, text).unwrap();
     }
@@ -170,12 +176,18 @@ impl Setup {
 
     /// Starts the node and waits until its DICOM listener is ready.
     pub fn start(&self) -> Node {
+        self.start_with_env(&[])
+    }
+
+    /// Starts the node with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Node {
         let log_path = self.dir.path().join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,sqlx=warn")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -295,6 +307,18 @@ impl Node {
         self.child.id()
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the node did not exit within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -396,6 +420,32 @@ fn header_text(path: &Path, tag: dicom_core::Tag) -> String {
         .open_file(path)
         .unwrap();
     obj.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
+}
+
+/// One HTTP/1.0 exchange on 127.0.0.1 (the server closes the connection after it): the status,
+/// the head and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
+    Ok((status, head, response[split + 4..].to_vec()))
 }
 
 /// Runs a command-line tool, asserting success.

@@ -2,8 +2,6 @@
 //! results to, checked through Orthanc's REST API rather than by trusting our own SCU.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,7 +89,7 @@ pub fn start() -> Orthanc {
     let mut orthanc = Orthanc { dicom_port, http_port, child, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok((200, _)) = request(http_port, "GET", "/system", "") {
+        if let Ok((200, _, _)) = super::http_request(http_port, "GET", "/system", &[], "") {
             return orthanc;
         }
         if let Some(status) = orthanc.child.try_wait().unwrap() {
@@ -102,23 +100,6 @@ pub fn start() -> Orthanc {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// One HTTP/1.0 exchange (Orthanc closes the connection after it): the status and the body.
-fn request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
-    Ok((status, response[split + 4..].to_vec()))
 }
 
 impl Orthanc {
@@ -134,7 +115,7 @@ impl Orthanc {
     }
 
     fn call(&self, method: &str, path: &str, body: &str) -> Value {
-        let (status, response) = request(self.http_port, method, path, body)
+        let (status, _, response) = super::http_request(self.http_port, method, path, &[], body)
             .unwrap_or_else(|e| panic!("Orthanc {method} {path}: {e}\n{}", self.log_tail()));
         let text = String::from_utf8_lossy(&response);
         assert_eq!(status, 200, "Orthanc {method} {path}: {text}");

@@ -1,0 +1,175 @@
+//! The HTTP side (axum): health for the service manager and load balancers, Prometheus
+//! metrics, the worklist API and the worklist page. Bound to `http.bind` (localhost by
+//! default); with `http.token`, every data endpoint requires `Authorization: Bearer <token>`.
+//! Errors are JSON: `{"error": "..."}`.
+
+mod api;
+pub mod worklist;
+
+pub use api::status_json;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::{Config, PriorityConfig};
+use crate::spool::Spool;
+use crate::store::Store;
+
+/// What `/readyz` reports besides the database and the spool, set as the node comes up and
+/// goes down.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The models are loaded (or analysis is off).
+    pub models: AtomicBool,
+    /// The DICOM listener accepts associations.
+    pub listening: AtomicBool,
+    /// A stop has begun: not ready any more.
+    pub stopping: AtomicBool,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub spool: Arc<Spool>,
+    pub readiness: Arc<Readiness>,
+    pub priority: PriorityConfig,
+    token: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, store: Store, spool: Arc<Spool>, readiness: Arc<Readiness>) -> AppState {
+        AppState {
+            store,
+            spool,
+            readiness,
+            priority: config.priority,
+            token: config.http.token.as_deref().map(Arc::from),
+        }
+    }
+}
+
+/// An error answered as JSON.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        tracing::warn!(error = %e, "HTTP request failed on the database");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/studies", get(api::studies))
+        .route("/api/studies/{uid}", get(api::study))
+        .route("/api/instances/{uid}/overlay.png", get(api::overlay))
+        .route("/api/status", get(api::status))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "alive" })) }))
+        .route("/readyz", get(readyz))
+        .route("/", get(|| async { Html(worklist::PAGE) }))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in progress.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else { return next.run(request).await };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(request).await,
+        _ => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (http.token)").into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so that timing tells nothing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_string()),
+    };
+    let spool = state.spool.clone();
+    let spool = tokio::task::spawn_blocking(move || spool.probe()).await.unwrap_or_else(|e| Err(e.to_string()));
+    let r = &state.readiness;
+    let checks = [
+        ("database", database),
+        ("spool", spool),
+        ("models", flag(&r.models, "not loaded yet")),
+        ("dicom_listener", flag(&r.listening, "not listening")),
+        ("running", if r.stopping.load(Ordering::Relaxed) { Err("stopping".to_string()) } else { Ok(()) }),
+    ];
+    let ready = checks.iter().all(|(_, c)| c.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, check)| (name.to_string(), check.map_or_else(|e| json!(e), |()| json!("ok"))))
+        .collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "checks": body }))).into_response()
+}
+
+fn flag(f: &AtomicBool, otherwise: &str) -> Result<(), String> {
+    if f.load(Ordering::Relaxed) {
+        Ok(())
+    } else {
+        Err(otherwise.to_string())
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = state.store.counts().await?;
+    let gauge = |what: &str| counts.iter().find(|(w, _)| *w == what).map(|(_, v)| v.clone()).unwrap_or_default();
+    let text = crate::metrics::render(&[
+        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", gauge("jobs")),
+        ("deliveries", "Deliveries by state", "state", gauge("deliveries")),
+        ("analysed_images", "Analysed images by priority", "priority", gauge("results")),
+    ]);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}

@@ -1,0 +1,107 @@
+//! The node's counters and histograms, in one process-wide registry (as Prometheus clients
+//! keep theirs): the SCP, the pipeline and the outbox count what they do, `/metrics` reads it.
+//! What lives in the database (queue depth, deliveries by state) is read at scrape time
+//! instead, so that it is right across restarts and nodes.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    associations: Family<Labels, Counter>,
+    instances: Family<Labels, Counter>,
+    results: Family<Labels, Counter>,
+    deliveries: Family<Labels, Counter>,
+    stage_seconds: Family<Labels, Histogram>,
+    inference_seconds: Histogram,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("pneumotriage");
+    let associations = Family::<Labels, Counter>::default();
+    registry.register("associations", "DICOM associations requested of the SCP, by outcome", associations.clone());
+    let instances = Family::<Labels, Counter>::default();
+    registry.register("instances", "C-STORE requests answered, by outcome", instances.clone());
+    let results = Family::<Labels, Counter>::default();
+    registry.register("results", "Images analysed, by decision and priority", results.clone());
+    let deliveries = Family::<Labels, Counter>::default();
+    registry.register("delivery_attempts", "Attempts to deliver an object, by outcome", deliveries.clone());
+    let stage_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram);
+    registry.register(
+        "stage_seconds",
+        "Time per stage: receive (a C-STORE), decode, preprocess, inference, postprocess, deliver",
+        stage_seconds.clone(),
+    );
+    let inference_seconds = seconds_histogram();
+    registry.register("model_inference_seconds", "ONNX Runtime time per image, all models", inference_seconds.clone());
+    Metrics { registry, associations, instances, results, deliveries, stage_seconds, inference_seconds }
+});
+
+/// An association accepted or rejected.
+pub fn association(accepted: bool) {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    METRICS.associations.get_or_create(&vec![("outcome", outcome.into())]).inc();
+}
+
+/// A C-STORE answered: `stored`, `duplicate`, `refused` (0xA9xx, 0x01xx, 0x02xx),
+/// `out_of_resources` (0xA7xx) or `failed` (0xCxxx); and how long it took.
+pub fn instance(outcome: &'static str, took: Duration) {
+    METRICS.instances.get_or_create(&vec![("outcome", outcome.into())]).inc();
+    stage("receive", took);
+}
+
+/// An image analysed, with its stages' times in milliseconds.
+pub fn result(decision: &str, priority: &str, stages_ms: [(&'static str, f64); 4]) {
+    METRICS.results.get_or_create(&vec![("decision", decision.into()), ("priority", priority.into())]).inc();
+    for (name, ms) in stages_ms {
+        stage(name, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        if name == "inference" {
+            METRICS.inference_seconds.observe(ms.max(0.0) / 1000.0);
+        }
+    }
+}
+
+/// A delivery attempt: `delivered`, `retry` or `failed`.
+pub fn delivery(outcome: &'static str, took: Duration) {
+    METRICS.deliveries.get_or_create(&vec![("outcome", outcome.into())]).inc();
+    stage("deliver", took);
+}
+
+fn stage(name: &'static str, took: Duration) {
+    METRICS.stage_seconds.get_or_create(&vec![("stage", name.into())]).observe(took.as_secs_f64());
+}
+
+/// The registry in Prometheus' text format, followed by gauges read now: `(name, help, label,
+/// [(label value, value)])`, e.g. the jobs by state.
+pub fn render(gauges: &[(&str, &str, &'static str, Vec<(String, i64)>)]) -> String {
+    let mut out = String::new();
+    let mut now = Registry::with_prefix("pneumotriage");
+    for (name, help, label, values) in gauges {
+        let family = Family::<Labels, Gauge>::default();
+        for (value_label, value) in values {
+            family.get_or_create(&vec![(*label, value_label.clone())]).set(*value);
+        }
+        now.register(*name, *help, family);
+    }
+    // encoding into a String cannot fail; each registry ends with "# EOF"
+    let _ = encode(&mut out, &METRICS.registry);
+    let mut more = String::new();
+    let _ = encode(&mut more, &now);
+    out.truncate(out.trim_end().strip_suffix("# EOF").map_or(out.len(), str::len));
+    out.push_str(&more);
+    out
+}

@@ -1,0 +1,166 @@
+//! What the worklist and `status` read: each study with its analysis and delivery state, one
+//! study's instances with their results and deliveries, and the node's counts.
+
+use serde::Serialize;
+
+use super::{Result, Store};
+
+/// A study as the worklist lists it (the ordering, which depends on the time, is the caller's).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorklistStudy {
+    pub study_instance_uid: String,
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_date: Option<String>,
+    pub study_description: Option<String>,
+    /// The highest priority of its analysed images; none before the first result.
+    pub priority: Option<String>,
+    /// The highest probability of its analysed images.
+    pub probability: Option<f64>,
+    pub instance_count: i64,
+    pub first_received_at: i64,
+    pub last_received_at: i64,
+    /// Jobs queued or running, failed, and results.
+    pub jobs_pending: i64,
+    pub jobs_failed: i64,
+    pub results: i64,
+    /// Deliveries of its objects, by state.
+    pub deliveries_pending: i64,
+    pub deliveries_delivered: i64,
+    pub deliveries_failed: i64,
+}
+
+/// One instance of a study, with its job and result.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StudyInstance {
+    pub sop_instance_uid: String,
+    pub version: i64,
+    pub sop_class_uid: String,
+    pub modality: Option<String>,
+    pub view_position: Option<String>,
+    pub received_at: i64,
+    pub job_state: Option<String>,
+    pub job_reason: Option<String>,
+    pub decision: Option<String>,
+    pub priority: Option<String>,
+    pub probability: Option<f64>,
+    pub mask_area_px: Option<i64>,
+    pub mask_area_mm2: Option<f64>,
+    pub classifier: Option<String>,
+    pub segmenter: Option<String>,
+    pub analysed_at: Option<i64>,
+}
+
+/// An object made of a study's result and one of its deliveries.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StudyDelivery {
+    /// The source image's SOP Instance UID.
+    pub source_sop_instance_uid: String,
+    pub kind: String,
+    pub sop_instance_uid: String,
+    pub destination: Option<String>,
+    pub state: Option<String>,
+    pub attempts: Option<i64>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+/// What the overlay of an instance is drawn from.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OverlaySource {
+    /// Relative to the spool.
+    pub path: String,
+    pub mask_rle: Option<String>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+}
+
+const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name, s.accession_number, s.study_date, \
+        s.study_description, s.priority, \
+        (SELECT MAX(r.probability) FROM results r JOIN instances i ON i.id = r.instance_id \
+          WHERE i.study_id = s.id) AS probability, \
+        s.instance_count, s.first_received_at, s.last_received_at, \
+        (SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id \
+          WHERE i.study_id = s.id AND j.state IN ('queued', 'running')) AS jobs_pending, \
+        (SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id \
+          WHERE i.study_id = s.id AND j.state = 'failed') AS jobs_failed, \
+        (SELECT COUNT(*) FROM results r JOIN instances i ON i.id = r.instance_id \
+          WHERE i.study_id = s.id) AS results, \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
+          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state IN ('pending', 'sending')) \
+          AS deliveries_pending, \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
+          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'delivered') \
+          AS deliveries_delivered, \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
+          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'failed') \
+          AS deliveries_failed \
+     FROM studies s";
+
+impl Store {
+    /// The `limit` studies received most recently, or the one with `study_instance_uid`.
+    pub async fn worklist(&self, study_instance_uid: Option<&str>, limit: i64) -> Result<Vec<WorklistStudy>> {
+        let sql = format!(
+            "{STUDIES} WHERE ($1 IS NULL OR s.study_instance_uid = $1) \
+             ORDER BY s.last_received_at DESC, s.id DESC LIMIT $2"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(study_instance_uid).bind(limit).fetch_all(self.pool()).await?)
+    }
+
+    /// The instances of a study, oldest first, with their jobs and results.
+    pub async fn study_instances(&self, study_instance_uid: &str) -> Result<Vec<StudyInstance>> {
+        Ok(sqlx::query_as(
+            "SELECT i.sop_instance_uid, i.version, i.sop_class_uid, i.modality, i.view_position, i.received_at, \
+                    j.state AS job_state, j.reason AS job_reason, r.decision, r.priority, r.probability, \
+                    r.mask_area_px, r.mask_area_mm2, \
+                    r.classifier_name || ' ' || r.classifier_version AS classifier, \
+                    r.segmenter_name || ' ' || r.segmenter_version AS segmenter, r.created_at AS analysed_at \
+             FROM instances i JOIN studies s ON s.id = i.study_id LEFT JOIN jobs j ON j.instance_id = i.id \
+             LEFT JOIN results r ON r.instance_id = i.id \
+             WHERE s.study_instance_uid = $1 ORDER BY i.received_at, i.id",
+        )
+        .bind(study_instance_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The objects made of a study's results and their deliveries.
+    pub async fn study_deliveries(&self, study_instance_uid: &str) -> Result<Vec<StudyDelivery>> {
+        Ok(sqlx::query_as(
+            "SELECT i.sop_instance_uid AS source_sop_instance_uid, o.kind, o.sop_instance_uid, d.destination, \
+                    d.state, d.attempts, d.last_error, d.delivered_at \
+             FROM outputs o JOIN results r ON r.id = o.result_id JOIN instances i ON i.id = r.instance_id \
+             JOIN studies s ON s.id = i.study_id LEFT JOIN deliveries d ON d.output_id = o.id \
+             WHERE s.study_instance_uid = $1 ORDER BY o.id, d.id",
+        )
+        .bind(study_instance_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The spool file and mask of the latest version of an instance.
+    pub async fn overlay_source(&self, sop_instance_uid: &str) -> Result<Option<OverlaySource>> {
+        Ok(sqlx::query_as(
+            "SELECT i.path, r.mask_rle, r.width, r.height FROM instances i LEFT JOIN results r ON r.instance_id = i.id \
+             WHERE i.sop_instance_uid = $1 ORDER BY i.version DESC LIMIT 1",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Counts by state or kind, for `status` and `/metrics`: `(what, [(value, count)])`.
+    pub async fn counts(&self) -> Result<Vec<(&'static str, Vec<(String, i64)>)>> {
+        let mut out = Vec::new();
+        for (what, sql) in [
+            ("jobs", "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state"),
+            ("results", "SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority"),
+            ("deliveries", "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state"),
+        ] {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(self.pool()).await?;
+            out.push((what, rows));
+        }
+        Ok(out)
+    }
+}
