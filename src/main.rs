@@ -571,6 +571,11 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if resent > 0 {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
     }
+    for (destination, n) in store.unfinished_deliveries_by_destination().await.context("start-up recovery")? {
+        if !config.destinations.iter().any(|d| d.name == destination) {
+            warn!(%destination, deliveries = n, "deliveries wait for a destination the configuration no longer names; they are kept and go out if it returns");
+        }
+    }
     // One stop signal for the DICOM listener and the HTTP server.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let on_stop = move || {

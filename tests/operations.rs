@@ -30,11 +30,18 @@ fn rank(priority: &str) -> u8 {
     ["urgent", "review", "routine"].iter().position(|p| *p == priority).unwrap() as u8
 }
 
-/// A node with a token that has analysed six synthetic radiographs (one study each).
-fn analysed_node(backend: Backend, dir: &Path) -> (Setup, common::Node, Vec<PathBuf>) {
+/// A node with a token that has analysed six synthetic radiographs (one study each), and, given
+/// a PACS port, delivers its results there.
+fn analysed_node(backend: Backend, dir: &Path, pacs: Option<u16>) -> (Setup, common::Node, Vec<PathBuf>) {
     let files = synthetic_images(&dir.join("images"), 6, 77);
     let mut setup = Setup::analysing(backend, "");
     setup.http = format!("token = \"{TOKEN}\"");
+    if let Some(port) = pacs {
+        setup.tail = format!(
+            "[[destinations]]\nname = \"pacs\"\nae_title = \"{}\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+            common::orthanc::AET
+        );
+    }
     setup.write_config("", "", common::DEFAULT_PEERS);
     let node = setup.start();
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -45,7 +52,10 @@ fn analysed_node(backend: Backend, dir: &Path) -> (Setup, common::Node, Vec<Path
 
 fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
-    let (setup, _node, files) = analysed_node(backend, work.path());
+    let pacs = common::orthanc::start();
+    let (setup, _node, files) = analysed_node(backend, work.path(), Some(pacs.dicom_port));
+    setup.wait_count("SELECT COUNT(*) FROM deliveries WHERE state <> 'delivered'", 0);
+    let delivered = setup.count("SELECT COUNT(*) FROM deliveries");
 
     // health is open; everything else needs the token
     let (status, _, body) = get(&setup, "/healthz", None);
@@ -75,7 +85,7 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
     assert!(studies.windows(2).all(|w| key(&w[0]) <= key(&w[1])), "not in reading order: {listed}");
     let priorities: Vec<&str> = studies.iter().map(|s| s["priority"].as_str().unwrap()).collect();
     assert!(priorities.contains(&"routine") && priorities.iter().any(|p| *p != "routine"), "{priorities:?}");
-    assert!(studies.iter().all(|s| s["state"] == "analysed" && s["delivery"] == "none"), "{listed}");
+    assert!(studies.iter().all(|s| s["state"] == "analysed" && s["delivery"] == "delivered"), "{listed}");
 
     // aging: a routine study that waited three hours is listed with the review ones, first of them
     let routine = studies.iter().rev().find(|s| s["priority"] == "routine").unwrap();
@@ -110,6 +120,8 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
     let detail = get_json(&setup, &format!("/api/studies/{first}"));
     let instance = &detail["instances"][0];
     assert_eq!(instance["priority"], studies[0]["priority"], "{detail}");
+    let objects = instance["objects"].as_array().unwrap();
+    assert!(objects.iter().any(|o| o["kind"] == "seg" && o["state"] == "delivered"), "an urgent study's SEG: {detail}");
     let overlay = instance["overlay_url"].as_str().unwrap();
     let (status, head, png) = get(&setup, overlay, Some(TOKEN));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&png));
@@ -128,6 +140,9 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
         format!("pneumotriage_jobs{{state=\"done\"}} {n}"),
         format!("pneumotriage_stage_seconds_count{{stage=\"inference\"}} {n}"),
         format!("pneumotriage_model_inference_seconds_count {n}"),
+        format!("pneumotriage_deliveries{{state=\"delivered\"}} {delivered}"),
+        format!("pneumotriage_delivery_attempts_total{{outcome=\"delivered\"}} {delivered}"),
+        format!("pneumotriage_stage_seconds_count{{stage=\"deliver\"}} {delivered}"),
     ] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
@@ -148,6 +163,7 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["jobs"]["done"], n as i64, "{status}");
+    assert_eq!(status["deliveries"]["delivered"], delivered, "{status}");
     let analysed: i64 = status["results"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
     assert_eq!(analysed, n as i64, "{status}");
     let out = setup.cli(&["status"]);
@@ -159,7 +175,7 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
 #[test]
 fn the_worklist_page_lists_studies_in_priority_order() {
     let work = tempfile::tempdir().unwrap();
-    let (mut setup, node, _) = analysed_node(Backend::Sqlite, work.path());
+    let (mut setup, node, _) = analysed_node(Backend::Sqlite, work.path(), None);
     // the page itself holds no data; without a token it asks for one, so this node has none
     drop(node);
     setup.http = String::new();

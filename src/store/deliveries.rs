@@ -162,6 +162,16 @@ impl Store {
 
     /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
     /// Returns how many were re-queued.
+    /// Deliveries not yet done, by destination (to warn of those a configuration no longer names).
+    pub async fn unfinished_deliveries_by_destination(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT destination, COUNT(*) FROM deliveries WHERE state IN ('pending', 'sending') \
+             GROUP BY destination ORDER BY destination",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub async fn requeue_failed_deliveries(&self, id: Option<i64>) -> Result<u64> {
         let now = now_ms();
         let done = sqlx::query(
