@@ -1,4 +1,4 @@
-//! Read-only views for the CLI (`studies`, `instances`) and, later, the HTTP API.
+//! Read-only views for the CLI (`studies`, `instances`); the worklist has its own (`worklist.rs`).
 
 use serde::Serialize;
 
