@@ -54,11 +54,7 @@ pub fn build(request: &ScRequest) -> Result<FileDicomObject<InMemDicomObject>, B
     let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
     let (c, s) = (request.classifier, request.segmenter);
     let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
-    let derived = |role: &str| {
-        let mut parts = key.to_vec();
-        parts.push(role);
-        uid::derive(request.uid_root, &parts)
-    };
+    let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
 
     let outlined = overlay::outlined_rgb(display, Some(request.mask));
     let (pixels, rows) =

@@ -89,11 +89,7 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
         model.version.as_str(),
         model.sha256.as_str(),
     ];
-    let derived = |role: &str| {
-        let mut parts = key.to_vec();
-        parts.push(role);
-        uid::derive(request.uid_root, &parts)
-    };
+    let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
     let sop_instance = derived("seg instance");
 
     let mut obj = InMemDicomObject::new_empty();

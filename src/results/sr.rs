@@ -152,11 +152,7 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
     let study = source_text(src, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
     let (c, s) = (request.classifier, request.segmenter);
     let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
-    let derived = |role: &str| {
-        let mut parts = key.to_vec();
-        parts.push(role);
-        uid::derive(request.uid_root, &parts)
-    };
+    let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
     let present = request.decision != Decision::Negative;
     let (priority_code, priority_meaning) = act_priority(request.priority);
 
