@@ -25,12 +25,15 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
 // Absolute paths: a Python virtual environment's pynetdicom may shadow the names.
+mod support;
+use support::{env_usize, Kids};
+
 const STORESCU: &str = "/usr/bin/storescu";
 const STORESCP: &str = "/usr/bin/storescp";
 const PNEUMOTRIAGE: &str = env!("CARGO_BIN_EXE_pneumotriage");
@@ -63,18 +66,6 @@ impl Receiver {
             &[Receiver::Pneumotriage, Receiver::Storescp]
         } else {
             &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::StorescpFork]
-        }
-    }
-}
-
-/// Child processes, killed and reaped when dropped (also on errors), so that none outlives the run.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -274,13 +265,6 @@ fn dataset(n: usize) -> Result<Vec<PathBuf>> {
     files.sort();
     ensure!(files.len() == n, "{} holds {} files, not {n}: delete it to regenerate", dir.display(), files.len());
     Ok(files)
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),
-        Err(_) => Ok(default),
-    }
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {

@@ -30,20 +30,11 @@ use anyhow::{bail, ensure, Context, Result};
 use dicom_dictionary_std::tags;
 use pneumotriage::dicom::scu::{self, Peer};
 
+mod support;
+use support::{env_usize, Kids};
+
 const PNEUMOTRIAGE: &str = env!("CARGO_BIN_EXE_pneumotriage");
 const STORESCP: &str = "/usr/bin/storescp";
-
-/// Child processes killed when dropped.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A node delivering to a storescp, in a temporary directory.
 struct Rig {
@@ -247,13 +238,6 @@ fn dataset(n: usize) -> Result<Vec<(PathBuf, String, String)>> {
     ensure!(files.len() >= n, "{} holds {} images, not {n}: delete it to regenerate", dir.display(), files.len());
     files.truncate(n);
     Ok(files)
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// The `p`-th percentile (nearest rank) of `xs`, in milliseconds.

@@ -80,7 +80,7 @@ def parse(path):
         result["algorithms"].append(dict(role="classifier", **_algorithm(grp)))
         break
 
-    # ---- optional region group referencing the SEG (TID 1410 or, alternatively, TID 1411)
+    # ---- optional region group referencing the SEG's frame (TID 1410, as the node writes it)
     for grp in report.get_planar_roi_measurement_groups(
             finding_type=codes.SCT.Pneumothorax,
             reference_type=codes.DCM.ReferencedSegmentationFrame):
@@ -99,17 +99,6 @@ def parse(path):
             result["source_image_sop_instance_uid"] = str(ref[1].referenced_sop_instance_uid)
         result["algorithms"].append(dict(role="segmenter", **_algorithm(grp)))
         break
-    else:
-        for grp in report.get_volumetric_roi_measurement_groups(
-                finding_type=codes.SCT.Pneumothorax,
-                reference_type=codes.DCM.ReferencedSegment):
-            ref = grp.referenced_segment
-            seg_item = ref[0]
-            ref_sop = seg_item.ReferencedSOPSequence[0]
-            result["seg_sop_instance_uid"] = str(ref_sop.ReferencedSOPInstanceUID)
-            result["seg_segment_number"] = int(ref_sop.ReferencedSegmentNumber)
-            result["algorithms"].append(dict(role="segmenter", **_algorithm(grp)))
-            break
 
     # ---- document-level device observer (TID 1004)
     dev = [c for c in report.get_observer_contexts(observer_type=codes.DCM.Device)]
