@@ -73,6 +73,10 @@ pub struct DicomConfig {
     /// Reject associations whose called AE title is not ours.
     pub check_called_ae: bool,
     pub max_associations: usize,
+    /// Associations at once from one address, so that one peer cannot take every slot.
+    pub max_associations_per_host: usize,
+    /// The largest data set one C-STORE may carry (and a deflated one may inflate to), in MiB.
+    pub max_dataset_mb: u64,
     /// The largest PDU we accept, announced in A-ASSOCIATE-AC.
     pub max_pdu: u32,
     /// An association with no PDU for this long is aborted.
@@ -87,6 +91,25 @@ pub struct DicomConfig {
     /// Also accept every other storage SOP class, store-only.
     pub accept_all_storage: bool,
     pub peers: Vec<Peer>,
+    /// DICOM TLS (PS3.15 BCP 195) on a port of its own.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[dicom.tls]`: a TLS listener beside (or instead of) the plain one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Where the TLS listener binds (2762 is DICOM's registered TLS port).
+    pub bind: SocketAddr,
+    /// The node's certificate chain and private key (PEM).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, every peer must present a certificate signed by one of these authorities
+    /// (PEM): mutual TLS. Unset: any client may connect, and the AE allow-list still applies.
+    pub client_ca_file: Option<PathBuf>,
+    /// true: no plain listener; DICOM only over TLS.
+    #[serde(default)]
+    pub only: bool,
 }
 
 impl Default for DicomConfig {
@@ -97,6 +120,8 @@ impl Default for DicomConfig {
             accept_any: false,
             check_called_ae: true,
             max_associations: 32,
+            max_associations_per_host: 8,
+            max_dataset_mb: 512,
             max_pdu: 131_072,
             idle_timeout_secs: 60,
             artim_timeout_secs: 30,
@@ -104,6 +129,7 @@ impl Default for DicomConfig {
             accept_secondary_capture: false,
             accept_all_storage: false,
             peers: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -114,6 +140,9 @@ impl DicomConfig {
     }
     pub fn artim_timeout(&self) -> Duration {
         Duration::from_secs(self.artim_timeout_secs)
+    }
+    pub fn max_dataset_bytes(&self) -> u64 {
+        self.max_dataset_mb * 1024 * 1024
     }
 }
 
@@ -164,6 +193,13 @@ pub struct InferenceConfig {
     pub workers: usize,
     /// Also run the models on the horizontally flipped image and average (test-time augmentation).
     pub tta_hflip: bool,
+    /// The pixel budget of one image: Rows x Columns x frames x samples above this are not
+    /// decoded (the job fails with the reason), and neither is a codestream whose own header
+    /// disagrees with Rows and Columns.
+    pub max_pixels: u64,
+    /// A job that was being analysed when the node died this many times is quarantined (failed,
+    /// and never taken again), so that an image that kills the node cannot do it at every restart.
+    pub quarantine_after: u32,
     pub classifier_threshold: Option<f32>,
     pub mask_threshold: Option<f32>,
     pub min_mask_area_px: Option<u32>,
@@ -181,6 +217,8 @@ impl Default for InferenceConfig {
             threads: 1,
             workers: 1,
             tta_hflip: false,
+            max_pixels: 50_000_000,
+            quarantine_after: 2,
             classifier_threshold: None,
             mask_threshold: None,
             min_mask_area_px: None,
@@ -434,6 +472,34 @@ impl Config {
         }
         if self.dicom.max_associations == 0 {
             bad("dicom.max_associations", "must be at least 1".into());
+        }
+        if let Some(tls) = &self.dicom.tls {
+            for (key, file) in [
+                ("cert_file", Some(&tls.cert_file)),
+                ("key_file", Some(&tls.key_file)),
+                ("client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(file) = file {
+                    if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                        bad(&format!("dicom.tls.{key}"), format!("{}: {e}", self.resolve(file).display()));
+                    }
+                }
+            }
+            if !tls.only && tls.bind == self.dicom.bind {
+                bad("dicom.tls.bind", "is the plain listener's address (dicom.bind)".into());
+            }
+        }
+        if self.dicom.max_associations_per_host == 0 {
+            bad("dicom.max_associations_per_host", "must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.dicom.max_dataset_mb) {
+            bad("dicom.max_dataset_mb", format!("{} is out of range (1 to 4096 MiB)", self.dicom.max_dataset_mb));
+        }
+        if self.inference.max_pixels < 64 * 64 {
+            bad("inference.max_pixels", "must be at least 4096 (64 x 64)".into());
+        }
+        if self.inference.quarantine_after == 0 {
+            bad("inference.quarantine_after", "must be at least 1".into());
         }
         if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu) {
             bad("dicom.max_pdu", format!("{} is out of range (4096 to 16777216 bytes)", self.dicom.max_pdu));

@@ -64,7 +64,7 @@ pub fn peer(config: &Config, i: usize) -> Result<Peer, String> {
         Some(tls) => {
             let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
             let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
-            let client = scu::tls_client_config(
+            let client = crate::dicom::tls::client_config(
                 &config.resolve(&tls.ca_file),
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )

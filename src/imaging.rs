@@ -8,6 +8,10 @@
 //! MONOCHROME1).
 
 use dicom_core::Tag;
+
+use crate::scan::{self, ScanError};
+
+mod codestream;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
@@ -24,6 +28,101 @@ pub enum ImagingError {
     Invalid(&'static str),
     #[error("cannot resize: {0}")]
     Resize(String),
+    /// Larger than `inference.max_pixels`: not decoded.
+    #[error("{pixels} pixels exceed the pixel budget of {limit} (inference.max_pixels)")]
+    OverBudget { pixels: u64, limit: u64 },
+    /// The pixel data contradicts the data set (a codestream that claims another size): not decoded.
+    #[error("pixel data inconsistent with the data set: {0}")]
+    Inconsistent(String),
+    /// The data set failed the bounded structure check.
+    #[error("{0}")]
+    Refused(#[source] ScanError),
+    #[error("cannot read the file: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Opens a stored data set for analysis, checking it first: its structure within the scan's
+/// limits ([`crate::scan`]), then dicom-rs parses it, leaving out the large values the node does
+/// not use. Call [`check_pixels`] on it before decoding.
+pub fn open_checked(
+    path: &std::path::Path,
+    max_dataset_bytes: u64,
+) -> Result<FileDicomObject<InMemDicomObject>, ImagingError> {
+    let scanned = scan::scan_file(path, max_dataset_bytes).map_err(|e| match e {
+        ScanError::Io(io) => ImagingError::Io(io),
+        other => ImagingError::Refused(other),
+    })?;
+    scan::read_without_large_values(path, &scanned).map_err(|e| match e {
+        scan::ReadError::Io(io) => ImagingError::Io(io),
+        dicom => ImagingError::Decode(dicom.to_string()),
+    })
+}
+
+/// The pixel budget and the codestream check, on the attributes the decoder will read: Rows x
+/// Columns x frames x samples within `max_pixels`, native pixel data as long as they need, and
+/// a compressed frame's own header (JPEG, JPEG-LS, JPEG 2000; RLE's segment table) in agreement
+/// with them. No decoder may run before it: decoders size their buffers from the codestream.
+pub fn check_pixels(obj: &FileDicomObject<InMemDicomObject>, max_pixels: u64) -> Result<(), ImagingError> {
+    let Ok(pixel_data) = obj.element(tags::PIXEL_DATA) else { return Err(ImagingError::Invalid("Pixel Data")) };
+    let number = |tag| obj.element(tag).ok().map(|e| e.to_int::<u32>().ok());
+    let (Some(Some(rows @ 1..)), Some(Some(columns @ 1..))) = (number(tags::ROWS), number(tags::COLUMNS)) else {
+        return Err(ImagingError::Invalid("Rows / Columns"));
+    };
+    let (Some(Some(samples @ 1..)), Some(Some(bits_allocated @ 1..))) =
+        (number(tags::SAMPLES_PER_PIXEL), number(tags::BITS_ALLOCATED))
+    else {
+        return Err(ImagingError::Invalid("Samples per Pixel / Bits Allocated"));
+    };
+    let frames = match number(tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(Some(n @ 1..)) => n,
+        Some(_) => return Err(ImagingError::Invalid("Number of Frames")),
+    };
+    let pixels = rows as u64 * columns as u64 * frames as u64 * samples as u64;
+    if pixels > max_pixels {
+        return Err(ImagingError::OverBudget { pixels, limit: max_pixels });
+    }
+    let Some(fragments) = pixel_data.value().fragments() else {
+        let needed = pixels * bits_allocated.div_ceil(8) as u64;
+        let length = pixel_data.value().to_bytes().map(|b| b.len() as u64).unwrap_or(0);
+        if length < needed {
+            return Err(ImagingError::Inconsistent(format!("{length} bytes of native pixel data, {needed} needed")));
+        }
+        return Ok(());
+    };
+    let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
+    if transfer_syntax == dicom_dictionary_std::uids::RLE_LOSSLESS {
+        let segments = samples as usize * bits_allocated.div_ceil(8) as usize;
+        for fragment in fragments {
+            codestream::check_rle_frame(fragment, segments, rows as usize * columns as usize)
+                .map_err(ImagingError::Inconsistent)?;
+        }
+        return Ok(());
+    }
+    let first = fragments.first().map(Vec::as_slice).unwrap_or_default();
+    let header = codestream::frame_header(transfer_syntax, first)
+        .map_err(|e| ImagingError::Inconsistent(format!("codestream header: {e}")))?;
+    if let Some(header) = header {
+        if (header.width, header.height) != (columns, rows) {
+            return Err(ImagingError::Inconsistent(format!(
+                "the codestream says {}x{}, Columns x Rows say {columns}x{rows}",
+                header.width, header.height
+            )));
+        }
+        if header.precision > bits_allocated {
+            return Err(ImagingError::Inconsistent(format!(
+                "the codestream has {}-bit samples, Bits Allocated says {bits_allocated}",
+                header.precision
+            )));
+        }
+        if header.components != samples {
+            return Err(ImagingError::Inconsistent(format!(
+                "the codestream has {} components, Samples per Pixel says {samples}",
+                header.components
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An image as displayed: one value per pixel in 0..1, 1 = bright (dense), row-major.

@@ -60,6 +60,8 @@ pub struct Recovery {
     /// Spool files that could not be registered (left in place, logged).
     pub unreadable: usize,
     pub requeued_jobs: u64,
+    /// SOP Instance UIDs of the jobs quarantined now (see `Store::recover_interrupted_jobs`).
+    pub quarantined: Vec<String>,
 }
 
 pub struct Ingest {
@@ -100,7 +102,7 @@ impl Ingest {
         let command = (sop_class_uid.clone(), sop_instance_uid.clone());
         let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &command, previous)).await;
         let (header, version, relative, size) = match placed {
-            Ok(Ok(Durable::Placed { header, version, relative, size })) => (header, version, relative, size),
+            Ok(Ok(Durable::Placed { header, version, relative, size })) => (*header, version, relative, size),
             Ok(Ok(Durable::Duplicate { version })) => {
                 let event = Event {
                     kind: "instance_duplicate",
@@ -153,9 +155,19 @@ impl Ingest {
     /// registered now (rows and a queued job, event `instance_recovered`) rather than deleted:
     /// if the sender retries, the same bytes are recognised as a duplicate. Temporary files were
     /// never acknowledged and were removed when the spool was opened. Jobs left `running` are
-    /// re-queued.
-    pub async fn recover(&self, dicom: &DicomConfig) -> Result<Recovery, crate::store::StoreError> {
-        let mut report = Recovery { requeued_jobs: self.store.requeue_abandoned_jobs().await?, ..Default::default() };
+    /// re-queued, or quarantined when the node has died while analysing them `quarantine_after`
+    /// times.
+    pub async fn recover(
+        &self,
+        dicom: &DicomConfig,
+        quarantine_after: u32,
+    ) -> Result<Recovery, crate::store::StoreError> {
+        let interrupted = self.store.recover_interrupted_jobs(quarantine_after).await?;
+        let mut report = Recovery {
+            requeued_jobs: interrupted.requeued,
+            quarantined: interrupted.quarantined,
+            ..Default::default()
+        };
         let known = self.store.known_paths().await?;
         let files = match self.spool.list() {
             Ok(f) => f,
@@ -178,8 +190,9 @@ impl Ingest {
 
     async fn register_orphan(&self, relative: &str, dicom: &DicomConfig) -> Result<(), String> {
         let absolute = self.spool.absolute(relative);
+        let spool = self.spool.clone();
         let (header, size, ts) = tokio::task::spawn_blocking(move || {
-            let (header, ts) = spool::read_header(&absolute).map_err(|e| e.to_string())?;
+            let (header, ts) = spool.read_header(&absolute).map_err(|e| e.to_string())?;
             let size = std::fs::metadata(&absolute).map_err(|e| e.to_string())?.len();
             Ok::<(InstanceHeader, u64, String), String>((header, size, ts))
         })
@@ -214,7 +227,7 @@ impl Ingest {
 /// The file half of a commit, the result of [`make_durable`].
 enum Durable {
     /// Synced and renamed into place as `relative`; its rows are still to be committed.
-    Placed { header: InstanceHeader, version: i64, relative: String, size: u64 },
+    Placed { header: Box<InstanceHeader>, version: i64, relative: String, size: u64 },
     /// The same bytes as the stored `version`: the temporary file was dropped.
     Duplicate { version: i64 },
 }
@@ -229,7 +242,10 @@ fn make_durable(
 ) -> Result<Durable, Outcome> {
     let out_of_resources = |e: SpoolError| refused(status::OUT_OF_RESOURCES, e.to_string());
     temp.sync().map_err(out_of_resources)?;
-    let (header, _) = spool::read_header(temp.path()).map_err(|e| refused(status::CANNOT_UNDERSTAND, e.to_string()))?;
+    let (header, _) = spool.read_header(temp.path()).map_err(|e| match e {
+        SpoolError::Invalid(scan) if scan.is_invalid_data() => refused(status::CANNOT_UNDERSTAND, scan.to_string()),
+        other => out_of_resources(other),
+    })?;
     if &header.sop_instance_uid != sop_instance_uid {
         return Err(refused(status::DATA_SET_MISMATCH, "SOP Instance UID of the data set differs from the command's"));
     }
@@ -248,7 +264,7 @@ fn make_durable(
         .map_err(|e| refused(status::CANNOT_UNDERSTAND, e.to_string()))?;
     let size = temp.file_size().map_err(out_of_resources)?;
     spool.place(&mut temp, &relative).map_err(out_of_resources)?;
-    Ok(Durable::Placed { header, version, relative, size })
+    Ok(Durable::Placed { header: Box::new(header), version, relative, size })
 }
 
 /// The version encoded in a spool file name: `<uid>.dcm` is 1, `<uid>.v<N>.dcm` is N.

@@ -9,9 +9,11 @@ pub mod http;
 pub mod imaging;
 pub mod inference;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod results;
+pub mod scan;
 pub mod spool;
 pub mod store;
 

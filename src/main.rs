@@ -13,11 +13,11 @@ use pneumotriage::dicom::scp::Scp;
 use pneumotriage::http::{AppState, Readiness};
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::ingest::Ingest;
-use pneumotriage::pipeline::{make_objects, OutputSettings, Pipeline};
+use pneumotriage::pipeline::{make_objects, Limits, OutputSettings, Pipeline};
 use pneumotriage::results::overlay;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Store};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "pneumotriage", version, about = "DICOM node that triages chest radiographs for pneumothorax")]
@@ -101,6 +101,13 @@ enum Command {
         #[arg(long)]
         all_failed: bool,
     },
+    /// Analyse a failed or quarantined image again: its job goes back in the queue.
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The instance's ID (the ID column of `instances`).
+        instance: i64,
+    },
     /// Summarise the node's work: analysis queue, results by priority, deliveries by state.
     Status {
         #[command(flatten)]
@@ -125,14 +132,7 @@ enum Command {
 fn main() -> ExitCode {
     pneumotriage::keep_freed_memory();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,ort=warn,jpeg2k=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    pneumotriage::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -147,6 +147,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The TLS listener's acceptor (`[dicom.tls]`), its files read; an error names the key.
+fn listener_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    let Some(tls) = &config.dicom.tls else { return Ok(None) };
+    let client_ca = tls.client_ca_file.as_ref().map(|f| config.resolve(f));
+    pneumotriage::dicom::tls::server_config(
+        &config.resolve(&tls.cert_file),
+        &config.resolve(&tls.key_file),
+        client_ca.as_deref(),
+    )
+    .map(|server| Some(tokio_rustls::TlsAcceptor::from(server)))
+    .map_err(|e| format!("{}: dicom.tls: {e}", config.source))
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, pneumotriage::config::ConfigError> {
@@ -165,7 +178,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         | Command::Evaluate { config, .. }
         | Command::Deliveries { config, .. }
         | Command::Status { config, .. }
-        | Command::Retry { config, .. } => config,
+        | Command::Retry { config, .. }
+        | Command::Requeue { config, .. } => config,
     };
     let config = match load(config_arg) {
         Ok(c) => c,
@@ -186,6 +200,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             problems
                 .extend((0..config.destinations.len()).filter_map(|i| pneumotriage::delivery::peer(&config, i).err()));
+            problems.extend(listener_tls(&config).err());
             if !problems.is_empty() {
                 for problem in &problems {
                     eprintln!("{problem}");
@@ -308,6 +323,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
+            }
+        }
+        Command::Requeue { instance, .. } => {
+            let store = connect(&config).await?;
+            if store.requeue_failed_job(instance).await? {
+                println!("instance {instance} re-queued; a running node analyses it within seconds");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: instance {instance} has no failed analysis job");
+                Ok(ExitCode::FAILURE)
             }
         }
         Command::Instances { json, limit, study, .. } => {
@@ -546,16 +571,34 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    let tls_acceptor = match listener_tls(&config) {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let spool_dir = config.spool_dir();
-    let (spool, removed) = Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024)
-        .with_context(|| format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source))?;
+    let (spool, removed) =
+        Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024, config.dicom.max_dataset_bytes())
+            .with_context(|| {
+                format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source)
+            })?;
     if removed > 0 {
         info!(removed, "removed incomplete temporary files (never acknowledged)");
     }
     let store = connect(&config).await?;
     let spool = Arc::new(spool);
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
-    let recovery = ingest.recover(&config.dicom).await.context("start-up recovery")?;
+    let recovery =
+        ingest.recover(&config.dicom, config.inference.quarantine_after).await.context("start-up recovery")?;
+    for sop_instance_uid in &recovery.quarantined {
+        error!(
+            sop_instance_uid = %sop_instance_uid,
+            times = config.inference.quarantine_after,
+            "quarantined an image: the node stopped every time it analysed it; it is not analysed again"
+        );
+    }
     if recovery.registered > 0 || recovery.requeued_jobs > 0 || recovery.unreadable > 0 {
         warn!(
             registered = recovery.registered,
@@ -564,9 +607,24 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             "recovered from an unclean stop"
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.dicom.bind)
-        .await
-        .with_context(|| format!("cannot listen on dicom.bind = {} ({})", config.dicom.bind, config.source))?;
+    let plain_listener = if config.dicom.tls.as_ref().is_some_and(|t| t.only) {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(config.dicom.bind)
+                .await
+                .with_context(|| format!("cannot listen on dicom.bind = {} ({})", config.dicom.bind, config.source))?,
+        )
+    };
+    let tls_listener = match (&config.dicom.tls, tls_acceptor) {
+        (Some(tls), Some(acceptor)) => Some((
+            tokio::net::TcpListener::bind(tls.bind)
+                .await
+                .with_context(|| format!("cannot listen on dicom.tls.bind = {} ({})", tls.bind, config.source))?,
+            acceptor,
+        )),
+        _ => None,
+    };
     let resent = store.requeue_abandoned_deliveries().await.context("start-up recovery")?;
     if resent > 0 {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
@@ -596,9 +654,20 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config)));
+    let limits = Limits {
+        max_dataset_bytes: config.dicom.max_dataset_bytes(),
+        max_pixels: config.inference.max_pixels,
+        quarantine_after: config.inference.quarantine_after,
+    };
+    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, OutputSettings::of(&config), limits));
     let outbox = Outbox::start(store.clone(), &config).map_err(anyhow::Error::msg)?;
-    info!(ae_title = %config.dicom.ae_title, bind = %listener.local_addr()?, "DICOM listener ready");
+    let address = |l: Option<&tokio::net::TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+    info!(
+        ae_title = %config.dicom.ae_title,
+        bind = address(plain_listener.as_ref()).unwrap_or_else(|| "off".into()),
+        tls_bind = address(tls_listener.as_ref().map(|(l, _)| l)).unwrap_or_else(|| "off".into()),
+        "DICOM listener ready"
+    );
     readiness.listening.store(true, Ordering::Relaxed);
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let watchdog = start_watchdog();
@@ -610,7 +679,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         signal_readiness.stopping.store(true, Ordering::Relaxed);
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
     };
-    scp.serve(listener, stop_on_signal).await;
+    scp.serve(plain_listener, tls_listener, stop_on_signal).await;
     readiness.listening.store(false, Ordering::Relaxed);
     if let Some(pipeline) = pipeline {
         pipeline.shutdown().await;

@@ -85,9 +85,12 @@ fn stage(name: &'static str, took: Duration) {
     METRICS.stage_seconds.get_or_create(&vec![("stage", name.into())]).observe(took.as_secs_f64());
 }
 
-/// The registry in Prometheus' text format, followed by gauges read now: `(name, help, label,
-/// [(label value, value)])`, e.g. the jobs by state.
-pub fn render(gauges: &[(&str, &str, &'static str, Vec<(String, i64)>)]) -> String {
+/// A gauge family read at scrape time: `(name, help, label, [(label value, value)])`, e.g. the
+/// jobs by state.
+pub type ReadGauge<'a> = (&'a str, &'a str, &'static str, Vec<(String, i64)>);
+
+/// The registry in Prometheus' text format, followed by gauges read now.
+pub fn render(gauges: &[ReadGauge<'_>]) -> String {
     let mut out = String::new();
     let mut now = Registry::with_prefix("pneumotriage");
     for (name, help, label, values) in gauges {

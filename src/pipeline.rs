@@ -1,30 +1,32 @@
 //! The workers that take a received instance from "queued" to a result (design.md §3).
 //!
-//! One async task claims jobs from the database and hands them over a bounded channel to the
-//! inference threads, each with its own model sessions; a burst of arrivals waits in the
-//! database, not in memory. A worker reads the spool file, checks applicability, runs the
-//! cascade and writes the result, or ends the job with its reason:
+//! Each inference thread, with its own model sessions, claims jobs from the database itself;
+//! a burst of arrivals waits in the database, not in memory. A worker checks the spool file
+//! (its structure, its pixel budget, its codestream header: `imaging::open_checked`), checks
+//! applicability, runs the cascade and writes the result, or ends the job with its reason:
 //! - not applicable or not grayscale: `skipped`;
-//! - unreadable file, corrupt pixel data, a panic in the analysis: `failed` at once (a poisoned
-//!   image fails alone and the worker goes on);
+//! - unreadable file, a data set over the limits, corrupt pixel data, a panic in the analysis:
+//!   `failed` at once (a poisoned image fails alone and the worker goes on);
+//! - a job that was being analysed when the node died `inference.quarantine_after` times:
+//!   quarantined (failed, marked, never taken again), so that no image crash-loops the node;
+//! - a database error while recording what became of a job: retried promptly with backoff;
 //! - an ONNX Runtime error or an I/O error: retried with backoff, `failed` after
 //!   [`MAX_ATTEMPTS`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, OutputsConfig, Policy, SrPolicy};
-use crate::imaging::ImagingError;
+use crate::imaging::{self, ImagingError};
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
 use crate::inference::decision::Decision;
 use crate::results::{sc, seg, sr};
@@ -89,19 +91,33 @@ pub enum Verdict {
 /// The running pipeline; [`Pipeline::shutdown`] stops it.
 pub struct Pipeline {
     stop: watch::Sender<bool>,
-    stopping: Arc<AtomicBool>,
-    claimer: tokio::task::JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
     store: Store,
 }
 
+/// What the workers are bound by.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `dicom.max_dataset_mb` in bytes: a stored data set (or a deflated one inflated) is no larger.
+    pub max_dataset_bytes: u64,
+    /// `inference.max_pixels`.
+    pub max_pixels: u64,
+    /// `inference.quarantine_after`.
+    pub quarantine_after: u32,
+}
+
 impl Pipeline {
-    /// Starts one inference thread per analyzer and the claiming task.
-    pub fn start(store: Store, spool: Arc<Spool>, analyzers: Vec<Analyzer>, outputs: OutputSettings) -> Pipeline {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<ClaimedJob>(analyzers.len().max(1));
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    /// Starts one inference thread per analyzer. Each claims its own jobs, so a job is `running`
+    /// only while a worker analyses it: the crash-loop breaker counts exactly the jobs that were
+    /// in a worker's hands when the node died.
+    pub fn start(
+        store: Store,
+        spool: Arc<Spool>,
+        analyzers: Vec<Analyzer>,
+        outputs: OutputSettings,
+        limits: Limits,
+    ) -> Pipeline {
         let (stop, stop_rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
         let handle = Handle::current();
         let workers = analyzers
             .into_iter()
@@ -113,10 +129,10 @@ impl Pipeline {
                     analyzer,
                     spool: spool.clone(),
                     store: store.clone(),
-                    jobs: jobs_rx.clone(),
-                    stopping: stopping.clone(),
+                    stop: stop_rx.clone(),
                     runtime: handle.clone(),
                     outputs: outputs.clone(),
+                    limits,
                 };
                 std::thread::Builder::new()
                     .name(format!("inference-{n}"))
@@ -124,58 +140,18 @@ impl Pipeline {
                     .expect("cannot start an inference thread")
             })
             .collect();
-        let claimer = tokio::spawn(claim_jobs(store.clone(), jobs_tx, stop_rx));
-        Pipeline { stop, stopping, claimer, workers, store }
+        Pipeline { stop, workers, store }
     }
 
-    /// Stops claiming, lets each worker finish the image in hand, and puts back in the queue the
-    /// jobs claimed but not started.
+    /// Stops claiming and lets each worker finish the image in hand.
     pub async fn shutdown(self) {
-        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
-        let _ = self.claimer.await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
-        match self.store.requeue_abandoned_jobs().await {
+        match self.store.requeue_unstarted_jobs().await {
             Ok(n) if n > 0 => info!(requeued = n, "jobs claimed but not analysed were put back in the queue"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not re-queue claimed jobs; they return when their lease expires"),
-        }
-    }
-}
-
-/// Claims due jobs while a worker can take one; sleeps until a job is queued or the poll
-/// interval passes.
-async fn claim_jobs(store: Store, jobs: mpsc::Sender<ClaimedJob>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let permit = tokio::select! {
-            permit = jobs.reserve() => match permit { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
-        match store.claim_job(LEASE).await {
-            Ok(Some(job)) => {
-                debug!(job = job.id, attempt = job.attempts, "job claimed");
-                permit.send(job);
-                backoff = Duration::from_millis(500);
-            }
-            Ok(None) => {
-                drop(permit);
-                tokio::select! {
-                    _ = store.jobs_queued().notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-            Err(e) => {
-                drop(permit);
-                warn!(error = %e, "cannot claim analysis jobs; retrying in {backoff:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
         }
     }
 }
@@ -184,29 +160,71 @@ struct Worker {
     analyzer: Analyzer,
     spool: Arc<Spool>,
     store: Store,
-    jobs: Arc<Mutex<mpsc::Receiver<ClaimedJob>>>,
-    stopping: Arc<AtomicBool>,
+    /// Becomes true at shutdown.
+    stop: watch::Receiver<bool>,
     runtime: Handle,
     outputs: OutputSettings,
+    limits: Limits,
 }
 
 impl Worker {
     fn run(mut self) {
-        loop {
-            let job = match self.jobs.lock() {
-                Ok(mut jobs) => jobs.blocking_recv(),
-                Err(_) => None,
-            };
-            // Jobs still in the channel at shutdown are re-queued by `Pipeline::shutdown`.
-            let Some(job) = job.filter(|_| !self.stopping.load(Ordering::SeqCst)) else { return };
-            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job, &self.outputs);
-            self.runtime.block_on(self.record(&job, verdict));
+        while let Some(job) = self.runtime.clone().block_on(self.next_job()) {
+            if job.interruptions >= i64::from(self.limits.quarantine_after) {
+                // taken over from a node that died while analysing it, as often as we allow
+                let reason = format!(
+                    "quarantined: a node stopped {} time(s) while analysing this image; it is not analysed again",
+                    job.interruptions
+                );
+                error!(job = job.id, instance = job.instance_id, %reason, "job quarantined");
+                let store = self.store.clone();
+                self.runtime
+                    .clone()
+                    .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
+                continue;
+            }
+            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job, &self.outputs, &self.limits);
+            self.runtime.clone().block_on(self.record(&job, verdict));
         }
     }
 
-    async fn record(&self, job: &ClaimedJob, verdict: Verdict) {
-        let store = &self.store;
-        let (what, written) = match verdict {
+    /// Claims the next due job; waits for one (a queued-job signal or the poll interval), and
+    /// backs off while the database is unreachable. `None` once the pipeline stops.
+    async fn next_job(&mut self) -> Option<ClaimedJob> {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if *self.stop.borrow() {
+                return None;
+            }
+            let queued = self.store.jobs_queued().notified();
+            match self.store.claim_job(LEASE).await {
+                Ok(Some(job)) => {
+                    debug!(job = job.id, attempt = job.attempts, "job claimed");
+                    return Some(job);
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = queued => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot claim analysis jobs; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn record(&mut self, job: &ClaimedJob, verdict: Verdict) {
+        let store = self.store.clone();
+        match verdict {
             Verdict::Analysed(analysis, objects) => {
                 let result = new_result(&self.analyzer, &analysis);
                 let outputs = match write_objects(&self.outputs, objects) {
@@ -214,8 +232,8 @@ impl Worker {
                     Err(e) => {
                         // The disk is full or unwritable: try again later rather than lose the objects.
                         warn!(job = job.id, error = %e, "cannot write the result's objects; will retry");
-                        let _ =
-                            store.retry_job(job, &format!("cannot write outputs: {e}"), Duration::from_secs(30)).await;
+                        let reason = format!("cannot write outputs: {e}");
+                        self.persist(job, "retry", || store.retry_job(job, &reason, Duration::from_secs(30))).await;
                         return;
                     }
                 };
@@ -237,33 +255,62 @@ impl Worker {
                     ("inference", t.inference_ms),
                     ("postprocess", t.postprocess_ms),
                 ];
-                crate::metrics::result(result.decision, result.priority, stages.map(|(n, ms)| (n, ms as f64)));
-                ("result", store.record_result(job, &result, &outputs).await)
+                crate::metrics::result(result.decision, result.priority, stages);
+                self.persist(job, "result", || store.record_result(job, &result, &outputs)).await;
             }
             Verdict::Skipped(reason) => {
                 info!(job = job.id, instance = job.instance_id, %reason, "skipped");
-                ("skip", store.end_job(job, JobEnd::Skipped, &reason).await)
+                self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
             }
             Verdict::Failed(reason) => {
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
-                ("failure", store.end_job(job, JobEnd::Failed, &reason).await)
+                self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
             }
             Verdict::Transient(reason) if job.attempts >= MAX_ATTEMPTS => {
                 let reason = format!("gave up after {} attempts: {reason}", job.attempts);
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
-                ("failure", store.end_job(job, JobEnd::Failed, &reason).await)
+                self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
             }
             Verdict::Transient(reason) => {
                 let delay = Duration::from_secs(5 << (job.attempts.clamp(1, 6) - 1));
                 warn!(job = job.id, attempt = job.attempts, %reason, "analysis will be retried in {delay:?}");
-                ("retry", store.retry_job(job, &reason, delay).await)
+                self.persist(job, "retry", || store.retry_job(job, &reason, delay)).await;
             }
-        };
-        match written {
-            Ok(true) => {}
-            Ok(false) => warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded"),
-            // The job stays claimed; it is taken up again when its lease expires (or at restart).
-            Err(e) => error!(job = job.id, error = %e, "cannot record the job's {what}"),
+        }
+    }
+
+    /// Writes what became of a job, retrying with backoff while the database fails, so that a
+    /// short outage delays the job by the outage and not by its lease. Gives up (leaving the job
+    /// to its lease, or to the restart) at shutdown or when half the lease has passed.
+    async fn persist<F, Fut>(&mut self, job: &ClaimedJob, what: &str, mut write: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<bool>>,
+    {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match write().await {
+                Ok(true) => return,
+                Ok(false) => {
+                    return warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded")
+                }
+                Err(e) if *self.stop.borrow() || started.elapsed() + delay > LEASE / 2 => {
+                    return error!(
+                        job = job.id,
+                        error = %e,
+                        "cannot record the job's {what}; it is taken up again when its lease expires or at restart"
+                    );
+                }
+                Err(e) => {
+                    warn!(job = job.id, error = %e, "cannot record the job's {what}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
         }
     }
 }
@@ -412,7 +459,13 @@ pub fn dicom_now() -> (String, String) {
 }
 
 /// Reads a job's spool file and analyses it; never panics.
-pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob, outputs: &OutputSettings) -> Verdict {
+pub fn analyse_job(
+    analyzer: &mut Analyzer,
+    spool: &Spool,
+    job: &ClaimedJob,
+    outputs: &OutputSettings,
+    limits: &Limits,
+) -> Verdict {
     let path = spool.absolute(&job.path);
     match std::fs::metadata(&path) {
         Ok(_) => {}
@@ -421,23 +474,10 @@ pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob, out
         }
         Err(e) => return Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
     }
-    let obj = match dicom_object::open_file(&path) {
-        Ok(obj) => obj,
-        Err(e) => return Verdict::Failed(format!("cannot read it as DICOM: {e}")),
-    };
-    if let Some(reason) = not_applicable(&obj) {
-        return Verdict::Skipped(format!("not applicable: {reason}"));
-    }
-    match catch_unwind(AssertUnwindSafe(|| analyzer.analyze(&obj))) {
-        Ok(Ok(analysis)) => {
-            let made = make_objects(analyzer, &obj, &analysis, outputs, &job.path);
-            Verdict::Analysed(Box::new(analysis), made)
-        }
-        Ok(Err(AnalyzeError::Imaging(ImagingError::NotGrayscale(why)))) => {
-            Verdict::Skipped(format!("not applicable: {why}"))
-        }
-        Ok(Err(AnalyzeError::Imaging(e))) => Verdict::Failed(e.to_string()),
-        Ok(Err(AnalyzeError::Runtime(e))) => Verdict::Transient(e.to_string()),
+    // Reading, decoding, the models and the objects run on untrusted bytes: a panic anywhere in
+    // them fails this image alone, and the worker goes on.
+    match catch_unwind(AssertUnwindSafe(|| analyse_file(analyzer, &path, job, outputs, limits))) {
+        Ok(verdict) => verdict,
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -446,6 +486,38 @@ pub fn analyse_job(analyzer: &mut Analyzer, spool: &Spool, job: &ClaimedJob, out
                 .unwrap_or_else(|| "unknown".into());
             Verdict::Failed(format!("internal error while analysing: {message}"))
         }
+    }
+}
+
+fn analyse_file(
+    analyzer: &mut Analyzer,
+    path: &std::path::Path,
+    job: &ClaimedJob,
+    outputs: &OutputSettings,
+    limits: &Limits,
+) -> Verdict {
+    // the structure is checked before dicom-rs parses the bytes, the pixels before a decoder does
+    let obj = match imaging::open_checked(path, limits.max_dataset_bytes) {
+        Ok(obj) => obj,
+        Err(ImagingError::Io(e)) => return Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
+        Err(e) => return Verdict::Failed(e.to_string()),
+    };
+    if let Some(reason) = not_applicable(&obj) {
+        return Verdict::Skipped(format!("not applicable: {reason}"));
+    }
+    if let Err(e) = imaging::check_pixels(&obj, limits.max_pixels) {
+        return Verdict::Failed(e.to_string());
+    }
+    match analyzer.analyze(&obj) {
+        Ok(analysis) => {
+            let made = make_objects(analyzer, &obj, &analysis, outputs, &job.path);
+            Verdict::Analysed(Box::new(analysis), made)
+        }
+        Err(AnalyzeError::Imaging(ImagingError::NotGrayscale(why))) => {
+            Verdict::Skipped(format!("not applicable: {why}"))
+        }
+        Err(AnalyzeError::Imaging(e)) => Verdict::Failed(e.to_string()),
+        Err(AnalyzeError::Runtime(e)) => Verdict::Transient(e.to_string()),
     }
 }
 

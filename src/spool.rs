@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
-use dicom_object::OpenFileOptions;
 
+use crate::scan::{self, ScanError};
 use crate::store::InstanceHeader;
 
 /// Where temporary files live until they are complete and durable.
@@ -32,8 +32,8 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot write the file meta header: {0}")]
     Meta(String),
-    #[error("the data set cannot be parsed: {0}")]
-    Unparseable(String),
+    #[error("the data set is refused: {0}")]
+    Invalid(#[source] ScanError),
     #[error("{0}")]
     InvalidUid(String),
 }
@@ -47,6 +47,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 pub struct Spool {
     root: PathBuf,
     min_free_bytes: u64,
+    /// The largest data set kept (`dicom.max_dataset_mb`); also bounds a deflated one inflated.
+    max_dataset_bytes: u64,
     counter: AtomicU64,
 }
 
@@ -64,7 +66,7 @@ pub struct TempInstance {
 impl Spool {
     /// Opens (creating if needed) the spool at `root` and removes incomplete temporary files,
     /// which were never acknowledged. Returns the spool and how many such files it removed.
-    pub fn open(root: &Path, min_free_bytes: u64) -> Result<(Spool, usize), SpoolError> {
+    pub fn open(root: &Path, min_free_bytes: u64, max_dataset_bytes: u64) -> Result<(Spool, usize), SpoolError> {
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let mut removed = 0;
@@ -76,7 +78,7 @@ impl Spool {
             }
         }
         let root = root.canonicalize().map_err(io_err(root))?;
-        Ok((Spool { root, min_free_bytes, counter: AtomicU64::new(0) }, removed))
+        Ok((Spool { root, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0) }, removed))
     }
 
     pub fn root(&self) -> &Path {
@@ -85,6 +87,16 @@ impl Spool {
 
     pub fn absolute(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
+    }
+
+    /// The largest data set the spool keeps, in bytes.
+    pub fn max_dataset_bytes(&self) -> u64 {
+        self.max_dataset_bytes
+    }
+
+    /// Walks a file's data set within the limits and reads its header; see [`read_header`].
+    pub fn read_header(&self, path: &Path) -> Result<(InstanceHeader, String), SpoolError> {
+        read_header(path, self.max_dataset_bytes)
     }
 
     /// Whether the spool can take an image now: a file written and removed in its temporary
@@ -277,38 +289,27 @@ pub fn relative_path(study_uid: &str, sop_uid: &str, version: i64) -> Result<Str
     Ok(if version <= 1 { format!("{study}/{sop}.dcm") } else { format!("{study}/{sop}.v{version}.dcm") })
 }
 
-/// Reads the attributes the database needs, and the transfer syntax, from a Part-10 file,
-/// stopping before Pixel Data.
-pub fn read_header(path: &Path) -> Result<(InstanceHeader, String), SpoolError> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| SpoolError::Unparseable(e.to_string()))?;
-    let text = |tag| -> Option<String> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-            .filter(|s| !s.is_empty())
-    };
-    let required = |tag, name: &str| text(tag).ok_or_else(|| SpoolError::Unparseable(format!("{name} is missing")));
-    let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
+/// Walks a Part-10 file's data set within the scan's limits (see [`crate::scan`]) and takes the
+/// attributes the database needs, and the transfer syntax, from it; never reads pixel data.
+/// `max_dataset_bytes` bounds a deflated data set's inflated size.
+pub fn read_header(path: &Path, max_dataset_bytes: u64) -> Result<(InstanceHeader, String), SpoolError> {
+    let scanned = scan::scan_file(path, max_dataset_bytes).map_err(SpoolError::Invalid)?;
+    let required = |tag, name: &'static str| scanned.text(tag).ok_or(SpoolError::Invalid(ScanError::Missing(name)));
     let header = InstanceHeader {
         sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID")?,
         sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
         study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
-        series_instance_uid: text(tags::SERIES_INSTANCE_UID),
-        patient_id: text(tags::PATIENT_ID),
-        patient_name: text(tags::PATIENT_NAME),
-        accession_number: text(tags::ACCESSION_NUMBER),
-        study_date: text(tags::STUDY_DATE),
-        study_description: text(tags::STUDY_DESCRIPTION),
-        modality: text(tags::MODALITY),
-        body_part: text(tags::BODY_PART_EXAMINED),
-        view_position: text(tags::VIEW_POSITION),
+        series_instance_uid: scanned.text(tags::SERIES_INSTANCE_UID),
+        patient_id: scanned.text(tags::PATIENT_ID),
+        patient_name: scanned.text(tags::PATIENT_NAME),
+        accession_number: scanned.text(tags::ACCESSION_NUMBER),
+        study_date: scanned.text(tags::STUDY_DATE),
+        study_description: scanned.text(tags::STUDY_DESCRIPTION),
+        modality: scanned.text(tags::MODALITY),
+        body_part: scanned.text(tags::BODY_PART_EXAMINED),
+        view_position: scanned.text(tags::VIEW_POSITION),
     };
-    Ok((header, transfer_syntax))
+    Ok((header, scanned.transfer_syntax))
 }
 
 /// Whether two files hold the same bytes.

@@ -153,26 +153,6 @@ fn a_refusing_destination_fails_once_until_retried(backend: Backend) {
     assert_eq!(got, made_uids(&setup));
 }
 
-/// A certificate authority, a server certificate for localhost signed by it, a client
-/// certificate for the node, and a second authority that signed none of them (openssl).
-fn make_certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let openssl = |args: &str| {
-        let out = Command::new("openssl").args(args.split(' ')).current_dir(dir).output().expect("openssl runs");
-        assert!(out.status.success(), "openssl {args}: {}", text(&out));
-    };
-    for ca in ["ca", "other-ca"] {
-        openssl(&format!("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {ca}.key -out {ca}.crt"));
-    }
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    for (name, cn) in [("pacs", "localhost"), ("node", "pneumotriage")] {
-        openssl(&format!("req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"));
-        openssl(&format!(
-            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out {name}.crt"
-        ));
-    }
-}
-
 /// Over TLS (mutual: storescp requires our certificate): delivered to the PACS whose
 /// certificate the configured authority signed; a destination configured with another
 /// authority fails once, as a permanent failure naming the certificate, and is not retried.
@@ -180,7 +160,7 @@ fn make_certificates(dir: &Path) {
 fn delivers_over_tls_and_refuses_an_unverified_server() {
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
-    make_certificates(&certs);
+    common::make_certificates(&certs);
     let positive = synthetic_positive(&work.path().join("images"));
     let pacs_port = free_port();
     let inbox = work.path().join("pacs");

@@ -41,7 +41,7 @@ fn known_ae_from_another_host_is_rejected(backend: Backend) {
 fn wrong_called_ae_is_rejected(backend: Backend) {
     let setup = Setup::new(backend);
     let _node = setup.start();
-    let err = associate_as(setup.port, "TESTSCU", "SOMEONE_ELSE", &[(CR, EXPLICIT_LE)]).err().expect("rejected");
+    let err = associate_as(setup.port, "TESTSCU", "SOMEONE_ELSE", &[(CR, EXPLICIT_LE)]).expect_err("rejected");
     assert!(err.to_string().to_lowercase().contains("reject"), "{err}");
     setup.wait_count("SELECT COUNT(*) FROM events WHERE kind = 'association_rejected'", 1);
 }
@@ -150,7 +150,7 @@ fn association_limit_rejects_transiently(backend: Backend) {
     let setup = Setup::with(backend, "", "max_associations = 1");
     let _node = setup.start();
     let first = associate(setup.port, &[(CR, EXPLICIT_LE)]).unwrap();
-    let err = associate(setup.port, &[(CR, EXPLICIT_LE)]).err().expect("the second is rejected");
+    let err = associate(setup.port, &[(CR, EXPLICIT_LE)]).expect_err("the second is rejected");
     assert!(format!("{err:?}").contains("Transient"), "{err:?}");
     first.release().unwrap();
     // the slot is freed once the node has seen the release through

@@ -2,7 +2,7 @@
 //!
 //! Command sets are always Implicit VR Little Endian (PS3.7 6.3.1).
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
@@ -57,22 +57,50 @@ fn implicit_vr_le() -> &'static dicom_encoding::TransferSyntax {
         .expect("Implicit VR Little Endian is always registered")
 }
 
+/// The largest command set accepted (all its PDV fragments together). Real ones are a few
+/// hundred bytes; a peer that sends more without marking the last fragment is aborted.
+pub const MAX_COMMAND_SET: usize = 16 * 1024;
+
 /// Parses a complete command set (all command PDV fragments joined).
+///
+/// A command set is a flat list of group 0000 elements with defined lengths, so it is read here
+/// element by element, every length checked against the bytes present: no sequence, no
+/// recursion, nothing allocated on the peer's say-so.
 pub fn parse_command(bytes: &[u8]) -> Result<Command, DimseError> {
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, implicit_vr_le())
-        .map_err(|e| DimseError::Malformed(e.to_string()))?;
-    let u16_of = |tag| -> Result<u16, DimseError> {
-        obj.element(tag)
-            .map_err(|_| DimseError::Malformed(format!("{tag} is missing")))?
-            .to_int::<u16>()
-            .map_err(|e| DimseError::Malformed(format!("{tag}: {e}")))
+    if bytes.len() > MAX_COMMAND_SET {
+        return Err(DimseError::Malformed(format!("command set of {} bytes (limit {MAX_COMMAND_SET})", bytes.len())));
+    }
+    let mut values: Vec<(Tag, &[u8])> = Vec::with_capacity(8);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Some((head, after)) = rest.split_first_chunk::<8>() else {
+            return Err(DimseError::Malformed(format!("{} stray bytes after the last element", rest.len())));
+        };
+        let tag = Tag(u16::from_le_bytes([head[0], head[1]]), u16::from_le_bytes([head[2], head[3]]));
+        let length = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if tag.group() != 0x0000 {
+            return Err(DimseError::Malformed(format!("element {tag} outside the command group")));
+        }
+        if length > after.len() {
+            return Err(DimseError::Malformed(format!(
+                "element {tag} declares {length} bytes, {} follow",
+                after.len()
+            )));
+        }
+        let (value, next) = after.split_at(length);
+        values.push((tag, value));
+        rest = next;
+    }
+    let value = |tag: Tag| values.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
+    let u16_of = |tag: Tag| -> Result<u16, DimseError> {
+        match value(tag) {
+            Some(&[a, b]) => Ok(u16::from_le_bytes([a, b])),
+            Some(other) => Err(DimseError::Malformed(format!("{tag} has {} bytes, not 2", other.len()))),
+            None => Err(DimseError::Malformed(format!("{tag} is missing"))),
+        }
     };
-    let uid_of = |tag| -> Option<String> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+    let uid_of = |tag: Tag| -> Option<String> {
+        value(tag).map(|v| String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).to_string())
     };
     Ok(Command {
         field: u16_of(tags::COMMAND_FIELD)?,
@@ -97,15 +125,23 @@ pub fn encode_response(request: &Command, status: u16, error_comment: Option<&st
         DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(NO_DATA_SET)),
         DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(status)),
     ];
-    if let Some(uid) = &request.affected_sop_class_uid {
+    // The request's UIDs are echoed only when they are UIDs: a peer's bytes go back to it only
+    // in a form the response can carry.
+    let is_uid = |uid: &&String| uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if let Some(uid) = request.affected_sop_class_uid.as_ref().filter(is_uid) {
         elements.push(DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uid.as_str())));
     }
-    if let Some(uid) = &request.affected_sop_instance_uid {
+    if let Some(uid) = request.affected_sop_instance_uid.as_ref().filter(is_uid) {
         elements.push(DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(uid.as_str())));
     }
     if let Some(comment) = error_comment {
-        // LO: at most 64 characters, no backslash.
-        let comment: String = comment.chars().filter(|c| *c != '\\').take(64).collect();
+        // LO in the default character set: at most 64 printable ASCII characters, no backslash.
+        let comment: String = comment
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .filter(|c| *c != '\\')
+            .take(64)
+            .collect();
         elements.push(DataElement::new(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(comment)));
     }
     let obj = InMemDicomObject::command_from_element_iter(elements);
@@ -145,5 +181,11 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         assert!(parse_command(&[1, 2, 3]).is_err());
+        // a length beyond the bytes present, a data set element, an oversized command set
+        let lying = [0x00, 0x00, 0x00, 0x01, 0xF0, 0xFF, 0xFF, 0xFF, 1, 0];
+        assert!(parse_command(&lying).unwrap_err().to_string().contains("declares 4294967280 bytes"));
+        let data_element = [0x08, 0x00, 0x18, 0x00, 0x02, 0x00, 0x00, 0x00, b'1', 0];
+        assert!(parse_command(&data_element).unwrap_err().to_string().contains("outside the command group"));
+        assert!(parse_command(&vec![0u8; MAX_COMMAND_SET + 8]).is_err());
     }
 }

@@ -4,8 +4,9 @@
 //! The SCP never decodes pixel data: data set fragments go to a spool file as they arrive, and
 //! `ingest` makes them durable before a Success response is sent.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dicom_ul::pdu::{
@@ -16,11 +17,12 @@ use dicom_ul::pdu::{
 use dicom_ul::Pdu;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::conformance::{self, AcceptedContext, Service};
 use super::dimse::{self, command_field, status, Command};
-use super::ul::{Connection, Incoming, PData, Pdv, UlError};
+use super::ul::{Connection, Incoming, PData, Pdv, Transport, UlError};
 use crate::config::DicomConfig;
 use crate::ingest::{Ingest, Outcome, Received};
 use crate::spool::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
@@ -35,19 +37,46 @@ pub struct Scp {
     ingest: Arc<Ingest>,
     /// Bounds concurrent associations; a permit lives as long as its association.
     associations: Arc<Semaphore>,
+    /// Associations open per remote address, bounded below the global limit so that one peer
+    /// (idle or hostile) cannot take every slot.
+    per_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// An association's hold on the limits: its global permit and its slot for its address.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    per_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut counts = self.per_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Scp {
     pub fn new(config: DicomConfig, ingest: Arc<Ingest>) -> Arc<Scp> {
         let associations = Arc::new(Semaphore::new(config.max_associations));
-        Arc::new(Scp { config, ingest, associations })
+        Arc::new(Scp { config, ingest, associations, per_host: Arc::default() })
     }
 
-    /// Accepts connections until `shutdown` resolves.
-    /// Accepts associations until `shutdown` resolves; then stops accepting, lets the
-    /// associations in progress finish for up to `dicom.shutdown_grace_secs`, and aborts the rest
-    /// (what they had not been answered for is not kept, and their peers see the abort).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    /// Accepts associations on the plain listener and, when configured, the TLS one, until
+    /// `shutdown` resolves; then stops accepting, lets the associations in progress finish for
+    /// up to `dicom.shutdown_grace_secs`, and aborts the rest (what they had not been answered
+    /// for is not kept, and their peers see the abort).
+    pub async fn serve(
+        self: Arc<Self>,
+        plain: Option<TcpListener>,
+        tls: Option<(TcpListener, TlsAcceptor)>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(10);
         let mut associations = tokio::task::JoinSet::new();
@@ -55,13 +84,16 @@ impl Scp {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = associations.join_next(), if !associations.is_empty() => continue,
-                a = listener.accept() => a,
+                a = accept(plain.as_ref()) => a.map(|(stream, peer)| (stream, peer, None)),
+                a = accept(tls.as_ref().map(|(l, _)| l)) => {
+                    a.map(|(stream, peer)| (stream, peer, tls.as_ref().map(|(_, acceptor)| acceptor.clone())))
+                }
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((stream, peer, tls)) => {
                     backoff = Duration::from_millis(10);
                     let scp = self.clone();
-                    associations.spawn(async move { scp.handle_connection(stream, peer).await });
+                    associations.spawn(async move { scp.handle_connection(stream, peer, tls).await });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin or die.
@@ -71,7 +103,7 @@ impl Scp {
                 }
             }
         }
-        drop(listener);
+        drop((plain, tls));
         if associations.is_empty() {
             return;
         }
@@ -84,11 +116,27 @@ impl Scp {
         }
     }
 
-    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let mut conn = Connection::new(stream, self.config.max_pdu);
+        let transport: Box<dyn Transport> = match tls {
+            None => Box::new(stream),
+            Some(acceptor) => match tokio::time::timeout(self.config.artim_timeout(), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    warn!(%peer, error = %e, "TLS handshake failed; connection closed");
+                    crate::metrics::association(false);
+                    self.event("tls_refused", "", peer, None, Some(&e.to_string())).await;
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, "no TLS handshake within the ARTIM timeout; closing");
+                    return;
+                }
+            },
+        };
+        let mut conn = Connection::new(transport, self.config.max_pdu);
         let request = match tokio::time::timeout(self.config.artim_timeout(), conn.read()).await {
             Ok(Ok(Incoming::Other(Pdu::AssociationRQ(rq)))) => rq,
             Ok(Ok(_)) => {
@@ -96,8 +144,18 @@ impl Scp {
                 abort(&mut conn, AbortRQServiceProviderReason::UnexpectedPdu).await;
                 return;
             }
+            Ok(Err(UlError::Closed)) => {
+                debug!(%peer, "connection closed before association");
+                return;
+            }
+            Ok(Err(UlError::Io(e))) => {
+                debug!(%peer, error = %e, "connection failed before association");
+                return;
+            }
             Ok(Err(e)) => {
-                debug!(%peer, error = %e, "connection closed before association");
+                // garbage, or a PDU that declares more than we take: say so (PS3.8 9.3.8)
+                warn!(%peer, error = %e, "invalid first PDU; aborting");
+                abort(&mut conn, AbortRQServiceProviderReason::InvalidPduParameter).await;
                 return;
             }
             Err(_) => {
@@ -114,7 +172,7 @@ impl Scp {
                 crate::metrics::association(false);
                 self.event("association_rejected", &calling_ae, peer, None, Some(&reason)).await;
             }
-            Ok(permit) => {
+            Ok(admission) => {
                 let (results, contexts) = conformance::negotiate(&request.presentation_contexts, &self.config);
                 let accept = Pdu::AssociationAC(AssociationAC {
                     protocol_version: 1,
@@ -142,7 +200,7 @@ impl Scp {
                 self.event("association_accepted", &calling_ae, peer, None, Some(&detail)).await;
                 let association = Association::new(self.clone(), conn, calling_ae, peer, contexts);
                 association.run().await;
-                drop(permit);
+                drop(admission);
             }
         }
     }
@@ -153,7 +211,7 @@ impl Scp {
         request: &AssociationRQ,
         calling_ae: &str,
         peer: SocketAddr,
-    ) -> Result<OwnedSemaphorePermit, (AssociationRJ, String)> {
+    ) -> Result<Admission, (AssociationRJ, String)> {
         let user_reject = |reason: AssociationRJServiceUserReason, text: String| {
             (
                 AssociationRJ {
@@ -188,7 +246,7 @@ impl Scp {
                 ));
             }
         }
-        self.associations.clone().try_acquire_owned().map_err(|_| {
+        let busy = |text: String| {
             (
                 AssociationRJ {
                     result: AssociationRJResult::Transient,
@@ -196,9 +254,20 @@ impl Scp {
                         AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
                     ),
                 },
-                format!("already {} concurrent associations (dicom.max_associations)", self.config.max_associations),
+                text,
             )
-        })
+        };
+        let ip = peer.ip().to_canonical();
+        let mut counts = self.per_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let from_host = counts.get(&ip).copied().unwrap_or(0);
+        if from_host >= self.config.max_associations_per_host {
+            return Err(busy(format!("already {from_host} associations from {ip} (dicom.max_associations_per_host)")));
+        }
+        let permit = self.associations.clone().try_acquire_owned().map_err(|_| {
+            busy(format!("already {} concurrent associations (dicom.max_associations)", self.config.max_associations))
+        })?;
+        *counts.entry(ip).or_insert(0) += 1;
+        Ok(Admission { _permit: permit, per_host: self.per_host.clone(), ip })
     }
 
     /// Records an audit event; a database outage is logged, not fatal.
@@ -211,9 +280,26 @@ impl Scp {
     }
 }
 
+/// The next connection on `listener`; never, when there is none.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn abort(conn: &mut Connection, reason: AbortRQServiceProviderReason) {
     let _ = conn.send(&Pdu::AbortRQ { source: AbortRQSource::ServiceProvider(reason) }).await;
     conn.shutdown().await;
+}
+
+/// The Error Comment a refusal sends: the reason when it is about the peer's own request, a
+/// fixed text when it is about this node (whose paths and errors are for its log, not the wire).
+fn comment_for_peer(status: u16, reason: &str) -> &str {
+    match status {
+        0xA700..=0xA7FF => "out of resources at the receiver; try again later",
+        _ => reason,
+    }
 }
 
 /// Where the data set of the current C-STORE goes.
@@ -365,6 +451,12 @@ impl Association {
             let Some(context) = self.contexts.iter().find(|c| c.id == pdv.context_id).cloned() else {
                 return Err(Self::protocol_error(format!("presentation context {} was not accepted", pdv.context_id)));
             };
+            if self.command.len() + fragment.len() > dimse::MAX_COMMAND_SET {
+                return Err(Self::protocol_error(format!(
+                    "command set larger than {} bytes without its last fragment",
+                    dimse::MAX_COMMAND_SET
+                )));
+            }
             self.command.extend_from_slice(fragment);
             if pdv.is_last {
                 let bytes = std::mem::take(&mut self.command);
@@ -380,6 +472,25 @@ impl Association {
             return Err(Self::protocol_error("data set fragment on another presentation context"));
         }
         pending.bytes += fragment.len() as u64;
+        let limit = self.scp.config.max_dataset_bytes();
+        if pending.bytes > limit {
+            // Read on and answer at the end (the sender learns why), keeping nothing; a peer that
+            // goes on far past the limit is cut off.
+            if pending.bytes > limit.saturating_mul(2) {
+                return Err(End::Abort(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                    format!(
+                        "data set goes on past twice dicom.max_dataset_mb ({} MiB)",
+                        self.scp.config.max_dataset_mb
+                    ),
+                ));
+            }
+            if let Sink::Spool(_) = pending.sink {
+                let reason =
+                    format!("data set larger than dicom.max_dataset_mb ({} MiB)", self.scp.config.max_dataset_mb);
+                pending.sink = Sink::Discard { status: status::OUT_OF_RESOURCES, reason };
+            }
+        }
         if let Sink::Spool(temp) = &mut pending.sink {
             if let Err(e) = temp.write(fragment) {
                 pending.sink = Sink::Discard { status: status::OUT_OF_RESOURCES, reason: e.to_string() };
@@ -494,7 +605,7 @@ impl Association {
             }
         }
         let comment = match &outcome {
-            Outcome::Refused { reason, .. } => Some(reason.as_str()),
+            Outcome::Refused { reason, status } => Some(comment_for_peer(*status, reason)),
             _ => None,
         };
         self.respond(context.id, &command, status, comment).await

@@ -43,44 +43,6 @@ pub struct Peer {
     pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
 }
 
-/// A TLS client configuration that trusts the authorities in `ca_file` (PEM) and, given
-/// `identity` (certificate chain and key files, PEM), presents it to servers that ask.
-pub fn tls_client_config(
-    ca_file: &Path,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certificates = |file: &Path| {
-        CertificateDer::pem_file_iter(file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", file.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let authorities = certificates(ca_file)?;
-    if authorities.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", ca_file.display()));
-    }
-    for authority in authorities {
-        roots.add(authority).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert_file, key_file)) => {
-            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-            builder
-                .with_client_auth_cert(certificates(cert_file)?, key)
-                .map_err(|e| format!("{}: {e}", cert_file.display()))?
-        }
-    };
-    Ok(Arc::new(config))
-}
-
 /// Sends the Part-10 file at `path` (its class and instance given) by C-STORE; Ok on success
 /// or warning statuses.
 pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_instance: &str) -> Result<u16, SendError> {

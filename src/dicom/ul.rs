@@ -8,8 +8,7 @@ use std::ops::Range;
 
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// P-DATA-TF.
 const PDATA_TF: u8 = 0x04;
@@ -57,16 +56,20 @@ pub enum Incoming {
     Other(Pdu),
 }
 
-/// A TCP connection speaking the DICOM upper layer.
+/// A byte stream under the upper layer: plain TCP, or TLS over it.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// A connection speaking the DICOM upper layer.
 pub struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Transport>>,
     /// The largest P-DATA PDU we announced; larger ones abort the association.
     max_pdu: u32,
     write_buf: Vec<u8>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, max_pdu: u32) -> Connection {
+    pub fn new(stream: Box<dyn Transport>, max_pdu: u32) -> Connection {
         Connection { stream: BufReader::with_capacity(64 * 1024, stream), max_pdu, write_buf: Vec::with_capacity(1024) }
     }
 
@@ -108,7 +111,10 @@ impl Connection {
     pub async fn send(&mut self, pdu: &Pdu) -> Result<(), UlError> {
         self.write_buf.clear();
         dicom_ul::write_pdu(&mut self.write_buf, pdu).map_err(|e| UlError::Malformed(e.to_string()))?;
-        self.stream.get_mut().write_all(&self.write_buf).await?;
+        let stream = self.stream.get_mut();
+        stream.write_all(&self.write_buf).await?;
+        // a TLS stream buffers its records until flushed
+        stream.flush().await?;
         Ok(())
     }
 

@@ -29,7 +29,8 @@ pub struct Listed {
     pub aged: bool,
     /// Since the first image arrived, in seconds.
     pub waiting_secs: i64,
-    /// `waiting` (images not analysed yet), `failed` (an analysis failed), `analysed` or
+    /// `waiting` (images not analysed yet), `quarantined` (not analysed: an image stopped the
+    /// node each time it was analysed), `failed` (an analysis failed), `analysed` or
     /// `not_analysed` (nothing applicable, e.g. a lateral view).
     pub state: &'static str,
     /// `none`, `pending`, `failed` (any) or `delivered` (all).
@@ -58,6 +59,8 @@ pub fn listed(study: WorklistStudy, rules: &PriorityConfig, now: i64) -> Listed 
     };
     let state = if study.jobs_pending > 0 {
         "waiting"
+    } else if study.jobs_quarantined > 0 {
+        "quarantined"
     } else if study.jobs_failed > 0 {
         "failed"
     } else if study.results > 0 {
@@ -103,7 +106,7 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
         |list: &Option<String>, value: &str| list.as_deref().is_none_or(|l| l.split(',').any(|w| w.trim() == value));
     for (key, list, allowed) in [
         ("priority", &query.priority, &["urgent", "review", "routine"][..]),
-        ("state", &query.state, &["waiting", "failed", "analysed", "not_analysed"][..]),
+        ("state", &query.state, &["waiting", "quarantined", "failed", "analysed", "not_analysed"][..]),
     ] {
         if let Some(bad) = list.as_deref().and_then(|l| l.split(',').map(str::trim).find(|v| !allowed.contains(v))) {
             let message = format!("{key}: `{bad}` is not one of {}", allowed.join(", "));
@@ -222,6 +225,7 @@ mod tests {
             last_received_at: first_received_at,
             jobs_pending: 0,
             jobs_failed: 0,
+            jobs_quarantined: 0,
             results: 1,
             deliveries_pending: 0,
             deliveries_delivered: 0,

@@ -19,6 +19,9 @@ pub struct ClaimedJob {
     pub instance_id: i64,
     /// Counting this one.
     pub attempts: i64,
+    /// How often the node stopped while this job was being analysed (this claim included when it
+    /// took the job over from an expired lease).
+    pub interruptions: i64,
     /// The spool file, relative to the spool directory.
     pub path: String,
     pub sop_instance_uid: String,
@@ -32,6 +35,17 @@ pub enum JobEnd {
     Skipped,
     /// Cannot be analysed (corrupt pixel data, unreadable file) or gave up after retries.
     Failed,
+    /// The node stopped too often while analysing it: failed, and marked so that the worklist
+    /// says why (see [`Store::recover_interrupted_jobs`]).
+    Quarantined,
+}
+
+/// What start-up recovery did with the jobs a stopped node had left running.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InterruptedJobs {
+    pub requeued: u64,
+    /// The SOP Instance UIDs of the jobs quarantined now.
+    pub quarantined: Vec<String>,
 }
 
 /// A DICOM object made of a result, already written under `<data_dir>/outputs`.
@@ -69,7 +83,8 @@ pub struct NewResult {
 }
 
 const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3 \
+            attempts = attempts + 1, updated_at = $3, \
+            interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
      WHERE id = (SELECT id FROM jobs \
                  WHERE (state = 'queued' AND (not_before IS NULL OR not_before <= $3)) \
                     OR (state = 'running' AND lease_expires_at < $3) \
@@ -77,7 +92,8 @@ const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'running', claimed_by = $1
      RETURNING id, attempts";
 
 const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3 \
+            attempts = attempts + 1, updated_at = $3, \
+            interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
      WHERE id = (SELECT id FROM jobs \
                  WHERE (state = 'queued' AND (not_before IS NULL OR not_before <= $3)) \
                     OR (state = 'running' AND lease_expires_at < $3) \
@@ -107,7 +123,7 @@ impl Store {
             .await?;
         let Some((id, _attempts)) = claimed else { return Ok(None) };
         let job = sqlx::query_as(
-            "SELECT j.id, j.instance_id, j.attempts, i.path, i.sop_instance_uid, i.study_id \
+            "SELECT j.id, j.instance_id, j.attempts, j.interruptions, i.path, i.sop_instance_uid, i.study_id \
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.id = $1",
         )
         .bind(id)
@@ -204,14 +220,22 @@ impl Store {
         let mut tx = conn.begin().await?;
         let state = match end {
             JobEnd::Skipped => "skipped",
-            JobEnd::Failed => "failed",
+            JobEnd::Failed | JobEnd::Quarantined => "failed",
         };
-        if !finish(&mut *tx, self.node(), job.id, state, Some(reason), now_ms()).await? {
+        let now = now_ms();
+        if !finish(&mut *tx, self.node(), job.id, state, Some(reason), now).await? {
             return Ok(false);
         }
-        if end == JobEnd::Failed {
+        if end == JobEnd::Quarantined {
+            sqlx::query("UPDATE jobs SET quarantined_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if end != JobEnd::Skipped {
             let event = Event {
-                kind: "analysis_failed",
+                kind: if end == JobEnd::Quarantined { "job_quarantined" } else { "analysis_failed" },
                 sop_instance_uid: Some(&job.sop_instance_uid),
                 detail: Some(reason),
                 ..Default::default()
@@ -240,26 +264,101 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Puts back in the queue the jobs that were left `running`: those claimed by this node (it
-    /// was stopped or crashed while analysing) and those whose lease has expired (another node died).
-    /// Returns how many were re-queued.
-    pub async fn requeue_abandoned_jobs(&self) -> Result<u64> {
+    /// Start-up recovery of the jobs left `running`: those claimed by this node (it died while
+    /// analysing them) and those whose lease has expired (another node died). Each counts an
+    /// interruption; one interrupted `quarantine_after` times is quarantined (failed, event
+    /// `job_quarantined`), so that an image that kills the node cannot do so at every restart;
+    /// the others are re-queued.
+    pub async fn recover_interrupted_jobs(&self, quarantine_after: u32) -> Result<InterruptedJobs> {
         let now = now_ms();
+        let limit = i64::from(quarantine_after);
+        let reason = format!(
+            "quarantined: the node stopped {quarantine_after} time(s) while analysing this image; \
+             it is not analysed again (`pneumotriage requeue` tries once more)"
+        );
+        let mut conn = self.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
+        let recovered: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE jobs SET interruptions = interruptions + 1, \
+                 state = CASE WHEN interruptions + 1 >= $1 THEN 'failed' ELSE 'queued' END, \
+                 quarantined_at = CASE WHEN interruptions + 1 >= $1 THEN $2 ELSE NULL END, \
+                 reason = CASE WHEN interruptions + 1 >= $1 THEN $3 ELSE reason END, \
+                 claimed_by = NULL, lease_expires_at = NULL, updated_at = $2 \
+             WHERE state = 'running' AND (claimed_by = $4 OR claimed_by IS NULL \
+                                          OR lease_expires_at IS NULL OR lease_expires_at < $2) \
+             RETURNING id, state",
+        )
+        .bind(limit)
+        .bind(now)
+        .bind(&reason)
+        .bind(self.node())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut report = InterruptedJobs::default();
+        for (id, state) in recovered {
+            if state == "queued" {
+                report.requeued += 1;
+                continue;
+            }
+            let (sop,): (String,) = sqlx::query_as(
+                "SELECT i.sop_instance_uid FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.id = $1",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let event = Event {
+                kind: "job_quarantined",
+                sop_instance_uid: Some(&sop),
+                detail: Some(&reason),
+                ..Default::default()
+            };
+            insert_event(&mut *tx, self.node(), &event).await?;
+            report.quarantined.push(sop);
+        }
+        if report.requeued > 0 {
+            let detail = format!("{} job(s) left running were re-queued", report.requeued);
+            insert_event(
+                &mut *tx,
+                self.node(),
+                &Event { kind: "jobs_requeued", detail: Some(&detail), ..Default::default() },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// At a clean stop: puts back in the queue the jobs this node claimed but did not start (no
+    /// interruption is counted: nothing was being analysed). Returns how many.
+    pub async fn requeue_unstarted_jobs(&self) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL, updated_at = $1 \
-             WHERE state = 'running' AND (claimed_by = $2 OR claimed_by IS NULL \
-                                          OR lease_expires_at IS NULL OR lease_expires_at < $1)",
+             WHERE state = 'running' AND claimed_by = $2",
         )
-        .bind(now)
+        .bind(now_ms())
         .bind(self.node())
         .execute(self.pool())
         .await?;
-        let n = done.rows_affected();
-        if n > 0 {
-            let detail = format!("{n} job(s) left running were re-queued");
-            self.record_event(&Event { kind: "jobs_requeued", detail: Some(&detail), ..Default::default() }).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// An admin's second chance for an instance whose job failed (or was quarantined): queued
+    /// again, its interruptions forgotten. Returns false when its job is not failed.
+    pub async fn requeue_failed_job(&self, instance_id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', reason = NULL, interruptions = 0, quarantined_at = NULL, \
+                 not_before = NULL, attempts = 0, updated_at = $1 WHERE instance_id = $2 AND state = 'failed'",
+        )
+        .bind(now_ms())
+        .bind(instance_id)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            let detail = format!("the analysis of instance {instance_id} re-queued by an admin");
+            self.record_event(&Event { kind: "job_requeued", detail: Some(&detail), ..Default::default() }).await?;
+            self.jobs_queued().notify_one();
         }
-        Ok(n)
+        Ok(done.rows_affected() == 1)
     }
 
     /// Counts jobs by state, for `status` and tests.

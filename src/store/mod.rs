@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, InstanceHeader, NewInstance, PreviousVersion, Recorded};
-pub use jobs::{ClaimedJob, JobEnd, NewOutput, NewResult};
+pub use jobs::{ClaimedJob, InterruptedJobs, JobEnd, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

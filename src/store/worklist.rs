@@ -24,6 +24,8 @@ pub struct WorklistStudy {
     /// Jobs queued or running, failed, and results.
     pub jobs_pending: i64,
     pub jobs_failed: i64,
+    /// Of the failed jobs, those quarantined by the crash-loop breaker.
+    pub jobs_quarantined: i64,
     pub results: i64,
     /// Deliveries of its objects, by state.
     pub deliveries_pending: i64,
@@ -85,6 +87,8 @@ const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name
           WHERE i.study_id = s.id AND j.state IN ('queued', 'running')) AS jobs_pending, \
         (SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id \
           WHERE i.study_id = s.id AND j.state = 'failed') AS jobs_failed, \
+        (SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id \
+          WHERE i.study_id = s.id AND j.quarantined_at IS NOT NULL) AS jobs_quarantined, \
         (SELECT COUNT(*) FROM results r JOIN instances i ON i.id = r.instance_id \
           WHERE i.study_id = s.id) AS results, \
         (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \

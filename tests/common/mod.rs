@@ -499,3 +499,25 @@ pub fn synthetic_positive(dir: &Path) -> PathBuf {
         .find(|f| truth[&f.file_stem().unwrap().to_string_lossy().into_owned()].iter().any(|r| r.trim() != "-1"))
         .expect("the seed 77 set has a positive")
 }
+
+/// In `dir`, made by openssl: a certificate authority `ca` and a second one `other-ca`; signed by
+/// `ca`, a server certificate for localhost and 127.0.0.1 (`pacs`) and a client certificate
+/// (`node`); signed by `other-ca`, a client certificate no one should trust (`rogue`).
+pub fn make_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &str| {
+        let out = Command::new("openssl").args(args.split(' ')).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args}: {}", text(&out));
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&format!("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {ca}.key -out {ca}.crt"));
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for (name, cn, ca) in [("pacs", "localhost", "ca"), ("node", "pneumotriage", "ca"), ("rogue", "rogue", "other-ca")]
+    {
+        openssl(&format!("req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"));
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -days 2 -extfile san.ext -out {name}.crt"
+        ));
+    }
+}

@@ -91,6 +91,20 @@ pub fn send_data(assoc: &mut Association, context: u8, data: &[u8], complete: bo
 
 /// Reads the response command set and returns its status and the parsed command.
 pub fn read_response(assoc: &mut Association) -> dimse::Command {
+    dimse::parse_command(&read_response_bytes(assoc)).expect("a well-formed response")
+}
+
+/// Reads a response's status and its Error Comment, if any.
+pub fn read_response_with_comment(assoc: &mut Association) -> (u16, Option<String>) {
+    let bytes = read_response_bytes(assoc);
+    let ts = TransferSyntaxRegistry.get(uids::IMPLICIT_VR_LITTLE_ENDIAN).unwrap();
+    let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], ts).expect("a well-formed response");
+    let status = obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap();
+    let comment = obj.element_opt(tags::ERROR_COMMENT).unwrap().map(|e| e.to_str().unwrap().trim().to_string());
+    (status, comment)
+}
+
+fn read_response_bytes(assoc: &mut Association) -> Vec<u8> {
     let mut bytes = Vec::new();
     loop {
         match assoc.receive().expect("a response") {
@@ -99,7 +113,7 @@ pub fn read_response(assoc: &mut Association) -> dimse::Command {
                     assert_eq!(v.value_type, PDataValueType::Command, "responses carry no data set");
                     bytes.extend_from_slice(&v.data);
                     if v.is_last {
-                        return dimse::parse_command(&bytes).expect("a well-formed response");
+                        return bytes;
                     }
                 }
             }

@@ -1,0 +1,99 @@
+//! DICOM TLS (PS3.15 BCP 195) for the listener: TLS 1.2 and 1.3 with rustls (ring), the node's
+//! certificate, and optionally client certificates required and checked against a CA.
+//!
+//! The handshake happens before any DICOM byte is read, so a client without the right
+//! certificate never reaches the association policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a TLS configuration cannot be built from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{path}: {source}")]
+    Pem { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("{path}: no PEM certificate in it")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: {source}")]
+    Rejected { path: PathBuf, source: rustls::Error },
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("protocol versions: {0}")]
+    Protocol(#[source] rustls::Error),
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = |source| TlsSetupError::Pem { path: path.to_path_buf(), source };
+    let certs = CertificateDer::pem_file_iter(path).map_err(pem)?.collect::<Result<Vec<_>, _>>().map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate { path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+/// The authorities of a PEM file, as a root store.
+pub fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for authority in certificates(path)? {
+        roots.add(authority).map_err(|source| TlsSetupError::Rejected { path: path.to_path_buf(), source })?;
+    }
+    Ok(roots)
+}
+
+/// The private key of a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsSetupError::Pem { path: path.to_path_buf(), source })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The listener's configuration: its certificate chain and key, and, with `client_ca`, client
+/// certificates required and verified against those authorities.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Protocol)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(TlsSetupError::Verifier)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certificates(cert_file)?, private_key(key_file)?)
+        .map_err(|source| TlsSetupError::Rejected { path: cert_file.to_path_buf(), source })?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS client configuration that trusts the authorities in `ca_file` and, given `identity`
+/// (certificate chain and key files), presents it to servers that ask.
+pub fn client_config(
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Protocol)?
+        .with_root_certificates(roots(ca_file)?);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => builder
+            .with_client_auth_cert(certificates(cert_file)?, private_key(key_file)?)
+            .map_err(|source| TlsSetupError::Rejected { path: cert_file.to_path_buf(), source })?,
+    };
+    Ok(Arc::new(config))
+}
