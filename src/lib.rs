@@ -5,6 +5,7 @@ pub mod config;
 pub mod delivery;
 pub mod dicom;
 pub mod evaluate;
+pub mod fuzz;
 pub mod http;
 pub mod imaging;
 pub mod inference;

@@ -1,0 +1,261 @@
+//! Fuzzing entry points: arbitrary bytes through each path that bytes from the network reach,
+//! exactly as the node runs it. `fuzz/` drives them with libFuzzer for long runs (coverage
+//! guided, memory limited); the tests below replay the committed corpus and run a short,
+//! deterministic mutation round on every `cargo test`, so that no target rots and every crash
+//! ever found stays fixed (its input is kept in `fuzz/corpus/<target>/`).
+//!
+//! Each entry point must return for any input: an `Err` is a correct answer, a panic, a stack
+//! overflow or an allocation on the input's say-so is a bug.
+
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::dicom::{dimse, ul};
+use crate::{imaging, scan};
+
+/// A fuzz target: a name (its corpus folder) and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// The targets, by the name of their corpus folder.
+pub const TARGETS: [Target; 4] =
+    [("pdu", pdu_stream), ("command", command_set), ("dataset", dataset), ("pixels", pixels)];
+
+/// How many mutated inputs each target runs on `cargo test` (about five seconds each on a
+/// 2-core machine): a count, not a time, so that every run tries the same inputs.
+#[cfg(test)]
+const QUICK_RUNS: [(&str, u64); 4] =
+    [("pdu", 200_000), ("command", 2_000_000), ("dataset", 40_000), ("pixels", 30_000)];
+
+/// The pixel budget the `pixels` target decodes within (small, so that a run is fast).
+const FUZZ_MAX_PIXELS: u64 = 1 << 20;
+
+/// The transfer syntaxes the SCP accepts for images, as the `pixels` target's first byte selects them.
+pub const PIXEL_SYNTAXES: [&str; 10] = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+];
+
+/// A byte stream from a peer, read PDU by PDU by the SCP's upper layer until it fails or ends.
+pub fn pdu_stream(data: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime");
+    runtime.block_on(async {
+        let mut connection = ul::Connection::new(Box::new(std::io::Cursor::new(data.to_vec())), 16_384);
+        while let Ok(incoming) = connection.read().await {
+            if let ul::Incoming::PData(pdata) = incoming {
+                // every fragment lies within the PDU
+                for pdv in &pdata.pdvs {
+                    let _ = pdata.fragment(pdv);
+                }
+            }
+        }
+    });
+}
+
+/// A command set, as joined from its PDV fragments; a parsed one must survive its response.
+pub fn command_set(data: &[u8]) {
+    if let Ok(command) = dimse::parse_command(data) {
+        let response = dimse::encode_response(&command, dimse::status::CANNOT_UNDERSTAND, Some("fuzz"));
+        let back = dimse::parse_command(&response).expect("a response we encode parses");
+        assert_eq!(back.message_id, command.message_id);
+    }
+}
+
+/// A data set (first byte: 0 implicit, else explicit VR LE): the bounded walk, and, when it
+/// passes, dicom-rs's parse, which the walk must have made safe.
+pub fn dataset(data: &[u8]) {
+    let Some((&selector, bytes)) = data.split_first() else { return };
+    let ts = if selector % 2 == 0 { PIXEL_SYNTAXES[0] } else { PIXEL_SYNTAXES[1] };
+    let Ok(scanned) = scan::scan_bytes(bytes, ts) else { return };
+    for tag in [dicom_dictionary_std::tags::PATIENT_NAME, dicom_dictionary_std::tags::SOP_INSTANCE_UID] {
+        let _ = scanned.text(tag);
+    }
+    let ts = TransferSyntaxRegistry.get(ts).expect("a registered transfer syntax");
+    let _ = InMemDicomObject::read_dataset_with_ts(bytes, ts);
+}
+
+/// An image data set (first byte: its transfer syntax in [`PIXEL_SYNTAXES`]): the walk, the
+/// pixel budget and codestream check, then dicom-rs's parse and the node's decoding and display
+/// transforms, as the pipeline runs them.
+pub fn pixels(data: &[u8]) {
+    let Some((&selector, bytes)) = data.split_first() else { return };
+    let ts = PIXEL_SYNTAXES[selector as usize % PIXEL_SYNTAXES.len()];
+    if scan::scan_bytes(bytes, ts).is_err() {
+        return;
+    }
+    let syntax = TransferSyntaxRegistry.get(ts).expect("a registered transfer syntax");
+    let Ok(obj) = InMemDicomObject::read_dataset_with_ts(bytes, syntax) else { return };
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(ts)
+        .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1")
+        .media_storage_sop_instance_uid("1.2.3.4");
+    let Ok(file) = obj.with_meta(meta) else { return };
+    if imaging::check_pixels(&file, FUZZ_MAX_PIXELS).is_ok() {
+        let _ = imaging::display_image(&file);
+    }
+}
+
+/// A small, deterministic mutator (xorshift): the kinds of damage that matter to a parser of
+/// length-prefixed structures.
+pub struct Mutator(u64);
+
+impl Mutator {
+    pub fn new(seed: u64) -> Mutator {
+        Mutator(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// A mutated copy of `input`: one to four of bit flips, interesting bytes and 32-bit
+    /// lengths, truncation, duplicated or deleted runs.
+    pub fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = input.to_vec();
+        for _ in 0..1 + self.below(4) {
+            if out.is_empty() {
+                out.push(self.next() as u8);
+                continue;
+            }
+            let at = self.below(out.len());
+            match self.below(6) {
+                0 => out[at] ^= 1 << self.below(8),
+                1 => out[at] = [0x00, 0xFF, 0x7F, 0x80, 0xFE, 0xE0][self.below(6)],
+                2 => {
+                    let value: u32 = [0xFFFF_FFFF, 0xFFFF_FFF0, 0, 0x7FFF_FFFF, 0x8000, 1 << 20][self.below(6)];
+                    for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+                        if let Some(slot) = out.get_mut(at + i) {
+                            *slot = b;
+                        }
+                    }
+                }
+                3 => out.truncate(at),
+                4 => {
+                    let end = (at + 1 + self.below(64)).min(out.len());
+                    let run = out[at..end].to_vec();
+                    let to = self.below(out.len());
+                    out.splice(to..to, run);
+                }
+                _ => {
+                    let end = (at + 1 + self.below(64)).min(out.len());
+                    out.drain(at..end);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The committed corpus of a target (`fuzz/corpus/<target>/`), read from the source tree.
+pub fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), std::fs::read(&p).unwrap_or_default())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Each target's runs times `PNEUMOTRIAGE_FUZZ_SCALE` (default 1), for a longer round by hand.
+    fn runs(target: &str) -> u64 {
+        let scale = std::env::var("PNEUMOTRIAGE_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+        QUICK_RUNS.iter().find(|(name, _)| *name == target).map_or(0, |(_, n)| n * scale)
+    }
+
+    /// Replays every corpus input, then as many mutated ones as [`runs`] says; prints what it ran.
+    fn run(target: &str) {
+        let (_, entry) = TARGETS.iter().find(|(name, _)| *name == target).expect("a target");
+        let corpus = corpus(target);
+        assert!(!corpus.is_empty(), "fuzz/corpus/{target} has no seeds");
+        for (_, input) in &corpus {
+            entry(input);
+        }
+        let mut mutator = Mutator::new(0x5EED ^ target.len() as u64);
+        let started = Instant::now();
+        for _ in 0..runs(target) {
+            let (_, seed) = &corpus[mutator.below(corpus.len())];
+            entry(&mutator.mutate(seed));
+        }
+        println!(
+            "fuzz {target}: {} corpus inputs, {} mutated inputs in {:.1?}",
+            corpus.len(),
+            runs(target),
+            started.elapsed()
+        );
+    }
+
+    /// The inputs of the crashes found so far are refused before any decoder runs, for the
+    /// reason that would have crashed it.
+    #[test]
+    fn crash_regressions_are_refused_for_their_reason() {
+        let expected = [
+            ("regression-rle-short-segment.bin", "decodes to"),
+            ("regression-jpeg-zero-samples.bin", "Samples per Pixel"),
+            ("regression-jpeg-bits-allocated-below-precision.bin", "Bits Allocated says 8"),
+            ("regression-j2k-repeated-rows.bin", "Columns x Rows say 64x1"),
+        ];
+        let pixels = corpus("pixels");
+        for (name, reason) in expected {
+            let (_, input) = pixels.iter().find(|(n, _)| n == name).expect("a regression input");
+            let ts = PIXEL_SYNTAXES[input[0] as usize % PIXEL_SYNTAXES.len()];
+            let syntax = TransferSyntaxRegistry.get(ts).unwrap();
+            let obj = InMemDicomObject::read_dataset_with_ts(&input[1..], syntax).unwrap();
+            let meta = FileMetaTableBuilder::new()
+                .transfer_syntax(ts)
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1")
+                .media_storage_sop_instance_uid("1.2.3.4");
+            let refusal = imaging::check_pixels(&obj.with_meta(meta).unwrap(), FUZZ_MAX_PIXELS).unwrap_err();
+            assert!(refusal.to_string().contains(reason), "{name}: {refusal}");
+        }
+        let (_, command) = corpus("command").into_iter().find(|(n, _)| n == "regression-non-ascii-uid.bin").unwrap();
+        let parsed = dimse::parse_command(&command).unwrap();
+        let response = dimse::parse_command(&dimse::encode_response(&parsed, 0xC000, Some("é"))).unwrap();
+        assert_eq!(response.affected_sop_instance_uid, None, "a UID that is not one is not echoed");
+    }
+
+    #[test]
+    fn fuzz_pdu_stream() {
+        run("pdu");
+    }
+
+    #[test]
+    fn fuzz_command_set() {
+        run("command");
+    }
+
+    #[test]
+    fn fuzz_dataset() {
+        run("dataset");
+    }
+
+    #[test]
+    fn fuzz_pixels() {
+        run("pixels");
+    }
+}
