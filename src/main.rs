@@ -385,15 +385,22 @@ fn infer(config: &Config, out: Option<&std::path::Path>, files: &[PathBuf]) -> a
     let mut failed = 0;
     for file in &expand_directories(files)? {
         let name = file.display();
-        let obj = match dicom_object::open_file(file) {
+        // checked as the pipeline checks what it receives: a file can be as hostile as a peer
+        let obj = match pneumotriage::imaging::open_checked(file, config.dicom.max_dataset_bytes()) {
             Ok(obj) => obj,
             Err(e) => {
-                println!("{name}: failed: cannot read it as DICOM: {e}");
+                println!("{name}: failed: {e}");
                 failed += 1;
                 continue;
             }
         };
-        let result = match not_applicable(&obj) {
+        let reason = not_applicable(&obj);
+        if let (None, Err(e)) = (&reason, pneumotriage::imaging::check_pixels(&obj, config.inference.max_pixels)) {
+            println!("{name}: failed: {e}");
+            failed += 1;
+            continue;
+        }
+        let result = match reason {
             Some(reason) => {
                 println!("{name}: skipped: {reason}");
                 serde_json::json!({ "file": file, "skipped": reason })

@@ -306,6 +306,12 @@ fn poison_codestream_fails_before_decoding(backend: Backend) {
     setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'", 1);
     let log = node.wait_for_log("analysis failed");
     assert!(log.contains("the codestream says 60000x60000, Columns x Rows say 1841x1955"), "{log}");
+    // the worklist's overlay of it is refused the same way, not decoded
+    let uid = common::sop_instance_uid(&poison);
+    let (status, _, body) =
+        common::http_request(setup.http_port, "GET", &format!("/api/instances/{uid}/overlay.png"), &[], "").unwrap();
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("the codestream says 60000x60000"));
     let peak = peak_rss_mib(&node);
     println!("peak RSS after the poison codestream: {peak} MiB");
     assert!(peak < 600, "peak RSS {peak} MiB");

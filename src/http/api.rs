@@ -158,7 +158,8 @@ pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> 
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such instance"));
     };
     let path = state.spool.absolute(&source.path);
-    let png = tokio::task::spawn_blocking(move || render_overlay(&path, &source))
+    let limits = (state.spool.max_dataset_bytes(), state.max_pixels);
+    let png = tokio::task::spawn_blocking(move || render_overlay(&path, &source, limits))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("cannot draw this image: {e}")))?;
@@ -166,8 +167,15 @@ pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> 
 }
 
 /// The image as displayed, at most [`OVERLAY_SIDE`] pixels a side, with the mask's outline.
-fn render_overlay(path: &std::path::Path, source: &crate::store::worklist::OverlaySource) -> anyhow::Result<Vec<u8>> {
-    let obj = dicom_object::open_file(path)?;
+/// The stored image is checked as the pipeline checks it (structure, pixel budget, codestream)
+/// before it is decoded: `limits` are the largest data set and the pixel budget.
+fn render_overlay(
+    path: &std::path::Path,
+    source: &crate::store::worklist::OverlaySource,
+    (max_dataset_bytes, max_pixels): (u64, u64),
+) -> anyhow::Result<Vec<u8>> {
+    let obj = crate::imaging::open_checked(path, max_dataset_bytes)?;
+    crate::imaging::check_pixels(&obj, max_pixels)?;
     let display = crate::imaging::display_image(&obj)?;
     let (w, h) = (display.width, display.height);
     let scale = (OVERLAY_SIDE as f64 / w.max(h) as f64).min(1.0);

@@ -44,6 +44,8 @@ pub struct AppState {
     pub spool: Arc<Spool>,
     pub readiness: Arc<Readiness>,
     pub priority: PriorityConfig,
+    /// `inference.max_pixels`: an overlay is drawn only of an image within the budget.
+    pub max_pixels: u64,
     token: Option<Arc<str>>,
 }
 
@@ -54,6 +56,7 @@ impl AppState {
             spool,
             readiness,
             priority: config.priority,
+            max_pixels: config.inference.max_pixels,
             token: config.http.token.as_deref().map(Arc::from),
         }
     }
