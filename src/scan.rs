@@ -526,6 +526,13 @@ fn walk(input: &mut dyn Input, total: u64, explicit_vr: bool) -> Result<Scanned,
                     }
                     stack.push(Container { level: Level::Sequence, end, top: false });
                 } else {
+                    // dicom-rs reads a binary value as whole numbers and would lose its place
+                    // on the rest: such a value must hold a whole number of them
+                    if let Some(size) = vr.and_then(number_size).filter(|size| length % size != 0) {
+                        return Err(ScanError::Malformed(format!(
+                            "element {tag} has {length} bytes, not a multiple of {size}"
+                        )));
+                    }
                     let end = bounded(length, pos)?;
                     if here.top && tag != tags::PIXEL_DATA && length as u64 > LARGE_VALUE {
                         scanned.large_values.push(element_start..end);
@@ -544,6 +551,16 @@ fn walk(input: &mut dyn Input, total: u64, explicit_vr: bool) -> Result<Scanned,
                 }
             }
         }
+    }
+}
+
+/// The size of one number of a binary VR.
+fn number_size(vr: VR) -> Option<u32> {
+    match vr {
+        VR::US | VR::SS | VR::OW => Some(2),
+        VR::UL | VR::SL | VR::FL | VR::AT | VR::OF | VR::OL => Some(4),
+        VR::FD | VR::SV | VR::UV | VR::OD | VR::OV => Some(8),
+        _ => None,
     }
 }
 
@@ -641,6 +658,17 @@ mod tests {
         header(&mut data, 0xFFFE, 0xE000, 100);
         data.extend_from_slice(&[0; 100]);
         assert!(matches!(scan_bytes(&data, EXPLICIT), Err(ScanError::LengthBeyondData { declared: 100, .. })));
+    }
+
+    /// Found by the fuzzer: a 10-byte UL that dicom-rs read as two numbers, losing its place and
+    /// then allocating a 4 GB value out of the bytes after it.
+    #[test]
+    fn binary_values_must_hold_whole_numbers() {
+        let mut data = Vec::new();
+        header(&mut data, 0x0008, 0x0000, 10);
+        data.extend_from_slice(&[0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0xE0, 0]);
+        let refusal = scan_bytes(&data, IMPLICIT).unwrap_err().to_string();
+        assert!(refusal.contains("not a multiple of 4"), "{refusal}");
     }
 
     #[test]
