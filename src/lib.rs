@@ -4,6 +4,7 @@
 pub mod config;
 pub mod delivery;
 pub mod dicom;
+pub mod domain;
 pub mod evaluate;
 pub mod fuzz;
 pub mod http;

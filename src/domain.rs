@@ -1,0 +1,252 @@
+//! The node's vocabulary: the values that the config, the database, the API and the logs share.
+//!
+//! Each is an enum with one spelling, the one the database has always stored (TEXT on both
+//! backends), the API returns and the config accepts; `as_str`, `Display`, `FromStr`, serde and
+//! sqlx all go through it, so no other code spells these values.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Database};
+
+/// A value that is not one of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not one of {}", expected.join(", "))]
+pub struct UnknownValue {
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+/// Declares a fieldless enum whose variants are spelt as the given strings everywhere.
+macro_rules! spelt_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue { value: s.to_string(), expected: &[$($text,)+] }),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl sqlx::Type<Any> for $name {
+            fn type_info() -> <Any as Database>::TypeInfo {
+                <str as sqlx::Type<Any>>::type_info()
+            }
+        }
+
+        impl sqlx::Encode<'_, Any> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <Any as Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Any> for $name {
+            fn decode(value: <Any as Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&str as sqlx::Decode<Any>>::decode(value)?.parse()?)
+            }
+        }
+    };
+}
+
+spelt_enum! {
+    /// Where an analysed image (and its study, the highest of its images) goes on the worklist.
+    /// Ordered: `Routine < Review < Urgent`.
+    #[derive(PartialOrd, Ord)]
+    pub enum Priority {
+        Routine = "routine",
+        Review = "review",
+        Urgent = "urgent",
+    }
+}
+
+spelt_enum! {
+    /// What the decision policy made of the models' outputs.
+    pub enum Decision {
+        Positive = "positive",
+        Negative = "negative",
+        /// The classifier said positive but the segmenter found no region large enough.
+        PositiveWithoutMask = "positive_without_mask",
+    }
+}
+
+spelt_enum! {
+    /// An object the node makes for an analysed image, and what a destination may take.
+    pub enum ObjectKind {
+        /// DICOM Segmentation of the pneumothorax (positives with a mask).
+        Seg = "seg",
+        /// TID 1500 structured report with the finding and the priority (every analysed image).
+        Sr = "sr",
+        /// Secondary Capture of the image with the outline and a banner (when `outputs.overlay`).
+        Overlay = "overlay",
+    }
+}
+
+spelt_enum! {
+    /// Where an instance's analysis job stands.
+    pub enum JobState {
+        Queued = "queued",
+        Running = "running",
+        Done = "done",
+        Skipped = "skipped",
+        Failed = "failed",
+    }
+}
+
+spelt_enum! {
+    /// Where one object's delivery to one destination stands.
+    pub enum DeliveryState {
+        Pending = "pending",
+        Sending = "sending",
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
+spelt_enum! {
+    /// What an audit event records (the `events` table).
+    pub enum EventKind {
+        AssociationAccepted = "association_accepted",
+        AssociationRejected = "association_rejected",
+        TlsRefused = "tls_refused",
+        StoreFailed = "store_failed",
+        InstanceStored = "instance_stored",
+        InstanceRecovered = "instance_recovered",
+        InstanceDuplicate = "instance_duplicate",
+        AnalysisFailed = "analysis_failed",
+        JobQuarantined = "job_quarantined",
+        JobRequeued = "job_requeued",
+        JobsRequeued = "jobs_requeued",
+        Delivered = "delivered",
+        DeliveryDeferred = "delivery_deferred",
+        DeliveryFailed = "delivery_failed",
+        DeliveriesRequeued = "deliveries_requeued",
+    }
+}
+
+/// Where the models run: `inference.device`, spelt `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by index (`cuda` is `cuda:0`).
+    Cuda(u32),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(id) => write!(f, "cuda:{id}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| UnknownValue {
+                value: s.to_string(),
+                expected: &["cpu", "cuda", "cuda:N"],
+            }),
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_reads_back_from_its_spelling() {
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>(), Ok(*p));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(k.to_string().parse::<EventKind>(), Ok(*k));
+        }
+        for s in JobState::ALL {
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(Decision::PositiveWithoutMask.as_str(), "positive_without_mask");
+    }
+
+    #[test]
+    fn an_unknown_spelling_names_the_choices() {
+        let err = "URGENT".parse::<Priority>().unwrap_err();
+        assert_eq!(err.to_string(), "`URGENT` is not one of routine, review, urgent");
+        let err = serde_json::from_str::<ObjectKind>("\"pdf\"").unwrap_err();
+        assert!(err.to_string().contains("`pdf` is not one of seg, sr, overlay"), "{err}");
+    }
+
+    #[test]
+    fn priorities_are_ordered() {
+        assert!(Priority::Routine < Priority::Review && Priority::Review < Priority::Urgent);
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:1".parse(), Ok(Device::Cuda(1)));
+        assert!("gpu".parse::<Device>().is_err());
+        assert!("cuda:x".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+}
