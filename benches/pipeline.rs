@@ -127,10 +127,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn analyzer(threads: usize, device: &str) -> Result<Analyzer> {
+fn analyzer(threads: usize, device: Device) -> Result<Analyzer> {
     let mut config = Config::embedded_default()?;
     config.inference.threads = threads;
-    config.inference.device = device.to_string();
+    config.inference.device = device;
     let mut analyzer = Analyzer::open(&config)?;
     analyzer.segment_always = true;
     Ok(analyzer)
@@ -180,14 +180,14 @@ fn main() -> Result<()> {
     pneumotriage::keep_freed_memory();
     let repeat = env_usize("PIPELINE_BENCH_REPEAT", 5)?.max(1);
     let threads = env_usize("PIPELINE_BENCH_THREADS", 1)?.max(1);
-    let device = std::env::var("PIPELINE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device: Device = std::env::var("PIPELINE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse()?;
     let files = dataset()?;
     println!(
         "pipeline benchmark: {} files, median of {repeat} runs after a warm-up, {threads} thread(s) per session",
         files.len()
     );
 
-    let mut node = analyzer(threads, &device)?;
+    let mut node = analyzer(threads, device)?;
     println!("node: {} ({})", node.execution_provider(), node.manifest.notice);
     let ours: Vec<Figures> = files.iter().map(|f| measure(&mut node, f, repeat)).collect::<Result<_>>()?;
     drop(node);
@@ -255,16 +255,16 @@ fn main() -> Result<()> {
     );
 
     if let Some(manifest) = std::env::var_os("PIPELINE_BENCH_FULL_SIZE") {
-        full_size_latency(Path::new(&manifest), threads, &device, repeat)?;
+        full_size_latency(Path::new(&manifest), threads, device, repeat)?;
     }
     Ok(())
 }
 
 /// Each model of a manifest alone: the median time of one batch-1 run on a constant input.
-fn full_size_latency(manifest: &Path, threads: usize, device: &str, repeat: usize) -> Result<()> {
+fn full_size_latency(manifest: &Path, threads: usize, device: Device, repeat: usize) -> Result<()> {
     let manifest = Manifest::load(manifest)?;
     let library = find_onnxruntime(None)?;
-    let settings = SessionSettings { threads, device: Device::parse(device), require_gpu: false };
+    let settings = SessionSettings { threads, device, require_gpu: false };
     println!();
     for role in [Role::Classifier, Role::Segmenter] {
         let mut model = Model::open(&library, &manifest, role, settings)?;

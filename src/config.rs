@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::{Device, ObjectKind, Policy};
+
 /// The default configuration compiled into the binary, used by `serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/pneumotriage.toml");
 
@@ -169,20 +171,13 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    Cascade,
-    Segmentation,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
     /// false: receive and keep only; jobs wait in the queue until analysis is turned back on.
     pub enabled: bool,
     pub models: PathBuf,
-    pub device: String,
+    pub device: Device,
     pub policy: Policy,
     pub require_gpu: bool,
     /// The ONNX Runtime library (libonnxruntime.so.*); looked for in the usual places when unset.
@@ -210,7 +205,7 @@ impl Default for InferenceConfig {
         InferenceConfig {
             enabled: true,
             models: PathBuf::from("models/manifest.toml"),
-            device: "cpu".into(),
+            device: Device::Cpu,
             policy: Policy::Cascade,
             require_gpu: false,
             onnxruntime: None,
@@ -304,9 +299,9 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
-    /// Which objects go there: "seg", "sr", "overlay"; all that are made by default.
+    /// Which objects go there; all that are made by default.
     #[serde(default = "all_objects")]
-    pub objects: Vec<String>,
+    pub objects: Vec<ObjectKind>,
     /// Our AE title towards it; `dicom.ae_title` by default.
     #[serde(default)]
     pub calling_ae_title: Option<String>,
@@ -359,8 +354,8 @@ fn default_timeout() -> u64 {
     30
 }
 
-fn all_objects() -> Vec<String> {
-    ["seg", "sr", "overlay"].map(String::from).to_vec()
+fn all_objects() -> Vec<ObjectKind> {
+    ObjectKind::ALL.to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +372,29 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { enabled: true, bind: "127.0.0.1:8080".parse().expect("literal socket address"), token: None }
+    }
+}
+
+/// What a command uses of the configuration, and so which of its problems stop the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uses {
+    /// The node itself and `check-config`: every key.
+    Everything,
+    /// An offline analysis (`infer`, `evaluate`): the models, the decision and the outputs.
+    Analysis,
+    /// The database commands (`studies`, `status`, `retry`, ...): where the node keeps its records.
+    Records,
+}
+
+impl Uses {
+    fn covers(self, key: &str) -> bool {
+        let sections: &[&str] = match self {
+            Uses::Everything => return true,
+            Uses::Analysis => &["inference", "priority", "outputs"],
+            Uses::Records => &["node", "database"],
+        };
+        // a problem without a key (the file cannot be read or parsed) stops every command
+        key.is_empty() || sections.iter().any(|s| key.split(['.', '[']).next() == Some(s))
     }
 }
 
@@ -413,8 +431,9 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and validates a configuration file; relative paths are relative to its directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads a configuration file and validates what `uses` covers; relative paths are relative
+    /// to its directory.
+    pub fn load(path: &Path, uses: Uses) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
@@ -425,15 +444,15 @@ impl Config {
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Config::parse(&text, &source, base_dir)
+        Config::parse(&text, &source, base_dir, uses)
     }
 
     /// The embedded default, with paths relative to the working directory.
     pub fn embedded_default() -> Result<Config, ConfigError> {
-        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, PathBuf::from("."))
+        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, PathBuf::from("."), Uses::Everything)
     }
 
-    pub fn parse(text: &str, source: &str, base_dir: PathBuf) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, source: &str, base_dir: PathBuf, uses: Uses) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError { source: source.to_string(), problems };
         let de = toml::Deserializer::parse(text).map_err(|e| fail(vec![toml_problem(text, &e, "")]))?;
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -443,7 +462,7 @@ impl Config {
         })?;
         config.base_dir = base_dir;
         config.source = source.to_string();
-        let problems = config.validate();
+        let problems: Vec<Problem> = config.validate().into_iter().filter(|p| uses.covers(&p.key)).collect();
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -521,18 +540,13 @@ impl Config {
         if self.database.max_connections == 0 {
             bad("database.max_connections", "must be at least 1".into());
         }
-        let device = self.inference.device.as_str();
-        let cuda_index_ok = device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
-        if !(device == "cpu" || device == "cuda" || cuda_index_ok) {
-            bad("inference.device", format!("`{device}` is not one of cpu, cuda, cuda:N"));
-        }
         if self.inference.threads == 0 {
             bad("inference.threads", "must be at least 1".into());
         }
         if !(1..=64).contains(&self.inference.workers) {
             bad("inference.workers", format!("{} is out of range (1 to 64)", self.inference.workers));
         }
-        if self.inference.require_gpu && device == "cpu" {
+        if self.inference.require_gpu && self.inference.device == Device::Cpu {
             bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());
         }
         if let Some(token) = &self.http.token {
@@ -574,11 +588,6 @@ impl Config {
             }
             if d.port == 0 {
                 bad(&format!("destinations[{i}].port"), "must not be 0".into());
-            }
-            for object in &d.objects {
-                if !matches!(object.as_str(), "seg" | "sr" | "overlay") {
-                    bad(&format!("destinations[{i}].objects"), format!("`{object}` is not one of seg, sr, overlay"));
-                }
             }
             if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
                 bad(
@@ -753,7 +762,22 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, "test.toml", PathBuf::from("/etc/pt"))
+        Config::parse(text, "test.toml", PathBuf::from("/etc/pt"), Uses::Everything)
+    }
+
+    #[test]
+    fn an_offline_command_checks_only_what_it_uses() {
+        let text = "[inference]\nthreads = 2\n[dicom]\nae_title = \"THIS AE TITLE IS FAR TOO LONG\"\n";
+        let everything = parse(text).unwrap_err();
+        let keys: Vec<&str> = everything.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"dicom.peers") && keys.contains(&"dicom.ae_title"), "{keys:?}");
+        let analysis = Config::parse(text, "test.toml", PathBuf::from("."), Uses::Analysis).expect("no network keys");
+        assert_eq!(analysis.inference.threads, 2);
+        let bad = "[inference]\nthreads = 0\n";
+        let err = Config::parse(bad, "test.toml", PathBuf::from("."), Uses::Analysis).unwrap_err();
+        assert_eq!(err.problems.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["inference.threads"]);
+        let records = Config::parse(bad, "test.toml", PathBuf::from("."), Uses::Records).expect("no inference keys");
+        assert_eq!(records.inference.threads, 0);
     }
 
     #[test]

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Destination};
 use crate::dicom::scu::{self, Peer, SendError};
+use crate::dicom::tls::TlsSetupError;
+use crate::shutdown::Shutdown;
 use crate::store::{ClaimedDelivery, Store};
 
 /// How long a claimed delivery is ours.
@@ -20,9 +21,8 @@ const LEASE: Duration = Duration::from_secs(300);
 /// How often the outbox is polled when nothing signals work (retries falling due).
 const POLL: Duration = Duration::from_secs(1);
 
-/// The running senders; [`Outbox::shutdown`] stops them after the sends in progress.
+/// The running senders: they stop when their [`Shutdown`] fires, after the sends in progress.
 pub struct Outbox {
-    stop: watch::Sender<bool>,
     senders: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -36,28 +36,38 @@ struct Target {
 impl Outbox {
     /// Starts `max_associations` senders per destination. Fails, naming the key, when a
     /// destination's TLS files cannot be used.
-    pub fn start(store: Store, config: &Config) -> Result<Outbox, String> {
-        let (stop, stop_rx) = watch::channel(false);
+    pub fn start(store: Store, config: &Config, shutdown: &Shutdown) -> Result<Outbox, PeerError> {
         let mut senders = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
             let target = Arc::new(Target { destination: d.clone(), peer: peer(config, i)?, dir: config.outputs_dir() });
             for _ in 0..d.max_associations {
-                senders.push(tokio::spawn(run(store.clone(), target.clone(), stop_rx.clone())));
+                senders.push(tokio::spawn(run(store.clone(), target.clone(), shutdown.clone())));
             }
         }
-        Ok(Outbox { stop, senders })
+        Ok(Outbox { senders })
     }
 
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+    /// Waits for the senders to stop (after the shutdown fired).
+    pub async fn join(self) {
         for sender in self.senders {
             let _ = sender.await;
         }
     }
 }
 
+/// A destination whose TLS files cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{config}: destinations[{index}].tls: {source}")]
+pub struct PeerError {
+    /// The configuration file.
+    pub config: String,
+    pub index: usize,
+    #[source]
+    pub source: TlsSetupError,
+}
+
 /// How to reach `destinations[i]`, its TLS files read; an error names the file and the key.
-pub fn peer(config: &Config, i: usize) -> Result<Peer, String> {
+pub fn peer(config: &Config, i: usize) -> Result<Peer, PeerError> {
     let d = &config.destinations[i];
     let tls = match &d.tls {
         None => None,
@@ -68,7 +78,7 @@ pub fn peer(config: &Config, i: usize) -> Result<Peer, String> {
                 &config.resolve(&tls.ca_file),
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )
-            .map_err(|e| format!("{}: destinations[{i}].tls: {e}", config.source))?;
+            .map_err(|source| PeerError { config: config.source.clone(), index: i, source })?;
             Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone())))
         }
     };
@@ -83,10 +93,10 @@ pub fn peer(config: &Config, i: usize) -> Result<Peer, String> {
 }
 
 /// One sender: claims this destination's due deliveries one after another.
-async fn run(store: Store, target: Arc<Target>, mut stop: watch::Receiver<bool>) {
+async fn run(store: Store, target: Arc<Target>, shutdown: Shutdown) {
     let mut queued = store.deliveries_queued();
     loop {
-        if *stop.borrow() {
+        if shutdown.is_triggered() {
             return;
         }
         queued.mark_unchanged();
@@ -101,7 +111,7 @@ async fn run(store: Store, target: Arc<Target>, mut stop: watch::Receiver<bool>)
             tokio::select! {
                 _ = queued.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => return,
+                _ = shutdown.triggered() => return,
             }
             continue;
         };

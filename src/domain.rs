@@ -101,6 +101,15 @@ spelt_enum! {
 }
 
 spelt_enum! {
+    /// How the models' outputs decide (design.md §2): the classifier decides and the segmenter
+    /// draws, or the segmenter's "triplet" rule decides.
+    pub enum Policy {
+        Cascade = "cascade",
+        Segmentation = "segmentation",
+    }
+}
+
+spelt_enum! {
     /// What the decision policy made of the models' outputs.
     pub enum Decision {
         Positive = "positive",
@@ -164,13 +173,58 @@ spelt_enum! {
     }
 }
 
+/// The header attributes the node keeps for an instance (read without touching pixel data).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceHeader {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: Option<String>,
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_date: Option<String>,
+    pub study_description: Option<String>,
+    pub modality: Option<String>,
+    pub body_part: Option<String>,
+    pub view_position: Option<String>,
+}
+
+spelt_enum! {
+    /// Where a study stands on the worklist.
+    pub enum StudyState {
+        /// Images not analysed yet.
+        Waiting = "waiting",
+        /// Not analysed: an image stopped the node each time it was analysed.
+        Quarantined = "quarantined",
+        /// An analysis failed.
+        Failed = "failed",
+        Analysed = "analysed",
+        /// Nothing applicable (e.g. a lateral view only).
+        NotAnalysed = "not_analysed",
+    }
+}
+
+spelt_enum! {
+    /// How far the delivery of a study's objects has got.
+    pub enum DeliveryProgress {
+        /// Nothing to deliver.
+        None = "none",
+        Pending = "pending",
+        /// Any delivery failed.
+        Failed = "failed",
+        /// All delivered.
+        Delivered = "delivered",
+    }
+}
+
 /// Where the models run: `inference.device`, spelt `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     #[default]
     Cpu,
     /// A CUDA GPU by index (`cuda` is `cuda:0`).
-    Cuda(u32),
+    Cuda(u16),
 }
 
 impl fmt::Display for Device {
@@ -188,10 +242,11 @@ impl FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| UnknownValue {
-                value: s.to_string(),
-                expected: &["cpu", "cuda", "cuda:N"],
-            }),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| UnknownValue { value: s.to_string(), expected: &["cpu", "cuda", "cuda:N"] }),
         }
     }
 }

@@ -5,6 +5,9 @@
 //! renamed into the spool and committed with its rows in one transaction. Only an `Outcome` of
 //! `Stored` or `Duplicate` may be answered with Success. Start-up recovery lives here too, since
 //! it applies the same rule to files a crash left between rename and commit.
+//!
+//! It speaks the domain, not DICOM's wire: a refusal says why (`Refusal`), and `dicom/` maps
+//! that to a DIMSE status. The SCP reaches the spool and the audit trail only through here.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -12,11 +15,9 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::config::DicomConfig;
-use crate::dicom::conformance::{self, Service};
-use crate::dicom::dimse::status;
+use crate::domain::{EventKind, InstanceHeader};
 use crate::spool::{self, Spool, SpoolError, TempInstance};
-use crate::store::{Event, InstanceHeader, NewInstance, PreviousVersion, Store};
+use crate::store::{Event, NewInstance, PreviousVersion, Store, StoreError};
 
 /// Instances with the same UID are committed one at a time; different UIDs rarely share a stripe.
 const LOCK_STRIPES: usize = 64;
@@ -29,7 +30,8 @@ pub struct Received {
     pub transfer_syntax_uid: String,
     pub calling_ae: String,
     pub peer_address: String,
-    pub service: Service,
+    /// Queued for analysis; otherwise recorded as stored only.
+    pub analysed: bool,
 }
 
 /// What became of a received instance.
@@ -39,15 +41,48 @@ pub enum Outcome {
     Stored { version: i64, instance_id: i64 },
     /// The same bytes were already stored under this UID: nothing new to do.
     Duplicate { version: i64 },
-    /// Not stored; answer with this status.
-    Refused { status: u16, reason: String },
+    /// Not stored.
+    Refused(Refusal),
+}
+
+/// Why a received instance was not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node cannot keep anything now (disk below its floor or failing, database down, data
+    /// set over the size limit); the sender may try again later.
+    OutOfResources(String),
+    /// The data set cannot be parsed, or lacks what identifies it.
+    Unreadable(String),
+    /// The data set is not what its command or presentation context says it is.
+    Mismatch(String),
+    /// A SOP class this node does not accept.
+    UnsupportedClass(String),
+    /// An operation other than C-STORE carried a data set.
+    UnsupportedOperation(String),
+}
+
+impl Refusal {
+    /// For the log and the audit trail (which may hold the node's own paths and errors).
+    pub fn reason(&self) -> &str {
+        match self {
+            Refusal::OutOfResources(r)
+            | Refusal::Unreadable(r)
+            | Refusal::Mismatch(r)
+            | Refusal::UnsupportedClass(r)
+            | Refusal::UnsupportedOperation(r) => r,
+        }
+    }
 }
 
 impl Outcome {
-    pub fn status(&self) -> u16 {
+    /// The label of the `instances` metric.
+    pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Stored { .. } | Outcome::Duplicate { .. } => status::SUCCESS,
-            Outcome::Refused { status, .. } => *status,
+            Outcome::Stored { .. } => "stored",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Refused(Refusal::OutOfResources(_)) => "out_of_resources",
+            Outcome::Refused(Refusal::Unreadable(_)) => "failed",
+            Outcome::Refused(_) => "refused",
         }
     }
 }
@@ -70,8 +105,8 @@ pub struct Ingest {
     locks: Vec<Mutex<()>>,
 }
 
-fn refused(status: u16, reason: impl Into<String>) -> Outcome {
-    Outcome::Refused { status, reason: reason.into() }
+fn out_of_resources(reason: impl Into<String>) -> Outcome {
+    Outcome::Refused(Refusal::OutOfResources(reason.into()))
 }
 
 impl Ingest {
@@ -79,24 +114,37 @@ impl Ingest {
         Ingest { spool, store, locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect() }
     }
 
-    pub fn spool(&self) -> &Spool {
-        &self.spool
+    /// Whether the spool has room for another instance (free disk above `node.min_free_disk_mb`).
+    pub fn room(&self) -> Result<(), Refusal> {
+        match self.spool.has_room() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refusal::OutOfResources("free disk space is below node.min_free_disk_mb".into())),
+            Err(e) => Err(Refusal::OutOfResources(e.to_string())),
+        }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// A temporary spool file for a data set about to arrive.
+    pub fn receive_into(&self, sop_class_uid: &str, sop_instance_uid: &str, ts: &str) -> Result<TempInstance, Refusal> {
+        self.spool.create_temp(sop_class_uid, sop_instance_uid, ts).map_err(|e| Refusal::OutOfResources(e.to_string()))
+    }
+
+    /// Appends to the audit trail; a database outage is logged, not fatal.
+    pub async fn record_event(&self, event: &Event<'_>) {
+        if let Err(e) = self.store.record_event(event).await {
+            tracing::warn!(kind = %event.kind, error = %e, "could not record an event");
+        }
     }
 
     /// Makes a received instance durable, or says why not.
     pub async fn commit(&self, received: Received) -> Outcome {
-        let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, service } =
+        let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, analysed } =
             received;
         // One UID at a time from the version lookup to the commit; the UID comes from the command
         // and the file step refuses a data set whose own UID differs.
         let _guard = self.lock_for(&sop_instance_uid).lock().await;
         let previous = match self.store.latest_version(&sop_instance_uid).await {
             Ok(p) => p,
-            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("database unavailable: {e}")),
+            Err(e) => return out_of_resources(format!("database unavailable: {e}")),
         };
         let spool = self.spool.clone();
         let command = (sop_class_uid.clone(), sop_instance_uid.clone());
@@ -104,22 +152,17 @@ impl Ingest {
         let (header, version, relative, size) = match placed {
             Ok(Ok(Durable::Placed { header, version, relative, size })) => (*header, version, relative, size),
             Ok(Ok(Durable::Duplicate { version })) => {
-                let event = Event {
-                    kind: "instance_duplicate",
-                    peer_ae: Some(&calling_ae),
-                    peer_address: Some(&peer_address),
-                    sop_instance_uid: Some(&sop_instance_uid),
-                    detail: Some("same bytes as the stored version; no new job"),
-                };
-                if let Err(e) = self.store.record_event(&event).await {
-                    tracing::warn!(error = %e, "could not record a duplicate in the audit trail");
-                }
+                let event = Event::new(EventKind::InstanceDuplicate)
+                    .peer(&calling_ae, &peer_address)
+                    .instance(&sop_instance_uid)
+                    .detail("same bytes as the stored version; no new job");
+                self.record_event(&event).await;
                 return Outcome::Duplicate { version };
             }
             Ok(Err(refusal)) => return refusal,
-            Err(e) => return refused(status::OUT_OF_RESOURCES, format!("storage task failed: {e}")),
+            Err(e) => return out_of_resources(format!("storage task failed: {e}")),
         };
-        let skip_reason = (service == Service::StoreOnly).then(|| format!("SOP class {sop_class_uid} is stored only"));
+        let skip_reason = (!analysed).then(|| format!("SOP class {sop_class_uid} is stored only"));
         let new = NewInstance {
             header,
             version,
@@ -129,7 +172,7 @@ impl Ingest {
             path: relative,
             size_bytes: size as i64,
             skip_reason,
-            event_kind: "instance_stored",
+            event_kind: EventKind::InstanceStored,
         };
         match self.store.record_instance(&new).await {
             Ok(recorded) => Outcome::Stored { version, instance_id: recorded.instance_id },
@@ -138,7 +181,7 @@ impl Ingest {
                 if let Err(remove) = self.spool.remove(&new.path) {
                     tracing::error!(path = %new.path, error = %remove, "could not remove an uncommitted spool file");
                 }
-                refused(status::OUT_OF_RESOURCES, format!("database unavailable: {e}"))
+                out_of_resources(format!("database unavailable: {e}"))
             }
         }
     }
@@ -157,11 +200,13 @@ impl Ingest {
     /// never acknowledged and were removed when the spool was opened. Jobs left `running` are
     /// re-queued, or quarantined when the node has died while analysing them `quarantine_after`
     /// times.
+    ///
+    /// `analysed` tells, by SOP Class UID, whether a recovered instance is queued for analysis.
     pub async fn recover(
         &self,
-        dicom: &DicomConfig,
+        analysed: impl Fn(&str) -> bool,
         quarantine_after: u32,
-    ) -> Result<Recovery, crate::store::StoreError> {
+    ) -> Result<Recovery, StoreError> {
         let interrupted = self.store.recover_interrupted_jobs(quarantine_after).await?;
         let mut report = Recovery {
             requeued_jobs: interrupted.requeued,
@@ -177,7 +222,7 @@ impl Ingest {
             }
         };
         for relative in files.into_iter().filter(|p| !known.contains(p)) {
-            match self.register_orphan(&relative, dicom).await {
+            match self.register_orphan(&relative, &analysed).await {
                 Ok(()) => report.registered += 1,
                 Err(reason) => {
                     tracing::error!(path = %relative, %reason, "spool file without rows could not be registered; left in place");
@@ -188,7 +233,7 @@ impl Ingest {
         Ok(report)
     }
 
-    async fn register_orphan(&self, relative: &str, dicom: &DicomConfig) -> Result<(), String> {
+    async fn register_orphan(&self, relative: &str, analysed: &impl Fn(&str) -> bool) -> Result<(), String> {
         let absolute = self.spool.absolute(relative);
         let spool = self.spool.clone();
         let (header, size, ts) = tokio::task::spawn_blocking(move || {
@@ -204,9 +249,8 @@ impl Ingest {
         {
             return Err("file name does not match its UIDs".into());
         }
-        let service = conformance::service_for(&header.sop_class_uid, dicom).unwrap_or(Service::StoreOnly);
         let skip_reason =
-            (service == Service::StoreOnly).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
+            (!analysed(&header.sop_class_uid)).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
         let new = NewInstance {
             header,
             version,
@@ -216,7 +260,7 @@ impl Ingest {
             path: relative.to_string(),
             size_bytes: size as i64,
             skip_reason,
-            event_kind: "instance_recovered",
+            event_kind: EventKind::InstanceRecovered,
         };
         self.store.record_instance(&new).await.map_err(|e| e.to_string())?;
         tracing::info!(path = %relative, "registered a spool file left without rows by a crash");
@@ -240,17 +284,19 @@ fn make_durable(
     (sop_class_uid, sop_instance_uid): &(String, String),
     previous: Option<PreviousVersion>,
 ) -> Result<Durable, Outcome> {
-    let out_of_resources = |e: SpoolError| refused(status::OUT_OF_RESOURCES, e.to_string());
-    temp.sync().map_err(out_of_resources)?;
+    let failed = |e: SpoolError| out_of_resources(e.to_string());
+    let mismatch =
+        |what: &str| Outcome::Refused(Refusal::Mismatch(format!("{what} of the data set differs from the command's")));
+    temp.sync().map_err(failed)?;
     let (header, _) = spool.read_header(temp.path()).map_err(|e| match e {
-        SpoolError::Invalid(scan) if scan.is_invalid_data() => refused(status::CANNOT_UNDERSTAND, scan.to_string()),
-        other => out_of_resources(other),
+        SpoolError::Invalid(scan) if scan.is_invalid_data() => Outcome::Refused(Refusal::Unreadable(scan.to_string())),
+        other => failed(other),
     })?;
     if &header.sop_instance_uid != sop_instance_uid {
-        return Err(refused(status::DATA_SET_MISMATCH, "SOP Instance UID of the data set differs from the command's"));
+        return Err(mismatch("SOP Instance UID"));
     }
     if &header.sop_class_uid != sop_class_uid {
-        return Err(refused(status::DATA_SET_MISMATCH, "SOP Class UID of the data set differs from the command's"));
+        return Err(mismatch("SOP Class UID"));
     }
     let version = match previous {
         None => 1,
@@ -261,9 +307,9 @@ fn make_durable(
         },
     };
     let relative = spool::relative_path(&header.study_instance_uid, &header.sop_instance_uid, version)
-        .map_err(|e| refused(status::CANNOT_UNDERSTAND, e.to_string()))?;
-    let size = temp.file_size().map_err(out_of_resources)?;
-    spool.place(&mut temp, &relative).map_err(out_of_resources)?;
+        .map_err(|e| Outcome::Refused(Refusal::Unreadable(e.to_string())))?;
+    let size = temp.file_size().map_err(failed)?;
+    spool.place(&mut temp, &relative).map_err(failed)?;
     Ok(Durable::Placed { header: Box::new(header), version, relative, size })
 }
 

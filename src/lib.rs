@@ -16,8 +16,14 @@ pub mod metrics;
 pub mod pipeline;
 pub mod results;
 pub mod scan;
+pub mod shutdown;
 pub mod spool;
 pub mod store;
+
+/// The implementation identity the node gives in its associations and in the file meta header
+/// of every file it writes (PS3.7 D.3.3.2); the class UID is under the project's UID root.
+pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1447.1";
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PNEUMOTRIAGE_", env!("CARGO_PKG_VERSION_MAJOR"));
 
 /// Keeps memory freed by one image for the next instead of returning it to the kernel.
 ///

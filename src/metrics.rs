@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::domain::{Decision, Priority};
+
 type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
@@ -65,8 +67,9 @@ pub fn instance(outcome: &'static str, took: Duration) {
 }
 
 /// An image analysed, with its stages' times in milliseconds.
-pub fn result(decision: &str, priority: &str, stages_ms: [(&'static str, f64); 4]) {
-    METRICS.results.get_or_create(&vec![("decision", decision.into()), ("priority", priority.into())]).inc();
+pub fn result(decision: Decision, priority: Priority, stages_ms: [(&'static str, f64); 4]) {
+    let labels = vec![("decision", decision.as_str().into()), ("priority", priority.as_str().into())];
+    METRICS.results.get_or_create(&labels).inc();
     for (name, ms) in stages_ms {
         stage(name, Duration::from_secs_f64(ms.max(0.0) / 1000.0));
         if name == "inference" {

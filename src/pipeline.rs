@@ -22,14 +22,14 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, OutputsConfig, Policy, SrPolicy};
+use crate::config::{Config, OutputsConfig, SrPolicy};
+use crate::domain::{Decision, ObjectKind};
 use crate::imaging::{self, ImagingError};
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
-use crate::inference::decision::Decision;
 use crate::results::{sc, seg, sr};
+use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_durably, Spool};
 use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
 
@@ -52,7 +52,7 @@ pub struct OutputSettings {
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
     /// Each destination's name and the kinds of objects it takes.
-    pub destinations: Vec<(String, Vec<String>)>,
+    pub destinations: Vec<(String, Vec<ObjectKind>)>,
 }
 
 impl OutputSettings {
@@ -70,7 +70,7 @@ impl OutputSettings {
 /// A DICOM object made of a result, not yet written.
 #[derive(Debug)]
 pub struct MadeObject {
-    pub kind: &'static str,
+    pub kind: ObjectKind,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub series_instance_uid: String,
@@ -88,9 +88,8 @@ pub enum Verdict {
     Transient(String),
 }
 
-/// The running pipeline; [`Pipeline::shutdown`] stops it.
+/// The running pipeline: it stops when its [`Shutdown`] fires; [`Pipeline::join`] waits for that.
 pub struct Pipeline {
-    stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     store: Store,
 }
@@ -116,8 +115,8 @@ impl Pipeline {
         analyzers: Vec<Analyzer>,
         outputs: OutputSettings,
         limits: Limits,
+        shutdown: Shutdown,
     ) -> Pipeline {
-        let (stop, stop_rx) = watch::channel(false);
         let handle = Handle::current();
         let workers = analyzers
             .into_iter()
@@ -129,7 +128,7 @@ impl Pipeline {
                     analyzer,
                     spool: spool.clone(),
                     store: store.clone(),
-                    stop: stop_rx.clone(),
+                    shutdown: shutdown.clone(),
                     runtime: handle.clone(),
                     outputs: outputs.clone(),
                     limits,
@@ -140,12 +139,12 @@ impl Pipeline {
                     .expect("cannot start an inference thread")
             })
             .collect();
-        Pipeline { stop, workers, store }
+        Pipeline { workers, store }
     }
 
-    /// Stops claiming and lets each worker finish the image in hand.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+    /// After the shutdown fired: waits for each worker to finish the image in hand, then puts
+    /// back the jobs claimed but not started.
+    pub async fn join(self) {
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
         match self.store.requeue_unstarted_jobs().await {
@@ -160,8 +159,7 @@ struct Worker {
     analyzer: Analyzer,
     spool: Arc<Spool>,
     store: Store,
-    /// Becomes true at shutdown.
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     runtime: Handle,
     outputs: OutputSettings,
     limits: Limits,
@@ -193,7 +191,7 @@ impl Worker {
     async fn next_job(&mut self) -> Option<ClaimedJob> {
         let mut backoff = Duration::from_millis(500);
         loop {
-            if *self.stop.borrow() {
+            if self.shutdown.is_triggered() {
                 return None;
             }
             let queued = self.store.jobs_queued().notified();
@@ -206,7 +204,7 @@ impl Worker {
                     tokio::select! {
                         _ = queued => {}
                         _ = tokio::time::sleep(POLL) => {}
-                        _ = self.stop.changed() => {}
+                        _ = self.shutdown.triggered() => {}
                     }
                     backoff = Duration::from_millis(500);
                 }
@@ -214,7 +212,7 @@ impl Worker {
                     warn!(error = %e, "cannot claim analysis jobs; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = self.stop.changed() => {}
+                        _ = self.shutdown.triggered() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -241,8 +239,8 @@ impl Worker {
                 info!(
                     job = job.id,
                     instance = job.instance_id,
-                    decision = result.decision,
-                    priority = result.priority,
+                    decision = %result.decision,
+                    priority = %result.priority,
                     probability = format_args!("{:.3}", analysis.probability),
                     mask_px = analysis.mask_area_px,
                     decode_ms = t.decode_ms as u64,
@@ -295,7 +293,7 @@ impl Worker {
                 Ok(false) => {
                     return warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded")
                 }
-                Err(e) if *self.stop.borrow() || started.elapsed() + delay > LEASE / 2 => {
+                Err(e) if self.shutdown.is_triggered() || started.elapsed() + delay > LEASE / 2 => {
                     return error!(
                         job = job.id,
                         error = %e,
@@ -306,7 +304,7 @@ impl Worker {
                     warn!(job = job.id, error = %e, "cannot record the job's {what}; retrying in {delay:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => {}
+                        _ = self.shutdown.triggered() => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -330,7 +328,7 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
             let destinations = settings
                 .destinations
                 .iter()
-                .filter(|(_, kinds)| kinds.iter().any(|k| k == o.kind))
+                .filter(|(_, kinds)| kinds.contains(&o.kind))
                 .map(|(name, _)| name.clone())
                 .collect();
             Ok(NewOutput {
@@ -374,7 +372,7 @@ pub fn make_objects(
             date: &date,
             time: &time,
         };
-        match seg::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("seg", obj)) {
+        match seg::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Seg, obj)) {
             Ok(object) => made.push(object),
             Err(e) => warn!(error = %e, "no SEG for this result"),
         }
@@ -386,7 +384,7 @@ pub fn make_objects(
     };
     if wanted {
         let (date, time) = dicom_now();
-        let seg = made.iter().find(|o| o.kind == "seg");
+        let seg = made.iter().find(|o| o.kind == ObjectKind::Seg);
         let request = sr::SrRequest {
             source: obj,
             source_key,
@@ -406,7 +404,7 @@ pub fn make_objects(
             date: &date,
             time: &time,
         };
-        match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("sr", obj)) {
+        match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Sr, obj)) {
             Ok(object) => made.push(object),
             Err(e) => warn!(error = %e, "no SR for this result"),
         }
@@ -428,7 +426,7 @@ pub fn make_objects(
             date: &date,
             time: &time,
         };
-        match sc::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("overlay", obj)) {
+        match sc::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Overlay, obj)) {
             Ok(object) => made.push(object),
             Err(e) => warn!(error = %e, "no secondary capture for this result"),
         }
@@ -437,7 +435,7 @@ pub fn make_objects(
 }
 
 /// A built object as bytes, with the UIDs its rows and references need.
-fn made_object(kind: &'static str, obj: FileDicomObject<InMemDicomObject>) -> Result<MadeObject, String> {
+fn made_object(kind: ObjectKind, obj: FileDicomObject<InMemDicomObject>) -> Result<MadeObject, String> {
     let mut bytes = Vec::new();
     obj.write_all(&mut bytes).map_err(|e| e.to_string())?;
     let uid = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
@@ -526,12 +524,9 @@ pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
     let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
     let t = &a.timings;
     NewResult {
-        policy: match analyzer.policy() {
-            Policy::Cascade => "cascade",
-            Policy::Segmentation => "segmentation",
-        },
-        decision: a.decision.as_str(),
-        priority: a.priority.as_str(),
+        policy: analyzer.policy(),
+        decision: a.decision,
+        priority: a.priority,
         probability: a.probability as f64,
         width: a.width as i64,
         height: a.height as i64,

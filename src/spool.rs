@@ -14,17 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 
+use crate::domain::InstanceHeader;
 use crate::scan::{self, ScanError};
-use crate::store::InstanceHeader;
+use crate::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Where temporary files live until they are complete and durable.
 const TMP_DIR: &str = "tmp";
 /// What a temporary file's name ends with; such files are never taken for instances.
 const TMP_SUFFIX: &str = ".part";
-
-/// The node's implementation identity, written in the file meta header.
-pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1447.1";
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PNEUMOTRIAGE_", env!("CARGO_PKG_VERSION_MAJOR"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -94,9 +91,27 @@ impl Spool {
         self.max_dataset_bytes
     }
 
-    /// Walks a file's data set within the limits and reads its header; see [`read_header`].
+    /// Walks a Part-10 file's data set within the scan's limits (see [`crate::scan`]; a deflated
+    /// data set inflates to at most `dicom.max_dataset_mb`) and takes the attributes the database
+    /// needs, and the transfer syntax, from it; never reads pixel data.
     pub fn read_header(&self, path: &Path) -> Result<(InstanceHeader, String), SpoolError> {
-        read_header(path, self.max_dataset_bytes)
+        let scanned = scan::scan_file(path, self.max_dataset_bytes).map_err(SpoolError::Invalid)?;
+        let required = |tag, name: &'static str| scanned.text(tag).ok_or(SpoolError::Invalid(ScanError::Missing(name)));
+        let header = InstanceHeader {
+            sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID")?,
+            sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
+            study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+            series_instance_uid: scanned.text(tags::SERIES_INSTANCE_UID),
+            patient_id: scanned.text(tags::PATIENT_ID),
+            patient_name: scanned.text(tags::PATIENT_NAME),
+            accession_number: scanned.text(tags::ACCESSION_NUMBER),
+            study_date: scanned.text(tags::STUDY_DATE),
+            study_description: scanned.text(tags::STUDY_DESCRIPTION),
+            modality: scanned.text(tags::MODALITY),
+            body_part: scanned.text(tags::BODY_PART_EXAMINED),
+            view_position: scanned.text(tags::VIEW_POSITION),
+        };
+        Ok((header, scanned.transfer_syntax))
     }
 
     /// Whether the spool can take an image now: a file written and removed in its temporary
@@ -287,29 +302,6 @@ pub fn relative_path(study_uid: &str, sop_uid: &str, version: i64) -> Result<Str
     let sop =
         sanitize_uid(sop_uid).ok_or_else(|| SpoolError::InvalidUid(format!("invalid SOP Instance UID {sop_uid:?}")))?;
     Ok(if version <= 1 { format!("{study}/{sop}.dcm") } else { format!("{study}/{sop}.v{version}.dcm") })
-}
-
-/// Walks a Part-10 file's data set within the scan's limits (see [`crate::scan`]) and takes the
-/// attributes the database needs, and the transfer syntax, from it; never reads pixel data.
-/// `max_dataset_bytes` bounds a deflated data set's inflated size.
-pub fn read_header(path: &Path, max_dataset_bytes: u64) -> Result<(InstanceHeader, String), SpoolError> {
-    let scanned = scan::scan_file(path, max_dataset_bytes).map_err(SpoolError::Invalid)?;
-    let required = |tag, name: &'static str| scanned.text(tag).ok_or(SpoolError::Invalid(ScanError::Missing(name)));
-    let header = InstanceHeader {
-        sop_class_uid: required(tags::SOP_CLASS_UID, "SOP Class UID")?,
-        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
-        study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
-        series_instance_uid: scanned.text(tags::SERIES_INSTANCE_UID),
-        patient_id: scanned.text(tags::PATIENT_ID),
-        patient_name: scanned.text(tags::PATIENT_NAME),
-        accession_number: scanned.text(tags::ACCESSION_NUMBER),
-        study_date: scanned.text(tags::STUDY_DATE),
-        study_description: scanned.text(tags::STUDY_DESCRIPTION),
-        modality: scanned.text(tags::MODALITY),
-        body_part: scanned.text(tags::BODY_PART_EXAMINED),
-        view_position: scanned.text(tags::VIEW_POSITION),
-    };
-    Ok((header, scanned.transfer_syntax))
 }
 
 /// Whether two files hold the same bytes.

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Setup};
-use pneumotriage::store::{InstanceHeader, JobEnd, NewInstance, NewResult, Store};
+use pneumotriage::domain::{Decision, EventKind, InstanceHeader, Policy, Priority};
+use pneumotriage::store::{JobEnd, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {
     NewInstance {
@@ -23,7 +24,7 @@ fn instance(uid: &str, version: i64) -> NewInstance {
         path: format!("1.2.99/{uid}.v{version}.dcm"),
         size_bytes: 10,
         skip_reason: None,
-        event_kind: "instance_stored",
+        event_kind: EventKind::InstanceStored,
     }
 }
 
@@ -133,9 +134,9 @@ fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
 fn result() -> NewResult {
     let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
     NewResult {
-        policy: "cascade",
-        decision: "positive",
-        priority: "urgent",
+        policy: Policy::Cascade,
+        decision: Decision::Positive,
+        priority: Priority::Urgent,
         probability: 0.9,
         width: 10,
         height: 10,

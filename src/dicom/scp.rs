@@ -24,9 +24,11 @@ use super::conformance::{self, AcceptedContext, Service};
 use super::dimse::{self, command_field, status, Command};
 use super::ul::{Connection, Incoming, PData, Pdv, Transport, UlError};
 use crate::config::DicomConfig;
-use crate::ingest::{Ingest, Outcome, Received};
-use crate::spool::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::domain::EventKind;
+use crate::ingest::{Ingest, Outcome, Received, Refusal};
+use crate::shutdown::Shutdown;
 use crate::store::Event;
+use crate::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// The DICOM application context (PS3.7 A.2.1).
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
@@ -68,21 +70,20 @@ impl Scp {
     }
 
     /// Accepts associations on the plain listener and, when configured, the TLS one, until
-    /// `shutdown` resolves; then stops accepting, lets the associations in progress finish for
+    /// `shutdown` fires; then stops accepting, lets the associations in progress finish for
     /// up to `dicom.shutdown_grace_secs`, and aborts the rest (what they had not been answered
     /// for is not kept, and their peers see the abort).
     pub async fn serve(
         self: Arc<Self>,
         plain: Option<TcpListener>,
         tls: Option<(TcpListener, TlsAcceptor)>,
-        shutdown: impl std::future::Future<Output = ()>,
+        shutdown: Shutdown,
     ) {
-        tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(10);
         let mut associations = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
-                _ = &mut shutdown => break,
+                _ = shutdown.triggered() => break,
                 Some(_) = associations.join_next(), if !associations.is_empty() => continue,
                 a = accept(plain.as_ref()) => a.map(|(stream, peer)| (stream, peer, None)),
                 a = accept(tls.as_ref().map(|(l, _)| l)) => {
@@ -127,7 +128,7 @@ impl Scp {
                 Ok(Err(e)) => {
                     warn!(%peer, error = %e, "TLS handshake failed; connection closed");
                     crate::metrics::association(false);
-                    self.event("tls_refused", "", peer, None, Some(&e.to_string())).await;
+                    self.event(EventKind::TlsRefused, "", peer, None, &e.to_string()).await;
                     return;
                 }
                 Err(_) => {
@@ -170,7 +171,7 @@ impl Scp {
                 conn.shutdown().await;
                 warn!(peer_ae = %calling_ae, %peer, called_ae = %request.called_ae_title.trim(), %reason, "association rejected");
                 crate::metrics::association(false);
-                self.event("association_rejected", &calling_ae, peer, None, Some(&reason)).await;
+                self.event(EventKind::AssociationRejected, &calling_ae, peer, None, &reason).await;
             }
             Ok(admission) => {
                 let (results, contexts) = conformance::negotiate(&request.presentation_contexts, &self.config);
@@ -197,7 +198,7 @@ impl Scp {
                 );
                 info!(peer_ae = %calling_ae, %peer, contexts = %detail, "association accepted");
                 crate::metrics::association(true);
-                self.event("association_accepted", &calling_ae, peer, None, Some(&detail)).await;
+                self.event(EventKind::AssociationAccepted, &calling_ae, peer, None, &detail).await;
                 let association = Association::new(self.clone(), conn, calling_ae, peer, contexts);
                 association.run().await;
                 drop(admission);
@@ -270,13 +271,15 @@ impl Scp {
         Ok(Admission { _permit: permit, per_host: self.per_host.clone(), ip })
     }
 
-    /// Records an audit event; a database outage is logged, not fatal.
-    async fn event(&self, kind: &str, peer_ae: &str, peer: SocketAddr, sop: Option<&str>, detail: Option<&str>) {
+    /// Records an audit event about a peer; a database outage is logged, not fatal.
+    async fn event(&self, kind: EventKind, peer_ae: &str, peer: SocketAddr, sop: Option<&str>, detail: &str) {
         let address = peer.to_string();
-        let event = Event { kind, peer_ae: Some(peer_ae), peer_address: Some(&address), sop_instance_uid: sop, detail };
-        if let Err(e) = self.ingest.store().record_event(&event).await {
-            warn!(kind, error = %e, "could not record an event");
-        }
+        let event = Event::new(kind).peer(peer_ae, &address).detail(detail);
+        let event = match sop {
+            Some(sop) => event.instance(sop),
+            None => event,
+        };
+        self.ingest.record_event(&event).await;
     }
 }
 
@@ -293,23 +296,33 @@ async fn abort(conn: &mut Connection, reason: AbortRQServiceProviderReason) {
     conn.shutdown().await;
 }
 
+/// The C-STORE response status of an outcome: the one place where the keeping layer's answer
+/// becomes DICOM's (PS3.4 B.2.3, PS3.7 C.4).
+fn store_status(outcome: &Outcome) -> u16 {
+    match outcome {
+        Outcome::Stored { .. } | Outcome::Duplicate { .. } => status::SUCCESS,
+        Outcome::Refused(Refusal::OutOfResources(_)) => status::OUT_OF_RESOURCES,
+        Outcome::Refused(Refusal::Mismatch(_)) => status::DATA_SET_MISMATCH,
+        Outcome::Refused(Refusal::Unreadable(_)) => status::CANNOT_UNDERSTAND,
+        Outcome::Refused(Refusal::UnsupportedClass(_)) => status::SOP_CLASS_NOT_SUPPORTED,
+        Outcome::Refused(Refusal::UnsupportedOperation(_)) => status::UNRECOGNIZED_OPERATION,
+    }
+}
+
 /// The Error Comment a refusal sends: the reason when it is about the peer's own request, a
 /// fixed text when it is about this node (whose paths and errors are for its log, not the wire).
-fn comment_for_peer(status: u16, reason: &str) -> &str {
-    match status {
-        0xA700..=0xA7FF => "out of resources at the receiver; try again later",
-        _ => reason,
+fn comment_for_peer(refusal: &Refusal) -> &str {
+    match refusal {
+        Refusal::OutOfResources(_) => "out of resources at the receiver; try again later",
+        other => other.reason(),
     }
 }
 
 /// Where the data set of the current C-STORE goes.
 enum Sink {
     Spool(crate::spool::TempInstance),
-    /// Read and dropped; the request is answered with this status once the data set ends.
-    Discard {
-        status: u16,
-        reason: String,
-    },
+    /// Read and dropped; the request is refused once the data set ends.
+    Discard(Refusal),
 }
 
 /// A request whose data set is being received.
@@ -488,12 +501,12 @@ impl Association {
             if let Sink::Spool(_) = pending.sink {
                 let reason =
                     format!("data set larger than dicom.max_dataset_mb ({} MiB)", self.scp.config.max_dataset_mb);
-                pending.sink = Sink::Discard { status: status::OUT_OF_RESOURCES, reason };
+                pending.sink = Sink::Discard(Refusal::OutOfResources(reason));
             }
         }
         if let Sink::Spool(temp) = &mut pending.sink {
             if let Err(e) = temp.write(fragment) {
-                pending.sink = Sink::Discard { status: status::OUT_OF_RESOURCES, reason: e.to_string() };
+                pending.sink = Sink::Discard(Refusal::OutOfResources(e.to_string()));
             }
         }
         if pdv.is_last {
@@ -515,7 +528,7 @@ impl Association {
             }
             _ if command.has_data_set => {
                 let reason = format!("operation 0x{:04X} is not supported", command.field);
-                let sink = Sink::Discard { status: status::UNRECOGNIZED_OPERATION, reason };
+                let sink = Sink::Discard(Refusal::UnsupportedOperation(reason));
                 self.pending = Some(Pending { command, context, sink, started: Instant::now(), bytes: 0 });
                 Ok(())
             }
@@ -529,35 +542,29 @@ impl Association {
 
     /// Decides, before any data arrives, whether this C-STORE's data set can be kept.
     fn store_sink(&self, command: &Command, context: &AcceptedContext) -> Sink {
-        let discard = |status, reason: &str| Sink::Discard { status, reason: reason.to_string() };
         let Some(sop_class) = command.affected_sop_class_uid.as_deref() else {
-            return discard(status::CANNOT_UNDERSTAND, "the command has no Affected SOP Class UID");
+            return Sink::Discard(Refusal::Unreadable("the command has no Affected SOP Class UID".into()));
         };
         let Some(sop_instance) = command.affected_sop_instance_uid.as_deref() else {
-            return discard(status::CANNOT_UNDERSTAND, "the command has no Affected SOP Instance UID");
+            return Sink::Discard(Refusal::Unreadable("the command has no Affected SOP Instance UID".into()));
         };
         if conformance::service_for(sop_class, &self.scp.config).is_none() {
-            return discard(status::SOP_CLASS_NOT_SUPPORTED, "SOP class not supported");
+            return Sink::Discard(Refusal::UnsupportedClass("SOP class not supported".into()));
         }
         if sop_class != context.abstract_syntax {
-            return discard(status::DATA_SET_MISMATCH, "SOP class differs from the presentation context's");
+            return Sink::Discard(Refusal::Mismatch("SOP class differs from the presentation context's".into()));
         }
-        let spool = self.scp.ingest.spool();
-        match spool.has_room() {
-            Ok(true) => {}
-            Ok(false) => return discard(status::OUT_OF_RESOURCES, "free disk space is below node.min_free_disk_mb"),
-            Err(e) => return discard(status::OUT_OF_RESOURCES, &e.to_string()),
-        }
-        match spool.create_temp(sop_class, sop_instance, &context.transfer_syntax) {
+        let ingest = &self.scp.ingest;
+        match ingest.room().and_then(|()| ingest.receive_into(sop_class, sop_instance, &context.transfer_syntax)) {
             Ok(temp) => Sink::Spool(temp),
-            Err(e) => discard(status::OUT_OF_RESOURCES, &e.to_string()),
+            Err(refusal) => Sink::Discard(refusal),
         }
     }
 
     async fn finish_store(&mut self, pending: Pending) -> Result<(), End> {
         let Pending { command, context, sink, started, bytes } = pending;
         let outcome = match sink {
-            Sink::Discard { status, reason } => Outcome::Refused { status, reason },
+            Sink::Discard(refusal) => Outcome::Refused(refusal),
             Sink::Spool(temp) => {
                 let received = Received {
                     temp,
@@ -566,24 +573,17 @@ impl Association {
                     transfer_syntax_uid: context.transfer_syntax.clone(),
                     calling_ae: self.calling_ae.clone(),
                     peer_address: self.peer.to_string(),
-                    service: context.service,
+                    analysed: context.service == Service::Analysed,
                 };
                 self.scp.ingest.commit(received).await
             }
         };
-        let status = outcome.status();
+        let status = store_status(&outcome);
         let ms = started.elapsed().as_millis() as u64;
         let sop_class = command.affected_sop_class_uid.as_deref().unwrap_or("");
         let sop_instance = command.affected_sop_instance_uid.as_deref().unwrap_or("");
         let status_hex = format!("0x{status:04X}");
-        let counted = match &outcome {
-            Outcome::Stored { .. } => "stored",
-            Outcome::Duplicate { .. } => "duplicate",
-            Outcome::Refused { status: 0xA700..=0xA7FF, .. } => "out_of_resources",
-            Outcome::Refused { status: 0xC000..=0xCFFF, .. } => "failed",
-            Outcome::Refused { .. } => "refused",
-        };
-        crate::metrics::instance(counted, started.elapsed());
+        crate::metrics::instance(outcome.label(), started.elapsed());
         match &outcome {
             Outcome::Stored { version, .. } => {
                 self.tally.stored += 1;
@@ -596,16 +596,17 @@ impl Association {
                 info!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
                       bytes, ms, status = %status_hex, version, "instance already stored with the same bytes");
             }
-            Outcome::Refused { reason, .. } => {
+            Outcome::Refused(refusal) => {
+                let reason = refusal.reason();
                 self.tally.failed += 1;
                 warn!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
                       bytes, ms, status = %status_hex, %reason, "instance refused");
                 let detail = format!("{status_hex}: {reason}");
-                self.scp.event("store_failed", &self.calling_ae, self.peer, Some(sop_instance), Some(&detail)).await;
+                self.scp.event(EventKind::StoreFailed, &self.calling_ae, self.peer, Some(sop_instance), &detail).await;
             }
         }
         let comment = match &outcome {
-            Outcome::Refused { reason, status } => Some(comment_for_peer(*status, reason)),
+            Outcome::Refused(refusal) => Some(comment_for_peer(refusal)),
             _ => None,
         };
         self.respond(context.id, &command, status, comment).await

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::Config;
+
 /// Why a TLS configuration cannot be built from its files.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -23,6 +25,25 @@ pub enum TlsSetupError {
     Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("protocol versions: {0}")]
     Protocol(#[source] rustls::Error),
+}
+
+/// `[dicom.tls]` files that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{config}: dicom.tls: {source}")]
+pub struct ListenerTlsError {
+    /// The configuration file.
+    pub config: String,
+    #[source]
+    pub source: TlsSetupError,
+}
+
+/// The listener's acceptor when `[dicom.tls]` is set, its files read.
+pub fn listener_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ListenerTlsError> {
+    let Some(tls) = &config.dicom.tls else { return Ok(None) };
+    let client_ca = tls.client_ca_file.as_ref().map(|f| config.resolve(f));
+    server_config(&config.resolve(&tls.cert_file), &config.resolve(&tls.key_file), client_ca.as_deref())
+        .map(|server| Some(tokio_rustls::TlsAcceptor::from(server)))
+        .map_err(|source| ListenerTlsError { config: config.source.clone(), source })
 }
 
 /// The certificates of a PEM file (at least one).

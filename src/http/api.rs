@@ -2,6 +2,7 @@
 //! node's counts.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -12,6 +13,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 use crate::config::PriorityConfig;
+use crate::domain::{DeliveryProgress, Priority, StudyState, UnknownValue};
 use crate::store::worklist::{StudyInstance, WorklistStudy};
 use crate::store::{now_ms, Store};
 
@@ -24,61 +26,49 @@ pub struct Listed {
     #[serde(flatten)]
     pub study: WorklistStudy,
     /// Where it is listed: its priority, raised by the aging rule when it has waited long.
-    pub effective_priority: &'static str,
+    pub effective_priority: Priority,
     /// Whether the aging rule raised it.
     pub aged: bool,
     /// Since the first image arrived, in seconds.
     pub waiting_secs: i64,
-    /// `waiting` (images not analysed yet), `quarantined` (not analysed: an image stopped the
-    /// node each time it was analysed), `failed` (an analysis failed), `analysed` or
-    /// `not_analysed` (nothing applicable, e.g. a lateral view).
-    pub state: &'static str,
-    /// `none`, `pending`, `failed` (any) or `delivered` (all).
-    pub delivery: &'static str,
-}
-
-fn rank(priority: &str) -> u8 {
-    match priority {
-        "urgent" => 0,
-        "review" => 1,
-        _ => 2,
-    }
+    pub state: StudyState,
+    pub delivery: DeliveryProgress,
 }
 
 /// A study as listed `now` (ms since the epoch), the aging rule applied.
 pub fn listed(study: WorklistStudy, rules: &PriorityConfig, now: i64) -> Listed {
     let waiting_ms = (now - study.first_received_at).max(0);
     let waited = |minutes: u64| minutes > 0 && waiting_ms >= minutes as i64 * 60_000;
-    let priority = study.priority.as_deref().unwrap_or("routine");
+    let priority = study.priority.unwrap_or(Priority::Routine);
     let effective_priority = match priority {
-        "urgent" => "urgent",
-        "review" if waited(rules.review_aging_minutes) => "urgent",
-        "review" => "review",
-        _ if waited(rules.routine_aging_minutes) => "review",
-        _ => "routine",
+        Priority::Urgent => Priority::Urgent,
+        Priority::Review if waited(rules.review_aging_minutes) => Priority::Urgent,
+        Priority::Review => Priority::Review,
+        Priority::Routine if waited(rules.routine_aging_minutes) => Priority::Review,
+        Priority::Routine => Priority::Routine,
     };
     let state = if study.jobs_pending > 0 {
-        "waiting"
+        StudyState::Waiting
     } else if study.jobs_quarantined > 0 {
-        "quarantined"
+        StudyState::Quarantined
     } else if study.jobs_failed > 0 {
-        "failed"
+        StudyState::Failed
     } else if study.results > 0 {
-        "analysed"
+        StudyState::Analysed
     } else {
-        "not_analysed"
+        StudyState::NotAnalysed
     };
     let delivery = if study.deliveries_failed > 0 {
-        "failed"
+        DeliveryProgress::Failed
     } else if study.deliveries_pending > 0 {
-        "pending"
+        DeliveryProgress::Pending
     } else if study.deliveries_delivered > 0 {
-        "delivered"
+        DeliveryProgress::Delivered
     } else {
-        "none"
+        DeliveryProgress::None
     };
     Listed {
-        aged: rank(effective_priority) < rank(priority),
+        aged: effective_priority > priority,
         effective_priority,
         waiting_secs: waiting_ms / 1000,
         state,
@@ -87,9 +77,23 @@ pub fn listed(study: WorklistStudy, rules: &PriorityConfig, now: i64) -> Listed 
     }
 }
 
-/// Reading order: by effective priority, then the longest waiting first.
+/// Reading order: by effective priority (highest first), then the longest waiting first.
 pub fn order(studies: &mut [Listed]) {
-    studies.sort_by_key(|s| (rank(s.effective_priority), s.study.first_received_at));
+    studies.sort_by_key(|s| (std::cmp::Reverse(s.effective_priority), s.study.first_received_at));
+}
+
+fn wanted<T: PartialEq>(filter: &Option<Vec<T>>, value: T) -> bool {
+    filter.as_ref().is_none_or(|list| list.contains(&value))
+}
+
+/// A comma-separated filter of `key` (`None`: everything passes), or the value it cannot read.
+fn filter<T: FromStr<Err = UnknownValue>>(key: &str, list: &Option<String>) -> Result<Option<Vec<T>>, ApiError> {
+    let Some(list) = list else { return Ok(None) };
+    list.split(',')
+        .map(|v| v.trim().parse())
+        .collect::<Result<Vec<T>, _>>()
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{key}: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,17 +106,8 @@ pub struct StudiesQuery {
 }
 
 pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQuery>) -> Result<Response, ApiError> {
-    let wanted =
-        |list: &Option<String>, value: &str| list.as_deref().is_none_or(|l| l.split(',').any(|w| w.trim() == value));
-    for (key, list, allowed) in [
-        ("priority", &query.priority, &["urgent", "review", "routine"][..]),
-        ("state", &query.state, &["waiting", "quarantined", "failed", "analysed", "not_analysed"][..]),
-    ] {
-        if let Some(bad) = list.as_deref().and_then(|l| l.split(',').map(str::trim).find(|v| !allowed.contains(v))) {
-            let message = format!("{key}: `{bad}` is not one of {}", allowed.join(", "));
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, message));
-        }
-    }
+    let priorities: Option<Vec<Priority>> = filter("priority", &query.priority)?;
+    let states: Option<Vec<StudyState>> = filter("state", &query.state)?;
     let now = now_ms();
     let mut list: Vec<Listed> = state
         .store
@@ -120,7 +115,7 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
         .await?
         .into_iter()
         .map(|s| listed(s, &state.priority, now))
-        .filter(|s| wanted(&query.priority, s.effective_priority) && wanted(&query.state, s.state))
+        .filter(|s| wanted(&priorities, s.effective_priority) && wanted(&states, s.state))
         .collect();
     order(&mut list);
     list.truncate(query.limit.unwrap_or(200));
@@ -204,21 +199,24 @@ pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError>
     Ok(Json(status_json(&state.store).await?).into_response())
 }
 
-/// Jobs, results and deliveries by state or priority.
+/// Jobs, results and deliveries by state or priority: `{"jobs": {"done": 3, ...}, ...}`.
 pub async fn status_json(store: &Store) -> crate::store::Result<serde_json::Value> {
-    let mut out = serde_json::Map::new();
-    for (what, rows) in store.counts().await? {
-        let counts: serde_json::Map<String, serde_json::Value> = rows.into_iter().map(|(k, n)| (k, json!(n))).collect();
-        out.insert(what.to_string(), json!(counts));
+    fn by_value<T: std::fmt::Display>(rows: &[(T, i64)]) -> serde_json::Value {
+        rows.iter().map(|(value, n)| (value.to_string(), json!(n))).collect::<serde_json::Map<_, _>>().into()
     }
-    Ok(json!(out))
+    let counts = store.counts().await?;
+    Ok(json!({
+        "jobs": by_value(&counts.jobs),
+        "results": by_value(&counts.results),
+        "deliveries": by_value(&counts.deliveries),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn study(priority: Option<&str>, first_received_at: i64) -> WorklistStudy {
+    fn study(priority: Option<Priority>, first_received_at: i64) -> WorklistStudy {
         WorklistStudy {
             study_instance_uid: format!("1.2.{first_received_at}"),
             patient_id: None,
@@ -226,7 +224,7 @@ mod tests {
             accession_number: None,
             study_date: None,
             study_description: None,
-            priority: priority.map(String::from),
+            priority,
             probability: None,
             instance_count: 1,
             first_received_at,
@@ -247,31 +245,35 @@ mod tests {
         let minute = 60_000;
         let now = 1_000 * minute;
         let mut list: Vec<Listed> = [
-            study(Some("routine"), now - 10 * minute),
-            study(Some("review"), now - 5 * minute),
-            study(Some("urgent"), now - minute),
-            study(Some("routine"), now - 180 * minute), // waited 3 h: listed with review
-            study(Some("review"), now - 30 * minute),
+            study(Some(Priority::Routine), now - 10 * minute),
+            study(Some(Priority::Review), now - 5 * minute),
+            study(Some(Priority::Urgent), now - minute),
+            study(Some(Priority::Routine), now - 180 * minute), // waited 3 h: listed with review
+            study(Some(Priority::Review), now - 30 * minute),
             study(None, now - 2 * minute), // not analysed yet
         ]
         .into_iter()
         .map(|s| listed(s, &rules, now))
         .collect();
         order(&mut list);
-        let got: Vec<(&str, i64, bool)> =
+        let got: Vec<(Priority, i64, bool)> =
             list.iter().map(|s| (s.effective_priority, (now - s.study.first_received_at) / minute, s.aged)).collect();
         assert_eq!(
             got,
             [
-                ("urgent", 1, false),
-                ("review", 180, true),
-                ("review", 30, false),
-                ("review", 5, false),
-                ("routine", 10, false),
-                ("routine", 2, false)
+                (Priority::Urgent, 1, false),
+                (Priority::Review, 180, true),
+                (Priority::Review, 30, false),
+                (Priority::Review, 5, false),
+                (Priority::Routine, 10, false),
+                (Priority::Routine, 2, false)
             ]
         );
         let off = PriorityConfig { routine_aging_minutes: 0, ..rules };
-        assert_eq!(listed(study(Some("routine"), 0), &off, now).effective_priority, "routine", "0 turns aging off");
+        assert_eq!(
+            listed(study(Some(Priority::Routine), 0), &off, now).effective_priority,
+            Priority::Routine,
+            "0 turns aging off"
+        );
     }
 }

@@ -8,7 +8,6 @@ pub mod worklist;
 
 pub use api::status_json;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::{Config, PriorityConfig};
+use crate::shutdown::Shutdown;
 use crate::spool::Spool;
 use crate::store::Store;
 
@@ -102,12 +102,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in progress.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: Shutdown) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.triggered().await }).await
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -168,11 +164,13 @@ fn flag(f: &AtomicBool, otherwise: &str) -> Result<(), String> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.counts().await?;
-    let gauge = |what: &str| counts.iter().find(|(w, _)| *w == what).map(|(_, v)| v.clone()).unwrap_or_default();
+    fn gauge<T: std::fmt::Display>(rows: &[(T, i64)]) -> Vec<(String, i64)> {
+        rows.iter().map(|(value, n)| (value.to_string(), *n)).collect()
+    }
     let text = crate::metrics::render(&[
-        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", gauge("jobs")),
-        ("deliveries", "Deliveries by state", "state", gauge("deliveries")),
-        ("analysed_images", "Analysed images by priority", "priority", gauge("results")),
+        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", gauge(&counts.jobs)),
+        ("deliveries", "Deliveries by state", "state", gauge(&counts.deliveries)),
+        ("analysed_images", "Analysed images by priority", "priority", gauge(&counts.results)),
     ]);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

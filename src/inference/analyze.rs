@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
-use super::runtime::{find_onnxruntime, Device, Model, RuntimeError, SessionSettings};
+use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
 use super::Role;
-use crate::config::{Config, Policy, PriorityConfig};
+use crate::config::{Config, PriorityConfig};
+use crate::domain::Policy;
 use crate::imaging::{self, DisplayImage};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +130,7 @@ impl Analyzer {
         let library = find_onnxruntime(configured.as_deref())?;
         let settings = SessionSettings {
             threads: inference.threads,
-            device: Device::parse(&inference.device),
+            device: inference.device,
             require_gpu: inference.require_gpu,
         };
         let classifier = Model::open(&library, &manifest, Role::Classifier, settings)?;

@@ -79,23 +79,7 @@ pub fn environment(library: &Path) -> Result<&'static Environment, RuntimeError>
         .map_err(|message| RuntimeError::Load { path: library.to_path_buf(), message: message.clone() })
 }
 
-/// Where the models run: `inference.device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    /// A CUDA device by index.
-    Cuda(i32),
-}
-
-impl Device {
-    /// Parses "cpu", "cuda" or "cuda:N" (the config has checked the value already).
-    pub fn parse(text: &str) -> Device {
-        match text.strip_prefix("cuda") {
-            Some(rest) => Device::Cuda(rest.strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or(0)),
-            None => Device::Cpu,
-        }
-    }
-}
+pub use crate::domain::Device;
 
 /// How sessions are made: `inference.threads`, `inference.device` and `inference.require_gpu`.
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +173,10 @@ fn session(
         let cuda = Session::builder(env)
             .and_then(|b| Ok(b.with_intra_threads(threads)?))
             .and_then(|b| {
-                Ok(b.with_execution_providers([CUDA::default().with_device_id(id).build().error_on_failure()])?)
+                Ok(b.with_execution_providers([CUDA::default()
+                    .with_device_id(i32::from(id))
+                    .build()
+                    .error_on_failure()])?)
             })
             .and_then(|mut b| b.commit_from_memory(model));
         match cuda {
@@ -219,12 +206,5 @@ mod tests {
         let requirements = include_str!("../../tests/requirements.txt");
         let pin = format!("onnxruntime=={ONNXRUNTIME_VERSION}");
         assert!(requirements.lines().any(|l| l.trim() == pin), "tests/requirements.txt must pin {pin}");
-    }
-
-    #[test]
-    fn devices_parse() {
-        assert_eq!(Device::parse("cpu"), Device::Cpu);
-        assert_eq!(Device::parse("cuda"), Device::Cuda(0));
-        assert_eq!(Device::parse("cuda:3"), Device::Cuda(3));
     }
 }

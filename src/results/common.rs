@@ -86,8 +86,8 @@ pub fn into_file(obj: InMemDicomObject) -> Result<FileDicomObject<InMemDicomObje
     obj.with_meta(
         FileMetaTableBuilder::new()
             .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(crate::spool::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::spool::IMPLEMENTATION_VERSION_NAME),
+            .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME),
     )
     .map_err(|e| BuildError::Meta(e.to_string()))
 }

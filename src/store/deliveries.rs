@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{now_ms, Backend, Event, Result, Store};
+use crate::domain::{DeliveryState, EventKind, ObjectKind};
 
 /// A delivery this node has claimed, with what the sender needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,7 +16,7 @@ pub struct ClaimedDelivery {
     pub destination: String,
     /// Counting this one.
     pub attempts: i64,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     /// Relative to `<data_dir>/outputs`.
@@ -27,9 +28,9 @@ pub struct ClaimedDelivery {
 pub struct DeliveryRow {
     pub id: i64,
     pub destination: String,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub sop_instance_uid: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub next_attempt_at: i64,
@@ -81,26 +82,33 @@ impl Store {
 
     /// The destination stored the object.
     pub async fn delivery_done(&self, d: &ClaimedDelivery) -> Result<bool> {
-        self.finish_delivery(d, "delivered", None, 0, "delivered").await
+        self.finish_delivery(d, DeliveryState::Delivered, None, 0, EventKind::Delivered).await
     }
 
     /// A transient failure: try again after `delay`.
     pub async fn delivery_retry(&self, d: &ClaimedDelivery, error: &str, delay: Duration) -> Result<bool> {
-        self.finish_delivery(d, "pending", Some(error), delay.as_millis() as i64, "delivery_deferred").await
+        self.finish_delivery(
+            d,
+            DeliveryState::Pending,
+            Some(error),
+            delay.as_millis() as i64,
+            EventKind::DeliveryDeferred,
+        )
+        .await
     }
 
     /// A permanent failure: no more attempts until an admin re-queues it (`retry`).
     pub async fn delivery_failed(&self, d: &ClaimedDelivery, error: &str) -> Result<bool> {
-        self.finish_delivery(d, "failed", Some(error), 0, "delivery_failed").await
+        self.finish_delivery(d, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed).await
     }
 
     async fn finish_delivery(
         &self,
         d: &ClaimedDelivery,
-        state: &str,
+        state: DeliveryState,
         error: Option<&str>,
         delay_ms: i64,
-        event: &str,
+        event: EventKind,
     ) -> Result<bool> {
         let now = now_ms();
         let done = sqlx::query(
@@ -125,7 +133,7 @@ impl Store {
             d.attempts,
             error.map(|e| format!(": {e}")).unwrap_or_default()
         );
-        self.record_event(&Event { kind: event, detail: Some(&detail), ..Default::default() }).await?;
+        self.record_event(&Event::new(event).detail(&detail)).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -160,8 +168,6 @@ impl Store {
         .await?)
     }
 
-    /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
-    /// Returns how many were re-queued.
     /// Deliveries not yet done, by destination (to warn of those a configuration no longer names).
     pub async fn unfinished_deliveries_by_destination(&self) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
@@ -172,6 +178,8 @@ impl Store {
         .await?)
     }
 
+    /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
+    /// Returns how many were re-queued.
     pub async fn requeue_failed_deliveries(&self, id: Option<i64>) -> Result<u64> {
         let now = now_ms();
         let done = sqlx::query(
@@ -188,8 +196,7 @@ impl Store {
                 Some(id) => format!("delivery {id} re-queued"),
                 None => format!("{n} failed deliveries re-queued"),
             };
-            self.record_event(&Event { kind: "deliveries_requeued", detail: Some(&detail), ..Default::default() })
-                .await?;
+            self.record_event(&Event::new(EventKind::DeliveriesRequeued).detail(&detail)).await?;
         }
         Ok(n)
     }

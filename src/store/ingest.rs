@@ -4,26 +4,10 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{now_ms, Result, Store, StoreError};
+use crate::domain::{EventKind, InstanceHeader, JobState};
 
 /// The most instances committed in one transaction.
 const MAX_BATCH: usize = 64;
-
-/// The header attributes the node keeps for an instance (read without touching pixel data).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstanceHeader {
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub study_instance_uid: String,
-    pub series_instance_uid: Option<String>,
-    pub patient_id: Option<String>,
-    pub patient_name: Option<String>,
-    pub accession_number: Option<String>,
-    pub study_date: Option<String>,
-    pub study_description: Option<String>,
-    pub modality: Option<String>,
-    pub body_part: Option<String>,
-    pub view_position: Option<String>,
-}
 
 /// A received instance whose spool file is in place, ready to be committed.
 #[derive(Debug, Clone)]
@@ -39,7 +23,7 @@ pub struct NewInstance {
     /// `None`: queue the job for analysis; `Some(reason)`: record it as skipped (store-only classes).
     pub skip_reason: Option<String>,
     /// The event recorded with the rows (`instance_stored`, `instance_recovered`).
-    pub event_kind: &'static str,
+    pub event_kind: EventKind,
 }
 
 /// What the database already holds under a SOP Instance UID.
@@ -57,13 +41,31 @@ pub struct Recorded {
 }
 
 /// One line of the audit trail.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Event<'a> {
-    pub kind: &'a str,
+    pub kind: EventKind,
     pub peer_ae: Option<&'a str>,
     pub peer_address: Option<&'a str>,
     pub sop_instance_uid: Option<&'a str>,
     pub detail: Option<&'a str>,
+}
+
+impl<'a> Event<'a> {
+    pub fn new(kind: EventKind) -> Event<'a> {
+        Event { kind, peer_ae: None, peer_address: None, sop_instance_uid: None, detail: None }
+    }
+
+    pub fn detail(self, detail: &'a str) -> Event<'a> {
+        Event { detail: Some(detail), ..self }
+    }
+
+    pub fn instance(self, sop_instance_uid: &'a str) -> Event<'a> {
+        Event { sop_instance_uid: Some(sop_instance_uid), ..self }
+    }
+
+    pub fn peer(self, ae_title: &'a str, address: &'a str) -> Event<'a> {
+        Event { peer_ae: Some(ae_title), peer_address: Some(address), ..self }
+    }
 }
 
 impl Store {
@@ -234,7 +236,7 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    let state = if new.skip_reason.is_some() { "skipped" } else { "queued" };
+    let state = if new.skip_reason.is_some() { JobState::Skipped } else { JobState::Queued };
     let (job_id,): (i64,) = sqlx::query_as(
         "INSERT INTO jobs (instance_id, state, reason, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $4) RETURNING id",
@@ -246,13 +248,10 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     .fetch_one(&mut *conn)
     .await?;
     let detail = format!("version {} ({} bytes, {})", new.version, new.size_bytes, new.transfer_syntax_uid);
-    let event = Event {
-        kind: new.event_kind,
-        peer_ae: Some(&new.calling_ae),
-        peer_address: Some(&new.peer_address),
-        sop_instance_uid: Some(&h.sop_instance_uid),
-        detail: Some(&detail),
-    };
+    let event = Event::new(new.event_kind)
+        .peer(&new.calling_ae, &new.peer_address)
+        .instance(&h.sop_instance_uid)
+        .detail(&detail);
     insert_event(&mut *conn, node, &event).await?;
     Ok(Recorded { instance_id, job_id })
 }

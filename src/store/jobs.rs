@@ -11,6 +11,7 @@ use sqlx::Acquire;
 
 use super::ingest::insert_event;
 use super::{now_ms, Backend, Event, Result, Store};
+use crate::domain::{Decision, EventKind, JobState, ObjectKind, Policy, Priority};
 
 /// A job this node has claimed, with what the worker needs to find the instance.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -51,8 +52,7 @@ pub struct InterruptedJobs {
 /// A DICOM object made of a result, already written under `<data_dir>/outputs`.
 #[derive(Debug, Clone)]
 pub struct NewOutput {
-    /// `seg`, `sr` or `overlay`.
-    pub kind: &'static str,
+    pub kind: ObjectKind,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     /// Relative to `<data_dir>/outputs`.
@@ -65,9 +65,9 @@ pub struct NewOutput {
 /// A result row: the analysis, the models that made it and where it ran.
 #[derive(Debug, Clone)]
 pub struct NewResult {
-    pub policy: &'static str,
-    pub decision: &'static str,
-    pub priority: &'static str,
+    pub policy: Policy,
+    pub decision: Decision,
+    pub priority: Priority,
     pub probability: f64,
     pub width: i64,
     pub height: i64,
@@ -139,7 +139,7 @@ impl Store {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let now = now_ms();
-        if !finish(&mut *tx, self.node(), job.id, "done", None, now).await? {
+        if !finish(&mut *tx, self.node(), job.id, JobState::Done, None, now).await? {
             return Ok(false);
         }
         let [cn, cv, cs] = &result.classifier;
@@ -219,8 +219,8 @@ impl Store {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let state = match end {
-            JobEnd::Skipped => "skipped",
-            JobEnd::Failed | JobEnd::Quarantined => "failed",
+            JobEnd::Skipped => JobState::Skipped,
+            JobEnd::Failed | JobEnd::Quarantined => JobState::Failed,
         };
         let now = now_ms();
         if !finish(&mut *tx, self.node(), job.id, state, Some(reason), now).await? {
@@ -234,12 +234,8 @@ impl Store {
                 .await?;
         }
         if end != JobEnd::Skipped {
-            let event = Event {
-                kind: if end == JobEnd::Quarantined { "job_quarantined" } else { "analysis_failed" },
-                sop_instance_uid: Some(&job.sop_instance_uid),
-                detail: Some(reason),
-                ..Default::default()
-            };
+            let kind = if end == JobEnd::Quarantined { EventKind::JobQuarantined } else { EventKind::AnalysisFailed };
+            let event = Event::new(kind).instance(&job.sop_instance_uid).detail(reason);
             insert_event(&mut *tx, self.node(), &event).await?;
         }
         tx.commit().await?;
@@ -278,7 +274,7 @@ impl Store {
         );
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
-        let recovered: Vec<(i64, String)> = sqlx::query_as(
+        let recovered: Vec<(i64, JobState)> = sqlx::query_as(
             "UPDATE jobs SET interruptions = interruptions + 1, \
                  state = CASE WHEN interruptions + 1 >= $1 THEN 'failed' ELSE 'queued' END, \
                  quarantined_at = CASE WHEN interruptions + 1 >= $1 THEN $2 ELSE NULL END, \
@@ -296,7 +292,7 @@ impl Store {
         .await?;
         let mut report = InterruptedJobs::default();
         for (id, state) in recovered {
-            if state == "queued" {
+            if state == JobState::Queued {
                 report.requeued += 1;
                 continue;
             }
@@ -306,23 +302,13 @@ impl Store {
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-            let event = Event {
-                kind: "job_quarantined",
-                sop_instance_uid: Some(&sop),
-                detail: Some(&reason),
-                ..Default::default()
-            };
+            let event = Event::new(EventKind::JobQuarantined).instance(&sop).detail(&reason);
             insert_event(&mut *tx, self.node(), &event).await?;
             report.quarantined.push(sop);
         }
         if report.requeued > 0 {
             let detail = format!("{} job(s) left running were re-queued", report.requeued);
-            insert_event(
-                &mut *tx,
-                self.node(),
-                &Event { kind: "jobs_requeued", detail: Some(&detail), ..Default::default() },
-            )
-            .await?;
+            insert_event(&mut *tx, self.node(), &Event::new(EventKind::JobsRequeued).detail(&detail)).await?;
         }
         tx.commit().await?;
         Ok(report)
@@ -355,14 +341,14 @@ impl Store {
         .await?;
         if done.rows_affected() == 1 {
             let detail = format!("the analysis of instance {instance_id} re-queued by an admin");
-            self.record_event(&Event { kind: "job_requeued", detail: Some(&detail), ..Default::default() }).await?;
+            self.record_event(&Event::new(EventKind::JobRequeued).detail(&detail)).await?;
             self.jobs_queued().notify_one();
         }
         Ok(done.rows_affected() == 1)
     }
 
     /// Counts jobs by state, for `status` and tests.
-    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn job_counts(&self) -> Result<Vec<(JobState, i64)>> {
         Ok(sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
             .fetch_all(self.pool())
             .await?)
@@ -374,7 +360,7 @@ async fn finish<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     executor: E,
     node: &str,
     job_id: i64,
-    state: &str,
+    state: JobState,
     reason: Option<&str>,
     now: i64,
 ) -> Result<bool> {

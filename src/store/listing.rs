@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{Result, Store};
+use crate::domain::{JobState, Priority};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StudyRow {
@@ -10,7 +11,7 @@ pub struct StudyRow {
     pub patient_id: Option<String>,
     pub accession_number: Option<String>,
     pub study_date: Option<String>,
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
     pub instance_count: i64,
     pub first_received_at: i64,
     pub last_received_at: i64,
@@ -29,7 +30,7 @@ pub struct InstanceRow {
     pub path: String,
     pub size_bytes: i64,
     pub received_at: i64,
-    pub job_state: Option<String>,
+    pub job_state: Option<JobState>,
     pub job_reason: Option<String>,
 }
 

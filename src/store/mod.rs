@@ -20,9 +20,10 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use deliveries::{ClaimedDelivery, DeliveryRow};
-pub use ingest::{Event, InstanceHeader, NewInstance, PreviousVersion, Recorded};
+pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, InterruptedJobs, JobEnd, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
+pub use worklist::Counts;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

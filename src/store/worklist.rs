@@ -4,6 +4,33 @@
 use serde::Serialize;
 
 use super::{Result, Store};
+use crate::domain::{Decision, DeliveryState, JobState, ObjectKind, Priority};
+
+/// Jobs by state, results by priority and deliveries by state; a value with none is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub jobs: Vec<(JobState, i64)>,
+    pub results: Vec<(Priority, i64)>,
+    pub deliveries: Vec<(DeliveryState, i64)>,
+}
+
+impl Counts {
+    pub fn jobs(&self, state: JobState) -> i64 {
+        count(&self.jobs, state)
+    }
+
+    pub fn results(&self, priority: Priority) -> i64 {
+        count(&self.results, priority)
+    }
+
+    pub fn deliveries(&self, state: DeliveryState) -> i64 {
+        count(&self.deliveries, state)
+    }
+}
+
+fn count<T: PartialEq>(rows: &[(T, i64)], value: T) -> i64 {
+    rows.iter().find(|(v, _)| *v == value).map_or(0, |(_, n)| *n)
+}
 
 /// A study as the worklist lists it (the ordering, which depends on the time, is the caller's).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -15,7 +42,7 @@ pub struct WorklistStudy {
     pub study_date: Option<String>,
     pub study_description: Option<String>,
     /// The highest priority of its analysed images; none before the first result.
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
     /// The highest probability of its analysed images.
     pub probability: Option<f64>,
     pub instance_count: i64,
@@ -42,10 +69,10 @@ pub struct StudyInstance {
     pub modality: Option<String>,
     pub view_position: Option<String>,
     pub received_at: i64,
-    pub job_state: Option<String>,
+    pub job_state: Option<JobState>,
     pub job_reason: Option<String>,
-    pub decision: Option<String>,
-    pub priority: Option<String>,
+    pub decision: Option<Decision>,
+    pub priority: Option<Priority>,
     pub probability: Option<f64>,
     pub mask_area_px: Option<i64>,
     pub mask_area_mm2: Option<f64>,
@@ -59,10 +86,10 @@ pub struct StudyInstance {
 pub struct StudyDelivery {
     /// The source image's SOP Instance UID.
     pub source_sop_instance_uid: String,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub sop_instance_uid: String,
     pub destination: Option<String>,
-    pub state: Option<String>,
+    pub state: Option<DeliveryState>,
     pub attempts: Option<i64>,
     pub last_error: Option<String>,
     pub delivered_at: Option<i64>,
@@ -154,17 +181,18 @@ impl Store {
         .await?)
     }
 
-    /// Counts by state or kind, for `status` and `/metrics`: `(what, [(value, count)])`.
-    pub async fn counts(&self) -> Result<Vec<(&'static str, Vec<(String, i64)>)>> {
-        let mut out = Vec::new();
-        for (what, sql) in [
-            ("jobs", "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state"),
-            ("results", "SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority"),
-            ("deliveries", "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state"),
-        ] {
-            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(self.pool()).await?;
-            out.push((what, rows));
-        }
-        Ok(out)
+    /// The node's work by state and priority, for `status` and `/metrics`.
+    pub async fn counts(&self) -> Result<Counts> {
+        Ok(Counts {
+            jobs: sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+                .fetch_all(self.pool())
+                .await?,
+            results: sqlx::query_as("SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority")
+                .fetch_all(self.pool())
+                .await?,
+            deliveries: sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")
+                .fetch_all(self.pool())
+                .await?,
+        })
     }
 }

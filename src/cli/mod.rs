@@ -1,0 +1,226 @@
+//! The commands: their arguments (clap), which part of the configuration each checks, and the
+//! helpers they share (the database connection, tables).
+
+mod check_config;
+mod evaluate;
+mod infer;
+mod queue;
+mod records;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pneumotriage::config::{Config, Uses};
+use pneumotriage::store::Store;
+
+#[derive(Parser)]
+#[command(name = "pneumotriage", version, about = "DICOM node that triages chest radiographs for pneumothorax")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file; the embedded default (config/pneumotriage.toml) when omitted.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node: the DICOM listener and the database.
+    Serve(ConfigArg),
+    /// Check a configuration file: list its problems, or summarise it.
+    CheckConfig(ConfigArg),
+    /// Create or update the database schema, then exit.
+    Migrate(ConfigArg),
+    /// List received studies, most recent first.
+    Studies {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Analyse DICOM files offline (no network, no database): a line per file, and with --out
+    /// per file a JSON result, the model's input as a PNG and the image with the mask outline.
+    Infer {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write `<file name>.json`, `.input.png`, `.overlay.png`, `.sr.dcm` and, for positives,
+        /// `.seg.dcm` and the secondary capture `.overlay.dcm` here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// DICOM files, or directories to analyse every file under.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Measure the models through the node's own analysis on a labelled set in the SIIM-ACR
+    /// layout: classifier recall, precision, specificity, AUC and a threshold sweep, segmenter
+    /// Dice and IoU, and the Kaggle metric.
+    Evaluate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The DICOM files, `<ImageId>.dcm`, searched recursively.
+        #[arg(long, value_name = "DIR")]
+        images: PathBuf,
+        /// The masks: `ImageId, EncodedPixels` rows (SIIM-ACR's train-rle.csv).
+        #[arg(long, value_name = "CSV")]
+        masks: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the deliveries of results to their destinations, most recent first.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only those that failed permanently.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send failed deliveries again: one by its ID, or all of them.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The delivery's ID (see `deliveries`).
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<i64>,
+        #[arg(long)]
+        all_failed: bool,
+    },
+    /// Analyse a failed or quarantined image again: its job goes back in the queue.
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The instance's ID (the ID column of `instances`).
+        instance: i64,
+    },
+    /// Summarise the node's work: analysis queue, results by priority, deliveries by state.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List received instances, most recent first.
+    Instances {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only the instances of this Study Instance UID.
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+impl Command {
+    fn config_arg(&self) -> &ConfigArg {
+        match self {
+            Command::Serve(c) | Command::CheckConfig(c) | Command::Migrate(c) => c,
+            Command::Studies { config, .. }
+            | Command::Instances { config, .. }
+            | Command::Infer { config, .. }
+            | Command::Evaluate { config, .. }
+            | Command::Deliveries { config, .. }
+            | Command::Status { config, .. }
+            | Command::Retry { config, .. }
+            | Command::Requeue { config, .. } => config,
+        }
+    }
+
+    /// The part of the configuration the command uses, and so the part whose problems stop it:
+    /// an offline analysis does not need the network's settings.
+    fn uses(&self) -> Uses {
+        match self {
+            Command::Serve(_) | Command::CheckConfig(_) => Uses::Everything,
+            Command::Infer { .. } | Command::Evaluate { .. } => Uses::Analysis,
+            _ => Uses::Records,
+        }
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let arg = command.config_arg();
+    let loaded = match &arg.config {
+        Some(path) => Config::load(path, command.uses()),
+        None => Config::embedded_default(),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("configuration has {} problem(s)", e.problems.len());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match command {
+        Command::Serve(_) => serve::serve(config).await,
+        Command::CheckConfig(_) => Ok(check_config::check_config(&config)),
+        Command::Infer { out, files, .. } => {
+            tokio::task::block_in_place(|| infer::infer(&config, out.as_deref(), &files))
+        }
+        Command::Evaluate { images, masks, json, .. } => {
+            tokio::task::block_in_place(|| evaluate::evaluate(&config, &images, &masks, json))
+        }
+        Command::Migrate(_) => {
+            let store = connect(&config).await?;
+            println!("database schema is up to date ({})", pneumotriage::config::redact_url(&config.database_url()));
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Studies { json, limit, .. } => records::studies(&connect(&config).await?, json, limit).await,
+        Command::Instances { json, limit, study, .. } => {
+            records::instances(&connect(&config).await?, study.as_deref(), json, limit).await
+        }
+        Command::Deliveries { failed, json, limit, .. } => {
+            records::deliveries(&connect(&config).await?, failed, json, limit).await
+        }
+        Command::Status { json, .. } => records::status(&connect(&config).await?, json).await,
+        Command::Retry { id, .. } => queue::retry(&connect(&config).await?, id).await,
+        Command::Requeue { instance, .. } => queue::requeue(&connect(&config).await?, instance).await,
+    }
+}
+
+/// Connects to the configured database and brings its schema up to date.
+async fn connect(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database_url(), config.database.max_connections, &config.node_name())
+        .await
+        .with_context(|| format!("database.url in {}", config.source))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Prints rows as left-aligned columns.
+fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    if rows.is_empty() {
+        println!("(none)");
+    }
+    for row in rows {
+        line(row);
+    }
+}

@@ -1,0 +1,233 @@
+//! `serve`: the node's start-up and shutdown order, in one place.
+//!
+//! Start-up: the models (a node that cannot analyse says so before it accepts images), the TLS
+//! files, the spool, the database and the recovery of an unclean stop, the listeners, the HTTP
+//! server, the pipeline and the outbox; then READY=1. Shutdown: one [`Shutdown`] fires on SIGINT
+//! or SIGTERM; the listener stops accepting and drains its associations, the workers finish the
+//! image in hand, the senders the object in hand, the HTTP server its requests; then the
+//! database closes.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pneumotriage::config::Config;
+use pneumotriage::delivery::Outbox;
+use pneumotriage::dicom::conformance::{self, Service};
+use pneumotriage::dicom::scp::Scp;
+use pneumotriage::http::{AppState, Readiness};
+use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
+use pneumotriage::ingest::Ingest;
+use pneumotriage::pipeline::{Limits, OutputSettings, Pipeline};
+use pneumotriage::shutdown::Shutdown;
+use pneumotriage::spool::Spool;
+use pneumotriage::store::Store;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    info!(version = env!("CARGO_PKG_VERSION"), config = %config.source, "starting: {}", config.summary());
+    let analyzers = if config.inference.enabled {
+        match tokio::task::block_in_place(|| open_analyzers(&config)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: cannot load the models ([inference] in {}): {e}", config.source);
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        warn!("analysis is off (inference.enabled = false): images are received and kept, their jobs wait");
+        None
+    };
+    for i in 0..config.destinations.len() {
+        if let Err(e) = pneumotriage::delivery::peer(&config, i) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let tls_acceptor = match pneumotriage::dicom::tls::listener_acceptor(&config) {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+
+    let spool_dir = config.spool_dir();
+    let (spool, removed) =
+        Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024, config.dicom.max_dataset_bytes())
+            .with_context(|| {
+                format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source)
+            })?;
+    if removed > 0 {
+        info!(removed, "removed incomplete temporary files (never acknowledged)");
+    }
+    let store = super::connect(&config).await?;
+    let spool = Arc::new(spool);
+    let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
+    recover(&config, &ingest, &store).await?;
+
+    let plain_listener = match &config.dicom.tls {
+        Some(tls) if tls.only => None,
+        _ => Some(bind(config.dicom.bind, "dicom.bind", &config).await?),
+    };
+    let tls_listener = match (&config.dicom.tls, tls_acceptor) {
+        (Some(tls), Some(acceptor)) => Some((bind(tls.bind, "dicom.tls.bind", &config).await?, acceptor)),
+        _ => None,
+    };
+
+    let shutdown = Shutdown::new();
+    let readiness = Arc::new(Readiness::default());
+    readiness.models.store(true, Ordering::Relaxed); // loaded above, or analysis is off
+    let http = if config.http.enabled {
+        let listener = bind(config.http.bind, "http.bind", &config).await?;
+        info!(bind = %listener.local_addr()?, "HTTP ready: /healthz /readyz /metrics /api/studies, worklist at /");
+        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone());
+        Some(tokio::spawn(pneumotriage::http::serve(listener, state, shutdown.clone())))
+    } else {
+        None
+    };
+    let limits = Limits {
+        max_dataset_bytes: config.dicom.max_dataset_bytes(),
+        max_pixels: config.inference.max_pixels,
+        quarantine_after: config.inference.quarantine_after,
+    };
+    let outputs = OutputSettings::of(&config);
+    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, shutdown.clone()));
+    let outbox = Outbox::start(store.clone(), &config, &shutdown)?;
+
+    let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+    info!(
+        ae_title = %config.dicom.ae_title,
+        bind = address(plain_listener.as_ref()).unwrap_or_else(|| "off".into()),
+        tls_bind = address(tls_listener.as_ref().map(|(l, _)| l)).unwrap_or_else(|| "off".into()),
+        "DICOM listener ready"
+    );
+    let scp =
+        tokio::spawn(Scp::new(config.dicom.clone(), ingest).serve(plain_listener, tls_listener, shutdown.clone()));
+    readiness.listening.store(true, Ordering::Relaxed);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = start_watchdog();
+
+    shutdown_signal().await;
+    info!("stopping: no new associations; finishing those in progress");
+    readiness.stopping.store(true, Ordering::Relaxed);
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    shutdown.trigger();
+
+    if let Err(e) = scp.await {
+        warn!(error = %e, "the DICOM listener panicked");
+    }
+    readiness.listening.store(false, Ordering::Relaxed);
+    if let Some(pipeline) = pipeline {
+        pipeline.join().await;
+    }
+    outbox.join().await;
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => warn!(error = %e, "the HTTP server failed"),
+            Err(e) => warn!(error = %e, "the HTTP server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    store.close().await;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One analyzer per inference worker, or the reason the models cannot run.
+fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
+    let analyzers = (0..config.inference.workers).map(|_| Analyzer::open(config)).collect::<Result<Vec<_>, _>>()?;
+    let first = &analyzers[0];
+    info!(
+        classifier = %format_args!("{} {}", first.classifier().name, first.classifier().version),
+        segmenter = %format_args!("{} {}", first.segmenter().name, first.segmenter().version),
+        policy = %config.inference.policy,
+        device = %config.inference.device,
+        execution_provider = first.execution_provider(),
+        workers = analyzers.len(),
+        "models loaded ({})",
+        first.manifest.notice
+    );
+    Ok(analyzers)
+}
+
+/// What an unclean stop left: spool files without rows, jobs and deliveries left running.
+async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Result<()> {
+    let quarantine_after = config.inference.quarantine_after;
+    let analysed = |class: &str| conformance::service_for(class, &config.dicom) == Some(Service::Analysed);
+    let recovery = ingest.recover(analysed, quarantine_after).await.context("start-up recovery")?;
+    for sop_instance_uid in &recovery.quarantined {
+        error!(
+            sop_instance_uid = %sop_instance_uid,
+            times = quarantine_after,
+            "quarantined an image: the node stopped every time it analysed it; it is not analysed again"
+        );
+    }
+    if recovery.registered > 0 || recovery.requeued_jobs > 0 || recovery.unreadable > 0 {
+        warn!(
+            registered = recovery.registered,
+            unreadable = recovery.unreadable,
+            requeued_jobs = recovery.requeued_jobs,
+            "recovered from an unclean stop"
+        );
+    }
+    let resent = store.requeue_abandoned_deliveries().await.context("start-up recovery")?;
+    if resent > 0 {
+        warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
+    }
+    for (destination, n) in store.unfinished_deliveries_by_destination().await.context("start-up recovery")? {
+        if !config.destinations.iter().any(|d| d.name == destination) {
+            warn!(%destination, deliveries = n, "deliveries wait for a destination the configuration no longer names; they are kept and go out if it returns");
+        }
+    }
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr, key: &str, config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {key} = {address} ({})", config.source))
+}
+
+/// Tells systemd (Type=notify) where the node stands; nothing without NOTIFY_SOCKET.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// With WatchdogSec= in the unit, pings systemd at half the interval while the runtime runs.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    info!("systemd watchdog every {every:?}");
+    Some(tokio::spawn(async move {
+        loop {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
