@@ -21,13 +21,17 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 #[derive(Debug, thiserror::Error)]
 pub enum ImagingError {
     #[error("cannot decode the pixel data: {0}")]
-    Decode(String),
+    Decode(#[source] dicom_pixeldata::Error),
+    #[error("{bytes} bytes of pixel data for {samples} samples")]
+    ShortFrame { bytes: usize, samples: usize },
+    #[error("cannot read it as DICOM: {0}")]
+    Read(#[source] dicom_object::ReadError),
     #[error("not a single grayscale frame: {0}")]
     NotGrayscale(String),
     #[error("invalid {0}")]
     Invalid(&'static str),
     #[error("cannot resize: {0}")]
-    Resize(String),
+    Resize(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Larger than `inference.max_pixels`: not decoded.
     #[error("{pixels} pixels exceed the pixel budget of {limit} (inference.max_pixels)")]
     OverBudget { pixels: u64, limit: u64 },
@@ -54,7 +58,7 @@ pub fn open_checked(
     })?;
     scan::read_without_large_values(path, &scanned).map_err(|e| match e {
         scan::ReadError::Io(io) => ImagingError::Io(io),
-        dicom => ImagingError::Decode(dicom.to_string()),
+        scan::ReadError::Dicom(e) => ImagingError::Read(e),
     })
 }
 
@@ -145,7 +149,7 @@ pub struct Preprocess {
 
 /// Decodes the first frame and applies Modality LUT, VOI and the MONOCHROME1 inversion.
 pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayImage, ImagingError> {
-    let decoded = obj.decode_pixel_data().map_err(|e| ImagingError::Decode(e.to_string()))?;
+    let decoded = obj.decode_pixel_data().map_err(ImagingError::Decode)?;
     if decoded.samples_per_pixel() != 1 {
         return Err(ImagingError::NotGrayscale(format!("{} samples per pixel", decoded.samples_per_pixel())));
     }
@@ -161,7 +165,7 @@ pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayI
         return Err(ImagingError::Invalid("Bits Allocated / Bits Stored"));
     }
     let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
-    let frame = decoded.frame_data(0).map_err(|e| ImagingError::Decode(e.to_string()))?;
+    let frame = decoded.frame_data(0).map_err(ImagingError::Decode)?;
     let samples = Samples::of(frame, count, bits_allocated)?;
     // Every transform depends on the stored value alone, and Bits Stored is at most 16: one
     // table from masked sample to display value, then one pass over the pixels.
@@ -208,7 +212,7 @@ impl<'a> Samples<'a> {
     fn of(frame: &'a [u8], count: usize, bits_allocated: u16) -> Result<Samples<'a>, ImagingError> {
         let bytes_per_sample = bits_allocated as usize / 8;
         if frame.len() < count * bytes_per_sample {
-            return Err(ImagingError::Decode(format!("{} bytes of pixel data for {count} samples", frame.len())));
+            return Err(ImagingError::ShortFrame { bytes: frame.len(), samples: count });
         }
         Ok(match bytes_per_sample {
             1 => Samples::Bytes(&frame[..count]),
@@ -369,10 +373,10 @@ pub fn resize(image: &DisplayImage, width: u32, height: u32) -> Result<DisplayIm
         return Ok(image.clone());
     }
     let src = ImageRef::new(image.width, image.height, bytemuck::cast_slice(&image.pixels), PixelType::F32)
-        .map_err(|e| ImagingError::Resize(e.to_string()))?;
+        .map_err(|e| ImagingError::Resize(e.into()))?;
     let mut dst = Image::new(width, height, PixelType::F32);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| ImagingError::Resize(e.to_string()))?;
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| ImagingError::Resize(e.into()))?;
     let pixels = dst.buffer().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(DisplayImage { width, height, pixels })
 }

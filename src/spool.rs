@@ -28,7 +28,7 @@ pub enum SpoolError {
     #[error("spool I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot write the file meta header: {0}")]
-    Meta(String),
+    Meta(#[source] dicom_object::meta::Error),
     #[error("the data set is refused: {0}")]
     Invalid(#[source] ScanError),
     #[error("{0}")]
@@ -155,7 +155,7 @@ impl Spool {
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .build()
             .and_then(|meta| meta.write(&mut header))
-            .map_err(|e| SpoolError::Meta(e.to_string()))?;
+            .map_err(SpoolError::Meta)?;
         let mut file = File::create(&path).map_err(io_err(&path))?;
         file.write_all(&header).map_err(io_err(&path))?;
         Ok(TempInstance { path, file: Some(file), bytes: 0, flushed: 0 })

@@ -87,7 +87,7 @@ fn a_model_file_that_is_not_the_manifests_is_refused() {
     std::fs::write(&classifier, std::fs::read(manifest.path_of(manifest.model(Role::Classifier))).unwrap()).unwrap();
     let lying = Manifest::load(&dir.path().join("manifest.toml")).unwrap();
     match Model::open(&library(), &lying, Role::Classifier, CPU) {
-        Err(RuntimeError::Model { message, .. }) => assert!(message.contains("input shape"), "{message}"),
+        Err(RuntimeError::Shape { message, .. }) => assert!(message.contains("input shape"), "{message}"),
         other => panic!("expected a shape error, got {:?}", other.err()),
     }
 }

@@ -25,6 +25,10 @@ pub enum UlError {
     TooLarge { length: u32, limit: u32 },
     #[error("malformed PDU: {0}")]
     Malformed(String),
+    #[error("malformed PDU: {0}")]
+    Pdu(#[source] dicom_ul::pdu::ReadError),
+    #[error("cannot encode a PDU: {0}")]
+    Encode(#[source] dicom_ul::pdu::WriteError),
 }
 
 /// One presentation data value of a P-DATA-TF PDU.
@@ -103,14 +107,14 @@ impl Connection {
         match dicom_ul::read_pdu(&whole[..], MAX_CONTROL_PDU, false) {
             Ok(Some(pdu)) => Ok(Incoming::Other(pdu)),
             Ok(None) => Err(UlError::Malformed("incomplete PDU".into())),
-            Err(e) => Err(UlError::Malformed(e.to_string())),
+            Err(e) => Err(UlError::Pdu(e)),
         }
     }
 
     /// Sends one PDU.
     pub async fn send(&mut self, pdu: &Pdu) -> Result<(), UlError> {
         self.write_buf.clear();
-        dicom_ul::write_pdu(&mut self.write_buf, pdu).map_err(|e| UlError::Malformed(e.to_string()))?;
+        dicom_ul::write_pdu(&mut self.write_buf, pdu).map_err(UlError::Encode)?;
         let stream = self.stream.get_mut();
         stream.write_all(&self.write_buf).await?;
         // a TLS stream buffers its records until flushed

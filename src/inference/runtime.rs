@@ -24,11 +24,20 @@ pub enum RuntimeError {
     )]
     NotFound { looked: String },
     #[error("cannot load the ONNX Runtime library {path}: {message}")]
+    /// A message, not the error: the environment is made once and its failure is kept for every
+    /// later caller (ort's error cannot be cloned).
     Load { path: PathBuf, message: String },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("model {name}: {source}")]
+    Session { name: String, source: ort::Error },
+    #[error(
+        "model {name}: inference.device = \"cuda:{device}\" cannot be used and inference.require_gpu is true: \
+         {source} (the GPU build of ONNX Runtime is PyPI's onnxruntime-gpu with its [cuda,cudnn] extras)"
+    )]
+    GpuRequired { name: String, device: u16, source: ort::Error },
     #[error("model {name}: {message}")]
-    Model { name: String, message: String },
+    Shape { name: String, message: String },
 }
 
 /// Where the library is looked for, in order: the configured path, `ORT_DYLIB_PATH`, next to
@@ -109,11 +118,10 @@ impl Model {
         let spec = manifest.model(role).clone();
         let bytes = manifest.read_verified(&spec)?;
         let name = spec.name.clone();
-        let fail = |message: String| RuntimeError::Model { name: name.clone(), message };
         let env = environment(library)?;
-        let (session, execution_provider) = session(env, &bytes, settings, &spec.name).map_err(fail)?;
+        let (session, execution_provider) = session(env, &bytes, settings, &spec.name)?;
         let model = Model { spec, execution_provider, session };
-        model.check_shapes().map_err(fail)?;
+        model.check_shapes().map_err(|message| RuntimeError::Shape { name, message })?;
         Ok(model)
     }
 
@@ -147,7 +155,7 @@ impl Model {
     /// classifier, H x W values for a segmenter.
     pub fn probabilities(&mut self, tensor: Vec<f32>) -> Result<Vec<f32>, RuntimeError> {
         let s = &self.spec;
-        let fail = |e: ort::Error| RuntimeError::Model { name: s.name.clone(), message: e.to_string() };
+        let fail = |source: ort::Error| RuntimeError::Session { name: s.name.clone(), source };
         let shape = [1usize, s.channels as usize, s.height as usize, s.width as usize];
         let input = Tensor::from_array((shape, tensor)).map_err(fail)?;
         let outputs = self.session.run(ort::inputs![s.input.as_str() => input]).map_err(fail)?;
@@ -167,7 +175,7 @@ fn session(
     model: &[u8],
     settings: SessionSettings,
     name: &str,
-) -> Result<(Session, &'static str), String> {
+) -> Result<(Session, &'static str), RuntimeError> {
     let threads = settings.threads.max(1);
     if let Device::Cuda(id) = settings.device {
         let cuda = Session::builder(env)
@@ -181,11 +189,8 @@ fn session(
             .and_then(|mut b| b.commit_from_memory(model));
         match cuda {
             Ok(session) => return Ok((session, CUDA::NAME)),
-            Err(e) if settings.require_gpu => {
-                return Err(format!(
-                    "inference.device = \"cuda:{id}\" cannot be used and inference.require_gpu is true: {e} \
-                     (the GPU build of ONNX Runtime is PyPI's onnxruntime-gpu with its [cuda,cudnn] extras)"
-                ))
+            Err(source) if settings.require_gpu => {
+                return Err(RuntimeError::GpuRequired { name: name.to_string(), device: id, source })
             }
             Err(e) => warn!(model = name, error = %e, "CUDA device {id} cannot be used; running on the CPU"),
         }
@@ -193,7 +198,7 @@ fn session(
     let session = Session::builder(env)
         .and_then(|b| Ok(b.with_intra_threads(threads)?))
         .and_then(|mut b| b.commit_from_memory(model))
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| RuntimeError::Session { name: name.to_string(), source })?;
     Ok((session, CPU_PROVIDER))
 }
 
