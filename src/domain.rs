@@ -101,7 +101,7 @@ spelt_enum! {
 }
 
 spelt_enum! {
-    /// How the models' outputs decide (design.md §2): the classifier decides and the segmenter
+    /// How the models' outputs decide (docs/architecture.md §1): the classifier decides and the segmenter
     /// draws, or the segmenter's "triplet" rule decides.
     pub enum Policy {
         Cascade = "cascade",

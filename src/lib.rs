@@ -1,5 +1,6 @@
 //! pneumotriage: a DICOM node that receives chest radiographs, keeps them durably, triages them
-//! for pneumothorax, sends the results back to the PACS and serves a worklist. See README.md and ../shared/design.md for the map.
+//! for pneumothorax, sends the results back to the PACS and serves a worklist. See README.md, and
+//! docs/architecture.md for the map.
 
 pub mod config;
 pub mod delivery;

@@ -1,4 +1,4 @@
-//! The workers that take a received instance from "queued" to a result (design.md §3).
+//! The workers that take a received instance from "queued" to a result (docs/architecture.md §3).
 //!
 //! Each inference thread, with its own model sessions, claims jobs from the database itself;
 //! a burst of arrivals waits in the database, not in memory. A worker checks the spool file

@@ -70,7 +70,7 @@ pub struct Views {
 /// The smallest image analysed, in pixels per side.
 pub const MIN_SIDE: u32 = 64;
 
-/// Why an image is not analysed (design.md §3, "Applicability"), or `None` when it is.
+/// Why an image is not analysed (docs/architecture.md §4, "Applicability"), or `None` when it is.
 pub fn not_applicable(obj: &InMemDicomObject) -> Option<String> {
     let text = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_uppercase());
     let number = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());

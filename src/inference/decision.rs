@@ -1,4 +1,4 @@
-//! The decision policies over the models' outputs (design.md §2): `cascade` (the classifier
+//! The decision policies over the models' outputs (docs/architecture.md §1): `cascade` (the classifier
 //! decides, the segmenter draws) and `segmentation` (the segmenter's "triplet" rule decides).
 //! Pure functions: no I/O, no models.
 

@@ -1,5 +1,6 @@
-//! The models: the manifest that describes them, and ONNX Runtime sessions that run them.
-//! The decision policy (cascade or segmentation) comes with the pipeline.
+//! The models: the manifest that describes them (`manifest`), ONNX Runtime sessions that run
+//! them (`runtime`), the decision policies and priority rules over their outputs (`decision`),
+//! and the analysis of one image from pixels to a result (`analyze`).
 
 pub mod analyze;
 pub mod decision;
