@@ -1,11 +1,9 @@
 //! The store: group commit (concurrent arrivals share transactions, a bad row fails alone) and
 //! the job queue shared by several nodes (each job claimed once, expired leases taken over).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Setup};
+use crate::common::{Backend, Setup};
 use pneumotriage::store::{InstanceHeader, JobEnd, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {

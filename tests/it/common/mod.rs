@@ -1,6 +1,5 @@
 //! The test bench: a real node process, a real database (a fresh SQLite file or a fresh
 //! PostgreSQL database per test), real DICOM peers (dcmtk, pynetdicom) and real test images.
-#![allow(dead_code)]
 
 pub mod orthanc;
 pub mod scu;
@@ -21,8 +20,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs one test body once per backend, as `sqlite::NAME` and `postgres::NAME`.
-#[macro_export]
+/// Runs one test body once per backend, as `sqlite::NAME` and `postgres::NAME` (tests/it/main.rs
+/// declares this module first, with `#[macro_use]`, so that every module can use it).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -102,7 +101,6 @@ pub struct Setup {
     pub db: TestDb,
     pub port: u16,
     pub config_path: PathBuf,
-    pub backend: Backend,
     /// The `[inference]` lines of the config.
     pub inference: String,
     /// Sections added at the end of the config (e.g. `[[destinations]]`).
@@ -152,7 +150,7 @@ impl Setup {
             format!("models = \"{}/models/manifest.toml\"\n{inference_extra}\n", env!("CARGO_MANIFEST_DIR"));
         let http_port = free_port();
         let (tail, http) = (String::new(), String::new());
-        let setup = Setup { dir, db, port, config_path, backend, inference, tail, http_port, http };
+        let setup = Setup { dir, db, port, config_path, inference, tail, http_port, http };
         setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
         setup
     }
