@@ -2,7 +2,10 @@
 //! PostgreSQL database per test), real DICOM peers (dcmtk, pynetdicom) and real test images.
 
 pub mod orthanc;
+mod python;
 pub mod scu;
+
+pub use python::python;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -342,11 +345,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The Python interpreter that has pydicom, pynetdicom and the data packages.
-pub fn python() -> String {
-    std::env::var("PNEUMOTRIAGE_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 fn python_path(expr: &str) -> PathBuf {
