@@ -28,7 +28,6 @@ fn instance(uid: &str, version: i64) -> NewInstance {
 fn concurrent_instances_are_all_committed_and_a_bad_one_fails_alone(backend: Backend) {
     let setup = Setup::new(backend);
     setup.with_store(async |store| {
-        let _ = tracing_subscriber::fmt().with_env_filter("pneumotriage=debug").with_test_writer().try_init();
         store.migrate().await.unwrap();
         store.record_instance(&instance("1.2.3.1", 1)).await.unwrap();
         // 40 new instances and one that repeats (uid, version) of the first, all at once

@@ -210,6 +210,7 @@ impl Setup {
 
     /// Runs `f` with a connection to this setup's database.
     pub fn with_store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
+        log_to_test_output();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async {
             let store = Store::connect(&self.db.url, 2, "test").await.expect("test database connects");
@@ -273,6 +274,17 @@ impl Setup {
         out.sort();
         out
     }
+}
+
+/// The library's log lines in this process (the store's, e.g. a group commit falling back to
+/// one by one) go to the output of the test that caused them, shown if it fails. A subscriber is
+/// process-wide and every test shares the process: it is installed here, once, for every test
+/// that opens a store, rather than by one test for whichever tests happen to run after it.
+fn log_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt().with_env_filter("pneumotriage=debug").with_test_writer().try_init();
+    });
 }
 
 /// A running node process; killed when dropped.
