@@ -182,7 +182,9 @@ impl Setup {
 
     /// Starts the node with extra environment variables.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Node {
-        let log_path = self.dir.path().join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
+        // one log per start: a restarted node does not truncate the log of the one before it
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let log_path = self.dir.path().join(format!("node-{}.log", STARTS.fetch_add(1, Ordering::Relaxed)));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
             .args(["serve", "--config"])
