@@ -17,9 +17,10 @@
 //! available for `storescp --fork`, whose per-association children are gone by then).
 //!
 //! Run: `cargo bench --bench ingest`. Environment: `INGEST_BENCH_N` (files, default 120),
-//! `INGEST_BENCH_REPEAT` (default 3), `PNEUMOTRIAGE_PYTHON` (default `python3`, needs pydicom and
-//! numpy). Needs dcmtk in /usr/bin. The files are cached in `target/bench-data/dx5mb-N/`.
-//! It prints figures and asserts nothing about speed; it fails only when a transfer fails.
+//! `INGEST_BENCH_REPEAT` (default 3), `PNEUMOTRIAGE_PYTHON` (default the repository's
+//! `.venv/bin/python` if there is one, else `python3`; needs pydicom and numpy). Needs dcmtk in
+//! /usr/bin. The files are cached in `target/bench-data/dx5mb-N/`. It prints figures and asserts
+//! nothing about speed; it fails only when a transfer fails.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -33,6 +34,11 @@ use anyhow::{bail, ensure, Context, Result};
 // Absolute paths: a Python virtual environment's pynetdicom may shadow the names.
 mod support;
 use support::{env_usize, Kids};
+
+// The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
+#[path = "../tests/it/common/python.rs"]
+mod python;
+use python::python;
 
 const STORESCU: &str = "/usr/bin/storescu";
 const STORESCP: &str = "/usr/bin/storescp";
@@ -249,7 +255,7 @@ fn dataset(n: usize) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         let partial = dir.with_extension("partial");
         let _ = fs::remove_dir_all(&partial);
-        let python = std::env::var("PNEUMOTRIAGE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = python();
         eprintln!("generating {n} files into {} ...", dir.display());
         let status = Command::new(&python)
             .arg(root.join("tests/tools/make_series.py"))

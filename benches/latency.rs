@@ -16,8 +16,9 @@
 //! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
 //! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers, default
 //! 1), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
-//! `PNEUMOTRIAGE_PYTHON` (default `.venv/bin/python`). The images are cached in
-//! `target/bench-data/latency-<n>/`. It prints figures and asserts nothing about speed.
+//! `PNEUMOTRIAGE_PYTHON` (default the repository's `.venv/bin/python` if there is one, else
+//! `python3`). The images are cached in `target/bench-data/latency-<n>/`. It prints figures and
+//! asserts nothing about speed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -32,6 +33,11 @@ use pneumotriage::dicom::scu::{self, Peer};
 
 mod support;
 use support::{env_usize, Kids};
+
+// The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
+#[path = "../tests/it/common/python.rs"]
+mod python;
+use python::python;
 
 const PNEUMOTRIAGE: &str = env!("CARGO_BIN_EXE_pneumotriage");
 const STORESCP: &str = "/usr/bin/storescp";
@@ -204,8 +210,7 @@ fn dataset(n: usize) -> Result<Vec<(PathBuf, String, String)>> {
     if !dir.is_dir() {
         let partial = dir.with_extension("partial");
         let _ = fs::remove_dir_all(&partial);
-        let python = std::env::var("PNEUMOTRIAGE_PYTHON")
-            .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
+        let python = python();
         eprintln!("generating {n} synthetic radiographs into {} ...", dir.display());
         let status = Command::new(&python)
             .args(["-m", "pneumotriage_models.generate"])

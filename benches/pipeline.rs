@@ -18,8 +18,8 @@
 //!
 //! Run: `cargo bench --bench pipeline`. Environment: `PIPELINE_BENCH_REPEAT` (default 5),
 //! `PIPELINE_BENCH_THREADS` (threads per session, default 1), `PNEUMOTRIAGE_PYTHON` (default
-//! `.venv/bin/python`). The files are cached in `target/bench-data/pipeline/`. It prints figures
-//! and asserts nothing about speed.
+//! the repository's `.venv/bin/python` if there is one, else `python3`). The files are cached in
+//! `target/bench-data/pipeline/`. It prints figures and asserts nothing about speed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +31,11 @@ use pneumotriage::inference::analyze::Analyzer;
 use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role};
 use serde::Deserialize;
+
+// The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
+#[path = "../tests/it/common/python.rs"]
+mod python;
+use python::python;
 
 const STAGES: [&str; 4] = ["decode", "preprocess", "inference", "postprocess"];
 
@@ -61,10 +66,6 @@ impl Figures {
 #[derive(Deserialize)]
 struct PythonRun {
     files: Vec<Figures>,
-}
-
-fn python() -> String {
-    std::env::var("PNEUMOTRIAGE_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into())
 }
 
 fn run_python(args: &[&str]) -> Result<String> {

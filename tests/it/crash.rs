@@ -1,13 +1,12 @@
 //! Crash safety: `kill -9` while a modality sends, then restart; and the start-up recovery rule.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_pixels, deid_cat, python, sop_instance_uid, storescu, text, tool, Backend, Setup};
+use crate::common;
+use crate::common::{assert_same_pixels, deid_cat, python, sop_instance_uid, storescu, text, tool, Backend, Setup};
 
 /// Files storescu reported as stored with Success, from its verbose log.
 fn acknowledged(storescu_log: &str) -> Vec<PathBuf> {

@@ -1,11 +1,9 @@
 //! The store: group commit (concurrent arrivals share transactions, a bad row fails alone) and
 //! the job queue shared by several nodes (each job claimed once, expired leases taken over).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Setup};
+use crate::common::{Backend, Setup};
 use pneumotriage::domain::{Decision, EventKind, InstanceHeader, Policy, Priority};
 use pneumotriage::store::{JobEnd, NewInstance, NewResult, Store};
 
@@ -31,7 +29,6 @@ fn instance(uid: &str, version: i64) -> NewInstance {
 fn concurrent_instances_are_all_committed_and_a_bad_one_fails_alone(backend: Backend) {
     let setup = Setup::new(backend);
     setup.with_store(async |store| {
-        let _ = tracing_subscriber::fmt().with_env_filter("pneumotriage=debug").with_test_writer().try_init();
         store.migrate().await.unwrap();
         store.record_instance(&instance("1.2.3.1", 1)).await.unwrap();
         // 40 new instances and one that repeats (uid, version) of the first, all at once

@@ -1,11 +1,9 @@
 //! `pneumotriage infer` on synthetic radiographs with known masks (models/training's generator):
 //! positives found with their masks, negatives negative, a non-chest image skipped.
 
-mod common;
-
 use std::process::Command;
 
-use common::{pydicom_data, python, synthetic_images, text, tool};
+use crate::common::{pydicom_data, python, synthetic_images, text, tool};
 
 #[test]
 fn infer_finds_synthetic_pneumothoraces_and_skips_a_tibia() {

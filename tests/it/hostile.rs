@@ -3,16 +3,15 @@
 //! memory stays bounded, and afterwards the node still answers C-ECHO and analyses the next
 //! valid image. One test per point of issue 11.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::scu::{self, associate, context_id, send_command, store_command};
-use common::{pydicom_data, python, storescu, text, Backend, Node, Setup};
+use crate::common;
+use crate::common::scu::{self, associate, context_id, send_command, store_command};
+use crate::common::{pydicom_data, python, storescu, text, Backend, Node, Setup};
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 

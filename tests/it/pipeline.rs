@@ -2,12 +2,11 @@
 //! must not be analysed) to a running node, whose workers write `results` rows; on SQLite and
 //! on PostgreSQL.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{pydicom_data, python, storescu, synthetic_images, synthetic_truth, text, tool, Backend, Setup};
+use crate::common;
+use crate::common::{pydicom_data, python, storescu, synthetic_images, synthetic_truth, text, tool, Backend, Setup};
 use pneumotriage::evaluate::{dice, paint_rle};
 
 /// (SOP Instance UID, job state, job reason, decision, priority, mask RLE, width, height).

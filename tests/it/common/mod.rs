@@ -1,9 +1,11 @@
 //! The test bench: a real node process, a real database (a fresh SQLite file or a fresh
 //! PostgreSQL database per test), real DICOM peers (dcmtk, pynetdicom) and real test images.
-#![allow(dead_code)]
 
 pub mod orthanc;
+mod python;
 pub mod scu;
+
+pub use python::python;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -21,8 +23,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs one test body once per backend, as `sqlite::NAME` and `postgres::NAME`.
-#[macro_export]
+/// Runs one test body once per backend, as `sqlite::NAME` and `postgres::NAME` (tests/it/main.rs
+/// declares this module first, with `#[macro_use]`, so that every module can use it).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -102,7 +104,6 @@ pub struct Setup {
     pub db: TestDb,
     pub port: u16,
     pub config_path: PathBuf,
-    pub backend: Backend,
     /// The `[inference]` lines of the config.
     pub inference: String,
     /// Sections added at the end of the config (e.g. `[[destinations]]`).
@@ -152,7 +153,7 @@ impl Setup {
             format!("models = \"{}/models/manifest.toml\"\n{inference_extra}\n", env!("CARGO_MANIFEST_DIR"));
         let http_port = free_port();
         let (tail, http) = (String::new(), String::new());
-        let setup = Setup { dir, db, port, config_path, backend, inference, tail, http_port, http };
+        let setup = Setup { dir, db, port, config_path, inference, tail, http_port, http };
         setup.write_config(node_extra, dicom_extra, DEFAULT_PEERS);
         setup
     }
@@ -181,7 +182,9 @@ impl Setup {
 
     /// Starts the node with extra environment variables.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Node {
-        let log_path = self.dir.path().join(format!("node-{}.log", Instant::now().elapsed().as_nanos()));
+        // one log per start: a restarted node does not truncate the log of the one before it
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let log_path = self.dir.path().join(format!("node-{}.log", STARTS.fetch_add(1, Ordering::Relaxed)));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
             .args(["serve", "--config"])
@@ -209,6 +212,7 @@ impl Setup {
 
     /// Runs `f` with a connection to this setup's database.
     pub fn with_store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
+        log_to_test_output();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async {
             let store = Store::connect(&self.db.url, 2, "test").await.expect("test database connects");
@@ -272,6 +276,17 @@ impl Setup {
         out.sort();
         out
     }
+}
+
+/// The library's log lines in this process (the store's, e.g. a group commit falling back to
+/// one by one) go to the output of the test that caused them, shown if it fails. A subscriber is
+/// process-wide and every test shares the process: it is installed here, once, for every test
+/// that opens a store, rather than by one test for whichever tests happen to run after it.
+fn log_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt().with_env_filter("pneumotriage=debug").with_test_writer().try_init();
+    });
 }
 
 /// A running node process; killed when dropped.
@@ -344,11 +359,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The Python interpreter that has pydicom, pynetdicom and the data packages.
-pub fn python() -> String {
-    std::env::var("PNEUMOTRIAGE_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 fn python_path(expr: &str) -> PathBuf {

@@ -1,12 +1,13 @@
 //! Receiving from real peers: every accepted transfer syntax, dcmtk and pynetdicom, versions
 //! and duplicates, and what the CLI shows afterwards. Each test runs on SQLite and PostgreSQL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_same_pixels, deid_cat, pydicom_data, run, sop_instance_uid, storescu, text, Backend, Setup};
+use crate::common;
+use crate::common::{
+    assert_same_pixels, deid_cat, pydicom_data, run, sop_instance_uid, storescu, text, Backend, Setup,
+};
 
 fn echo_is_answered(backend: Backend) {
     let setup = Setup::new(backend);

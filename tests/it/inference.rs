@@ -1,12 +1,10 @@
 //! The manifest's models under ONNX Runtime (load-dynamic, the library from PyPI's onnxruntime
 //! wheel): checked at load, and giving what Python's onnxruntime gives on the same tensor.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{pydicom_data, python, text, tool};
+use crate::common::{pydicom_data, python, text, tool};
 use pneumotriage::imaging::{display_image, to_tensor};
 use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role, RuntimeError};

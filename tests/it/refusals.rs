@@ -1,11 +1,12 @@
 //! What the node refuses, and that a refusal leaves nothing behind: no row, no spool file.
 
-mod common;
-
 use std::time::Duration;
 
-use common::scu::{self, associate, associate_as, context_id, dataset_of, send_command, send_data, store_command};
-use common::{mr_small, pydicom_data, sop_instance_uid, storescu, text, Backend, Setup};
+use crate::common;
+use crate::common::scu::{
+    self, associate, associate_as, context_id, dataset_of, send_command, send_data, store_command,
+};
+use crate::common::{mr_small, pydicom_data, sop_instance_uid, storescu, text, Backend, Setup};
 use dicom_ul::Pdu;
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";

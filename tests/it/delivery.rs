@@ -3,14 +3,13 @@
 //! until an admin retries; the whole loop ends in a real Orthanc, and a node killed during
 //! delivery delivers after its restart, each object once.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::orthanc::{self, StoredInstance};
-use common::{free_port, storescu, synthetic_positive, text, Backend, Setup};
+use crate::common;
+use crate::common::orthanc::{self, StoredInstance};
+use crate::common::{free_port, storescu, synthetic_positive, text, Backend, Setup};
 
 /// dcmtk's storescp as the PACS, writing what it receives under `dir`; killed when dropped.
 struct Pacs(Child);

@@ -2,12 +2,10 @@
 //! handling against pydicom's (through models/training's reference preprocessing), and every
 //! accepted transfer syntax decoding to the pixels of the uncompressed original.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{deid_cat, pydicom_data, python, run, text, tool};
+use crate::common::{deid_cat, pydicom_data, python, run, text, tool};
 use pneumotriage::imaging::{display_image, resize, DisplayImage};
 
 fn node_display(path: &Path) -> DisplayImage {

@@ -1,11 +1,9 @@
 //! The command line an admin meets first: check-config, migrate, and the shipped files.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{text, Backend, Setup};
+use crate::common::{text, Backend, Setup};
 
 fn pneumotriage(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pneumotriage")).args(args).output().unwrap()

@@ -3,12 +3,11 @@
 //! synthetic positives and negatives pass dicom3tools' `dciodvfy` without errors; highdicom
 //! reads back the node's mask, and the report's finding, probability, priority and references.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{deid_cat, pydicom_data, python, synthetic_images, synthetic_truth, text, tool};
+use crate::common;
+use crate::common::{deid_cat, pydicom_data, python, synthetic_images, synthetic_truth, text, tool};
 
 /// `infer --out` with thresholds that give every image a mask, so that real radiographs get a
 /// SEG from the demo models too.

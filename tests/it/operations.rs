@@ -3,13 +3,12 @@
 //! count what happened, the overlay), the worklist page in headless Chromium, `status`, and a
 //! SIGTERM during a transfer.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{http_request, storescu, synthetic_images, text, tool, Backend, Setup};
+use crate::common;
+use crate::common::{http_request, storescu, synthetic_images, text, tool, Backend, Setup};
 
 const TOKEN: &str = "0123456789abcdef-test-token";
 
