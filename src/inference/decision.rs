@@ -2,48 +2,10 @@
 //! decides, the segmenter draws) and `segmentation` (the segmenter's "triplet" rule decides).
 //! Pure functions: no I/O, no models.
 
-use serde::Serialize;
-
 use super::manifest::Thresholds;
 use crate::config::PriorityConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Positive,
-    Negative,
-    /// The classifier said positive but the segmenter found no region large enough.
-    PositiveWithoutMask,
-}
-
-/// Where an analysed image goes on the worklist; ordered, so that a study takes its images' highest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    Routine,
-    Review,
-    Urgent,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Routine => "routine",
-            Priority::Review => "review",
-            Priority::Urgent => "urgent",
-        }
-    }
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Positive => "positive",
-            Decision::Negative => "negative",
-            Decision::PositiveWithoutMask => "positive_without_mask",
-        }
-    }
-}
+pub use crate::domain::{Decision, Priority};
 
 /// The priority rules of `[priority]`: a confident positive with a mask (or a large one) is
 /// urgent; every other positive is for review; a negative is routine unless it is a near miss.
