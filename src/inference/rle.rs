@@ -3,9 +3,27 @@
 //! worklist's overlay) back; and the CSV the labels come in.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::num::ParseIntError;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+/// What is wrong with an encoding or a labels file.
+#[derive(Debug, thiserror::Error)]
+pub enum RleError {
+    #[error("RLE holds something that is not a count")]
+    NotANumber(#[source] ParseIntError),
+    #[error("RLE has an odd count of numbers")]
+    OddCount,
+    #[error("RLE runs past the image")]
+    PastImage,
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: expected ImageId,EncodedPixels", path.display())]
+    Csv { path: PathBuf, line: usize },
+}
 
 /// A mask as SIIM-ACR run-length encoding: column-major, each start relative to the end of the
 /// previous run ("-1" when empty).
@@ -50,8 +68,8 @@ pub fn siim_rle(mask: &[bool], width: u32, height: u32) -> String {
 
 /// The masks of a SIIM-ACR CSV (`ImageId, EncodedPixels`), several rows of one image merged,
 /// in the order ImageIds first appear.
-pub fn read_rle_csv(path: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_rle_csv(path: &Path) -> Result<Vec<(String, Vec<String>)>, RleError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RleError::Read { path: path.to_path_buf(), source })?;
     let mut order: Vec<(String, Vec<String>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
@@ -60,7 +78,7 @@ pub fn read_rle_csv(path: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
             continue;
         }
         let Some((id, rle)) = line.split_once(',') else {
-            bail!("{}:{}: expected ImageId,EncodedPixels", path.display(), n + 1)
+            return Err(RleError::Csv { path: path.to_path_buf(), line: n + 1 });
         };
         let (id, rle) = (id.trim().to_string(), rle.trim().to_string());
         let slot = *index.entry(id.clone()).or_insert_with(|| {
@@ -74,25 +92,25 @@ pub fn read_rle_csv(path: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
 
 /// Paints SIIM-ACR run-length encodings (column-major, starts relative to the end of the
 /// previous run, "-1" for none) into a row-major mask.
-pub fn paint_rle(mask: &mut [bool], rle: &str, width: usize, height: usize) -> anyhow::Result<()> {
+pub fn paint_rle(mask: &mut [bool], rle: &str, width: usize, height: usize) -> Result<(), RleError> {
     let rle = rle.trim();
     if rle.is_empty() || rle == "-1" {
         return Ok(());
     }
-    let numbers: Vec<usize> = rle.split_whitespace().map(str::parse).collect::<Result<_, _>>().context("RLE")?;
+    let numbers: Vec<usize> =
+        rle.split_whitespace().map(str::parse).collect::<Result<_, _>>().map_err(RleError::NotANumber)?;
     if numbers.len() % 2 != 0 {
-        bail!("RLE has an odd count of numbers");
+        return Err(RleError::OddCount);
     }
     let mut position = 0usize;
     for pair in numbers.chunks_exact(2) {
-        let (start, run) = (position + pair[0], pair[1]);
-        if start + run > width * height {
-            bail!("RLE runs past the image");
-        }
-        for p in start..start + run {
+        // checked: the counts come from a file, and a huge one must not wrap round
+        let start = position.checked_add(pair[0]).ok_or(RleError::PastImage)?;
+        let end = start.checked_add(pair[1]).filter(|&end| end <= width * height).ok_or(RleError::PastImage)?;
+        for p in start..end {
             mask[(p % height) * width + p / height] = true;
         }
-        position = start + run;
+        position = end;
     }
     Ok(())
 }
@@ -119,6 +137,7 @@ mod tests {
         assert_eq!(back, mask);
         assert!(paint_rle(&mut back, "3 100", w, h).is_err(), "past the image");
         assert!(paint_rle(&mut back, "3", w, h).is_err(), "odd count");
+        assert!(paint_rle(&mut back, &format!("1 1 {} 1", usize::MAX), w, h).is_err(), "a start that would wrap");
     }
 
     #[test]
