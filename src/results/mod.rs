@@ -3,8 +3,11 @@
 //! Segmentation and the structured report; the UIDs of what it creates.
 
 pub mod common;
+pub mod objects;
 pub mod overlay;
 pub mod sc;
 pub mod seg;
 pub mod sr;
 pub mod uid;
+
+pub use objects::{dicom_now, make_objects, MadeObject, OutputSettings};
