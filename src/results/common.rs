@@ -19,15 +19,6 @@ pub enum BuildError {
     Meta(String),
 }
 
-/// A coded concept (a Code Sequence item).
-pub fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::CODE_VALUE, VR::SH, value),
-        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-        text(tags::CODE_MEANING, VR::LO, meaning),
-    ])
-}
-
 pub fn text(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, PrimitiveValue::from(value))
 }

@@ -2,6 +2,7 @@
 //! (`infer --out`, later the worklist's overlay and the secondary capture), the DICOM
 //! Segmentation and the structured report; the UIDs of what it creates.
 
+pub mod codes;
 pub mod common;
 pub mod objects;
 pub mod overlay;

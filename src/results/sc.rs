@@ -9,8 +9,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+use super::codes;
 use super::common::{
-    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
+    copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
 };
 use super::{overlay, uid};
 use crate::imaging::DisplayImage;
@@ -85,10 +86,7 @@ pub fn build(request: &ScRequest) -> Result<FileDicomObject<InMemDicomObject>, B
         text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &source_class),
         text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &source_instance),
     ]);
-    source_image.put(seq(
-        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-        vec![code("121322", "DCM", "Source image for image processing operation")],
-    ));
+    source_image.put(seq(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![codes::SOURCE_IMAGE_FOR_PROCESSING.item()]));
     for element in header.into_iter().chain([
         // SC Equipment: made on a workstation
         text(tags::CONVERSION_TYPE, VR::CS, "WSD"),

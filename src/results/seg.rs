@@ -12,8 +12,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+use super::codes;
 use super::common::{
-    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
+    copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
 };
 use super::uid;
 use crate::inference::ModelSpec;
@@ -51,10 +52,7 @@ fn image_reference(class: &str, instance: &str, purpose: bool) -> InMemDicomObje
         text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
     ]);
     if purpose {
-        item.put(seq(
-            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-            vec![code("121322", "DCM", "Source image for image processing operation")],
-        ));
+        item.put(seq(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![codes::SOURCE_IMAGE_FOR_PROCESSING.item()]));
     }
     item
 }
@@ -144,14 +142,14 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     ]);
     segment.put(seq(
         tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
-        vec![code("49755003", "SCT", "Morphologically abnormal structure")],
+        vec![codes::MORPHOLOGICALLY_ABNORMAL_STRUCTURE.item()],
     ));
-    segment.put(seq(tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![code("36118008", "SCT", "Pneumothorax")]));
+    segment.put(seq(tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![codes::PNEUMOTHORAX.item()]));
     let mut algorithm = InMemDicomObject::from_element_iter([
         text(tags::ALGORITHM_NAME, VR::LO, &model.name),
         text(tags::ALGORITHM_VERSION, VR::LO, &model.version),
     ]);
-    algorithm.put(seq(tags::ALGORITHM_FAMILY_CODE_SEQUENCE, vec![code("123110", "DCM", "Artificial Intelligence")]));
+    algorithm.put(seq(tags::ALGORITHM_FAMILY_CODE_SEQUENCE, vec![codes::ALGORITHM_FAMILY_AI.item()]));
     segment.put(seq(tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE, vec![algorithm]));
     obj.put(seq(tags::SEGMENT_SEQUENCE, vec![segment]));
 
@@ -185,7 +183,7 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     let mut source_image = image_reference(&source_class, &source_instance, true);
     source_image.put(text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"));
     let mut derivation = InMemDicomObject::new_empty();
-    derivation.put(seq(tags::DERIVATION_CODE_SEQUENCE, vec![code("113076", "DCM", "Segmentation")]));
+    derivation.put(seq(tags::DERIVATION_CODE_SEQUENCE, vec![codes::DERIVATION_SEGMENTATION.item()]));
     derivation.put(seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source_image]));
     let mut frame = InMemDicomObject::new_empty();
     frame.put(seq(tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]));

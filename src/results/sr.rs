@@ -5,14 +5,15 @@
 //! identification, its sha256 as a parameter), the probability, Pneumothorax = Present/Absent,
 //! the priority as an HL7 ActPriority code, and the source image. When there is a SEG, a second
 //! group (TID 1410) with the finding, the segmenter and the SEG's frame. The codes are the
-//! standard's (pydicom's `sr.codedict`, highdicom); each is listed in docs/conformance.md.
+//! standard's, named in codes.rs.
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+use super::codes::{self, Code};
 use super::common::{
-    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, BuildError, NewInstance,
+    copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, BuildError, NewInstance,
 };
 use super::seg::SEGMENTATION_STORAGE;
 use super::uid;
@@ -47,32 +48,21 @@ pub struct SrRequest<'a> {
     pub time: &'a str,
 }
 
-/// The HL7 ActPriority code of a priority (design.md §4: urgent = S, review = A, routine = R).
-pub fn act_priority(priority: Priority) -> (&'static str, &'static str) {
-    match priority {
-        Priority::Urgent => ("S", "stat"),
-        Priority::Review => ("A", "ASAP"),
-        Priority::Routine => ("R", "routine"),
-    }
-}
-
-const HL7_ACT_PRIORITY: &str = "HL7ActPriority";
-
-fn concept(value: &str, scheme: &str, meaning: &str) -> DataElement<InMemDicomObject> {
-    seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code(value, scheme, meaning)])
+fn concept(name: Code) -> DataElement<InMemDicomObject> {
+    seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![name.item()])
 }
 
 /// A content item: relationship, value type, concept name, then its value elements.
 fn item(
     relationship: &str,
     value_type: &str,
-    name: (&str, &str, &str),
+    name: Code,
     value: Vec<DataElement<InMemDicomObject>>,
 ) -> InMemDicomObject {
     let mut obj = InMemDicomObject::from_element_iter([
         text(tags::RELATIONSHIP_TYPE, VR::CS, relationship),
         text(tags::VALUE_TYPE, VR::CS, value_type),
-        concept(name.0, name.1, name.2),
+        concept(name),
     ]);
     for element in value {
         obj.put(element);
@@ -80,19 +70,19 @@ fn item(
     obj
 }
 
-fn text_item(relationship: &str, name: (&str, &str, &str), value: &str) -> InMemDicomObject {
+fn text_item(relationship: &str, name: Code, value: &str) -> InMemDicomObject {
     item(relationship, "TEXT", name, vec![text(tags::TEXT_VALUE, VR::UT, value)])
 }
 
-fn code_item(relationship: &str, name: (&str, &str, &str), value: (&str, &str, &str)) -> InMemDicomObject {
-    item(relationship, "CODE", name, vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![code(value.0, value.1, value.2)])])
+fn code_item(relationship: &str, name: Code, value: Code) -> InMemDicomObject {
+    item(relationship, "CODE", name, vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![value.item()])])
 }
 
-fn uidref_item(relationship: &str, name: (&str, &str, &str), value: &str) -> InMemDicomObject {
+fn uidref_item(relationship: &str, name: Code, value: &str) -> InMemDicomObject {
     item(relationship, "UIDREF", name, vec![text(tags::UID, VR::UI, value)])
 }
 
-fn image_item(name: (&str, &str, &str), class: &str, instance: &str, frame: Option<&str>) -> InMemDicomObject {
+fn image_item(name: Code, class: &str, instance: &str, frame: Option<&str>) -> InMemDicomObject {
     let mut reference = InMemDicomObject::from_element_iter([
         text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
         text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
@@ -105,13 +95,13 @@ fn image_item(name: (&str, &str, &str), class: &str, instance: &str, frame: Opti
 
 fn container(
     relationship: Option<&str>,
-    name: (&str, &str, &str),
+    name: Code,
     template: Option<&str>,
     children: Vec<InMemDicomObject>,
 ) -> InMemDicomObject {
     let mut obj = InMemDicomObject::from_element_iter([
         text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
-        concept(name.0, name.1, name.2),
+        concept(name),
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "CONTINUOUS"),
     ]);
     if let Some(relationship) = relationship {
@@ -137,9 +127,9 @@ fn template_sequence(id: &str) -> DataElement<InMemDicomObject> {
 /// TID 4019: a model's name, version and sha256.
 fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
     [
-        text_item("HAS CONCEPT MOD", ("111001", "DCM", "Algorithm Name"), &model.name),
-        text_item("HAS CONCEPT MOD", ("111003", "DCM", "Algorithm Version"), &model.version),
-        text_item("HAS CONCEPT MOD", ("111002", "DCM", "Algorithm Parameters"), &format!("sha256:{}", model.sha256)),
+        text_item("HAS CONCEPT MOD", codes::ALGORITHM_NAME, &model.name),
+        text_item("HAS CONCEPT MOD", codes::ALGORITHM_VERSION, &model.version),
+        text_item("HAS CONCEPT MOD", codes::ALGORITHM_PARAMETERS, &format!("sha256:{}", model.sha256)),
     ]
 }
 
@@ -154,12 +144,11 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
     let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
     let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
     let present = request.decision != Decision::Negative;
-    let (priority_code, priority_meaning) = act_priority(request.priority);
 
     // Group A (TID 1501): the whole image.
     let mut classification = vec![
-        text_item("HAS OBS CONTEXT", ("112039", "DCM", "Tracking Identifier"), "pneumothorax classification"),
-        uidref_item("HAS OBS CONTEXT", ("112040", "DCM", "Tracking Unique Identifier"), &derived("sr tracking a")),
+        text_item("HAS OBS CONTEXT", codes::TRACKING_IDENTIFIER, "pneumothorax classification"),
+        uidref_item("HAS OBS CONTEXT", codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking a")),
     ];
     classification.extend(algorithm(c));
     let probability = format!("{:.4}", request.probability.clamp(0.0, 1.0));
@@ -168,71 +157,53 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
         VR::DS,
         PrimitiveValue::from(probability.as_str()),
     )]);
-    measured.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code("1", "UCUM", "no units")]));
+    measured.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![codes::NO_UNITS.item()]));
     classification.push(item(
         "CONTAINS",
         "NUM",
-        ("122157", "DCM", "Probability"),
+        codes::PROBABILITY,
         vec![seq(tags::MEASURED_VALUE_SEQUENCE, vec![measured])],
     ));
     classification.push(code_item(
         "CONTAINS",
-        ("36118008", "SCT", "Pneumothorax"),
-        if present { ("52101004", "SCT", "Present") } else { ("272519000", "SCT", "Absent") },
+        codes::PNEUMOTHORAX,
+        if present { codes::PRESENT } else { codes::ABSENT },
     ));
-    classification.push(code_item(
-        "CONTAINS",
-        ("260870009", "SCT", "Priority (attribute)"),
-        (priority_code, HL7_ACT_PRIORITY, priority_meaning),
-    ));
-    classification.push(image_item(("121112", "DCM", "Source of Measurement"), &source_class, &source_instance, None));
-    let mut groups =
-        vec![container(Some("CONTAINS"), ("125007", "DCM", "Measurement Group"), Some("1501"), classification)];
+    classification.push(code_item("CONTAINS", codes::PRIORITY, codes::act_priority(request.priority)));
+    classification.push(image_item(codes::SOURCE_OF_MEASUREMENT, &source_class, &source_instance, None));
+    let mut groups = vec![container(Some("CONTAINS"), codes::MEASUREMENT_GROUP, Some("1501"), classification)];
 
     // Group B (TID 1410): the region, when there is a SEG.
     if let Some(seg) = &request.seg {
         let mut region = vec![
-            text_item("HAS OBS CONTEXT", ("112039", "DCM", "Tracking Identifier"), "pneumothorax region"),
-            uidref_item("HAS OBS CONTEXT", ("112040", "DCM", "Tracking Unique Identifier"), &derived("sr tracking b")),
-            code_item("CONTAINS", ("121071", "DCM", "Finding"), ("36118008", "SCT", "Pneumothorax")),
+            text_item("HAS OBS CONTEXT", codes::TRACKING_IDENTIFIER, "pneumothorax region"),
+            uidref_item("HAS OBS CONTEXT", codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking b")),
+            code_item("CONTAINS", codes::FINDING, codes::PNEUMOTHORAX),
         ];
         region.extend(algorithm(s));
         region.push(image_item(
-            ("121214", "DCM", "Referenced Segmentation Frame"),
+            codes::REFERENCED_SEGMENTATION_FRAME,
             SEGMENTATION_STORAGE,
             seg.sop_instance_uid,
             Some("1"),
         ));
-        region.push(image_item(
-            ("121233", "DCM", "Source Image for Segmentation"),
-            &source_class,
-            &source_instance,
-            None,
-        ));
-        groups.push(container(Some("CONTAINS"), ("125007", "DCM", "Measurement Group"), Some("1410"), region));
+        region.push(image_item(codes::SOURCE_IMAGE_FOR_SEGMENTATION, &source_class, &source_instance, None));
+        groups.push(container(Some("CONTAINS"), codes::MEASUREMENT_GROUP, Some("1410"), region));
     }
 
     let content = vec![
-        code_item(
-            "HAS CONCEPT MOD",
-            ("121049", "DCM", "Language of Content Item and Descendants"),
-            ("en-US", "RFC5646", "English (United States)"),
-        ),
-        code_item("HAS OBS CONTEXT", ("121005", "DCM", "Observer Type"), ("121007", "DCM", "Device")),
+        code_item("HAS CONCEPT MOD", codes::LANGUAGE_OF_CONTENT, codes::ENGLISH_US),
+        code_item("HAS OBS CONTEXT", codes::OBSERVER_TYPE, codes::DEVICE),
         uidref_item(
             "HAS OBS CONTEXT",
-            ("121012", "DCM", "Device Observer UID"),
+            codes::DEVICE_OBSERVER_UID,
             &uid::derive(request.uid_root, &["device observer", request.node_name]),
         ),
-        text_item("HAS OBS CONTEXT", ("121013", "DCM", "Device Observer Name"), request.node_name),
-        text_item("HAS OBS CONTEXT", ("121014", "DCM", "Device Observer Manufacturer"), "pneumotriage"),
-        text_item("HAS OBS CONTEXT", ("121015", "DCM", "Device Observer Model Name"), "pneumotriage"),
-        code_item(
-            "HAS CONCEPT MOD",
-            ("121058", "DCM", "Procedure reported"),
-            ("43468-8", "LN", "XR unspecified body region"),
-        ),
-        container(Some("CONTAINS"), ("126010", "DCM", "Imaging Measurements"), None, groups),
+        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_NAME, request.node_name),
+        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_MANUFACTURER, "pneumotriage"),
+        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_MODEL_NAME, "pneumotriage"),
+        code_item("HAS CONCEPT MOD", codes::PROCEDURE_REPORTED, codes::XR_UNSPECIFIED_BODY_REGION),
+        container(Some("CONTAINS"), codes::IMAGING_MEASUREMENTS, None, groups),
     ];
 
     let mut obj = InMemDicomObject::new_empty();
@@ -255,7 +226,7 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
         text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
         text(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
         text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
-        concept("126000", "DCM", "Imaging Measurement Report"),
+        concept(codes::IMAGING_MEASUREMENT_REPORT),
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
         template_sequence("1500"),
         seq(tags::CONTENT_SEQUENCE, content),
@@ -263,14 +234,15 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
         obj.put(element);
     }
     // The HL7 ActPriority scheme is not one DICOM names, so it is declared.
+    let scheme = codes::HL7_ACT_PRIORITY_SCHEME;
     obj.put(seq(
         tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
-            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, HL7_ACT_PRIORITY),
-            text(tags::CODING_SCHEME_UID, VR::UI, "2.16.840.1.113883.5.7"),
-            text(tags::CODING_SCHEME_REGISTRY, VR::LO, "HL7"),
-            text(tags::CODING_SCHEME_NAME, VR::ST, "HL7 v3 ActPriority"),
-            text(tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "Health Level Seven International"),
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme.designator),
+            text(tags::CODING_SCHEME_UID, VR::UI, scheme.uid),
+            text(tags::CODING_SCHEME_REGISTRY, VR::LO, scheme.registry),
+            text(tags::CODING_SCHEME_NAME, VR::ST, scheme.name),
+            text(tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, scheme.responsible_organization),
         ])],
     ));
     // Every instance the tree references, by study and series.
@@ -294,16 +266,4 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
     obj.put(seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]));
 
     into_file(obj)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn priorities_map_to_hl7_act_priority() {
-        assert_eq!(act_priority(Priority::Urgent).0, "S");
-        assert_eq!(act_priority(Priority::Review).0, "A");
-        assert_eq!(act_priority(Priority::Routine).0, "R");
-    }
 }
