@@ -48,20 +48,88 @@ pub struct SrRequest<'a> {
     pub time: &'a str,
 }
 
+/// How a content item relates to its parent (PS3.3 C.17.3.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relationship {
+    Contains,
+    HasProperties,
+    HasObsContext,
+    HasAcqContext,
+    InferredFrom,
+    SelectedFrom,
+    HasConceptMod,
+}
+
+impl Relationship {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relationship::Contains => "CONTAINS",
+            Relationship::HasProperties => "HAS PROPERTIES",
+            Relationship::HasObsContext => "HAS OBS CONTEXT",
+            Relationship::HasAcqContext => "HAS ACQ CONTEXT",
+            Relationship::InferredFrom => "INFERRED FROM",
+            Relationship::SelectedFrom => "SELECTED FROM",
+            Relationship::HasConceptMod => "HAS CONCEPT MOD",
+        }
+    }
+}
+
+/// What a content item holds (PS3.3 C.17.3.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    Text,
+    Code,
+    Num,
+    DateTime,
+    Date,
+    Time,
+    UidRef,
+    PName,
+    Composite,
+    Image,
+    Waveform,
+    Scoord,
+    Scoord3D,
+    Tcoord,
+    Container,
+}
+
+impl ValueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Text => "TEXT",
+            ValueType::Code => "CODE",
+            ValueType::Num => "NUM",
+            ValueType::DateTime => "DATETIME",
+            ValueType::Date => "DATE",
+            ValueType::Time => "TIME",
+            ValueType::UidRef => "UIDREF",
+            ValueType::PName => "PNAME",
+            ValueType::Composite => "COMPOSITE",
+            ValueType::Image => "IMAGE",
+            ValueType::Waveform => "WAVEFORM",
+            ValueType::Scoord => "SCOORD",
+            ValueType::Scoord3D => "SCOORD3D",
+            ValueType::Tcoord => "TCOORD",
+            ValueType::Container => "CONTAINER",
+        }
+    }
+}
+
 fn concept(name: Code) -> DataElement<InMemDicomObject> {
     seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![name.item()])
 }
 
 /// A content item: relationship, value type, concept name, then its value elements.
 fn item(
-    relationship: &str,
-    value_type: &str,
+    relationship: Relationship,
+    value_type: ValueType,
     name: Code,
     value: Vec<DataElement<InMemDicomObject>>,
 ) -> InMemDicomObject {
     let mut obj = InMemDicomObject::from_element_iter([
-        text(tags::RELATIONSHIP_TYPE, VR::CS, relationship),
-        text(tags::VALUE_TYPE, VR::CS, value_type),
+        text(tags::RELATIONSHIP_TYPE, VR::CS, relationship.as_str()),
+        text(tags::VALUE_TYPE, VR::CS, value_type.as_str()),
         concept(name),
     ]);
     for element in value {
@@ -70,16 +138,16 @@ fn item(
     obj
 }
 
-fn text_item(relationship: &str, name: Code, value: &str) -> InMemDicomObject {
-    item(relationship, "TEXT", name, vec![text(tags::TEXT_VALUE, VR::UT, value)])
+fn text_item(relationship: Relationship, name: Code, value: &str) -> InMemDicomObject {
+    item(relationship, ValueType::Text, name, vec![text(tags::TEXT_VALUE, VR::UT, value)])
 }
 
-fn code_item(relationship: &str, name: Code, value: Code) -> InMemDicomObject {
-    item(relationship, "CODE", name, vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![value.item()])])
+fn code_item(relationship: Relationship, name: Code, value: Code) -> InMemDicomObject {
+    item(relationship, ValueType::Code, name, vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![value.item()])])
 }
 
-fn uidref_item(relationship: &str, name: Code, value: &str) -> InMemDicomObject {
-    item(relationship, "UIDREF", name, vec![text(tags::UID, VR::UI, value)])
+fn uidref_item(relationship: Relationship, name: Code, value: &str) -> InMemDicomObject {
+    item(relationship, ValueType::UidRef, name, vec![text(tags::UID, VR::UI, value)])
 }
 
 fn image_item(name: Code, class: &str, instance: &str, frame: Option<&str>) -> InMemDicomObject {
@@ -90,22 +158,22 @@ fn image_item(name: Code, class: &str, instance: &str, frame: Option<&str>) -> I
     if let Some(frame) = frame {
         reference.put(DataElement::new(tags::REFERENCED_FRAME_NUMBER, VR::IS, PrimitiveValue::from(frame)));
     }
-    item("CONTAINS", "IMAGE", name, vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![reference])])
+    item(Relationship::Contains, ValueType::Image, name, vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![reference])])
 }
 
 fn container(
-    relationship: Option<&str>,
+    relationship: Option<Relationship>,
     name: Code,
     template: Option<&str>,
     children: Vec<InMemDicomObject>,
 ) -> InMemDicomObject {
     let mut obj = InMemDicomObject::from_element_iter([
-        text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+        text(tags::VALUE_TYPE, VR::CS, ValueType::Container.as_str()),
         concept(name),
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "CONTINUOUS"),
     ]);
     if let Some(relationship) = relationship {
-        obj.put(text(tags::RELATIONSHIP_TYPE, VR::CS, relationship));
+        obj.put(text(tags::RELATIONSHIP_TYPE, VR::CS, relationship.as_str()));
     }
     if let Some(template) = template {
         obj.put(template_sequence(template));
@@ -127,9 +195,9 @@ fn template_sequence(id: &str) -> DataElement<InMemDicomObject> {
 /// TID 4019: a model's name, version and sha256.
 fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
     [
-        text_item("HAS CONCEPT MOD", codes::ALGORITHM_NAME, &model.name),
-        text_item("HAS CONCEPT MOD", codes::ALGORITHM_VERSION, &model.version),
-        text_item("HAS CONCEPT MOD", codes::ALGORITHM_PARAMETERS, &format!("sha256:{}", model.sha256)),
+        text_item(Relationship::HasConceptMod, codes::ALGORITHM_NAME, &model.name),
+        text_item(Relationship::HasConceptMod, codes::ALGORITHM_VERSION, &model.version),
+        text_item(Relationship::HasConceptMod, codes::ALGORITHM_PARAMETERS, &format!("sha256:{}", model.sha256)),
     ]
 }
 
@@ -147,8 +215,8 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
 
     // Group A (TID 1501): the whole image.
     let mut classification = vec![
-        text_item("HAS OBS CONTEXT", codes::TRACKING_IDENTIFIER, "pneumothorax classification"),
-        uidref_item("HAS OBS CONTEXT", codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking a")),
+        text_item(Relationship::HasObsContext, codes::TRACKING_IDENTIFIER, "pneumothorax classification"),
+        uidref_item(Relationship::HasObsContext, codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking a")),
     ];
     classification.extend(algorithm(c));
     let probability = format!("{:.4}", request.probability.clamp(0.0, 1.0));
@@ -159,26 +227,27 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
     )]);
     measured.put(seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![codes::NO_UNITS.item()]));
     classification.push(item(
-        "CONTAINS",
-        "NUM",
+        Relationship::Contains,
+        ValueType::Num,
         codes::PROBABILITY,
         vec![seq(tags::MEASURED_VALUE_SEQUENCE, vec![measured])],
     ));
     classification.push(code_item(
-        "CONTAINS",
+        Relationship::Contains,
         codes::PNEUMOTHORAX,
         if present { codes::PRESENT } else { codes::ABSENT },
     ));
-    classification.push(code_item("CONTAINS", codes::PRIORITY, codes::act_priority(request.priority)));
+    classification.push(code_item(Relationship::Contains, codes::PRIORITY, codes::act_priority(request.priority)));
     classification.push(image_item(codes::SOURCE_OF_MEASUREMENT, &source_class, &source_instance, None));
-    let mut groups = vec![container(Some("CONTAINS"), codes::MEASUREMENT_GROUP, Some("1501"), classification)];
+    let mut groups =
+        vec![container(Some(Relationship::Contains), codes::MEASUREMENT_GROUP, Some("1501"), classification)];
 
     // Group B (TID 1410): the region, when there is a SEG.
     if let Some(seg) = &request.seg {
         let mut region = vec![
-            text_item("HAS OBS CONTEXT", codes::TRACKING_IDENTIFIER, "pneumothorax region"),
-            uidref_item("HAS OBS CONTEXT", codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking b")),
-            code_item("CONTAINS", codes::FINDING, codes::PNEUMOTHORAX),
+            text_item(Relationship::HasObsContext, codes::TRACKING_IDENTIFIER, "pneumothorax region"),
+            uidref_item(Relationship::HasObsContext, codes::TRACKING_UNIQUE_IDENTIFIER, &derived("sr tracking b")),
+            code_item(Relationship::Contains, codes::FINDING, codes::PNEUMOTHORAX),
         ];
         region.extend(algorithm(s));
         region.push(image_item(
@@ -188,22 +257,22 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
             Some("1"),
         ));
         region.push(image_item(codes::SOURCE_IMAGE_FOR_SEGMENTATION, &source_class, &source_instance, None));
-        groups.push(container(Some("CONTAINS"), codes::MEASUREMENT_GROUP, Some("1410"), region));
+        groups.push(container(Some(Relationship::Contains), codes::MEASUREMENT_GROUP, Some("1410"), region));
     }
 
     let content = vec![
-        code_item("HAS CONCEPT MOD", codes::LANGUAGE_OF_CONTENT, codes::ENGLISH_US),
-        code_item("HAS OBS CONTEXT", codes::OBSERVER_TYPE, codes::DEVICE),
+        code_item(Relationship::HasConceptMod, codes::LANGUAGE_OF_CONTENT, codes::ENGLISH_US),
+        code_item(Relationship::HasObsContext, codes::OBSERVER_TYPE, codes::DEVICE),
         uidref_item(
-            "HAS OBS CONTEXT",
+            Relationship::HasObsContext,
             codes::DEVICE_OBSERVER_UID,
             &uid::derive(request.uid_root, &["device observer", request.node_name]),
         ),
-        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_NAME, request.node_name),
-        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_MANUFACTURER, "pneumotriage"),
-        text_item("HAS OBS CONTEXT", codes::DEVICE_OBSERVER_MODEL_NAME, "pneumotriage"),
-        code_item("HAS CONCEPT MOD", codes::PROCEDURE_REPORTED, codes::XR_UNSPECIFIED_BODY_REGION),
-        container(Some("CONTAINS"), codes::IMAGING_MEASUREMENTS, None, groups),
+        text_item(Relationship::HasObsContext, codes::DEVICE_OBSERVER_NAME, request.node_name),
+        text_item(Relationship::HasObsContext, codes::DEVICE_OBSERVER_MANUFACTURER, "pneumotriage"),
+        text_item(Relationship::HasObsContext, codes::DEVICE_OBSERVER_MODEL_NAME, "pneumotriage"),
+        code_item(Relationship::HasConceptMod, codes::PROCEDURE_REPORTED, codes::XR_UNSPECIFIED_BODY_REGION),
+        container(Some(Relationship::Contains), codes::IMAGING_MEASUREMENTS, None, groups),
     ];
 
     let mut obj = InMemDicomObject::new_empty();
@@ -225,7 +294,7 @@ pub fn build(request: &SrRequest) -> Result<FileDicomObject<InMemDicomObject>, B
         seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
         text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
         text(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
-        text(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+        text(tags::VALUE_TYPE, VR::CS, ValueType::Container.as_str()),
         concept(codes::IMAGING_MEASUREMENT_REPORT),
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
         template_sequence("1500"),
