@@ -279,22 +279,23 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
     objects
         .into_iter()
         .map(|o| {
-            let (Some(study), Some(sop)) = (sanitize_uid(&o.study_instance_uid), sanitize_uid(&o.sop_instance_uid))
+            let (Some(study), Some(sop)) =
+                (sanitize_uid(&o.uids.study_instance_uid), sanitize_uid(&o.uids.sop_instance_uid))
             else {
-                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.sop_instance_uid));
+                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.uids.sop_instance_uid));
             };
             let relative = format!("{study}/{sop}.dcm");
             write_durably(&settings.dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
             let destinations = settings
                 .destinations
                 .iter()
-                .filter(|(_, kinds)| kinds.iter().any(|k| k == o.kind))
+                .filter(|(_, kinds)| kinds.contains(&o.kind))
                 .map(|(name, _)| name.clone())
                 .collect();
             Ok(NewOutput {
                 destinations,
-                kind: o.kind,
-                sop_class_uid: o.sop_class_uid,
+                kind: o.kind.as_str(),
+                sop_class_uid: o.uids.sop_class_uid.to_string(),
                 sop_instance_uid: sop.to_string(),
                 path: relative,
                 size_bytes: o.bytes.len() as i64,

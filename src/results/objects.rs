@@ -4,14 +4,15 @@
 
 use std::path::PathBuf;
 
-use dicom_dictionary_std::tags;
-use dicom_object::{FileDicomObject, InMemDicomObject};
+use dicom_object::InMemDicomObject;
 use tracing::warn;
 
+use super::common::{Built, ObjectUids, ResultsError};
+use super::context::{Context, Models, Series};
 use super::{sc, seg, sr};
 use crate::config::{Config, OutputsConfig, SrPolicy};
+use crate::domain::{Decision, ObjectKind};
 use crate::inference::analyze::{Analysis, Analyzer};
-use crate::inference::decision::Decision;
 
 /// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
 #[derive(Debug, Clone)]
@@ -24,7 +25,7 @@ pub struct OutputSettings {
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
     /// Each destination's name and the kinds of objects it takes.
-    pub destinations: Vec<(String, Vec<String>)>,
+    pub destinations: Vec<(String, Vec<ObjectKind>)>,
 }
 
 impl OutputSettings {
@@ -34,55 +35,60 @@ impl OutputSettings {
             node_name: config.node_name(),
             uid_root: config.node.uid_root.clone(),
             dir: config.outputs_dir(),
-            destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
+            // the config is validated: every kind it names is one of ours
+            destinations: config
+                .destinations
+                .iter()
+                .map(|d| (d.name.clone(), d.objects.iter().filter_map(|k| k.parse().ok()).collect()))
+                .collect(),
         }
     }
 }
 
-/// A DICOM object made of a result, not yet written.
+/// A DICOM object made of a result, encoded, not yet written.
 #[derive(Debug)]
 pub struct MadeObject {
-    pub kind: &'static str,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub study_instance_uid: String,
+    pub kind: ObjectKind,
+    /// The UIDs its builder assigned.
+    pub uids: ObjectUids,
+    /// The Part-10 file.
     pub bytes: Vec<u8>,
+}
+
+impl MadeObject {
+    fn encode(kind: ObjectKind, built: Built) -> Result<MadeObject, ResultsError> {
+        Ok(MadeObject { kind, bytes: built.to_bytes()?, uids: built.uids })
+    }
 }
 
 /// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`),
 /// the SR (as `outputs.sr` says) and the secondary capture of a positive with a mask (when
-/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and left out; the
-/// result is recorded all the same.
+/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and
+/// left out; the result is recorded all the same.
 pub fn make_objects(
     analyzer: &Analyzer,
-    obj: &FileDicomObject<InMemDicomObject>,
+    source: &InMemDicomObject,
     analysis: &Analysis,
     settings: &OutputSettings,
     source_key: &str,
 ) -> Vec<MadeObject> {
-    let mut made = Vec::new();
-    let outputs = &settings.outputs;
-    if let (true, Some(mask)) = (outputs.seg, analysis.mask.as_deref()) {
-        let (date, time) = dicom_now();
-        let request = seg::SegRequest {
-            source: obj,
-            source_key,
-            mask,
-            width: analysis.width,
-            height: analysis.height,
-            segmenter: analyzer.segmenter(),
-            uid_root: &settings.uid_root,
-            series_number: outputs.seg_series_number,
-            series_description: &outputs.seg_series_description,
-            notice: &analyzer.manifest.notice,
-            date: &date,
-            time: &time,
-        };
-        match seg::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("seg", obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no SEG for this result"),
+    let models = Models {
+        classifier: analyzer.classifier(),
+        segmenter: analyzer.segmenter(),
+        notice: &analyzer.manifest.notice,
+    };
+    let ctx = match Context::new(source, source_key, models, &settings.uid_root, &settings.node_name) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            warn!(error = %with_causes(&e), "no objects for this result");
+            return Vec::new();
         }
+    };
+    let outputs = &settings.outputs;
+    let mut made = Vec::new();
+    if let (true, Some(mask)) = (outputs.seg, analysis.mask.as_deref()) {
+        let series = Series { number: outputs.seg_series_number, description: &outputs.seg_series_description };
+        made.extend(encoded(ObjectKind::Seg, seg::build(&ctx, series, mask, analysis.width, analysis.height)));
     }
     let wanted = match outputs.sr {
         SrPolicy::All => true,
@@ -90,75 +96,40 @@ pub fn make_objects(
         SrPolicy::None => false,
     };
     if wanted {
-        let (date, time) = dicom_now();
-        let seg = made.iter().find(|o| o.kind == "seg");
-        let request = sr::SrRequest {
-            source: obj,
-            source_key,
-            decision: analysis.decision,
-            probability: analysis.probability,
-            priority: analysis.priority,
-            classifier: analyzer.classifier(),
-            segmenter: analyzer.segmenter(),
-            seg: seg.map(|s| sr::SegReference {
-                sop_instance_uid: &s.sop_instance_uid,
-                series_instance_uid: &s.series_instance_uid,
-            }),
-            uid_root: &settings.uid_root,
-            node_name: &settings.node_name,
-            series_number: outputs.sr_series_number,
-            series_description: &outputs.sr_series_description,
-            date: &date,
-            time: &time,
-        };
-        match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("sr", obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no SR for this result"),
-        }
+        let series = Series { number: outputs.sr_series_number, description: &outputs.sr_series_description };
+        let finding =
+            sr::Finding { decision: analysis.decision, probability: analysis.probability, priority: analysis.priority };
+        // the report points at the SEG by the UIDs its builder gave it
+        let seg = made.iter().find(|o| o.kind == ObjectKind::Seg).map(|o| o.uids.clone());
+        made.extend(encoded(ObjectKind::Sr, sr::build(&ctx, series, finding, seg.as_ref())));
     }
     let display = analysis.views.as_ref().map(|v| &v.display);
     if let (true, Some(mask), Some(display)) = (outputs.overlay, analysis.mask.as_deref(), display) {
-        let (date, time) = dicom_now();
-        let request = sc::ScRequest {
-            source: obj,
-            source_key,
-            display,
-            mask,
-            probability: analysis.probability,
-            classifier: analyzer.classifier(),
-            segmenter: analyzer.segmenter(),
-            uid_root: &settings.uid_root,
-            series_number: outputs.overlay_series_number,
-            series_description: &outputs.overlay_series_description,
-            date: &date,
-            time: &time,
-        };
-        match sc::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object("overlay", obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no secondary capture for this result"),
-        }
+        let series = Series { number: outputs.overlay_series_number, description: &outputs.overlay_series_description };
+        made.extend(encoded(ObjectKind::Overlay, sc::build(&ctx, series, display, mask, analysis.probability)));
     }
     made
 }
 
-/// A built object as bytes, with the UIDs its rows and references need.
-fn made_object(kind: &'static str, obj: FileDicomObject<InMemDicomObject>) -> Result<MadeObject, String> {
-    let mut bytes = Vec::new();
-    obj.write_all(&mut bytes).map_err(|e| e.to_string())?;
-    let uid = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
-    Ok(MadeObject {
-        kind,
-        sop_class_uid: uid(tags::SOP_CLASS_UID).unwrap_or_default(),
-        sop_instance_uid: uid(tags::SOP_INSTANCE_UID).unwrap_or_default(),
-        series_instance_uid: uid(tags::SERIES_INSTANCE_UID).unwrap_or_default(),
-        study_instance_uid: uid(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
-        bytes,
-    })
+/// A built object as bytes; `None`, logged, when it could not be built or encoded.
+fn encoded(kind: ObjectKind, built: Result<Built, ResultsError>) -> Option<MadeObject> {
+    match built.and_then(|built| MadeObject::encode(kind, built)) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            warn!(object = %kind, error = %with_causes(&e), "an object of this result cannot be made; it is left out");
+            None
+        }
+    }
 }
 
-/// Now as DICOM DA and TM, in UTC.
-pub fn dicom_now() -> (String, String) {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    (digits[..8].to_string(), digits[8..14].to_string())
+/// An error and its causes on one line, for the log.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
