@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::inference::analyze::Analyzer;
+// The labels' decoder lives with the encoder; named here too, where the set is read.
+pub use crate::inference::rle::{paint_rle, read_rle_csv};
 
 /// The classifier thresholds of the seed's sweep.
 pub const SWEEP: [f32; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -42,55 +44,6 @@ pub struct Report {
     /// The SIIM-ACR metric of the whole decision: mean Dice, an empty prediction of an empty truth scoring 1.
     pub kaggle_mean_dice: Option<f64>,
     pub notice: String,
-}
-
-/// The masks of a SIIM-ACR CSV (`ImageId, EncodedPixels`), several rows of one image merged,
-/// in the order ImageIds first appear.
-pub fn read_rle_csv(path: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut order: Vec<(String, Vec<String>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || (n == 0 && line.starts_with("ImageId")) {
-            continue;
-        }
-        let Some((id, rle)) = line.split_once(',') else {
-            bail!("{}:{}: expected ImageId,EncodedPixels", path.display(), n + 1)
-        };
-        let (id, rle) = (id.trim().to_string(), rle.trim().to_string());
-        let slot = *index.entry(id.clone()).or_insert_with(|| {
-            order.push((id, Vec::new()));
-            order.len() - 1
-        });
-        order[slot].1.push(rle);
-    }
-    Ok(order)
-}
-
-/// Paints SIIM-ACR run-length encodings (column-major, starts relative to the end of the
-/// previous run, "-1" for none) into a row-major mask.
-pub fn paint_rle(mask: &mut [bool], rle: &str, width: usize, height: usize) -> anyhow::Result<()> {
-    let rle = rle.trim();
-    if rle.is_empty() || rle == "-1" {
-        return Ok(());
-    }
-    let numbers: Vec<usize> = rle.split_whitespace().map(str::parse).collect::<Result<_, _>>().context("RLE")?;
-    if numbers.len() % 2 != 0 {
-        bail!("RLE has an odd count of numbers");
-    }
-    let mut position = 0usize;
-    for pair in numbers.chunks_exact(2) {
-        let (start, run) = (position + pair[0], pair[1]);
-        if start + run > width * height {
-            bail!("RLE runs past the image");
-        }
-        for p in start..start + run {
-            mask[(p % height) * width + p / height] = true;
-        }
-        position = start + run;
-    }
-    Ok(())
 }
 
 /// Every `*.dcm` under `root` by ImageId (the file name without `.dcm`); the first in sorted order wins.
@@ -270,18 +223,6 @@ pub fn iou(predicted: &[bool], truth: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::analyze::siim_rle;
-
-    #[test]
-    fn rle_round_trips_through_the_encoder() {
-        let (w, h) = (7, 5);
-        let mask: Vec<bool> = (0..w * h).map(|i| (i * 7 + i / 3) % 5 < 2).collect();
-        let mut back = vec![false; w * h];
-        paint_rle(&mut back, &siim_rle(&mask, w as u32, h as u32), w, h).unwrap();
-        assert_eq!(back, mask);
-        assert!(paint_rle(&mut back, "3 100", w, h).is_err(), "past the image");
-        assert!(paint_rle(&mut back, "3", w, h).is_err(), "odd count");
-    }
 
     #[test]
     fn metrics_match_their_definitions() {
@@ -296,14 +237,5 @@ mod tests {
         assert_eq!(dice(&[true, true, false], &[true, false, false]), 2.0 / 3.0);
         assert_eq!(iou(&[true, true, false], &[true, false, false]), 0.5);
         assert_eq!(dice(&[false; 3], &[false; 3]), 1.0);
-    }
-
-    #[test]
-    fn csv_rows_of_one_image_are_merged_in_first_seen_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("train-rle.csv");
-        std::fs::write(&path, "ImageId, EncodedPixels\nb, 1 2\na, -1\nb, 5 1\n").unwrap();
-        let rows = read_rle_csv(&path).unwrap();
-        assert_eq!(rows, vec![("b".into(), vec!["1 2".into(), "5 1".into()]), ("a".into(), vec!["-1".into()])]);
     }
 }

@@ -14,21 +14,15 @@
 //!   [`MAX_ATTEMPTS`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-use dicom_dictionary_std::tags;
-use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, OutputsConfig, SrPolicy};
-use crate::domain::{Decision, ObjectKind};
 use crate::imaging::{self, ImagingError};
 use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
-use crate::results::{sc, seg, sr};
+use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_durably, Spool};
 use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
@@ -40,43 +34,6 @@ pub const MAX_ATTEMPTS: i64 = 4;
 /// How often the queue is polled when nothing signals new work (retries that fall due, jobs
 /// queued by other nodes, expired leases).
 const POLL: Duration = Duration::from_secs(2);
-
-/// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
-#[derive(Debug, Clone)]
-pub struct OutputSettings {
-    /// What to make, and the series it goes in.
-    pub outputs: OutputsConfig,
-    /// This node's name: the SR's device observer.
-    pub node_name: String,
-    pub uid_root: String,
-    /// `<data_dir>/outputs`.
-    pub dir: PathBuf,
-    /// Each destination's name and the kinds of objects it takes.
-    pub destinations: Vec<(String, Vec<ObjectKind>)>,
-}
-
-impl OutputSettings {
-    pub fn of(config: &Config) -> OutputSettings {
-        OutputSettings {
-            outputs: config.outputs.clone(),
-            node_name: config.node_name(),
-            uid_root: config.node.uid_root.clone(),
-            dir: config.outputs_dir(),
-            destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
-        }
-    }
-}
-
-/// A DICOM object made of a result, not yet written.
-#[derive(Debug)]
-pub struct MadeObject {
-    pub kind: ObjectKind,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub study_instance_uid: String,
-    pub bytes: Vec<u8>,
-}
 
 /// What became of one job's analysis.
 #[derive(Debug)]
@@ -319,9 +276,10 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
     objects
         .into_iter()
         .map(|o| {
-            let (Some(study), Some(sop)) = (sanitize_uid(&o.study_instance_uid), sanitize_uid(&o.sop_instance_uid))
+            let (Some(study), Some(sop)) =
+                (sanitize_uid(&o.uids.study_instance_uid), sanitize_uid(&o.uids.sop_instance_uid))
             else {
-                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.sop_instance_uid));
+                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.uids.sop_instance_uid));
             };
             let relative = format!("{study}/{sop}.dcm");
             write_durably(&settings.dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
@@ -334,126 +292,13 @@ fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<
             Ok(NewOutput {
                 destinations,
                 kind: o.kind,
-                sop_class_uid: o.sop_class_uid,
+                sop_class_uid: o.uids.sop_class_uid.to_string(),
                 sop_instance_uid: sop.to_string(),
                 path: relative,
                 size_bytes: o.bytes.len() as i64,
             })
         })
         .collect()
-}
-
-/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`),
-/// the SR (as `outputs.sr` says) and the secondary capture of a positive with a mask (when
-/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and left out; the
-/// result is recorded all the same.
-pub fn make_objects(
-    analyzer: &Analyzer,
-    obj: &FileDicomObject<InMemDicomObject>,
-    analysis: &Analysis,
-    settings: &OutputSettings,
-    source_key: &str,
-) -> Vec<MadeObject> {
-    let mut made = Vec::new();
-    let outputs = &settings.outputs;
-    if let (true, Some(mask)) = (outputs.seg, analysis.mask.as_deref()) {
-        let (date, time) = dicom_now();
-        let request = seg::SegRequest {
-            source: obj,
-            source_key,
-            mask,
-            width: analysis.width,
-            height: analysis.height,
-            segmenter: analyzer.segmenter(),
-            uid_root: &settings.uid_root,
-            series_number: outputs.seg_series_number,
-            series_description: &outputs.seg_series_description,
-            notice: &analyzer.manifest.notice,
-            date: &date,
-            time: &time,
-        };
-        match seg::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Seg, obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no SEG for this result"),
-        }
-    }
-    let wanted = match outputs.sr {
-        SrPolicy::All => true,
-        SrPolicy::Positive => analysis.decision != Decision::Negative,
-        SrPolicy::None => false,
-    };
-    if wanted {
-        let (date, time) = dicom_now();
-        let seg = made.iter().find(|o| o.kind == ObjectKind::Seg);
-        let request = sr::SrRequest {
-            source: obj,
-            source_key,
-            decision: analysis.decision,
-            probability: analysis.probability,
-            priority: analysis.priority,
-            classifier: analyzer.classifier(),
-            segmenter: analyzer.segmenter(),
-            seg: seg.map(|s| sr::SegReference {
-                sop_instance_uid: &s.sop_instance_uid,
-                series_instance_uid: &s.series_instance_uid,
-            }),
-            uid_root: &settings.uid_root,
-            node_name: &settings.node_name,
-            series_number: outputs.sr_series_number,
-            series_description: &outputs.sr_series_description,
-            date: &date,
-            time: &time,
-        };
-        match sr::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Sr, obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no SR for this result"),
-        }
-    }
-    let display = analysis.views.as_ref().map(|v| &v.display);
-    if let (true, Some(mask), Some(display)) = (outputs.overlay, analysis.mask.as_deref(), display) {
-        let (date, time) = dicom_now();
-        let request = sc::ScRequest {
-            source: obj,
-            source_key,
-            display,
-            mask,
-            probability: analysis.probability,
-            classifier: analyzer.classifier(),
-            segmenter: analyzer.segmenter(),
-            uid_root: &settings.uid_root,
-            series_number: outputs.overlay_series_number,
-            series_description: &outputs.overlay_series_description,
-            date: &date,
-            time: &time,
-        };
-        match sc::build(&request).map_err(|e| e.to_string()).and_then(|obj| made_object(ObjectKind::Overlay, obj)) {
-            Ok(object) => made.push(object),
-            Err(e) => warn!(error = %e, "no secondary capture for this result"),
-        }
-    }
-    made
-}
-
-/// A built object as bytes, with the UIDs its rows and references need.
-fn made_object(kind: ObjectKind, obj: FileDicomObject<InMemDicomObject>) -> Result<MadeObject, String> {
-    let mut bytes = Vec::new();
-    obj.write_all(&mut bytes).map_err(|e| e.to_string())?;
-    let uid = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches('\0').to_string());
-    Ok(MadeObject {
-        kind,
-        sop_class_uid: uid(tags::SOP_CLASS_UID).unwrap_or_default(),
-        sop_instance_uid: uid(tags::SOP_INSTANCE_UID).unwrap_or_default(),
-        series_instance_uid: uid(tags::SERIES_INSTANCE_UID).unwrap_or_default(),
-        study_instance_uid: uid(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
-        bytes,
-    })
-}
-
-/// Now as DICOM DA and TM, in UTC.
-pub fn dicom_now() -> (String, String) {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    (digits[..8].to_string(), digits[8..14].to_string())
 }
 
 /// Reads a job's spool file and analyses it; never panics.

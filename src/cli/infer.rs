@@ -8,8 +8,7 @@ use anyhow::Context;
 use pneumotriage::config::Config;
 use pneumotriage::imaging;
 use pneumotriage::inference::analyze::{not_applicable, Analyzer};
-use pneumotriage::pipeline::{make_objects, OutputSettings};
-use pneumotriage::results::overlay;
+use pneumotriage::results::{make_objects, overlay, OutputSettings};
 
 /// `pneumotriage infer`: every file through the cascade, a line each.
 pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -180,7 +180,7 @@ fn render_overlay(
         (Some(rle), Some(mw), Some(mh)) if rle.trim() != "-1" => {
             let (mw, mh) = (mw as usize, mh as usize);
             let mut full = vec![false; mw * mh];
-            crate::evaluate::paint_rle(&mut full, rle, mw, mh)?;
+            crate::inference::rle::paint_rle(&mut full, rle, mw, mh)?;
             // nearest neighbour down to the drawn size
             let (sw, sh) = (sw as usize, sh as usize);
             Some(

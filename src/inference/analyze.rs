@@ -225,7 +225,8 @@ impl Analyzer {
         let segmenter_mask = full.clone().filter(|_| self.segment_always && segmenter_has_mask);
         let mask = full.filter(|_| outcome.mask.is_some());
         let mask_area_px = mask.as_ref().map_or(0, |m| m.iter().filter(|&&b| b).count());
-        let mask_rle = mask.as_ref().map_or_else(|| "-1".to_string(), |m| siim_rle(m, image.width, image.height));
+        let mask_rle =
+            mask.as_ref().map_or_else(|| "-1".to_string(), |m| super::rle::siim_rle(m, image.width, image.height));
         let mask_area_mm2 = pixel_spacing(obj).map(|(r, c)| mask_area_px as f64 * r * c);
         let priority = decision::priority(&self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
         timings.postprocess_ms = ms(stage);
@@ -306,59 +307,9 @@ pub fn pixel_spacing(obj: &InMemDicomObject) -> Option<(f64, f64)> {
     })
 }
 
-/// A mask as SIIM-ACR run-length encoding: column-major, each start relative to the end of the
-/// previous run ("-1" when empty).
-pub fn siim_rle(mask: &[bool], width: u32, height: u32) -> String {
-    let (w, h) = (width as usize, height as usize);
-    // Only the columns with a pixel set need the (cache-unfriendly) column-major walk: found
-    // with one row-major pass.
-    let mut used = vec![false; w];
-    for row in mask.chunks_exact(w) {
-        for (u, &m) in used.iter_mut().zip(row) {
-            *u |= m;
-        }
-    }
-    let (Some(first), Some(last)) = (used.iter().position(|&u| u), used.iter().rposition(|&u| u)) else {
-        return "-1".into();
-    };
-    let mut out = String::new();
-    let (mut run_start, mut last_end) = (None, 0usize);
-    for x in first..=last + 1 {
-        for y in 0..h {
-            let position = x * h + y;
-            let on = x <= last && mask[y * w + x];
-            match (on, run_start) {
-                (true, None) => run_start = Some(position),
-                (false, Some(start)) => {
-                    if !out.is_empty() {
-                        out.push(' ');
-                    }
-                    out.push_str(&format!("{} {}", start - last_end, position - start));
-                    last_end = position;
-                    run_start = None;
-                }
-                _ => {}
-            }
-            if x > last {
-                break;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rle_is_column_major_with_relative_starts() {
-        // 3 wide, 2 high; set (row 0, col 1), (row 1, col 1), (row 1, col 2)
-        let mask = [false, true, false, false, true, true];
-        // column-major order: (0,0) (1,0) (0,1) (1,1) (0,2) (1,2) -> 0 0 1 1 0 1
-        assert_eq!(siim_rle(&mask, 3, 2), "2 2 1 1");
-        assert_eq!(siim_rle(&[false; 6], 3, 2), "-1");
-    }
 
     #[test]
     fn flip_mirrors_each_row() {

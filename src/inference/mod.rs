@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod decision;
 pub mod manifest;
+pub mod rle;
 pub mod runtime;
 
 pub use manifest::{Manifest, ModelSpec, Role};

@@ -1,5 +1,6 @@
-//! What the objects the node makes share: element helpers, the attributes copied from the
-//! source, the header of a new series in the source's study, and the file meta.
+//! What the builders share besides their context: the error they report, element helpers
+//! (checked where DICOM's types are narrower than ours), the UIDs a builder assigned, and the
+//! file meta of a finished object.
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -7,25 +8,59 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+/// Why an object could not be made of a result.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum ResultsError {
     #[error("the source image lacks {0}")]
     MissingSource(&'static str),
     #[error("the mask has {got} pixels, the image {expected}")]
     MaskSize { got: usize, expected: usize },
-    #[error("the image would be {width}x{height}, more than DICOM's 65535 rows or columns")]
-    TooLarge { width: u32, height: u32 },
-    #[error("cannot build the file meta: {0}")]
-    Meta(String),
+    #[error("{what} would be {value}, more than DICOM's 65535")]
+    TooLarge { what: &'static str, value: u64 },
+    // dicom-object's errors are large: boxed, so that every Result here stays small
+    #[error("cannot build the file meta")]
+    Meta(#[source] Box<dicom_object::WithMetaError>),
+    #[error("cannot encode the object")]
+    Encode(#[source] Box<dicom_object::WriteError>),
 }
 
-/// A coded concept (a Code Sequence item).
-pub fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::CODE_VALUE, VR::SH, value),
-        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-        text(tags::CODE_MEANING, VR::LO, meaning),
-    ])
+/// The UIDs a builder gave the object it made: the object's row, its file and the SR's
+/// references take them from here, never from the object's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectUids {
+    pub sop_class_uid: &'static str,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+}
+
+/// An object a builder made, with its file meta, and the UIDs it assigned.
+#[derive(Debug)]
+pub struct Built {
+    pub object: FileDicomObject<InMemDicomObject>,
+    pub uids: ObjectUids,
+}
+
+impl Built {
+    /// `obj` with its file meta: Explicit VR Little Endian, our implementation.
+    pub fn new(obj: InMemDicomObject, uids: ObjectUids) -> Result<Built, ResultsError> {
+        let object = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                    .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
+                    .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME),
+            )
+            .map_err(|e| ResultsError::Meta(Box::new(e)))?;
+        Ok(Built { object, uids })
+    }
+
+    /// The object as a Part-10 file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ResultsError> {
+        let mut bytes = Vec::new();
+        self.object.write_all(&mut bytes).map_err(|e| ResultsError::Encode(Box::new(e)))?;
+        Ok(bytes)
+    }
 }
 
 pub fn text(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
@@ -40,89 +75,29 @@ pub fn us(tag: Tag, value: u16) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::US, PrimitiveValue::from(value))
 }
 
-/// The attributes copied from the source: patient, study and (for SEG) Patient Orientation.
-/// Type 2 attributes the source lacks are written empty.
-pub fn copy_patient_and_study(source: &InMemDicomObject, target: &mut InMemDicomObject) {
-    for (tag, vr) in [
-        (tags::SPECIFIC_CHARACTER_SET, VR::CS),
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_INSTANCE_UID, VR::UI),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-        (tags::STUDY_DESCRIPTION, VR::LO),
-    ] {
-        match source.element_opt(tag).ok().flatten() {
-            Some(e) => {
-                target.put(e.clone());
-            }
-            None if tag != tags::SPECIFIC_CHARACTER_SET && tag != tags::STUDY_DESCRIPTION => {
-                target.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
-            }
-            None => {}
-        }
+/// A US element of a size (`what`: "Rows", "Columns", ...), which must fit in 16 bits.
+pub fn us_size(tag: Tag, what: &'static str, value: u32) -> Result<DataElement<InMemDicomObject>, ResultsError> {
+    let value = u16::try_from(value).map_err(|_| ResultsError::TooLarge { what, value: value.into() })?;
+    Ok(us(tag, value))
+}
+
+/// A reference to an instance, as an item of a Referenced SOP or Source Image sequence.
+pub fn instance_reference(class: &str, instance: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
+        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_past_sixteen_bits_are_refused() {
+        assert!(us_size(tags::ROWS, "Rows", 65535).is_ok());
+        let err = us_size(tags::ROWS, "Rows", 65536).unwrap_err();
+        assert!(matches!(err, ResultsError::TooLarge { what: "Rows", value: 65536 }), "{err:?}");
+        assert_eq!(err.to_string(), "Rows would be 65536, more than DICOM's 65535");
     }
-}
-
-/// A required text attribute of the source image.
-pub fn source_text(source: &InMemDicomObject, tag: Tag, what: &'static str) -> Result<String, BuildError> {
-    source
-        .element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
-        .ok_or(BuildError::MissingSource(what))
-}
-
-/// An object the node made, with its file meta: Explicit VR Little Endian, our implementation.
-pub fn into_file(obj: InMemDicomObject) -> Result<FileDicomObject<InMemDicomObject>, BuildError> {
-    obj.with_meta(
-        FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .implementation_class_uid(crate::IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(crate::IMPLEMENTATION_VERSION_NAME),
-    )
-    .map_err(|e| BuildError::Meta(e.to_string()))
-}
-
-/// The instance-level identity of a new object, alone in a new series of the source's study.
-pub struct NewInstance<'a> {
-    pub sop_class_uid: &'a str,
-    pub sop_instance_uid: &'a str,
-    pub modality: &'a str,
-    pub series_instance_uid: &'a str,
-    pub series_number: i32,
-    pub series_description: &'a str,
-    /// When the object is made, as DICOM DA and TM.
-    pub date: &'a str,
-    pub time: &'a str,
-}
-
-/// SOP Common, General Series, General Equipment and the content date: what every object the
-/// node makes carries the same way.
-pub fn new_instance_header(new: &NewInstance) -> Vec<DataElement<InMemDicomObject>> {
-    vec![
-        text(tags::SOP_CLASS_UID, VR::UI, new.sop_class_uid),
-        text(tags::SOP_INSTANCE_UID, VR::UI, new.sop_instance_uid),
-        text(tags::INSTANCE_CREATION_DATE, VR::DA, new.date),
-        text(tags::INSTANCE_CREATION_TIME, VR::TM, new.time),
-        text(tags::MODALITY, VR::CS, new.modality),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, new.series_instance_uid),
-        DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(new.series_number.to_string())),
-        text(tags::SERIES_DESCRIPTION, VR::LO, new.series_description),
-        DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from("1")),
-        text(tags::CONTENT_DATE, VR::DA, new.date),
-        text(tags::CONTENT_TIME, VR::TM, new.time),
-        text(tags::MANUFACTURER, VR::LO, "pneumotriage"),
-        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "pneumotriage"),
-        text(tags::DEVICE_SERIAL_NUMBER, VR::LO, "1"),
-        text(tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")),
-    ]
 }

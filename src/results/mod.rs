@@ -1,10 +1,18 @@
 //! What the node makes of an analysis for people and other systems: the rendered views
-//! (`infer --out`, later the worklist's overlay and the secondary capture), the DICOM
-//! Segmentation and the structured report; the UIDs of what it creates.
+//! (`infer --out`, the worklist's overlay and the secondary capture), the DICOM Segmentation,
+//! the structured report and the secondary capture, built from one shared context, with the
+//! codes they use and the UIDs they are given.
 
+pub mod codes;
 pub mod common;
+pub mod context;
+pub mod objects;
 pub mod overlay;
 pub mod sc;
 pub mod seg;
 pub mod sr;
 pub mod uid;
+
+pub use common::{Built, ObjectUids, ResultsError};
+pub use context::{dicom_now, Context, Models, Series};
+pub use objects::{make_objects, MadeObject, OutputSettings};

@@ -7,89 +7,48 @@
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileDicomObject, InMemDicomObject};
 
-use super::common::{
-    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
-};
-use super::{overlay, uid};
+use super::common::{seq, text, us, us_size, Built, ResultsError};
+use super::context::{Context, Series};
+use super::overlay;
+use crate::domain::ObjectKind;
 use crate::imaging::DisplayImage;
-use crate::inference::ModelSpec;
 
 pub const SECONDARY_CAPTURE: &str = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
-
-/// What a secondary capture is made from.
-pub struct ScRequest<'a> {
-    pub source: &'a InMemDicomObject,
-    /// As for the SEG: what tells this version of the source from another.
-    pub source_key: &'a str,
-    /// The source as displayed (Modality LUT, VOI, MONOCHROME1 inverted), at its size.
-    pub display: &'a DisplayImage,
-    /// The mask at the source's size, row-major.
-    pub mask: &'a [bool],
-    pub probability: f32,
-    pub classifier: &'a ModelSpec,
-    pub segmenter: &'a ModelSpec,
-    pub uid_root: &'a str,
-    pub series_number: i32,
-    pub series_description: &'a str,
-    pub date: &'a str,
-    pub time: &'a str,
-}
 
 /// The banner's words for a positive with probability `p`.
 pub fn banner_text(probability: f32) -> String {
     format!("AI result: pneumothorax suspected, p = {:.2}; not for diagnosis", probability.clamp(0.0, 1.0))
 }
 
-/// The secondary capture of `request`, with its file meta (Explicit VR Little Endian).
-pub fn build(request: &ScRequest) -> Result<FileDicomObject<InMemDicomObject>, BuildError> {
-    let src = request.source;
-    let display = request.display;
+/// The secondary capture of a positive with probability `probability`: `display` (the source
+/// as displayed: Modality LUT, VOI, MONOCHROME1 inverted) with the outline of `mask` (row-major,
+/// at its size) and the banner, in `series`; and the UIDs it was given.
+pub fn build(
+    ctx: &Context,
+    series: Series,
+    display: &DisplayImage,
+    mask: &[bool],
+    probability: f32,
+) -> Result<Built, ResultsError> {
     let expected = display.width as usize * display.height as usize;
-    if request.mask.len() != expected {
-        return Err(BuildError::MaskSize { got: request.mask.len(), expected });
+    if mask.len() != expected {
+        return Err(ResultsError::MaskSize { got: mask.len(), expected });
     }
-    let source_class = source_text(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
-    let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
-    let (c, s) = (request.classifier, request.segmenter);
-    let key = [source_instance.as_str(), request.source_key, &c.sha256, &s.sha256];
-    let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
+    // checked before drawing: the banner only adds rows
+    let columns = us_size(tags::COLUMNS, "Columns", display.width)?;
+    let outlined = overlay::outlined_rgb(display, Some(mask));
+    let (pixels, rows) = overlay::with_banner(&outlined, display.width, display.height, &banner_text(probability));
+    let rows = us_size(tags::ROWS, "Rows", rows)?;
 
-    let outlined = overlay::outlined_rgb(display, Some(request.mask));
-    let (pixels, rows) =
-        overlay::with_banner(&outlined, display.width, display.height, &banner_text(request.probability));
-    if rows > u16::MAX as u32 || display.width > u16::MAX as u32 {
-        return Err(BuildError::TooLarge { width: display.width, height: rows });
-    }
-
-    let (sop_instance, series) = (derived("sc instance"), derived("sc series"));
-    let mut obj = InMemDicomObject::new_empty();
-    copy_patient_and_study(src, &mut obj);
+    let (c, s) = (ctx.models.classifier, ctx.models.segmenter);
+    let (mut obj, uids) = ctx.new_object(ObjectKind::Overlay, SECONDARY_CAPTURE, "OT", series);
     // Type 2 (2C) in General Image and General Series: the source's, else empty
     for tag in [tags::PATIENT_ORIENTATION, tags::LATERALITY] {
-        let copied = src.element_opt(tag).ok().flatten().cloned();
+        let copied = ctx.source.dataset.element_opt(tag).ok().flatten().cloned();
         obj.put(copied.unwrap_or_else(|| DataElement::new(tag, VR::CS, PrimitiveValue::Empty)));
     }
-    let header = new_instance_header(&NewInstance {
-        sop_class_uid: SECONDARY_CAPTURE,
-        sop_instance_uid: &sop_instance,
-        modality: "OT",
-        series_instance_uid: &series,
-        series_number: request.series_number,
-        series_description: request.series_description,
-        date: request.date,
-        time: request.time,
-    });
-    let mut source_image = InMemDicomObject::from_element_iter([
-        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &source_class),
-        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &source_instance),
-    ]);
-    source_image.put(seq(
-        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-        vec![code("121322", "DCM", "Source image for image processing operation")],
-    ));
-    for element in header.into_iter().chain([
+    for element in [
         // SC Equipment: made on a workstation
         text(tags::CONVERSION_TYPE, VR::CS, "WSD"),
         // General Image
@@ -103,23 +62,23 @@ pub fn build(request: &ScRequest) -> Result<FileDicomObject<InMemDicomObject>, B
                 c.name, c.version, s.name, s.version
             ),
         ),
-        seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source_image]),
+        seq(tags::SOURCE_IMAGE_SEQUENCE, vec![ctx.source.source_image_item()]),
         text(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"),
         // Image Pixel
         us(tags::SAMPLES_PER_PIXEL, 3),
         text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"),
         us(tags::PLANAR_CONFIGURATION, 0),
-        us(tags::ROWS, rows as u16),
-        us(tags::COLUMNS, display.width as u16),
+        rows,
+        columns,
         us(tags::BITS_ALLOCATED, 8),
         us(tags::BITS_STORED, 8),
         us(tags::HIGH_BIT, 7),
         us(tags::PIXEL_REPRESENTATION, 0),
         DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(even(pixels))),
-    ]) {
+    ] {
         obj.put(element);
     }
-    into_file(obj)
+    Built::new(obj, uids)
 }
 
 /// Pixel Data is padded to an even length.
@@ -128,4 +87,24 @@ fn even(mut bytes: Vec<u8>) -> Vec<u8> {
         bytes.push(0);
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::context::tests::{context, manifest, source};
+
+    #[test]
+    fn a_capture_whose_banner_would_overflow_rows_is_refused() {
+        let (source, manifest) = (source(), manifest());
+        let ctx = context(&source, &manifest);
+        let series = Series { number: 9903, description: "AI overlay" };
+        let small = DisplayImage { width: 4, height: 2, pixels: vec![0.5; 8] };
+        let built = build(&ctx, series, &small, &[false, true, true, false, false, false, false, false], 0.9).unwrap();
+        assert_eq!(built.uids.sop_instance_uid, ctx.derive_uid(ObjectKind::Overlay, "instance"));
+        // 65535 rows fit, but not with the banner above them
+        let tall = DisplayImage { width: 1, height: 65_535, pixels: vec![0.5; 65_535] };
+        let err = build(&ctx, series, &tall, &vec![false; 65_535], 0.9).unwrap_err();
+        assert!(matches!(err, ResultsError::TooLarge { what: "Rows", .. }), "{err:?}");
+    }
 }

@@ -10,54 +10,15 @@
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileDicomObject, InMemDicomObject};
+use dicom_object::InMemDicomObject;
 
-use super::common::{
-    code, copy_patient_and_study, into_file, new_instance_header, seq, source_text, text, us, BuildError, NewInstance,
-};
-use super::uid;
-use crate::inference::ModelSpec;
+use super::codes;
+use super::common::{seq, text, us, us_size, Built, ResultsError};
+use super::context::{Context, Series};
+use crate::domain::ObjectKind;
 
 /// The SOP class of the objects made here.
 pub const SEGMENTATION_STORAGE: &str = uids::SEGMENTATION_STORAGE;
-
-/// What a Segmentation is made from.
-pub struct SegRequest<'a> {
-    /// The analysed image (its header is enough).
-    pub source: &'a InMemDicomObject,
-    /// What tells this version of the source from another under the same SOP Instance UID
-    /// (the spool path); part of the derived UIDs.
-    pub source_key: &'a str,
-    /// The mask at the source's size, row-major.
-    pub mask: &'a [bool],
-    pub width: u32,
-    pub height: u32,
-    pub segmenter: &'a ModelSpec,
-    /// `node.uid_root`.
-    pub uid_root: &'a str,
-    pub series_number: i32,
-    pub series_description: &'a str,
-    /// What the models are for (the manifest's notice), carried in the segment's description.
-    pub notice: &'a str,
-    /// When the object is made, as DICOM DA and TM.
-    pub date: &'a str,
-    pub time: &'a str,
-}
-
-/// The reference to the source image, as an item of Source Image / Referenced Instance sequences.
-fn image_reference(class: &str, instance: &str, purpose: bool) -> InMemDicomObject {
-    let mut item = InMemDicomObject::from_element_iter([
-        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
-        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
-    ]);
-    if purpose {
-        item.put(seq(
-            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-            vec![code("121322", "DCM", "Source image for image processing operation")],
-        ));
-    }
-    item
-}
 
 /// Packs a binary mask one bit per pixel, first pixel in the lowest bit, padded to even length.
 pub fn pack_bits(mask: &[bool]) -> Vec<u8> {
@@ -71,44 +32,22 @@ pub fn pack_bits(mask: &[bool]) -> Vec<u8> {
     bytes
 }
 
-/// The Segmentation of `request`, with its file meta (Explicit VR Little Endian).
-pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, BuildError> {
-    let src = request.source;
-    let expected = request.width as usize * request.height as usize;
-    if request.mask.len() != expected {
-        return Err(BuildError::MaskSize { got: request.mask.len(), expected });
+/// The Segmentation of `mask` (`width` × `height`, row-major, at the source's size), in
+/// `series`, and the UIDs it was given.
+pub fn build(ctx: &Context, series: Series, mask: &[bool], width: u32, height: u32) -> Result<Built, ResultsError> {
+    let expected = width as usize * height as usize;
+    if mask.len() != expected {
+        return Err(ResultsError::MaskSize { got: mask.len(), expected });
     }
-    let source_class = source_text(src, tags::SOP_CLASS_UID, "SOP Class UID")?;
-    let source_instance = source_text(src, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
-    let source_series = source_text(src, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
-    let model = request.segmenter;
-    let key = [
-        source_instance.as_str(),
-        request.source_key,
-        model.name.as_str(),
-        model.version.as_str(),
-        model.sha256.as_str(),
-    ];
-    let derived = |role: &str| uid::derive(request.uid_root, &[&key[..], &[role]].concat());
-    let sop_instance = derived("seg instance");
+    let source = &ctx.source;
+    let source_series = source.series_instance_uid()?;
+    let model = ctx.models.segmenter;
 
-    let mut obj = InMemDicomObject::new_empty();
-    copy_patient_and_study(src, &mut obj);
-    if let Some(orientation) = src.element_opt(tags::PATIENT_ORIENTATION).ok().flatten() {
+    let (mut obj, uids) = ctx.new_object(ObjectKind::Seg, SEGMENTATION_STORAGE, "SEG", series);
+    if let Some(orientation) = source.dataset.element_opt(tags::PATIENT_ORIENTATION).ok().flatten() {
         obj.put(orientation.clone());
     }
-    let series = derived("seg series");
-    let header = new_instance_header(&NewInstance {
-        sop_class_uid: SEGMENTATION_STORAGE,
-        sop_instance_uid: &sop_instance,
-        modality: "SEG",
-        series_instance_uid: &series,
-        series_number: request.series_number,
-        series_description: request.series_description,
-        date: request.date,
-        time: request.time,
-    });
-    for element in header.into_iter().chain([
+    for element in [
         // Segmentation Image
         DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED".into(), "PRIMARY".into()].into())),
         text(tags::CONTENT_LABEL, VR::CS, "PNEUMOTHORAX"),
@@ -120,14 +59,14 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
         // Image Pixel
         us(tags::SAMPLES_PER_PIXEL, 1),
         text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
-        us(tags::ROWS, request.height as u16),
-        us(tags::COLUMNS, request.width as u16),
+        us_size(tags::ROWS, "Rows", height)?,
+        us_size(tags::COLUMNS, "Columns", width)?,
         us(tags::BITS_ALLOCATED, 1),
         us(tags::BITS_STORED, 1),
         us(tags::HIGH_BIT, 0),
         us(tags::PIXEL_REPRESENTATION, 0),
         DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")),
-    ]) {
+    ] {
         obj.put(element);
     }
 
@@ -139,24 +78,24 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
         text(
             tags::SEGMENT_DESCRIPTION,
             VR::ST,
-            &format!("Pneumothorax found by {} {}; {}", model.name, model.version, request.notice),
+            &format!("Pneumothorax found by {} {}; {}", model.name, model.version, ctx.models.notice),
         ),
     ]);
     segment.put(seq(
         tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
-        vec![code("49755003", "SCT", "Morphologically abnormal structure")],
+        vec![codes::MORPHOLOGICALLY_ABNORMAL_STRUCTURE.item()],
     ));
-    segment.put(seq(tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![code("36118008", "SCT", "Pneumothorax")]));
+    segment.put(seq(tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![codes::PNEUMOTHORAX.item()]));
     let mut algorithm = InMemDicomObject::from_element_iter([
         text(tags::ALGORITHM_NAME, VR::LO, &model.name),
         text(tags::ALGORITHM_VERSION, VR::LO, &model.version),
     ]);
-    algorithm.put(seq(tags::ALGORITHM_FAMILY_CODE_SEQUENCE, vec![code("123110", "DCM", "Artificial Intelligence")]));
+    algorithm.put(seq(tags::ALGORITHM_FAMILY_CODE_SEQUENCE, vec![codes::ALGORITHM_FAMILY_AI.item()]));
     segment.put(seq(tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE, vec![algorithm]));
     obj.put(seq(tags::SEGMENT_SEQUENCE, vec![segment]));
 
     // Multi-frame Dimension: the one dimension is the segment.
-    let organization = derived("seg dimensions");
+    let organization = ctx.derive_uid(ObjectKind::Seg, "dimensions");
     obj.put(seq(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &organization)])],
@@ -182,10 +121,10 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
 
     // Functional groups: nothing shared; for the frame, its dimension index, derivation and segment.
     obj.put(seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![InMemDicomObject::new_empty()]));
-    let mut source_image = image_reference(&source_class, &source_instance, true);
+    let mut source_image = source.source_image_item();
     source_image.put(text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"));
     let mut derivation = InMemDicomObject::new_empty();
-    derivation.put(seq(tags::DERIVATION_CODE_SEQUENCE, vec![code("113076", "DCM", "Segmentation")]));
+    derivation.put(seq(tags::DERIVATION_CODE_SEQUENCE, vec![codes::DERIVATION_SEGMENTATION.item()]));
     derivation.put(seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source_image]));
     let mut frame = InMemDicomObject::new_empty();
     frame.put(seq(tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]));
@@ -204,18 +143,19 @@ pub fn build(request: &SegRequest) -> Result<FileDicomObject<InMemDicomObject>, 
     obj.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, vec![frame]));
 
     // References: the source image, and its series (Common Instance Reference).
-    obj.put(seq(tags::SOURCE_IMAGE_SEQUENCE, vec![image_reference(&source_class, &source_instance, true)]));
-    let mut series = InMemDicomObject::from_element_iter([text(tags::SERIES_INSTANCE_UID, VR::UI, &source_series)]);
-    series.put(seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![image_reference(&source_class, &source_instance, false)]));
-    obj.put(seq(tags::REFERENCED_SERIES_SEQUENCE, vec![series]));
+    obj.put(seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source.source_image_item()]));
+    let mut referenced = InMemDicomObject::from_element_iter([text(tags::SERIES_INSTANCE_UID, VR::UI, source_series)]);
+    referenced.put(seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![source.reference()]));
+    obj.put(seq(tags::REFERENCED_SERIES_SEQUENCE, vec![referenced]));
 
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pack_bits(request.mask))));
-    into_file(obj)
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(pack_bits(mask))));
+    Built::new(obj, uids)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::context::tests::{context, manifest, source};
 
     #[test]
     fn bits_are_packed_lowest_first_to_an_even_length() {
@@ -224,5 +164,34 @@ mod tests {
         mask[9] = true;
         mask[16] = true;
         assert_eq!(pack_bits(&mask), vec![0b0000_0001, 0b0000_0010, 0b0000_0001, 0]);
+    }
+
+    fn series() -> Series<'static> {
+        Series { number: 9901, description: "AI segmentation" }
+    }
+
+    #[test]
+    fn the_uids_returned_are_the_objects() {
+        let (source, manifest) = (source(), manifest());
+        let ctx = context(&source, &manifest);
+        let built = build(&ctx, series(), &[true, false, false, true, true, false], 3, 2).unwrap();
+        let get = |tag| built.object.element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+        assert_eq!(get(tags::SOP_INSTANCE_UID), built.uids.sop_instance_uid);
+        assert_eq!(get(tags::SERIES_INSTANCE_UID), built.uids.series_instance_uid);
+        assert_eq!(built.uids.sop_class_uid, SEGMENTATION_STORAGE);
+        assert_eq!(built.object.meta().media_storage_sop_instance_uid(), built.uids.sop_instance_uid);
+        assert_eq!(built.uids.sop_instance_uid, ctx.derive_uid(ObjectKind::Seg, "instance"));
+        assert_eq!(get(tags::PATIENT_ORIENTATION), "L\\F");
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let (source, manifest) = (source(), manifest());
+        let ctx = context(&source, &manifest);
+        let err = build(&ctx, series(), &[true; 6], 3, 3).unwrap_err();
+        assert!(matches!(err, ResultsError::MaskSize { got: 6, expected: 9 }), "{err:?}");
+        let wide = vec![false; 70_000];
+        let err = build(&ctx, series(), &wide, 70_000, 1).unwrap_err();
+        assert!(matches!(err, ResultsError::TooLarge { what: "Columns", value: 70_000 }), "{err:?}");
     }
 }

@@ -1,0 +1,136 @@
+//! Every coded concept the node writes into a SEG, SR or secondary capture, by name, and the
+//! coding schemes they come from. The codes are the standard's (pydicom's `sr.codedict`,
+//! highdicom) and each is listed in docs/conformance.md: a code changed here changes that list.
+
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::common::text;
+use crate::domain::Priority;
+
+/// A coded concept: its value, the scheme's designator and its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    pub value: &'static str,
+    pub scheme: &'static str,
+    pub meaning: &'static str,
+}
+
+impl Code {
+    const fn new(value: &'static str, scheme: &'static str, meaning: &'static str) -> Code {
+        Code { value, scheme, meaning }
+    }
+
+    /// The concept as an item of a Code Sequence.
+    pub fn item(&self) -> InMemDicomObject {
+        InMemDicomObject::from_element_iter([
+            text(tags::CODE_VALUE, VR::SH, self.value),
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, self.scheme),
+            text(tags::CODE_MEANING, VR::LO, self.meaning),
+        ])
+    }
+}
+
+/// Coding scheme designators.
+pub const DCM: &str = "DCM";
+pub const SCT: &str = "SCT";
+pub const UCUM: &str = "UCUM";
+pub const LN: &str = "LN";
+pub const RFC5646: &str = "RFC5646";
+pub const HL7_ACT_PRIORITY: &str = "HL7ActPriority";
+
+/// A coding scheme the standard does not name, so an object that uses it declares it (Coding
+/// Scheme Identification Sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodingScheme {
+    pub designator: &'static str,
+    pub uid: &'static str,
+    pub registry: &'static str,
+    pub name: &'static str,
+    pub responsible_organization: &'static str,
+}
+
+/// HL7 v3 ActPriority, for the SR's priority.
+pub const HL7_ACT_PRIORITY_SCHEME: CodingScheme = CodingScheme {
+    designator: HL7_ACT_PRIORITY,
+    uid: "2.16.840.1.113883.5.7",
+    registry: "HL7",
+    name: "HL7 v3 ActPriority",
+    responsible_organization: "Health Level Seven International",
+};
+
+// The finding, in the SEG's segment and the SR's groups.
+pub const PNEUMOTHORAX: Code = Code::new("36118008", SCT, "Pneumothorax");
+pub const MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code = Code::new("49755003", SCT, "Morphologically abnormal structure");
+pub const PRESENT: Code = Code::new("52101004", SCT, "Present");
+pub const ABSENT: Code = Code::new("272519000", SCT, "Absent");
+
+// Where an object comes from.
+pub const ALGORITHM_FAMILY_AI: Code = Code::new("123110", DCM, "Artificial Intelligence");
+pub const DERIVATION_SEGMENTATION: Code = Code::new("113076", DCM, "Segmentation");
+pub const SOURCE_IMAGE_FOR_PROCESSING: Code = Code::new("121322", DCM, "Source image for image processing operation");
+
+// The report (TID 1500) and its observation context.
+pub const IMAGING_MEASUREMENT_REPORT: Code = Code::new("126000", DCM, "Imaging Measurement Report");
+pub const IMAGING_MEASUREMENTS: Code = Code::new("126010", DCM, "Imaging Measurements");
+pub const MEASUREMENT_GROUP: Code = Code::new("125007", DCM, "Measurement Group");
+pub const LANGUAGE_OF_CONTENT: Code = Code::new("121049", DCM, "Language of Content Item and Descendants");
+pub const ENGLISH_US: Code = Code::new("en-US", RFC5646, "English (United States)");
+pub const OBSERVER_TYPE: Code = Code::new("121005", DCM, "Observer Type");
+pub const DEVICE: Code = Code::new("121007", DCM, "Device");
+pub const DEVICE_OBSERVER_UID: Code = Code::new("121012", DCM, "Device Observer UID");
+pub const DEVICE_OBSERVER_NAME: Code = Code::new("121013", DCM, "Device Observer Name");
+pub const DEVICE_OBSERVER_MANUFACTURER: Code = Code::new("121014", DCM, "Device Observer Manufacturer");
+pub const DEVICE_OBSERVER_MODEL_NAME: Code = Code::new("121015", DCM, "Device Observer Model Name");
+pub const PROCEDURE_REPORTED: Code = Code::new("121058", DCM, "Procedure reported");
+pub const XR_UNSPECIFIED_BODY_REGION: Code = Code::new("43468-8", LN, "XR unspecified body region");
+
+// A measurement group (TID 1501, TID 1410) and its algorithm (TID 4019).
+pub const TRACKING_IDENTIFIER: Code = Code::new("112039", DCM, "Tracking Identifier");
+pub const TRACKING_UNIQUE_IDENTIFIER: Code = Code::new("112040", DCM, "Tracking Unique Identifier");
+pub const ALGORITHM_NAME: Code = Code::new("111001", DCM, "Algorithm Name");
+pub const ALGORITHM_VERSION: Code = Code::new("111003", DCM, "Algorithm Version");
+pub const ALGORITHM_PARAMETERS: Code = Code::new("111002", DCM, "Algorithm Parameters");
+pub const PROBABILITY: Code = Code::new("122157", DCM, "Probability");
+pub const NO_UNITS: Code = Code::new("1", UCUM, "no units");
+pub const PRIORITY: Code = Code::new("260870009", SCT, "Priority (attribute)");
+pub const SOURCE_OF_MEASUREMENT: Code = Code::new("121112", DCM, "Source of Measurement");
+pub const FINDING: Code = Code::new("121071", DCM, "Finding");
+pub const REFERENCED_SEGMENTATION_FRAME: Code = Code::new("121214", DCM, "Referenced Segmentation Frame");
+pub const SOURCE_IMAGE_FOR_SEGMENTATION: Code = Code::new("121233", DCM, "Source Image for Segmentation");
+
+// HL7 ActPriority.
+pub const STAT: Code = Code::new("S", HL7_ACT_PRIORITY, "stat");
+pub const ASAP: Code = Code::new("A", HL7_ACT_PRIORITY, "ASAP");
+pub const ROUTINE: Code = Code::new("R", HL7_ACT_PRIORITY, "routine");
+
+/// The HL7 ActPriority code of a priority (design.md §4: urgent = S, review = A, routine = R).
+pub fn act_priority(priority: Priority) -> Code {
+    match priority {
+        Priority::Urgent => STAT,
+        Priority::Review => ASAP,
+        Priority::Routine => ROUTINE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_to_hl7_act_priority() {
+        assert_eq!(act_priority(Priority::Urgent).value, "S");
+        assert_eq!(act_priority(Priority::Review).value, "A");
+        assert_eq!(act_priority(Priority::Routine).value, "R");
+    }
+
+    #[test]
+    fn a_code_is_a_code_sequence_item() {
+        let item = PNEUMOTHORAX.item();
+        let get = |tag| item.element(tag).unwrap().to_str().unwrap().trim_end_matches([' ', '\0']).to_string();
+        assert_eq!(get(tags::CODE_VALUE), "36118008");
+        assert_eq!(get(tags::CODING_SCHEME_DESIGNATOR), "SCT");
+        assert_eq!(get(tags::CODE_MEANING), "Pneumothorax");
+    }
+}

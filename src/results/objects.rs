@@ -1,0 +1,130 @@
+//! The objects the node makes of an analysis and where they go: what to make (`[outputs]`,
+//! `node.uid_root`, the destinations), and the SEG, SR and secondary capture of one result,
+//! as bytes with the UIDs their rows need.
+
+use std::path::PathBuf;
+
+use dicom_object::InMemDicomObject;
+use tracing::warn;
+
+use super::common::{Built, ObjectUids, ResultsError};
+use super::context::{Context, Models, Series};
+use super::{sc, seg, sr};
+use crate::config::{Config, OutputsConfig, SrPolicy};
+use crate::domain::{Decision, ObjectKind};
+use crate::inference::analyze::{Analysis, Analyzer};
+
+/// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    /// What to make, and the series it goes in.
+    pub outputs: OutputsConfig,
+    /// This node's name: the SR's device observer.
+    pub node_name: String,
+    pub uid_root: String,
+    /// `<data_dir>/outputs`.
+    pub dir: PathBuf,
+    /// Each destination's name and the kinds of objects it takes.
+    pub destinations: Vec<(String, Vec<ObjectKind>)>,
+}
+
+impl OutputSettings {
+    pub fn of(config: &Config) -> OutputSettings {
+        OutputSettings {
+            outputs: config.outputs.clone(),
+            node_name: config.node_name(),
+            uid_root: config.node.uid_root.clone(),
+            dir: config.outputs_dir(),
+            destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
+        }
+    }
+}
+
+/// A DICOM object made of a result, encoded, not yet written.
+#[derive(Debug)]
+pub struct MadeObject {
+    pub kind: ObjectKind,
+    /// The UIDs its builder assigned.
+    pub uids: ObjectUids,
+    /// The Part-10 file.
+    pub bytes: Vec<u8>,
+}
+
+impl MadeObject {
+    fn encode(kind: ObjectKind, built: Built) -> Result<MadeObject, ResultsError> {
+        Ok(MadeObject { kind, bytes: built.to_bytes()?, uids: built.uids })
+    }
+}
+
+/// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`),
+/// the SR (as `outputs.sr` says) and the secondary capture of a positive with a mask (when
+/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and
+/// left out; the result is recorded all the same.
+pub fn make_objects(
+    analyzer: &Analyzer,
+    source: &InMemDicomObject,
+    analysis: &Analysis,
+    settings: &OutputSettings,
+    source_key: &str,
+) -> Vec<MadeObject> {
+    let models = Models {
+        classifier: analyzer.classifier(),
+        segmenter: analyzer.segmenter(),
+        notice: &analyzer.manifest.notice,
+    };
+    let ctx = match Context::new(source, source_key, models, &settings.uid_root, &settings.node_name) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            warn!(error = %with_causes(&e), "no objects for this result");
+            return Vec::new();
+        }
+    };
+    let outputs = &settings.outputs;
+    let mut made = Vec::new();
+    if let (true, Some(mask)) = (outputs.seg, analysis.mask.as_deref()) {
+        let series = Series { number: outputs.seg_series_number, description: &outputs.seg_series_description };
+        made.extend(encoded(ObjectKind::Seg, seg::build(&ctx, series, mask, analysis.width, analysis.height)));
+    }
+    let wanted = match outputs.sr {
+        SrPolicy::All => true,
+        SrPolicy::Positive => analysis.decision != Decision::Negative,
+        SrPolicy::None => false,
+    };
+    if wanted {
+        let series = Series { number: outputs.sr_series_number, description: &outputs.sr_series_description };
+        let finding =
+            sr::Finding { decision: analysis.decision, probability: analysis.probability, priority: analysis.priority };
+        // the report points at the SEG by the UIDs its builder gave it
+        let seg = made.iter().find(|o| o.kind == ObjectKind::Seg).map(|o| o.uids.clone());
+        made.extend(encoded(ObjectKind::Sr, sr::build(&ctx, series, finding, seg.as_ref())));
+    }
+    let display = analysis.views.as_ref().map(|v| &v.display);
+    if let (true, Some(mask), Some(display)) = (outputs.overlay, analysis.mask.as_deref(), display) {
+        let series = Series { number: outputs.overlay_series_number, description: &outputs.overlay_series_description };
+        made.extend(encoded(ObjectKind::Overlay, sc::build(&ctx, series, display, mask, analysis.probability)));
+    }
+    made
+}
+
+/// A built object as bytes; `None`, logged, when it could not be built or encoded.
+fn encoded(kind: ObjectKind, built: Result<Built, ResultsError>) -> Option<MadeObject> {
+    match built.and_then(|built| MadeObject::encode(kind, built)) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            warn!(object = %kind, error = %with_causes(&e), "an object of this result cannot be made; it is left out");
+            None
+        }
+    }
+}
+
+/// An error and its causes on one line, for the log.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
