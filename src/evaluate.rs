@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::inference::analyze::Analyzer;
 // The labels' decoder lives with the encoder; named here too, where the set is read.
-pub use crate::inference::rle::{paint_rle, read_rle_csv};
+use crate::inference::rle::{paint_rle, read_rle_csv, RleError};
 
 /// The classifier thresholds of the seed's sweep.
 pub const SWEEP: [f32; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -46,8 +45,20 @@ pub struct Report {
     pub notice: String,
 }
 
+/// Why the metrics cannot be computed (an image that cannot be analysed is not one: it is
+/// listed in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error("the masks: {0}")]
+    Masks(#[source] RleError),
+    #[error("the mask of {id}: {source}")]
+    Mask { id: String, source: RleError },
+    #[error("reading {}: {source}", path.display())]
+    Images { path: PathBuf, source: std::io::Error },
+}
+
 /// Every `*.dcm` under `root` by ImageId (the file name without `.dcm`); the first in sorted order wins.
-fn find_dicoms(root: &Path) -> anyhow::Result<HashMap<String, PathBuf>> {
+fn find_dicoms(root: &Path) -> Result<HashMap<String, PathBuf>, EvaluateError> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -60,7 +71,7 @@ fn find_dicoms(root: &Path) -> anyhow::Result<HashMap<String, PathBuf>> {
         Ok(())
     }
     let mut paths = Vec::new();
-    walk(root, &mut paths).with_context(|| format!("reading {}", root.display()))?;
+    walk(root, &mut paths).map_err(|source| EvaluateError::Images { path: root.to_path_buf(), source })?;
     paths.sort();
     let mut found = HashMap::new();
     for path in paths {
@@ -78,9 +89,9 @@ pub fn evaluate(
     images: &Path,
     masks: &Path,
     mut progress: impl FnMut(usize, usize),
-) -> anyhow::Result<Report> {
+) -> Result<Report, EvaluateError> {
     analyzer.segment_always = true;
-    let labels = read_rle_csv(masks)?;
+    let labels = read_rle_csv(masks).map_err(EvaluateError::Masks)?;
     let files = find_dicoms(images)?;
     let (mut truth_labels, mut scores, mut dices, mut ious, mut kaggle) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut missing, mut failed) = (vec![], vec![]);
@@ -90,20 +101,21 @@ pub fn evaluate(
             missing.push(id.clone());
             continue;
         };
-        let analysis = match dicom_object::open_file(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|obj| Ok(analyzer.analyze(&obj)?))
-        {
+        let analysis = match dicom_object::open_file(path) {
+            Ok(obj) => analyzer.analyze(&obj).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let analysis = match analysis {
             Ok(a) => a,
             Err(e) => {
-                failed.push(format!("{id}: {e:#}"));
+                failed.push(format!("{id}: {e}"));
                 continue;
             }
         };
         let (w, h) = (analysis.width as usize, analysis.height as usize);
         let mut truth = vec![false; w * h];
         for rle in rles {
-            paint_rle(&mut truth, rle, w, h).with_context(|| format!("the mask of {id}"))?;
+            paint_rle(&mut truth, rle, w, h).map_err(|source| EvaluateError::Mask { id: id.clone(), source })?;
         }
         let positive = truth.iter().any(|&b| b);
         truth_labels.push(positive);

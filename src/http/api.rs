@@ -161,6 +161,17 @@ pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> 
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=60")], png).into_response())
 }
 
+/// Why an instance's overlay cannot be drawn.
+#[derive(Debug, thiserror::Error)]
+enum OverlayError {
+    #[error(transparent)]
+    Imaging(#[from] crate::imaging::ImagingError),
+    #[error("the stored mask: {0}")]
+    Mask(#[from] crate::inference::rle::RleError),
+    #[error("cannot encode the PNG: {0}")]
+    Png(#[from] png::EncodingError),
+}
+
 /// The image as displayed, at most [`OVERLAY_SIDE`] pixels a side, with the mask's outline.
 /// The stored image is checked as the pipeline checks it (structure, pixel budget, codestream)
 /// before it is decoded: `limits` are the largest data set and the pixel budget.
@@ -168,7 +179,7 @@ fn render_overlay(
     path: &std::path::Path,
     source: &crate::store::worklist::OverlaySource,
     (max_dataset_bytes, max_pixels): (u64, u64),
-) -> anyhow::Result<Vec<u8>> {
+) -> Result<Vec<u8>, OverlayError> {
     let obj = crate::imaging::open_checked(path, max_dataset_bytes)?;
     crate::imaging::check_pixels(&obj, max_pixels)?;
     let display = crate::imaging::display_image(&obj)?;

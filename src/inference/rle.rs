@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 /// What is wrong with an encoding or a labels file.
 #[derive(Debug, thiserror::Error)]
 pub enum RleError {
-    #[error("RLE holds something that is not a count")]
+    #[error("RLE holds something that is not a count: {0}")]
     NotANumber(#[source] ParseIntError),
     #[error("RLE has an odd count of numbers")]
     OddCount,
     #[error("RLE runs past the image")]
     PastImage,
-    #[error("reading {}", path.display())]
+    #[error("reading {}: {source}", path.display())]
     Read {
         path: PathBuf,
         #[source]

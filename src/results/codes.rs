@@ -105,7 +105,7 @@ pub const STAT: Code = Code::new("S", HL7_ACT_PRIORITY, "stat");
 pub const ASAP: Code = Code::new("A", HL7_ACT_PRIORITY, "ASAP");
 pub const ROUTINE: Code = Code::new("R", HL7_ACT_PRIORITY, "routine");
 
-/// The HL7 ActPriority code of a priority (design.md §4: urgent = S, review = A, routine = R).
+/// The HL7 ActPriority code of a priority (docs/conformance.md: urgent = S, review = A, routine = R).
 pub fn act_priority(priority: Priority) -> Code {
     match priority {
         Priority::Urgent => STAT,

@@ -18,9 +18,9 @@ pub enum ResultsError {
     #[error("{what} would be {value}, more than DICOM's 65535")]
     TooLarge { what: &'static str, value: u64 },
     // dicom-object's errors are large: boxed, so that every Result here stays small
-    #[error("cannot build the file meta")]
+    #[error("cannot build the file meta: {0}")]
     Meta(#[source] Box<dicom_object::WithMetaError>),
-    #[error("cannot encode the object")]
+    #[error("cannot encode the object: {0}")]
     Encode(#[source] Box<dicom_object::WriteError>),
 }
 

@@ -75,7 +75,7 @@ pub fn make_objects(
     let ctx = match Context::new(source, source_key, models, &settings.uid_root, &settings.node_name) {
         Ok(ctx) => ctx,
         Err(e) => {
-            warn!(error = %with_causes(&e), "no objects for this result");
+            warn!(error = %e, "no objects for this result");
             return Vec::new();
         }
     };
@@ -111,20 +111,8 @@ fn encoded(kind: ObjectKind, built: Result<Built, ResultsError>) -> Option<MadeO
     match built.and_then(|built| MadeObject::encode(kind, built)) {
         Ok(object) => Some(object),
         Err(e) => {
-            warn!(object = %kind, error = %with_causes(&e), "an object of this result cannot be made; it is left out");
+            warn!(object = %kind, error = %e, "an object of this result cannot be made; it is left out");
             None
         }
     }
-}
-
-/// An error and its causes on one line, for the log.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }

@@ -1,4 +1,4 @@
-//! The DICOM Segmentation of a positive result (design.md §4, "Results it sends").
+//! The DICOM Segmentation of a positive result (docs/conformance.md, "Segmentation").
 //!
 //! BINARY, one frame at the source image's size, bit-packed. A radiograph has no Frame of
 //! Reference, so, as highdicom does for projection images: no Pixel Measures or Plane

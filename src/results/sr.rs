@@ -1,5 +1,5 @@
 //! The structured report of a result: TID 1500 (Imaging Measurement Report), as IHE AI Results
-//! does, in a Comprehensive 3D SR (design.md §4).
+//! does, in a Comprehensive 3D SR (docs/conformance.md).
 //!
 //! One measurement group (TID 1501) for the whole image: the classifier (TID 4019 algorithm
 //! identification, its sha256 as a parameter), the probability, Pneumothorax = Present/Absent,

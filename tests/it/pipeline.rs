@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use crate::common::{pydicom_data, python, storescu, synthetic_images, synthetic_truth, text, tool, Backend, Setup};
-use pneumotriage::evaluate::{dice, paint_rle};
+use pneumotriage::evaluate::dice;
+use pneumotriage::inference::rle::paint_rle;
 
 /// (SOP Instance UID, job state, job reason, decision, priority, mask RLE, width, height).
 type Row = (String, String, Option<String>, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>);

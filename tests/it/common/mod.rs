@@ -497,7 +497,7 @@ pub fn synthetic_images(dir: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
 
 /// The true masks of a synthetic set by ImageId (the file stem): (is positive, the CSV's RLE rows).
 pub fn synthetic_truth(dir: &Path) -> std::collections::HashMap<String, Vec<String>> {
-    pneumotriage::evaluate::read_rle_csv(&dir.join("train-rle.csv")).unwrap().into_iter().collect()
+    pneumotriage::inference::rle::read_rle_csv(&dir.join("train-rle.csv")).unwrap().into_iter().collect()
 }
 
 /// A synthetic radiograph with a pneumothorax (from the generator's seed 77 set), written under `dir`.
