@@ -33,7 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 // Absolute paths: a Python virtual environment's pynetdicom may shadow the names.
 mod support;
-use support::{env_usize, Kids};
+use support::{Kids, Mode};
 
 // The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
 #[path = "../tests/it/common/python.rs"]
@@ -99,7 +99,7 @@ impl Server {
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
                          bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
-                         [http]\nenabled = false\n"
+                         [http]\nenabled = false\n\n[inference]\nenabled = false\n"
                     ),
                 )?;
                 let mut cmd = Command::new(PNEUMOTRIAGE);
@@ -284,8 +284,12 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
-    let n = env_usize("INGEST_BENCH_N", 120)?;
-    let repeat = env_usize("INGEST_BENCH_REPEAT", 3)?;
+    let mode = Mode::of_this_run("ingest");
+    if mode == Mode::Skip {
+        return Ok(());
+    }
+    let n = mode.env_usize("INGEST_BENCH_N", 120, 4)?;
+    let repeat = mode.env_usize("INGEST_BENCH_REPEAT", 3, 1)?;
     let files = dataset(n)?;
     let bytes: u64 = files.iter().map(|f| fs::metadata(f).map(|m| m.len())).sum::<std::io::Result<u64>>()?;
     let cores = std::thread::available_parallelism()?.get();

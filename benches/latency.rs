@@ -32,7 +32,7 @@ use dicom_dictionary_std::tags;
 use pneumotriage::dicom::scu::{self, Peer};
 
 mod support;
-use support::{env_usize, Kids};
+use support::{Kids, Mode};
 
 // The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
 #[path = "../tests/it/common/python.rs"]
@@ -269,10 +269,14 @@ fn report(name: &str, latencies: &[Duration], without_seg: usize) {
 }
 
 fn main() -> Result<()> {
-    let idle_n = env_usize("LATENCY_BENCH_IDLE", 20)?;
-    let stream_n = env_usize("LATENCY_BENCH_STREAM", 100)?;
-    let workers = env_usize("LATENCY_BENCH_WORKERS", 1)?;
-    let interval = Duration::from_millis(env_usize("LATENCY_BENCH_INTERVAL_MS", 150)? as u64);
+    let mode = Mode::of_this_run("latency");
+    if mode == Mode::Skip {
+        return Ok(());
+    }
+    let idle_n = mode.env_usize("LATENCY_BENCH_IDLE", 20, 2)?;
+    let stream_n = mode.env_usize("LATENCY_BENCH_STREAM", 100, 3)?;
+    let workers = mode.env_usize("LATENCY_BENCH_WORKERS", 1, 1)?;
+    let interval = Duration::from_millis(mode.env_usize("LATENCY_BENCH_INTERVAL_MS", 150, 150)? as u64);
     let files = dataset(idle_n + 2 * stream_n)?;
     let (idle_files, streams) = files.split_at(idle_n);
     let (stream_files, paced_files) = streams.split_at(stream_n);

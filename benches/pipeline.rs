@@ -32,6 +32,9 @@ use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role};
 use serde::Deserialize;
 
+mod support;
+use support::Mode;
+
 // The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
 #[path = "../tests/it/common/python.rs"]
 mod python;
@@ -172,15 +175,15 @@ fn measure(analyzer: &mut Analyzer, file: &Path, repeat: usize) -> Result<Figure
     })
 }
 
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    std::env::var(name).ok().map_or(Ok(default), |v| v.parse().with_context(|| format!("{name}={v}")))
-}
-
 fn main() -> Result<()> {
     // as `pneumotriage` does at start-up
     pneumotriage::keep_freed_memory();
-    let repeat = env_usize("PIPELINE_BENCH_REPEAT", 5)?.max(1);
-    let threads = env_usize("PIPELINE_BENCH_THREADS", 1)?.max(1);
+    let mode = Mode::of_this_run("pipeline");
+    if mode == Mode::Skip {
+        return Ok(());
+    }
+    let repeat = mode.env_usize("PIPELINE_BENCH_REPEAT", 5, 1)?;
+    let threads = mode.env_usize("PIPELINE_BENCH_THREADS", 1, 1)?;
     let device: Device = std::env::var("PIPELINE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse()?;
     let files = dataset()?;
     println!(

@@ -5,6 +5,7 @@ use std::process::Child;
 use anyhow::{Context, Result};
 
 /// Child processes, killed and reaped when dropped (also on errors), so that none outlives the run.
+#[allow(dead_code)] // the pipeline bench starts no process of its own
 pub struct Kids(pub Vec<Child>);
 
 impl Drop for Kids {
@@ -16,10 +17,38 @@ impl Drop for Kids {
     }
 }
 
-/// A positive integer from the environment, or `default` when the variable is not set.
-pub fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),
-        Err(_) => Ok(default),
+/// How a benchmark runs. `cargo bench` passes `--bench`: the full measurement. Run any other
+/// way (`cargo test` runs the benches too, `test = true` in Cargo.toml) it is the quick mode: the
+/// same code on a few inputs, so that a bench cannot rot unnoticed; figures printed in that mode
+/// mean nothing. A test filter that does not name the bench skips it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Quick,
+    Skip,
+}
+
+impl Mode {
+    pub fn of_this_run(bench: &str) -> Mode {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if args.iter().any(|a| a == "--bench") {
+            return Mode::Full;
+        }
+        let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+        if filters.is_empty() || filters.iter().any(|f| bench.contains(f.as_str())) {
+            println!("{bench}: quick mode (a few inputs, to check that it runs; `cargo bench` measures)");
+            Mode::Quick
+        } else {
+            Mode::Skip
+        }
+    }
+
+    /// A positive integer from the environment, else `full`, or `quick` in the quick mode.
+    pub fn env_usize(self, name: &str, full: usize, quick: usize) -> Result<usize> {
+        match std::env::var(name) {
+            Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),
+            Err(_) if self == Mode::Quick => Ok(quick),
+            Err(_) => Ok(full),
+        }
     }
 }

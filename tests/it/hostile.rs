@@ -43,11 +43,14 @@ fn assert_still_serving(setup: &Setup) {
     }
 }
 
-/// The node's peak resident memory so far, in MiB (VmHWM).
-fn peak_rss_mib(node: &Node) -> u64 {
+/// Prints the node's peak resident memory so far (VmHWM) after `what`, and checks it stayed
+/// under `limit_mib`.
+fn assert_peak_rss_below(node: &Node, limit_mib: u64, what: &str) {
     let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    let peak = line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024;
+    println!("peak RSS after {what}: {peak} MiB");
+    assert!(peak < limit_mib, "peak RSS {peak} MiB after {what}");
 }
 
 fn header(out: &mut Vec<u8>, group: u16, element: u16, length: u32) {
@@ -132,9 +135,7 @@ fn lying_lengths_allocate_nothing(backend: Backend) {
     }
     let log = node.wait_for_log("declares 4294967280 bytes");
     assert!(log.contains("status=0xC000"), "{log}");
-    let peak = peak_rss_mib(&node);
-    println!("peak RSS after four 4 GB length lies: {peak} MiB");
-    assert!(peak < 400, "peak RSS {peak} MiB");
+    assert_peak_rss_below(&node, 400, "four 4 GB length lies");
 
     // a real 300 MB private element is a valid data set: kept, streamed to disk, not held in memory
     let mut big = Vec::new();
@@ -168,9 +169,7 @@ fn lying_lengths_allocate_nothing(backend: Backend) {
         format!("{state}: {}", reason.unwrap_or_default())
     });
     assert!(reason.starts_with("skipped: not applicable"), "{reason}");
-    let peak = peak_rss_mib(&node);
-    println!("peak RSS after a 300 MB private element: {peak} MiB");
-    assert!(peak < 200, "peak RSS {peak} MiB");
+    assert_peak_rss_below(&node, 200, "a 300 MB private element");
     assert_still_serving(&setup);
 }
 
@@ -199,9 +198,7 @@ fn unfinished_command_is_aborted(backend: Backend) {
     assert!(sent < 64 << 20, "the node read {sent} bytes of one command set");
     let log = node.wait_for_log("command set larger than");
     assert!(log.contains("TESTSCU"), "{log}");
-    let peak = peak_rss_mib(&node);
-    println!("peak RSS after an endless command set: {peak} MiB");
-    assert!(peak < 400, "peak RSS {peak} MiB");
+    assert_peak_rss_below(&node, 400, "an endless command set");
     assert_still_serving(&setup);
 }
 
@@ -311,9 +308,7 @@ fn poison_codestream_fails_before_decoding(backend: Backend) {
         common::http_request(setup.http_port, "GET", &format!("/api/instances/{uid}/overlay.png"), &[], "").unwrap();
     assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("the codestream says 60000x60000"));
-    let peak = peak_rss_mib(&node);
-    println!("peak RSS after the poison codestream: {peak} MiB");
-    assert!(peak < 600, "peak RSS {peak} MiB");
+    assert_peak_rss_below(&node, 600, "the poison codestream");
     node.kill9();
     let _node = setup.start();
     assert_still_serving(&setup);
