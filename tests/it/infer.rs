@@ -5,6 +5,27 @@ use std::process::Command;
 
 use crate::common::{pydicom_data, python, synthetic_images, text, tool};
 
+/// An offline command checks only what it uses: a file holding nothing but `[inference]` is
+/// enough for `infer`, while `check-config` (what `serve` needs) still stops on the missing
+/// allow-list.
+#[test]
+fn infer_needs_only_the_inference_settings() {
+    let work = tempfile::tempdir().unwrap();
+    let files = synthetic_images(&work.path().join("images"), 1, 77);
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml");
+    let config = work.path().join("offline.toml");
+    std::fs::write(&config, format!("[inference]\nmodels = {:?}\nthreads = 1\n", manifest.display().to_string()))
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_pneumotriage");
+    let run = Command::new(bin).arg("infer").arg("--config").arg(&config).args(&files).output().unwrap();
+    let report = text(&run);
+    assert!(run.status.success(), "{report}");
+    assert!(report.contains(".dcm: Positive") || report.contains(".dcm: Negative"), "{report}");
+    let check = Command::new(bin).arg("check-config").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(text(&check).contains("dicom.peers: no calling AE is allowed"), "{}", text(&check));
+}
+
 #[test]
 fn infer_finds_synthetic_pneumothoraces_and_skips_a_tibia() {
     let work = tempfile::tempdir().unwrap();
