@@ -57,11 +57,20 @@ pub struct NodeConfig {
     pub min_free_disk_mb: u64,
     /// A name for this node in the database (job claims, events); the host name by default.
     pub name: Option<String>,
+    /// Every node sharing the database reads this same spool directory (shared storage), so any
+    /// of them may analyse any image; otherwise a node analyses only the images it received.
+    pub shared_spool: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { data_dir: PathBuf::from("var"), uid_root: "2.25".into(), min_free_disk_mb: 1024, name: None }
+        NodeConfig {
+            data_dir: PathBuf::from("var"),
+            uid_root: "2.25".into(),
+            min_free_disk_mb: 1024,
+            name: None,
+            shared_spool: false,
+        }
     }
 }
 

@@ -166,6 +166,8 @@ spelt_enum! {
         JobQuarantined = "job_quarantined",
         JobRequeued = "job_requeued",
         JobsRequeued = "jobs_requeued",
+        InstancesHandedOver = "instances_handed_over",
+        JobsAbandoned = "jobs_abandoned",
         Delivered = "delivered",
         DeliveryDeferred = "delivery_deferred",
         DeliveryFailed = "delivery_failed",

@@ -25,7 +25,7 @@ use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_durably, Spool};
-use crate::store::{ClaimedJob, JobEnd, NewOutput, NewResult, Store};
+use crate::store::{ClaimedJob, JobEnd, JobScope, NewOutput, NewResult, Store};
 
 /// How long a claimed job is ours before another node may take it over.
 pub const LEASE: Duration = Duration::from_secs(300);
@@ -72,6 +72,7 @@ impl Pipeline {
         analyzers: Vec<Analyzer>,
         outputs: OutputSettings,
         limits: Limits,
+        scope: JobScope,
         shutdown: Shutdown,
     ) -> Pipeline {
         let handle = Handle::current();
@@ -85,6 +86,7 @@ impl Pipeline {
                     analyzer,
                     spool: spool.clone(),
                     store: store.clone(),
+                    scope,
                     shutdown: shutdown.clone(),
                     runtime: handle.clone(),
                     outputs: outputs.clone(),
@@ -116,6 +118,8 @@ struct Worker {
     analyzer: Analyzer,
     spool: Arc<Spool>,
     store: Store,
+    /// Which jobs it may claim.
+    scope: JobScope,
     shutdown: Shutdown,
     runtime: Handle,
     outputs: OutputSettings,
@@ -152,7 +156,7 @@ impl Worker {
                 return None;
             }
             let queued = self.store.jobs_queued().notified();
-            match self.store.claim_job(LEASE).await {
+            match self.store.claim_job(LEASE, self.scope).await {
                 Ok(Some(job)) => {
                     debug!(job = job.id, attempt = job.attempts, "job claimed");
                     return Some(job);

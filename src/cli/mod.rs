@@ -105,6 +105,21 @@ pub enum Command {
         /// The instance's ID (the ID column of `instances`).
         instance: i64,
     },
+    /// Hand the images another node kept over to this one (it was renamed, or its spool moved
+    /// here), or fail their waiting analyses (it is gone with its spool).
+    Handover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The node whose images these are (its `node.name`; see the start-up warning).
+        #[arg(long, value_name = "NODE")]
+        from: String,
+        /// The node that takes them over; this configuration's node by default.
+        #[arg(long, value_name = "NODE", conflicts_with = "fail")]
+        to: Option<String>,
+        /// Fail their unfinished jobs: "spool unavailable".
+        #[arg(long)]
+        fail: bool,
+    },
     /// Summarise the node's work: analysis queue, results by priority, deliveries by state.
     Status {
         #[command(flatten)]
@@ -137,7 +152,8 @@ impl Command {
             | Command::Deliveries { config, .. }
             | Command::Status { config, .. }
             | Command::Retry { config, .. }
-            | Command::Requeue { config, .. } => config,
+            | Command::Requeue { config, .. }
+            | Command::Handover { config, .. } => config,
         }
     }
 
@@ -191,6 +207,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { json, .. } => records::status(&connect(&config).await?, json).await,
         Command::Retry { id, .. } => queue::retry(&connect(&config).await?, id).await,
         Command::Requeue { instance, .. } => queue::requeue(&connect(&config).await?, instance).await,
+        Command::Handover { from, to, fail, .. } => {
+            queue::handover(&connect(&config).await?, &from, to.as_deref(), fail).await
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use pneumotriage::pipeline::{Limits, Pipeline};
 use pneumotriage::results::OutputSettings;
 use pneumotriage::shutdown::Shutdown;
 use pneumotriage::spool::Spool;
-use pneumotriage::store::Store;
+use pneumotriage::store::{JobScope, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -95,7 +95,9 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         quarantine_after: config.inference.quarantine_after,
     };
     let outputs = OutputSettings::of(&config);
-    let pipeline = analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, shutdown.clone()));
+    let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
+    let pipeline =
+        analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
     let outbox = Outbox::start(store.clone(), &config, &shutdown)?;
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
@@ -180,6 +182,11 @@ async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Res
     let resent = store.requeue_abandoned_deliveries().await.context("start-up recovery")?;
     if resent > 0 {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
+    }
+    if !config.node.shared_spool {
+        for (node, n) in store.jobs_kept_elsewhere().await.context("start-up recovery")? {
+            warn!(%node, jobs = n, "images kept in another node's spool wait for it to analyse them; if it is gone for good, `pneumotriage handover --from {node}` (--to this node, or --fail)");
+        }
     }
     for (destination, n) in store.unfinished_deliveries_by_destination().await.context("start-up recovery")? {
         if !config.destinations.iter().any(|d| d.name == destination) {

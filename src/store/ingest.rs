@@ -217,8 +217,8 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     let (instance_id,): (i64,) = sqlx::query_as(
         "INSERT INTO instances (sop_instance_uid, version, study_id, series_instance_uid, sop_class_uid, \
                                 transfer_syntax_uid, modality, body_part, view_position, calling_ae, \
-                                peer_address, path, size_bytes, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                                peer_address, path, size_bytes, received_at, node) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
     )
     .bind(&h.sop_instance_uid)
     .bind(new.version)
@@ -234,6 +234,7 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     .bind(&new.path)
     .bind(new.size_bytes)
     .bind(now)
+    .bind(node)
     .fetch_one(&mut *conn)
     .await?;
     let state = if new.skip_reason.is_some() { JobState::Skipped } else { JobState::Queued };

@@ -85,20 +85,32 @@ pub struct NewResult {
 const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
             attempts = attempts + 1, updated_at = $3, \
             interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
-     WHERE id = (SELECT id FROM jobs \
-                 WHERE (state = 'queued' AND (not_before IS NULL OR not_before <= $3)) \
-                    OR (state = 'running' AND lease_expires_at < $3) \
-                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
+                 WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
+                        OR (j.state = 'running' AND j.lease_expires_at < $3)) \
+                   AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
+                 ORDER BY j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
      RETURNING id, attempts";
 
 const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
             attempts = attempts + 1, updated_at = $3, \
             interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
-     WHERE id = (SELECT id FROM jobs \
-                 WHERE (state = 'queued' AND (not_before IS NULL OR not_before <= $3)) \
-                    OR (state = 'running' AND lease_expires_at < $3) \
-                 ORDER BY id LIMIT 1) \
+     WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
+                 WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
+                        OR (j.state = 'running' AND j.lease_expires_at < $3)) \
+                   AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
+                 ORDER BY j.id LIMIT 1) \
      RETURNING id, attempts";
+
+/// Which jobs a node may claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobScope {
+    /// Those of the instances it keeps itself (`node.shared_spool = false`): another node's
+    /// spool is not readable here, so its jobs wait for it.
+    OwnSpool,
+    /// Any job: every node reads the same spool (`node.shared_spool = true`).
+    AnySpool,
+}
 
 /// A study's priority: the highest of its images' results.
 const STUDY_PRIORITY: &str = "UPDATE studies SET priority = ( \
@@ -108,8 +120,9 @@ const STUDY_PRIORITY: &str = "UPDATE studies SET priority = ( \
      WHERE id = $1";
 
 impl Store {
-    /// Claims the oldest job that is due (queued, or running under an expired lease) for `lease`.
-    pub async fn claim_job(&self, lease: Duration) -> Result<Option<ClaimedJob>> {
+    /// Claims the oldest job that is due (queued, or running under an expired lease) within
+    /// `scope`, for `lease`.
+    pub async fn claim_job(&self, lease: Duration, scope: JobScope) -> Result<Option<ClaimedJob>> {
         let now = now_ms();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
@@ -119,6 +132,7 @@ impl Store {
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(i64::from(scope == JobScope::AnySpool))
             .fetch_optional(self.pool())
             .await?;
         let Some((id, _attempts)) = claimed else { return Ok(None) };
@@ -345,6 +359,57 @@ impl Store {
             self.jobs_queued().notify_one();
         }
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Unfinished jobs whose instances another node keeps, by node: they wait for that node.
+    pub async fn jobs_kept_elsewhere(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT i.node, COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id \
+             WHERE j.state IN ('queued', 'running') AND i.node IS NOT NULL AND i.node <> $1 \
+             GROUP BY i.node ORDER BY i.node",
+        )
+        .bind(self.node())
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// An admin's `handover --from A --to B`: the instances node `from` kept are now node `to`'s
+    /// (the same spool under a new node name, or moved there). Returns how many.
+    pub async fn hand_over_instances(&self, from: &str, to: &str) -> Result<u64> {
+        let done = sqlx::query("UPDATE instances SET node = $1 WHERE node = $2")
+            .bind(to)
+            .bind(from)
+            .execute(self.pool())
+            .await?;
+        let n = done.rows_affected();
+        if n > 0 {
+            let detail = format!("{n} instance(s) kept by node {from} handed over to node {to}");
+            self.record_event(&Event::new(EventKind::InstancesHandedOver).detail(&detail)).await?;
+        }
+        Ok(n)
+    }
+
+    /// An admin's `handover --from A --fail`: node `from` is gone with its spool, so its
+    /// unfinished jobs fail with that reason instead of waiting for ever. Returns how many.
+    pub async fn fail_jobs_kept_by(&self, from: &str) -> Result<u64> {
+        let reason = format!("spool unavailable: node {from} kept this image and is gone (pneumotriage handover)");
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'failed', reason = $1, claimed_by = NULL, lease_expires_at = NULL, \
+                 updated_at = $2 \
+             WHERE state IN ('queued', 'running') \
+               AND instance_id IN (SELECT id FROM instances WHERE node = $3)",
+        )
+        .bind(&reason)
+        .bind(now_ms())
+        .bind(from)
+        .execute(self.pool())
+        .await?;
+        let n = done.rows_affected();
+        if n > 0 {
+            let detail = format!("{n} job(s) failed: {reason}");
+            self.record_event(&Event::new(EventKind::JobsAbandoned).detail(&detail)).await?;
+        }
+        Ok(n)
     }
 
     /// Counts jobs by state, for `status` and tests.

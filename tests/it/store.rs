@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::{Backend, Setup};
 use pneumotriage::domain::{Decision, EventKind, InstanceHeader, Policy, Priority};
-use pneumotriage::store::{JobEnd, NewInstance, NewResult, Store};
+use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {
     NewInstance {
@@ -75,7 +75,7 @@ fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) 
             let node = node.clone();
             tasks.spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(job) = node.claim_job(Duration::from_secs(60)).await.unwrap() {
+                while let Some(job) = node.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap() {
                     mine.push(job.id);
                 }
                 mine
@@ -89,12 +89,16 @@ fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) 
 
         // A lease that expires: node a stops answering, node b takes the job over.
         store.record_instance(&instance("1.2.5.99", 1)).await.unwrap();
-        let lost = a.claim_job(Duration::ZERO).await.unwrap().expect("a claims the new job");
+        let lost = a.claim_job(Duration::ZERO, JobScope::AnySpool).await.unwrap().expect("a claims the new job");
         assert_eq!(lost.attempts, 1);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let taken = b.claim_job(Duration::from_secs(60)).await.unwrap().expect("b takes the expired job over");
+        let taken = b
+            .claim_job(Duration::from_secs(60), JobScope::AnySpool)
+            .await
+            .unwrap()
+            .expect("b takes the expired job over");
         assert_eq!((taken.id, taken.attempts), (lost.id, 2));
-        assert!(a.claim_job(Duration::from_secs(60)).await.unwrap().is_none(), "b's lease holds");
+        assert!(a.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().is_none(), "b's lease holds");
         assert!(!a.record_result(&lost, &result(), &[]).await.unwrap(), "a may no longer finish it");
         assert!(!a.end_job(&lost, JobEnd::Failed, "late").await.unwrap());
         assert!(b.record_result(&taken, &result(), &[]).await.unwrap());
@@ -116,11 +120,14 @@ fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
     setup.with_store(async |store| {
         store.migrate().await.unwrap();
         store.record_instance(&instance("1.2.6.1", 1)).await.unwrap();
-        let job = store.claim_job(Duration::from_secs(60)).await.unwrap().unwrap();
+        let job = store.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().unwrap();
         assert!(store.retry_job(&job, "ONNX Runtime error", Duration::from_millis(300)).await.unwrap());
-        assert!(store.claim_job(Duration::from_secs(60)).await.unwrap().is_none(), "not before its time");
+        assert!(
+            store.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().is_none(),
+            "not before its time"
+        );
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let again = store.claim_job(Duration::from_secs(60)).await.unwrap().expect("due now");
+        let again = store.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().expect("due now");
         assert_eq!((again.id, again.attempts), (job.id, 2));
         assert!(store.end_job(&again, JobEnd::Failed, "gave up").await.unwrap());
     });

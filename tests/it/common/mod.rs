@@ -180,15 +180,35 @@ impl Setup {
         self.start_with_env(&[])
     }
 
+    /// The configuration of a second node on this setup's database, with its own name, data
+    /// directory (so its own spool) and ports; start it with [`Setup::start_config`].
+    pub fn second_node(&self, name: &str) -> (PathBuf, u16) {
+        let port = free_port();
+        let text = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .replace("name = \"test-node\"", &format!("name = {name:?}"))
+            .replace("data_dir = \"var\"", &format!("data_dir = \"var-{name}\""))
+            .replace(&format!("127.0.0.1:{}", self.port), &format!("127.0.0.1:{port}"))
+            .replace(&format!("127.0.0.1:{}", self.http_port), &format!("127.0.0.1:{}", free_port()));
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        (path, port)
+    }
+
     /// Starts the node with extra environment variables.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Node {
+        self.start_config(&self.config_path, env)
+    }
+
+    /// Starts a node with the configuration at `config` (see [`Setup::second_node`]).
+    pub fn start_config(&self, config: &Path, env: &[(&str, &str)]) -> Node {
         // one log per start: a restarted node does not truncate the log of the one before it
         static STARTS: AtomicU32 = AtomicU32::new(0);
         let log_path = self.dir.path().join(format!("node-{}.log", STARTS.fetch_add(1, Ordering::Relaxed)));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
             .args(["serve", "--config"])
-            .arg(&self.config_path)
+            .arg(config)
             .env("RUST_LOG", "info,sqlx=warn")
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())

@@ -1,0 +1,76 @@
+//! Several nodes on one database, each with its own spool (two machines): a node analyses only
+//! the images it received, another node's images wait for it, and `handover` settles them when
+//! that node is renamed or gone.
+
+use crate::common::{storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
+
+#[test]
+fn a_node_analyses_only_the_images_it_keeps() {
+    // node A receives with analysis off, so its images wait in the shared queue
+    let mut a = Setup::with(Backend::Postgres, "", "");
+    let (b_config, b_port) = {
+        // node B analyses
+        a.inference = a.inference.replace("enabled = false", "");
+        a.write_config("", "", DEFAULT_PEERS);
+        let b = a.second_node("node-b");
+        a.inference.push_str("enabled = false\n");
+        a.write_config("", "", DEFAULT_PEERS);
+        b
+    };
+    let work = tempfile::tempdir().unwrap();
+    let for_a = synthetic_images(&work.path().join("a"), 6, 31);
+    let for_b = synthetic_images(&work.path().join("b"), 2, 32);
+    let node_a = a.start();
+    let sent = storescu(a.port, &[], &for_a.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    assert!(sent.status.success(), "{}", text(&sent));
+    a.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", 6);
+
+    let node_b = a.start_config(&b_config, &[]);
+    node_b.wait_for_log("wait for it to analyse them");
+    let sent = storescu(b_port, &[], &for_b.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    assert!(sent.status.success(), "{}", text(&sent));
+    a.wait_count("SELECT COUNT(*) FROM results WHERE node = 'node-b'", 2);
+    // before node affinity, B claimed A's images and failed them all: "the spool file is missing"
+    assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'"), 0);
+    assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"), 6, "A's images wait for A");
+
+    // A with its analysis on analyses its own images, B none of them
+    drop(node_a);
+    a.inference = a.inference.replace("enabled = false", "");
+    a.write_config("", "", DEFAULT_PEERS);
+    let _node_a = a.start();
+    a.wait_count("SELECT COUNT(*) FROM results WHERE node = 'test-node'", 6);
+    assert_eq!(a.count("SELECT COUNT(*) FROM results WHERE node = 'node-b'"), 2);
+    assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'"), 0);
+    drop(node_b);
+}
+
+on_both_backends!(handover_gives_another_nodes_images_to_this_one_or_fails_them);
+
+fn handover_gives_another_nodes_images_to_this_one_or_fails_them(backend: Backend) {
+    let setup = Setup::new(backend);
+    let work = tempfile::tempdir().unwrap();
+    let files = synthetic_images(&work.path().join("images"), 2, 33);
+    let node = setup.start();
+    let sent = storescu(setup.port, &[], &files.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    assert!(sent.status.success(), "{}", text(&sent));
+    setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", 2);
+    drop(node);
+
+    // renamed: the images it kept are the new name's
+    let moved = setup.cli(&["handover", "--from", "test-node", "--to", "node-renamed"]);
+    assert!(moved.status.success(), "{}", text(&moved));
+    assert!(text(&moved).contains("2 instance(s) of node test-node handed over to node node-renamed"));
+    assert_eq!(setup.count("SELECT COUNT(*) FROM instances WHERE node = 'node-renamed'"), 2);
+
+    // gone with its spool: the waiting analyses fail with the reason, and can be re-queued
+    let failed = setup.cli(&["handover", "--from", "node-renamed", "--fail"]);
+    assert!(failed.status.success(), "{}", text(&failed));
+    assert_eq!(
+        setup.count(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND reason LIKE 'spool unavailable: node node-renamed%'"
+        ),
+        2
+    );
+    assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind IN ('instances_handed_over', 'jobs_abandoned')"), 2);
+}
