@@ -18,6 +18,14 @@ pub struct UnknownValue {
     pub expected: &'static [&'static str],
 }
 
+/// A value read from its spelling, the error naming the choices.
+fn from_spelling<'de, D: serde::Deserializer<'de>, T: FromStr<Err = UnknownValue>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
 /// Declares a fieldless enum whose variants are spelt as the given strings everywhere.
 macro_rules! spelt_enum {
     (
@@ -61,8 +69,7 @@ macro_rules! spelt_enum {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                from_spelling(deserializer)
             }
         }
 
@@ -261,8 +268,7 @@ impl Serialize for Device {
 
 impl<'de> Deserialize<'de> for Device {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        from_spelling(deserializer)
     }
 }
 

@@ -212,14 +212,13 @@ pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError>
 
 /// Jobs, results and deliveries by state or priority: `{"jobs": {"done": 3, ...}, ...}`.
 pub async fn status_json(store: &Store) -> crate::store::Result<serde_json::Value> {
-    fn by_value<T: std::fmt::Display>(rows: &[(T, i64)]) -> serde_json::Value {
-        rows.iter().map(|(value, n)| (value.to_string(), json!(n))).collect::<serde_json::Map<_, _>>().into()
-    }
+    use crate::store::worklist::by_name;
+    use std::collections::BTreeMap;
     let counts = store.counts().await?;
     Ok(json!({
-        "jobs": by_value(&counts.jobs),
-        "results": by_value(&counts.results),
-        "deliveries": by_value(&counts.deliveries),
+        "jobs": BTreeMap::from_iter(by_name(&counts.jobs)),
+        "results": BTreeMap::from_iter(by_name(&counts.results)),
+        "deliveries": BTreeMap::from_iter(by_name(&counts.deliveries)),
     }))
 }
 

@@ -164,13 +164,11 @@ fn flag(f: &AtomicBool, otherwise: &str) -> Result<(), String> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.counts().await?;
-    fn gauge<T: std::fmt::Display>(rows: &[(T, i64)]) -> Vec<(String, i64)> {
-        rows.iter().map(|(value, n)| (value.to_string(), *n)).collect()
-    }
+    use crate::store::worklist::by_name;
     let text = crate::metrics::render(&[
-        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", gauge(&counts.jobs)),
-        ("deliveries", "Deliveries by state", "state", gauge(&counts.deliveries)),
-        ("analysed_images", "Analysed images by priority", "priority", gauge(&counts.results)),
+        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", by_name(&counts.jobs)),
+        ("deliveries", "Deliveries by state", "state", by_name(&counts.deliveries)),
+        ("analysed_images", "Analysed images by priority", "priority", by_name(&counts.results)),
     ]);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

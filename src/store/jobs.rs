@@ -82,25 +82,27 @@ pub struct NewResult {
     pub timings_ms: [f64; 4],
 }
 
-const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3, \
-            interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
-     WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
-                 WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
-                        OR (j.state = 'running' AND j.lease_expires_at < $3)) \
-                   AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
-                 ORDER BY j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
-     RETURNING id, attempts";
+/// The claim: one statement for both backends but for the row lock, which only PostgreSQL has
+/// (SQLite has one writer, so its single UPDATE is already atomic).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
+                attempts = attempts + 1, updated_at = $3, \
+                interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
+             WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
+                         WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
+                                OR (j.state = 'running' AND j.lease_expires_at < $3)) \
+                           AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
+                         ORDER BY j.id LIMIT 1 ",
+            $lock,
+            ") RETURNING id, attempts"
+        )
+    };
+}
 
-const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3, \
-            interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
-     WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
-                 WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
-                        OR (j.state = 'running' AND j.lease_expires_at < $3)) \
-                   AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
-                 ORDER BY j.id LIMIT 1) \
-     RETURNING id, attempts";
+const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE OF j SKIP LOCKED");
+const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// Which jobs a node may claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

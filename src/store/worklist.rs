@@ -28,6 +28,11 @@ impl Counts {
     }
 }
 
+/// Rows with their values spelt out, for `/metrics` and `status --json`.
+pub fn by_name<T: std::fmt::Display>(rows: &[(T, i64)]) -> Vec<(String, i64)> {
+    rows.iter().map(|(value, n)| (value.to_string(), *n)).collect()
+}
+
 fn count<T: PartialEq>(rows: &[(T, i64)], value: T) -> i64 {
     rows.iter().find(|(v, _)| *v == value).map_or(0, |(_, n)| *n)
 }
