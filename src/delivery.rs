@@ -183,10 +183,17 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_with_jitter() {
         let d = Destination {
             name: "pacs".into(),
+            kind: crate::domain::DestinationKind::Dicom,
             ae_title: "PACS".into(),
             host: "127.0.0.1".into(),
             port: 104,
+            url: None,
             objects: vec![],
+            priorities: vec![],
+            settle_secs: 0,
+            hl7: None,
+            fhir: None,
+            webhook: None,
             calling_ae_title: None,
             retry_initial_secs: 5,
             retry_max_secs: 60,

@@ -139,6 +139,26 @@ spelt_enum! {
 }
 
 spelt_enum! {
+    /// What a destination receives.
+    pub enum DestinationKind {
+        /// The DICOM objects (SEG, SR, secondary capture) by C-STORE.
+        Dicom = "dicom",
+        /// An HL7 v2.5.1 ORU^R01 per study and priority, over MLLP.
+        Hl7 = "hl7",
+        /// A FHIR R4 transaction Bundle per study and priority, over HTTPS.
+        Fhir = "fhir",
+        /// A signed JSON POST per study and priority.
+        Webhook = "webhook",
+    }
+}
+
+impl Default for DestinationKind {
+    fn default() -> Self {
+        DestinationKind::Dicom
+    }
+}
+
+spelt_enum! {
     /// Where an instance's analysis job stands.
     pub enum JobState {
         Queued = "queued",

@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod inference;
 pub mod ingest;
 pub mod logging;
+pub mod messages;
 pub mod metrics;
 pub mod pipeline;
 pub mod results;
