@@ -398,14 +398,18 @@ impl Destination {
                 problems.push(("port", "must not be 0".into()));
             }
             if self.url.is_some() {
-                problems.push(("url", format!("is for kind = \"fhir\" or \"webhook\"; \"{kind}\" takes host and port")));
+                problems
+                    .push(("url", format!("is for kind = \"fhir\" or \"webhook\"; \"{kind}\" takes host and port")));
             }
         } else {
             match self.url.as_deref() {
                 None => problems.push(("url", format!("is required for kind = \"{kind}\""))),
                 Some(url) if url.starts_with("https://") => {
                     if self.tls.is_none() {
-                        problems.push(("tls", format!("`{url}` is https: set tls.ca_file to the CA that signs its certificate")));
+                        problems.push((
+                            "tls",
+                            format!("`{url}` is https: set tls.ca_file to the CA that signs its certificate"),
+                        ));
                     }
                 }
                 Some(url) if url.starts_with("http://") => {}
@@ -446,7 +450,8 @@ impl Destination {
                 ("fhir.routine_priority", &fhir.routine_priority),
             ] {
                 if !["routine", "urgent", "asap", "stat"].contains(&code.as_str()) {
-                    problems.push((key, format!("`{code}` is not a FHIR request-priority (routine, urgent, asap, stat)")));
+                    problems
+                        .push((key, format!("`{code}` is not a FHIR request-priority (routine, urgent, asap, stat)")));
                 }
             }
         }
@@ -1027,6 +1032,42 @@ mod tests {
         assert!(keys.contains(&"dicom.ae_title"), "{keys:?}");
         assert!(keys.contains(&"dicom.max_pdu"), "{keys:?}");
         assert!(keys.contains(&"dicom.peers"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_destination_is_checked_against_its_kind() {
+        let text = "[dicom]\naccept_any = true\n\
+            [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nport = 2575\nae_title = \"RIS\"\n\
+            [destinations.hl7]\nsending_facility = \"A|B\"\n\
+            [[destinations]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://x.example/hook\"\n\
+            [[destinations]]\nname = \"ehr\"\nkind = \"fhir\"\nurl = \"ftp://x\"\npriorities = []\n\
+            [destinations.fhir]\nurgent_priority = \"now\"\n\
+            [destinations.webhook]\nsecret = \"0123456789abcdef\"\n";
+        let e = parse(text).unwrap_err();
+        let mut keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "destinations[0].ae_title",
+                "destinations[0].hl7.sending_facility",
+                "destinations[0].host",
+                "destinations[1].tls",
+                "destinations[1].webhook.secret",
+                "destinations[2].fhir.urgent_priority",
+                "destinations[2].priorities",
+                "destinations[2].url",
+                "destinations[2].webhook",
+            ],
+            "{e}"
+        );
+        let ok = "[dicom]\naccept_any = true\n\
+            [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"ris\"\nport = 2575\n\
+            [[destinations]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+            [destinations.webhook]\nsecret = \"0123456789abcdef\"\n";
+        let c = parse(ok).unwrap();
+        assert!(c.destinations.iter().all(Destination::takes_messages));
+        assert_eq!(c.destinations[0].priorities, Priority::ALL);
     }
 
     #[test]

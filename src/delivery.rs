@@ -13,8 +13,10 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Destination};
 use crate::dicom::scu::{self, Peer, SendError};
 use crate::dicom::tls::TlsSetupError;
+use crate::messages::transport::{Transport, TransportError};
+use crate::messages::MessageError;
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, Store};
+use crate::store::{ClaimedDelivery, ClaimedMessage, Store};
 
 /// How long a claimed delivery is ours.
 const LEASE: Duration = Duration::from_secs(300);
@@ -26,22 +28,30 @@ pub struct Outbox {
     senders: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A destination as the senders use it.
-struct Target {
-    destination: Destination,
-    peer: Peer,
-    dir: std::path::PathBuf,
-}
-
 impl Outbox {
-    /// Starts `max_associations` senders per destination. Fails, naming the key, when a
-    /// destination's TLS files cannot be used.
-    pub fn start(store: Store, config: &Config, shutdown: &Shutdown) -> Result<Outbox, PeerError> {
+    /// Starts `max_associations` senders per DICOM destination and one per messaging
+    /// destination (so that a study's messages go in the order they were made). `notice` is the
+    /// models' notice, which messages carry. Fails, naming the key, when a destination's TLS
+    /// files cannot be used.
+    pub fn start(store: Store, config: &Config, notice: &str, shutdown: &Shutdown) -> Result<Outbox, PeerError> {
         let mut senders = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
-            let target = Arc::new(Target { destination: d.clone(), peer: peer(config, i)?, dir: config.outputs_dir() });
-            for _ in 0..d.max_associations {
-                senders.push(tokio::spawn(run(store.clone(), target.clone(), shutdown.clone())));
+            match target(config, i)? {
+                Target::Objects(peer) => {
+                    let objects = Arc::new(ObjectSender { destination: d.clone(), peer, dir: config.outputs_dir() });
+                    for _ in 0..d.max_associations {
+                        senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
+                    }
+                }
+                Target::Messages(transport) => {
+                    let messages = Arc::new(MessageSender {
+                        destination: d.clone(),
+                        transport: Arc::new(transport),
+                        notice: notice.to_string(),
+                        public_url: config.http.public_url.clone(),
+                    });
+                    senders.push(tokio::spawn(run(store.clone(), messages, shutdown.clone())));
+                }
             }
         }
         Ok(Outbox { senders })
@@ -63,12 +73,33 @@ pub struct PeerError {
     pub config: String,
     pub index: usize,
     #[source]
-    pub source: TlsSetupError,
+    pub source: TargetError,
+}
+
+/// Why a destination cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// How a destination is reached.
+pub enum Target {
+    /// A DICOM node, sent the objects by C-STORE.
+    Objects(Peer),
+    /// An HL7, FHIR or webhook receiver, sent a message per study and priority.
+    Messages(Transport),
 }
 
 /// How to reach `destinations[i]`, its TLS files read; an error names the file and the key.
-pub fn peer(config: &Config, i: usize) -> Result<Peer, PeerError> {
+pub fn target(config: &Config, i: usize) -> Result<Target, PeerError> {
     let d = &config.destinations[i];
+    let error = |source: TargetError| PeerError { config: config.source.clone(), index: i, source };
+    if d.takes_messages() {
+        return Transport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
+    }
     let tls = match &d.tls {
         None => None,
         Some(tls) => {
@@ -78,36 +109,43 @@ pub fn peer(config: &Config, i: usize) -> Result<Peer, PeerError> {
                 &config.resolve(&tls.ca_file),
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )
-            .map_err(|source| PeerError { config: config.source.clone(), index: i, source })?;
+            .map_err(|e| error(e.into()))?;
             Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone())))
         }
     };
-    Ok(Peer {
+    Ok(Target::Objects(Peer {
         host: d.host.clone(),
         port: d.port,
         called_ae_title: d.ae_title.clone(),
         calling_ae_title: d.calling_ae_title.clone().unwrap_or_else(|| config.dicom.ae_title.clone()),
         timeout: Duration::from_secs(d.timeout_secs),
         tls,
-    })
+    }))
 }
 
-/// One sender: claims this destination's due deliveries one after another.
-async fn run(store: Store, target: Arc<Target>, shutdown: Shutdown) {
+/// What one sender claims from the outbox and how it sends it.
+trait Sender: Send + Sync + 'static {
+    type Claimed: Send;
+    async fn claim(&self, store: &Store) -> crate::store::Result<Option<Self::Claimed>>;
+    async fn send(&self, store: &Store, claimed: Self::Claimed);
+}
+
+/// One sender: claims its destination's due rows one after another.
+async fn run<S: Sender>(store: Store, sender: Arc<S>, shutdown: Shutdown) {
     let mut queued = store.deliveries_queued();
     loop {
         if shutdown.is_triggered() {
             return;
         }
         queued.mark_unchanged();
-        let delivery = match store.claim_delivery(&target.destination.name, LEASE).await {
+        let claimed = match sender.claim(&store).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "cannot claim deliveries");
                 None
             }
         };
-        let Some(delivery) = delivery else {
+        let Some(claimed) = claimed else {
             tokio::select! {
                 _ = queued.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
@@ -115,52 +153,133 @@ async fn run(store: Store, target: Arc<Target>, shutdown: Shutdown) {
             }
             continue;
         };
-        send(&store, &target, &delivery).await;
+        sender.send(&store, claimed).await;
     }
 }
 
-async fn send(store: &Store, target: &Target, d: &ClaimedDelivery) {
-    let (destination, peer, path) = (&target.destination, target.peer.clone(), target.dir.join(&d.path));
-    let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
-    let started = std::time::Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
-        .await
-        .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}"))));
-    let written = match outcome {
-        Ok(status) => {
-            info!(
-                delivery = d.id,
-                destination = %d.destination,
-                object = %d.kind,
-                sop_instance = %d.sop_instance_uid,
-                status = format_args!("{status:#06X}"),
-                attempt = d.attempts,
-                "delivered"
-            );
-            crate::metrics::delivery("delivered", started.elapsed());
-            store.delivery_done(d).await
-        }
-        Err(SendError::Transient(reason)) => {
-            let delay = backoff(destination, d.attempts, d.id);
-            warn!(delivery = d.id, destination = %d.destination, attempt = d.attempts, %reason, "delivery will be retried in {delay:?}");
-            crate::metrics::delivery("retry", started.elapsed());
-            store.delivery_retry(d, &reason, delay).await
-        }
-        Err(SendError::Permanent(reason)) => {
-            error!(delivery = d.id, destination = %d.destination, %reason, "delivery failed; `pneumotriage retry` sends it again");
-            crate::metrics::delivery("failed", started.elapsed());
-            store.delivery_failed(d, &reason).await
-        }
-    };
-    record(written, d);
+/// Sends the DICOM objects made of results to a DICOM destination.
+struct ObjectSender {
+    destination: Destination,
+    peer: Peer,
+    dir: std::path::PathBuf,
 }
 
-fn record(written: crate::store::Result<bool>, d: &ClaimedDelivery) {
+impl Sender for ObjectSender {
+    type Claimed = ClaimedDelivery;
+
+    async fn claim(&self, store: &Store) -> crate::store::Result<Option<ClaimedDelivery>> {
+        store.claim_delivery(&self.destination.name, LEASE).await
+    }
+
+    async fn send(&self, store: &Store, d: ClaimedDelivery) {
+        let (destination, peer, path) = (&self.destination, self.peer.clone(), self.dir.join(&d.path));
+        let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
+            .await
+            .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}"))));
+        let written = match outcome {
+            Ok(status) => {
+                info!(
+                    delivery = d.id,
+                    destination = %d.destination,
+                    object = %d.kind,
+                    sop_instance = %d.sop_instance_uid,
+                    status = format_args!("{status:#06X}"),
+                    attempt = d.attempts,
+                    "delivered"
+                );
+                crate::metrics::delivery("delivered", started.elapsed());
+                store.delivery_done(&d).await
+            }
+            Err(SendError::Transient(reason)) => {
+                let delay = backoff(destination, d.attempts, d.id);
+                warn!(delivery = d.id, destination = %d.destination, attempt = d.attempts, %reason, "delivery will be retried in {delay:?}");
+                crate::metrics::delivery("retry", started.elapsed());
+                store.delivery_retry(&d, &reason, delay).await
+            }
+            Err(SendError::Permanent(reason)) => {
+                error!(delivery = d.id, destination = %d.destination, %reason, "delivery failed; `pneumotriage retry` sends it again");
+                crate::metrics::delivery("failed", started.elapsed());
+                store.delivery_failed(&d, &reason).await
+            }
+        };
+        record(written, d.id);
+    }
+}
+
+/// Sends a message per study and priority to an HL7, FHIR or webhook destination.
+struct MessageSender {
+    destination: Destination,
+    transport: Arc<Transport>,
+    notice: String,
+    /// `http.public_url`: messages link to the study's worklist page with it.
+    public_url: Option<String>,
+}
+
+impl Sender for MessageSender {
+    type Claimed = ClaimedMessage;
+
+    async fn claim(&self, store: &Store) -> crate::store::Result<Option<ClaimedMessage>> {
+        store.claim_message(&self.destination.name, LEASE).await
+    }
+
+    async fn send(&self, store: &Store, m: ClaimedMessage) {
+        let started = std::time::Instant::now();
+        let outcome = match store.study_message(&m, &self.notice, None).await {
+            Ok(mut message) => {
+                message.link =
+                    self.public_url.as_deref().map(|base| study_link(base, &message.study.study_instance_uid));
+                // the transport blocks (a socket, TLS): on the blocking pool, the sender waiting
+                let transport = self.transport.clone();
+                tokio::task::spawn_blocking(move || transport.send(&message))
+                    .await
+                    .unwrap_or_else(|e| Err(MessageError::Transient(format!("the sending task failed: {e}"))))
+            }
+            Err(e) => Err(MessageError::Transient(format!("cannot read the study: {e}"))),
+        };
+        let destination = &self.destination;
+        let written = match outcome {
+            Ok(()) => {
+                info!(
+                    message = m.id,
+                    destination = %m.destination,
+                    kind = %m.kind,
+                    control_id = %m.control_id,
+                    priority = %m.priority,
+                    attempt = m.attempts,
+                    "message delivered"
+                );
+                crate::metrics::delivery("delivered", started.elapsed());
+                store.message_done(&m).await
+            }
+            Err(MessageError::Transient(reason)) => {
+                let delay = backoff(destination, m.attempts, m.id);
+                warn!(message = m.id, destination = %m.destination, control_id = %m.control_id, attempt = m.attempts, %reason, "message will be sent again in {delay:?}");
+                crate::metrics::delivery("retry", started.elapsed());
+                store.message_retry(&m, &reason, delay).await
+            }
+            Err(MessageError::Permanent(reason)) => {
+                error!(message = m.id, destination = %m.destination, control_id = %m.control_id, %reason, "message refused; `pneumotriage retry m{}` sends it again", m.id);
+                crate::metrics::delivery("failed", started.elapsed());
+                store.message_failed(&m, &reason).await
+            }
+        };
+        record(written, m.id);
+    }
+}
+
+/// The study's page on the worklist, under `http.public_url`.
+fn study_link(base: &str, study_instance_uid: &str) -> String {
+    format!("{}/?study={study_instance_uid}", base.trim_end_matches('/'))
+}
+
+fn record(written: crate::store::Result<bool>, id: i64) {
     match written {
         Ok(true) => {}
-        Ok(false) => warn!(delivery = d.id, "the delivery was taken over by another node"),
+        Ok(false) => warn!(delivery = id, "the delivery was taken over by another node"),
         Err(e) => {
-            error!(delivery = d.id, error = %e, "cannot record the delivery's outcome; it is retried when its lease expires")
+            error!(delivery = id, error = %e, "cannot record the delivery's outcome; it is retried when its lease expires")
         }
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::domain::{Decision, Priority};
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
@@ -88,18 +88,23 @@ fn stage(name: &'static str, took: Duration) {
     METRICS.stage_seconds.get_or_create(&vec![("stage", name.into())]).observe(took.as_secs_f64());
 }
 
-/// A gauge family read at scrape time: `(name, help, label, [(label value, value)])`, e.g. the
-/// jobs by state.
-pub type ReadGauge<'a> = (&'a str, &'a str, &'static str, Vec<(String, i64)>);
+/// A gauge family read at scrape time: `(name, help, [(labels, value)])`, e.g. the jobs by
+/// state.
+pub type ReadGauge<'a> = (&'a str, &'a str, Vec<(Labels, i64)>);
+
+/// Rows of `(value, count)` as a gauge's `label="value"` rows.
+pub fn labelled<T: std::fmt::Display>(label: &'static str, rows: &[(T, i64)]) -> Vec<(Labels, i64)> {
+    rows.iter().map(|(value, n)| (vec![(label, value.to_string())], *n)).collect()
+}
 
 /// The registry in Prometheus' text format, followed by gauges read now.
 pub fn render(gauges: &[ReadGauge<'_>]) -> String {
     let mut out = String::new();
     let mut now = Registry::with_prefix("pneumotriage");
-    for (name, help, label, values) in gauges {
+    for (name, help, rows) in gauges {
         let family = Family::<Labels, Gauge>::default();
-        for (value_label, value) in values {
-            family.get_or_create(&vec![(*label, value_label.clone())]).set(*value);
+        for (labels, value) in rows {
+            family.get_or_create(labels).set(*value);
         }
         now.register(*name, *help, family);
     }

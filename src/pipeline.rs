@@ -215,7 +215,8 @@ impl Worker {
                     ("postprocess", t.postprocess_ms),
                 ];
                 crate::metrics::result(result.decision, result.priority, stages);
-                self.persist(job, "result", || store.record_result(job, &result, &outputs)).await;
+                let rules = self.outputs.messages.clone();
+                self.persist(job, "result", || store.record_result(job, &result, &outputs, &rules)).await;
             }
             Verdict::Skipped(reason) => {
                 info!(job = job.id, instance = job.instance_id, %reason, "skipped");

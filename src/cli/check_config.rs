@@ -15,7 +15,7 @@ pub fn check_config(config: &Config) -> ExitCode {
     }
     problems.extend(
         (0..config.destinations.len())
-            .filter_map(|i| pneumotriage::delivery::peer(config, i).err())
+            .filter_map(|i| pneumotriage::delivery::target(config, i).err())
             .map(|e| e.to_string()),
     );
     problems.extend(pneumotriage::dicom::tls::listener_acceptor(config).err().map(|e| e.to_string()));

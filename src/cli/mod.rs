@@ -92,9 +92,10 @@ pub enum Command {
     Retry {
         #[command(flatten)]
         config: ConfigArg,
-        /// The delivery's ID (see `deliveries`).
+        /// The delivery's ID as `deliveries` lists it: a number for a DICOM object, `m` and a
+        /// number for a message (e.g. m12).
         #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
-        id: Option<i64>,
+        id: Option<queue::DeliveryId>,
         #[arg(long)]
         all_failed: bool,
     },

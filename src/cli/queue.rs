@@ -5,12 +5,42 @@ use std::process::ExitCode;
 
 use pneumotriage::store::Store;
 
-pub async fn retry(store: &Store, id: Option<i64>) -> anyhow::Result<ExitCode> {
-    let n = store.requeue_failed_deliveries(id).await?;
-    if let (0, Some(id)) = (n, id) {
-        eprintln!("error: delivery {id} is not a failed delivery");
-        return Ok(ExitCode::FAILURE);
+/// A delivery as `deliveries` lists it: an object's (`12`) or a message's (`m12`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryId {
+    Object(i64),
+    Message(i64),
+}
+
+impl std::str::FromStr for DeliveryId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let number = |n: &str| n.parse::<i64>().map_err(|_| format!("`{s}` is neither a number nor m and a number"));
+        match s.strip_prefix('m') {
+            Some(n) => Ok(DeliveryId::Message(number(n)?)),
+            None => Ok(DeliveryId::Object(number(s)?)),
+        }
     }
+}
+
+pub async fn retry(store: &Store, id: Option<DeliveryId>) -> anyhow::Result<ExitCode> {
+    let (objects, messages) = match id {
+        None => (store.requeue_failed_deliveries(None).await?, store.requeue_failed_messages(None).await?),
+        Some(DeliveryId::Object(id)) => (store.requeue_failed_deliveries(Some(id)).await?, 0),
+        Some(DeliveryId::Message(id)) => (0, store.requeue_failed_messages(Some(id)).await?),
+    };
+    if objects + messages == 0 {
+        if let Some(id) = id {
+            let id = match id {
+                DeliveryId::Object(n) => n.to_string(),
+                DeliveryId::Message(n) => format!("m{n}"),
+            };
+            eprintln!("error: delivery {id} is not a failed delivery");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let n = objects + messages;
     println!("{n} deliver{} re-queued; a running node sends them within seconds", if n == 1 { "y" } else { "ies" });
     Ok(ExitCode::SUCCESS)
 }

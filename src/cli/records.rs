@@ -56,8 +56,9 @@ pub async fn instances(store: &Store, study: Option<&str>, json: bool, limit: i6
 
 pub async fn deliveries(store: &Store, failed: bool, json: bool, limit: i64) -> anyhow::Result<ExitCode> {
     let rows = store.list_deliveries(failed, limit).await?;
+    let messages = store.list_messages(failed, None, limit).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "objects": rows, "messages": messages }))?);
     } else {
         print_table(
             &["ID", "DESTINATION", "OBJECT", "SOP INSTANCE UID", "STATE", "ATTEMPTS", "LAST ERROR"],
@@ -73,6 +74,24 @@ pub async fn deliveries(store: &Store, failed: bool, json: bool, limit: i64) -> 
                 ]
             }),
         );
+        if !messages.is_empty() {
+            println!();
+            print_table(
+                &["ID", "DESTINATION", "MESSAGE", "STUDY INSTANCE UID", "PRIORITY", "STATE", "ATTEMPTS", "LAST ERROR"],
+                messages.iter().map(|m| {
+                    vec![
+                        format!("m{}", m.id),
+                        m.destination.clone(),
+                        format!("{} {}", m.kind, m.control_id),
+                        m.study_instance_uid.clone(),
+                        m.priority.to_string(),
+                        m.state.to_string(),
+                        m.attempts.to_string(),
+                        m.last_error.clone().unwrap_or_default(),
+                    ]
+                }),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -96,14 +115,19 @@ pub async fn status(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
             counts.results(Priority::Review),
             counts.results(Priority::Routine)
         );
-        let failed = counts.deliveries(DeliveryState::Failed);
-        println!(
-            "deliveries: {} pending, {} sending, {} delivered, {failed} failed{}",
-            counts.deliveries(DeliveryState::Pending),
-            counts.deliveries(DeliveryState::Sending),
-            counts.deliveries(DeliveryState::Delivered),
-            if failed > 0 { " (pneumotriage deliveries --failed)" } else { "" }
-        );
+        for (what, count) in [
+            ("deliveries", &(|s| counts.deliveries(s)) as &dyn Fn(DeliveryState) -> i64),
+            ("messages", &|s| counts.messages(s)),
+        ] {
+            let failed = count(DeliveryState::Failed);
+            println!(
+                "{what}: {} pending, {} sending, {} delivered, {failed} failed{}",
+                count(DeliveryState::Pending),
+                count(DeliveryState::Sending),
+                count(DeliveryState::Delivered),
+                if failed > 0 { " (pneumotriage deliveries --failed)" } else { "" }
+            );
+        }
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::http::{AppState, Readiness};
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
+use pneumotriage::inference::Manifest;
 use pneumotriage::ingest::Ingest;
 use pneumotriage::pipeline::{Limits, Pipeline};
 use pneumotriage::results::OutputSettings;
@@ -42,7 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         None
     };
     for i in 0..config.destinations.len() {
-        if let Err(e) = pneumotriage::delivery::peer(&config, i) {
+        if let Err(e) = pneumotriage::delivery::target(&config, i) {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(2));
         }
@@ -98,7 +99,9 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
     let pipeline =
         analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
-    let outbox = Outbox::start(store.clone(), &config, &shutdown)?;
+    // what the models are for, which messages repeat (read again: analysis may be off here)
+    let notice = Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default();
+    let outbox = Outbox::start(store.clone(), &config, &notice, &shutdown)?;
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     info!(

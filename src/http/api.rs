@@ -133,7 +133,8 @@ pub async fn study(State(state): State<AppState>, Path(uid): Path<String>) -> Re
         outputs.entry(d.source_sop_instance_uid.clone()).or_default().push(json!(d));
     }
     let instances: Vec<serde_json::Value> = instances.into_iter().map(|i| instance_json(i, &mut outputs)).collect();
-    Ok(Json(json!({ "study": listed, "instances": instances })).into_response())
+    let messages = state.store.list_messages(false, Some(&uid), 100).await?;
+    Ok(Json(json!({ "study": listed, "instances": instances, "messages": messages })).into_response())
 }
 
 fn instance_json(i: StudyInstance, outputs: &mut HashMap<String, Vec<serde_json::Value>>) -> serde_json::Value {
@@ -219,6 +220,10 @@ pub async fn status_json(store: &Store) -> crate::store::Result<serde_json::Valu
         "jobs": BTreeMap::from_iter(by_name(&counts.jobs)),
         "results": BTreeMap::from_iter(by_name(&counts.results)),
         "deliveries": BTreeMap::from_iter(by_name(&counts.deliveries)),
+        "messages": counts.messages.iter().fold(BTreeMap::<String, BTreeMap<String, i64>>::new(), |mut by_kind, (kind, state, n)| {
+            by_kind.entry(kind.to_string()).or_default().insert(state.to_string(), *n);
+            by_kind
+        }),
     }))
 }
 

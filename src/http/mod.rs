@@ -164,11 +164,17 @@ fn flag(f: &AtomicBool, otherwise: &str) -> Result<(), String> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.counts().await?;
-    use crate::store::worklist::by_name;
+    use crate::metrics::labelled;
+    let messages = counts
+        .messages
+        .iter()
+        .map(|(kind, state, n)| (vec![("kind", kind.to_string()), ("state", state.to_string())], *n))
+        .collect();
     let text = crate::metrics::render(&[
-        ("jobs", "Analysis jobs by state (queued is the backlog)", "state", by_name(&counts.jobs)),
-        ("deliveries", "Deliveries by state", "state", by_name(&counts.deliveries)),
-        ("analysed_images", "Analysed images by priority", "priority", by_name(&counts.results)),
+        ("jobs", "Analysis jobs by state (queued is the backlog)", labelled("state", &counts.jobs)),
+        ("deliveries", "Deliveries of DICOM objects by state", labelled("state", &counts.deliveries)),
+        ("messages", "Messages (HL7, FHIR, webhook) by kind and state", messages),
+        ("analysed_images", "Analysed images by priority", labelled("priority", &counts.results)),
     ]);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

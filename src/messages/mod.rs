@@ -7,6 +7,8 @@
 
 pub mod fhir;
 pub mod hl7;
+pub mod http;
+pub mod transport;
 pub mod webhook;
 
 use crate::domain::Priority;

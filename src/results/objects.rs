@@ -13,6 +13,7 @@ use super::{sc, seg, sr};
 use crate::config::{Config, OutputsConfig, SrPolicy};
 use crate::domain::{Decision, ObjectKind};
 use crate::inference::analyze::{Analysis, Analyzer};
+use crate::store::MessageRule;
 
 /// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
 #[derive(Debug, Clone)]
@@ -24,8 +25,10 @@ pub struct OutputSettings {
     pub uid_root: String,
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
-    /// Each destination's name and the kinds of objects it takes.
+    /// Each DICOM destination's name and the kinds of objects it takes.
     pub destinations: Vec<(String, Vec<ObjectKind>)>,
+    /// When each messaging destination (HL7, FHIR, webhook) is sent a message.
+    pub messages: Vec<MessageRule>,
 }
 
 impl OutputSettings {
@@ -35,7 +38,23 @@ impl OutputSettings {
             node_name: config.node_name(),
             uid_root: config.node.uid_root.clone(),
             dir: config.outputs_dir(),
-            destinations: config.destinations.iter().map(|d| (d.name.clone(), d.objects.clone())).collect(),
+            destinations: config
+                .destinations
+                .iter()
+                .filter(|d| !d.takes_messages())
+                .map(|d| (d.name.clone(), d.objects.clone()))
+                .collect(),
+            messages: config
+                .destinations
+                .iter()
+                .filter(|d| d.takes_messages())
+                .map(|d| MessageRule {
+                    destination: d.name.clone(),
+                    kind: d.kind,
+                    priorities: d.priorities.clone(),
+                    settle: std::time::Duration::from_secs(d.settle_secs),
+                })
+                .collect(),
         }
     }
 }

@@ -137,10 +137,11 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Puts back in the outbox the deliveries left `sending` by this node (it stopped or
+    /// Puts back in the outbox the deliveries (and messages) left `sending` by this node (it stopped or
     /// crashed mid-send; the destination may have the object already, and storing the same SOP
     /// Instance UID again is harmless) and those whose lease expired. Returns how many.
     pub async fn requeue_abandoned_deliveries(&self) -> Result<u64> {
+        let messages = self.requeue_abandoned_messages().await?;
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE deliveries SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
@@ -151,7 +152,7 @@ impl Store {
         .bind(self.node())
         .execute(self.pool())
         .await?;
-        Ok(done.rows_affected())
+        Ok(done.rows_affected() + messages)
     }
 
     /// Deliveries, newest first; only the failed ones with `failed_only`.
@@ -168,10 +169,12 @@ impl Store {
         .await?)
     }
 
-    /// Deliveries not yet done, by destination (to warn of those a configuration no longer names).
+    /// Deliveries and messages not yet done, by destination (to warn of those a configuration no longer names).
     pub async fn unfinished_deliveries_by_destination(&self) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
-            "SELECT destination, COUNT(*) FROM deliveries WHERE state IN ('pending', 'sending') \
+            "SELECT destination, COUNT(*) FROM ( \
+                 SELECT destination FROM deliveries WHERE state IN ('pending', 'sending') \
+                 UNION ALL SELECT destination FROM messages WHERE state IN ('pending', 'sending')) waiting \
              GROUP BY destination ORDER BY destination",
         )
         .fetch_all(self.pool())

@@ -199,8 +199,9 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     let h = &new.header;
     let (study_id,): (i64,) = sqlx::query_as(
         "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, study_date, \
-                              study_description, instance_count, first_received_at, last_received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) \
+                              study_description, instance_count, first_received_at, last_received_at, \
+                              issuer_of_patient_id, patient_birth_date, patient_sex) \
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9, $10) \
          ON CONFLICT (study_instance_uid) DO UPDATE SET \
              instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at \
          RETURNING id",
@@ -212,6 +213,9 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     .bind(&h.study_date)
     .bind(&h.study_description)
     .bind(now)
+    .bind(&h.issuer_of_patient_id)
+    .bind(&h.patient_birth_date)
+    .bind(&h.patient_sex)
     .fetch_one(&mut *conn)
     .await?;
     let (instance_id,): (i64,) = sqlx::query_as(

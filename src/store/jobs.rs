@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use sqlx::Acquire;
 
+use sqlx::AnyConnection;
+
 use super::ingest::insert_event;
+use super::messages::{make_messages, MessageRule};
 use super::{now_ms, Backend, Event, Result, Store};
 use crate::domain::{Decision, EventKind, JobState, ObjectKind, Policy, Priority};
 
@@ -121,6 +124,14 @@ const STUDY_PRIORITY: &str = "UPDATE studies SET priority = ( \
          FROM results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1) \
      WHERE id = $1";
 
+/// A study's UID and priority.
+async fn study_priority(conn: &mut AnyConnection, study_id: i64) -> Result<(String, Option<Priority>)> {
+    Ok(sqlx::query_as("SELECT study_instance_uid, priority FROM studies WHERE id = $1")
+        .bind(study_id)
+        .fetch_one(conn)
+        .await?)
+}
+
 impl Store {
     /// Claims the oldest job that is due (queued, or running under an expired lease) within
     /// `scope`, for `lease`.
@@ -151,7 +162,16 @@ impl Store {
     /// Writes a job's result and the objects made of it, marks the job done and raises its
     /// study's priority, in one transaction. Returns false (and writes nothing) when the job is
     /// no longer this node's.
-    pub async fn record_result(&self, job: &ClaimedJob, result: &NewResult, outputs: &[NewOutput]) -> Result<bool> {
+    ///
+    /// When the result sets or raises the study's priority, the messages `rules` call for are
+    /// made in the same transaction (`store::messages`).
+    pub async fn record_result(
+        &self,
+        job: &ClaimedJob,
+        result: &NewResult,
+        outputs: &[NewOutput],
+        rules: &[MessageRule],
+    ) -> Result<bool> {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let now = now_ms();
@@ -221,9 +241,12 @@ impl Store {
                 .await?;
             }
         }
+        let before = study_priority(&mut tx, job.study_id).await?.1;
         sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
+        let (study_uid, after) = study_priority(&mut tx, job.study_id).await?;
+        let messages = make_messages(&mut tx, job.study_id, &study_uid, (before, after), rules, now).await?;
         tx.commit().await?;
-        if outputs.iter().any(|o| !o.destinations.is_empty()) {
+        if messages > 0 || outputs.iter().any(|o| !o.destinations.is_empty()) {
             self.signal_deliveries();
         }
         Ok(true)

@@ -8,6 +8,7 @@ mod deliveries;
 mod ingest;
 mod jobs;
 mod listing;
+mod messages;
 pub mod worklist;
 
 use std::str::FromStr;
@@ -23,6 +24,7 @@ pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
+pub use messages::{control_id, ClaimedMessage, MessageRow, MessageRule};
 pub use worklist::Counts;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -4,14 +4,16 @@
 use serde::Serialize;
 
 use super::{Result, Store};
-use crate::domain::{Decision, DeliveryState, JobState, ObjectKind, Priority};
+use crate::domain::{Decision, DeliveryState, DestinationKind, JobState, ObjectKind, Priority};
 
-/// Jobs by state, results by priority and deliveries by state; a value with none is absent.
+/// Jobs by state, results by priority, deliveries by state and messages by kind and state; a
+/// value with none is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     pub jobs: Vec<(JobState, i64)>,
     pub results: Vec<(Priority, i64)>,
     pub deliveries: Vec<(DeliveryState, i64)>,
+    pub messages: Vec<(DestinationKind, DeliveryState, i64)>,
 }
 
 impl Counts {
@@ -25,6 +27,11 @@ impl Counts {
 
     pub fn deliveries(&self, state: DeliveryState) -> i64 {
         count(&self.deliveries, state)
+    }
+
+    /// Messages of every kind in `state`.
+    pub fn messages(&self, state: DeliveryState) -> i64 {
+        self.messages.iter().filter(|(_, s, _)| *s == state).map(|(_, _, n)| n).sum()
     }
 }
 
@@ -198,6 +205,7 @@ impl Store {
             deliveries: sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")
                 .fetch_all(self.pool())
                 .await?,
+            messages: self.message_counts().await?,
         })
     }
 }

@@ -118,9 +118,11 @@ fn delivers_once_the_destination_is_up(backend: Backend) {
     let log = node.log();
     assert!(log.contains("delivery will be retried") && log.contains("delivered"), "{log}");
     let out = setup.cli(&["deliveries", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(rows.as_array().unwrap().iter().all(|r| r["state"] == "delivered"), "{rows}");
-    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = listed["objects"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["state"] == "delivered"), "{listed}");
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!(listed["messages"].as_array().unwrap().len(), 0, "no messaging destination: {listed}");
 }
 
 fn a_refusing_destination_fails_once_until_retried(backend: Backend) {

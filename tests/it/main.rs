@@ -15,6 +15,7 @@ mod hostile;
 mod imaging;
 mod infer;
 mod inference;
+mod messages;
 mod nodes;
 mod operations;
 mod pipeline;

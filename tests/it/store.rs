@@ -8,18 +8,23 @@ use pneumotriage::domain::{Decision, EventKind, InstanceHeader, Policy, Priority
 use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {
+    instance_in_study("1.2.99", uid, version)
+}
+
+/// A received instance's rows, as ingest would record them.
+pub(crate) fn instance_in_study(study: &str, uid: &str, version: i64) -> NewInstance {
     NewInstance {
         header: InstanceHeader {
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(),
             sop_instance_uid: uid.into(),
-            study_instance_uid: "1.2.99".into(),
+            study_instance_uid: study.into(),
             ..Default::default()
         },
         version,
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
         calling_ae: "TESTSCU".into(),
         peer_address: "127.0.0.1:1".into(),
-        path: format!("1.2.99/{uid}.v{version}.dcm"),
+        path: format!("{study}/{uid}.v{version}.dcm"),
         size_bytes: 10,
         skip_reason: None,
         event_kind: EventKind::InstanceStored,
@@ -99,9 +104,9 @@ fn two_nodes_claim_each_job_once_and_take_over_expired_leases(backend: Backend) 
             .expect("b takes the expired job over");
         assert_eq!((taken.id, taken.attempts), (lost.id, 2));
         assert!(a.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().is_none(), "b's lease holds");
-        assert!(!a.record_result(&lost, &result(), &[]).await.unwrap(), "a may no longer finish it");
+        assert!(!a.record_result(&lost, &result(), &[], &[]).await.unwrap(), "a may no longer finish it");
         assert!(!a.end_job(&lost, JobEnd::Failed, "late").await.unwrap());
-        assert!(b.record_result(&taken, &result(), &[]).await.unwrap());
+        assert!(b.record_result(&taken, &result(), &[], &[]).await.unwrap());
         a.close().await;
         b.close().await;
     });
@@ -135,7 +140,8 @@ fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'analysis_failed'"), 1);
 }
 
-fn result() -> NewResult {
+/// An urgent positive result.
+pub(crate) fn result() -> NewResult {
     let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
     NewResult {
         policy: Policy::Cascade,

@@ -1,0 +1,389 @@
+//! The messages' outbox: one row per study, messaging destination and priority.
+//!
+//! A row is made in the transaction that records a result, when that result sets the study's
+//! priority or raises it, never when the study's priority stays or would fall (the study's
+//! priority is the highest of its images', so a routine lateral after an urgent PA changes
+//! nothing). Below urgent a message waits `settle_secs` after the study's last analysed image,
+//! and one that has not been tried yet gives way to the higher priority a later image brings: a
+//! PA and lateral analysed together give one message. Rows are claimed with a lease and finished
+//! only by their claimant, as deliveries are; the control ID is derived from (destination, study,
+//! priority), so a resend after a crash carries the same one.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+
+use super::{now_ms, Backend, Event, Result, Store};
+use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, ObjectKind, Priority};
+use crate::messages::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
+
+/// When a messaging destination is sent a message (from its `[[destinations]]` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRule {
+    pub destination: String,
+    pub kind: DestinationKind,
+    /// The study priorities that send a message.
+    pub priorities: Vec<Priority>,
+    /// How long a message below urgent waits after the study's last analysed image.
+    pub settle: Duration,
+}
+
+/// A message this node has claimed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedMessage {
+    pub id: i64,
+    pub destination: String,
+    pub kind: DestinationKind,
+    pub priority: Priority,
+    pub control_id: String,
+    /// Counting this one.
+    pub attempts: i64,
+    pub study_id: i64,
+    pub created_at: i64,
+}
+
+/// A message as `pneumotriage deliveries` and the worklist API show it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: i64,
+    pub destination: String,
+    pub kind: DestinationKind,
+    pub priority: Priority,
+    pub control_id: String,
+    pub study_instance_uid: String,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// The control ID of the message for (destination, study, priority): "PT" and 18 hex digits of
+/// their SHA-256, 20 characters (HL7 MSH-10 is at most 20).
+pub fn control_id(destination: &str, study_instance_uid: &str, priority: Priority) -> String {
+    let digest = Sha256::digest(format!("{destination}\n{study_instance_uid}\n{priority}"));
+    let hex: String = digest.iter().take(9).map(|b| format!("{b:02X}")).collect();
+    format!("PT{hex}")
+}
+
+/// Makes the messages a result calls for, inside the result's transaction: `before` and `after`
+/// are the study's priority around the result. Returns how many rows were made.
+pub(super) async fn make_messages(
+    conn: &mut AnyConnection,
+    study_id: i64,
+    study_instance_uid: &str,
+    (before, after): (Option<Priority>, Option<Priority>),
+    rules: &[MessageRule],
+    now: i64,
+) -> Result<u64> {
+    let mut made = 0;
+    let raised = match (before, after) {
+        (_, None) => None,
+        (None, Some(p)) => Some(p),
+        (Some(b), Some(a)) => (a > b).then_some(a),
+    };
+    for rule in rules {
+        let settle_until = now + rule.settle.as_millis() as i64;
+        // Another image of the study was analysed: what waits to settle waits on.
+        sqlx::query(
+            "UPDATE messages SET next_attempt_at = $1, updated_at = $2 \
+             WHERE study_id = $3 AND destination = $4 AND state = 'pending' AND attempts = 0 \
+               AND priority <> 'urgent' AND next_attempt_at < $1",
+        )
+        .bind(settle_until)
+        .bind(now)
+        .bind(study_id)
+        .bind(&rule.destination)
+        .execute(&mut *conn)
+        .await?;
+        let Some(priority) = raised.filter(|p| rule.priorities.contains(p)) else { continue };
+        // Not tried yet and now outranked: the higher message says it all.
+        sqlx::query(
+            "DELETE FROM messages WHERE study_id = $1 AND destination = $2 AND state = 'pending' AND attempts = 0",
+        )
+        .bind(study_id)
+        .bind(&rule.destination)
+        .execute(&mut *conn)
+        .await?;
+        let due = if priority == Priority::Urgent { now } else { settle_until };
+        made += sqlx::query(
+            "INSERT INTO messages (study_id, destination, kind, priority, control_id, state, next_attempt_at, \
+                                   created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7) \
+             ON CONFLICT (study_id, destination, priority) DO NOTHING",
+        )
+        .bind(study_id)
+        .bind(&rule.destination)
+        .bind(rule.kind)
+        .bind(priority)
+        .bind(control_id(&rule.destination, study_instance_uid, priority))
+        .bind(due)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(made)
+}
+
+/// The claim: one statement for both backends but for the row lock, which only PostgreSQL has.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE messages SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
+                attempts = attempts + 1, updated_at = $3 \
+             WHERE id = (SELECT id FROM messages \
+                         WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
+                            OR (state = 'sending' AND lease_expires_at < $3)) \
+                         ORDER BY next_attempt_at, id LIMIT 1 ",
+            $lock,
+            ") RETURNING id"
+        )
+    };
+}
+
+const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
+const CLAIM_SQLITE: &str = claim_sql!("");
+
+/// The study's attributes a message carries.
+#[derive(sqlx::FromRow)]
+struct StudyAttributes {
+    study_instance_uid: String,
+    accession_number: Option<String>,
+    study_description: Option<String>,
+    study_date: Option<String>,
+    patient_id: Option<String>,
+    issuer_of_patient_id: Option<String>,
+    patient_name: Option<String>,
+    patient_birth_date: Option<String>,
+    patient_sex: Option<String>,
+}
+
+/// One analysed image of the study.
+#[derive(sqlx::FromRow)]
+struct ImageResult {
+    decision: Decision,
+    probability: f64,
+    mask_area_mm2: Option<f64>,
+    classifier_name: String,
+    classifier_version: String,
+    segmenter_name: String,
+    segmenter_version: String,
+    created_at: i64,
+}
+
+impl Store {
+    /// Claims the message to `destination` that has been due longest, for `lease`.
+    pub async fn claim_message(&self, destination: &str, lease: Duration) -> Result<Option<ClaimedMessage>> {
+        let now = now_ms();
+        let sql = match self.backend() {
+            Backend::Postgres => CLAIM_POSTGRES,
+            Backend::Sqlite => CLAIM_SQLITE,
+        };
+        let claimed: Option<(i64,)> = sqlx::query_as(sql)
+            .bind(self.node())
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(destination)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some((id,)) = claimed else { return Ok(None) };
+        Ok(Some(
+            sqlx::query_as(
+                "SELECT id, destination, kind, priority, control_id, attempts, study_id, created_at \
+                 FROM messages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?,
+        ))
+    }
+
+    /// What a claimed message says: the study as it stands now (its images analysed so far, the
+    /// objects made of them). `notice` is the models' notice; `link` the study's worklist page.
+    pub async fn study_message(&self, m: &ClaimedMessage, notice: &str, link: Option<String>) -> Result<StudyMessage> {
+        let study: StudyAttributes = sqlx::query_as(
+            "SELECT study_instance_uid, accession_number, study_description, study_date, patient_id, \
+                    issuer_of_patient_id, patient_name, patient_birth_date, patient_sex \
+             FROM studies WHERE id = $1",
+        )
+        .bind(m.study_id)
+        .fetch_one(self.pool())
+        .await?;
+        let results: Vec<ImageResult> = sqlx::query_as(
+            "SELECT r.decision, r.probability, r.mask_area_mm2, r.classifier_name, r.classifier_version, \
+                    r.segmenter_name, r.segmenter_version, r.created_at \
+             FROM results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1 ORDER BY r.id",
+        )
+        .bind(m.study_id)
+        .fetch_all(self.pool())
+        .await?;
+        let objects: Vec<(ObjectKind, String, String)> = sqlx::query_as(
+            "SELECT o.kind, o.sop_class_uid, o.sop_instance_uid FROM outputs o \
+             JOIN results r ON r.id = o.result_id JOIN instances i ON i.id = r.instance_id \
+             WHERE i.study_id = $1 AND o.kind IN ('sr', 'seg') ORDER BY o.id",
+        )
+        .bind(m.study_id)
+        .fetch_all(self.pool())
+        .await?;
+
+        let mut models: Vec<ModelFacts> = Vec::new();
+        for r in &results {
+            for (name, version) in
+                [(&r.classifier_name, &r.classifier_version), (&r.segmenter_name, &r.segmenter_version)]
+            {
+                if !models.iter().any(|m| &m.name == name && &m.version == version) {
+                    models.push(ModelFacts { name: name.clone(), version: version.clone() });
+                }
+            }
+        }
+        let finding = FindingFacts {
+            present: results.iter().any(|r| r.decision != Decision::Negative),
+            probability: results.iter().map(|r| r.probability).fold(0.0, f64::max),
+            area_mm2: results.iter().filter_map(|r| r.mask_area_mm2).reduce(f64::max),
+        };
+        Ok(StudyMessage {
+            control_id: m.control_id.clone(),
+            created_at_ms: m.created_at,
+            priority: m.priority,
+            study: StudyFacts {
+                observed_at_ms: results.iter().map(|r| r.created_at).max().unwrap_or(m.created_at),
+                study_instance_uid: study.study_instance_uid,
+                accession_number: study.accession_number,
+                description: study.study_description,
+                date: study.study_date,
+            },
+            patient: PatientFacts {
+                id: study.patient_id,
+                issuer: study.issuer_of_patient_id,
+                name: study.patient_name,
+                birth_date: study.patient_birth_date,
+                sex: study.patient_sex,
+            },
+            finding,
+            models,
+            notice: notice.to_string(),
+            objects: objects
+                .into_iter()
+                .map(|(kind, sop_class_uid, sop_instance_uid)| ObjectFacts { kind, sop_class_uid, sop_instance_uid })
+                .collect(),
+            link,
+        })
+    }
+
+    /// The receiver acknowledged the message.
+    pub async fn message_done(&self, m: &ClaimedMessage) -> Result<bool> {
+        self.finish_message(m, DeliveryState::Delivered, None, 0, EventKind::Delivered).await
+    }
+
+    /// A transient failure: try again after `delay`.
+    pub async fn message_retry(&self, m: &ClaimedMessage, error: &str, delay: Duration) -> Result<bool> {
+        let delay = delay.as_millis() as i64;
+        self.finish_message(m, DeliveryState::Pending, Some(error), delay, EventKind::DeliveryDeferred).await
+    }
+
+    /// The receiver refused it: no more attempts until an admin re-queues it (`retry`).
+    pub async fn message_failed(&self, m: &ClaimedMessage, error: &str) -> Result<bool> {
+        self.finish_message(m, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed).await
+    }
+
+    async fn finish_message(
+        &self,
+        m: &ClaimedMessage,
+        state: DeliveryState,
+        error: Option<&str>,
+        delay_ms: i64,
+        event: EventKind,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE messages SET state = $1, last_error = $2, next_attempt_at = $3, claimed_by = NULL, \
+                 lease_expires_at = NULL, updated_at = $4, \
+                 delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END \
+             WHERE id = $5 AND state = 'sending' AND claimed_by = $6",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(now + delay_ms)
+        .bind(now)
+        .bind(m.id)
+        .bind(self.node())
+        .execute(self.pool())
+        .await?;
+        let detail = format!(
+            "{} message {} ({}) to {} (attempt {}){}",
+            m.kind,
+            m.control_id,
+            m.priority,
+            m.destination,
+            m.attempts,
+            error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        self.record_event(&Event::new(event).detail(&detail)).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Messages, newest first; only the failed ones with `failed_only`; only one study's with
+    /// `study`.
+    pub async fn list_messages(&self, failed_only: bool, study: Option<&str>, limit: i64) -> Result<Vec<MessageRow>> {
+        Ok(sqlx::query_as(
+            "SELECT m.id, m.destination, m.kind, m.priority, m.control_id, s.study_instance_uid, m.state, \
+                    m.attempts, m.last_error, m.next_attempt_at, m.delivered_at \
+             FROM messages m JOIN studies s ON s.id = m.study_id \
+             WHERE ($1 = 0 OR m.state = 'failed') AND ($2 IS NULL OR s.study_instance_uid = $2) \
+             ORDER BY m.id DESC LIMIT $3",
+        )
+        .bind(failed_only as i64)
+        .bind(study)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Puts failed messages back in the queue (one by id, or all): an admin's `retry`.
+    pub async fn requeue_failed_messages(&self, id: Option<i64>) -> Result<u64> {
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE messages SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n > 0 {
+            let detail = match id {
+                Some(id) => format!("message m{id} re-queued"),
+                None => format!("{n} failed messages re-queued"),
+            };
+            self.record_event(&Event::new(EventKind::DeliveriesRequeued).detail(&detail)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Puts back the messages left `sending` by this node, or whose lease expired (the
+    /// receiver may have it already: the same control ID tells it so).
+    pub(super) async fn requeue_abandoned_messages(&self) -> Result<u64> {
+        let now = now_ms();
+        Ok(sqlx::query(
+            "UPDATE messages SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'sending' AND (claimed_by = $2 OR lease_expires_at < $1)",
+        )
+        .bind(now)
+        .bind(self.node())
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Messages by kind and state, for `status` and `/metrics`.
+    pub async fn message_counts(&self) -> Result<Vec<(DestinationKind, DeliveryState, i64)>> {
+        Ok(sqlx::query_as("SELECT kind, state, COUNT(*) FROM messages GROUP BY kind, state ORDER BY kind, state")
+            .fetch_all(self.pool())
+            .await?)
+    }
+}
