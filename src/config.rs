@@ -307,7 +307,7 @@ pub struct Destination {
     pub name: String,
     /// What it receives: DICOM objects (`dicom`, the default) or a message per study and
     /// priority (`hl7`, `fhir`, `webhook`).
-    #[serde(default)]
+    #[serde(default = "dicom_kind")]
     pub kind: DestinationKind,
     /// The called AE title (`dicom` only).
     #[serde(default)]
@@ -539,6 +539,10 @@ impl FhirSettings {
 pub struct WebhookSettings {
     /// HMAC-SHA256 key: the body's signature goes in `X-Pneumotriage-Signature: sha256=<hex>`.
     pub secret: String,
+}
+
+fn dicom_kind() -> DestinationKind {
+    DestinationKind::Dicom
 }
 
 fn all_priorities() -> Vec<Priority> {

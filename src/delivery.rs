@@ -16,7 +16,7 @@ use crate::dicom::tls::TlsSetupError;
 use crate::messages::transport::{Transport, TransportError};
 use crate::messages::MessageError;
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, ClaimedMessage, Store};
+use crate::store::{ClaimedDelivery, ClaimedMessage, JobScope, Store};
 
 /// How long a claimed delivery is ours.
 const LEASE: Duration = Duration::from_secs(300);
@@ -38,7 +38,9 @@ impl Outbox {
         for (i, d) in config.destinations.iter().enumerate() {
             match target(config, i)? {
                 Target::Objects(peer) => {
-                    let objects = Arc::new(ObjectSender { destination: d.clone(), peer, dir: config.outputs_dir() });
+                    let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
+                    let destination = d.clone();
+                    let objects = Arc::new(ObjectSender { destination, peer, dir: config.outputs_dir(), scope });
                     for _ in 0..d.max_associations {
                         senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
                     }
@@ -162,13 +164,15 @@ struct ObjectSender {
     destination: Destination,
     peer: Peer,
     dir: std::path::PathBuf,
+    /// Whose objects it may send: its own, unless every node shares one data directory.
+    scope: JobScope,
 }
 
 impl Sender for ObjectSender {
     type Claimed = ClaimedDelivery;
 
     async fn claim(&self, store: &Store) -> crate::store::Result<Option<ClaimedDelivery>> {
-        store.claim_delivery(&self.destination.name, LEASE).await
+        store.claim_delivery(&self.destination.name, LEASE, self.scope).await
     }
 
     async fn send(&self, store: &Store, d: ClaimedDelivery) {

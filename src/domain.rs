@@ -152,12 +152,6 @@ spelt_enum! {
     }
 }
 
-impl Default for DestinationKind {
-    fn default() -> Self {
-        DestinationKind::Dicom
-    }
-}
-
 spelt_enum! {
     /// Where an instance's analysis job stands.
     pub enum JobState {

@@ -2,6 +2,10 @@
 -- study, messaging destination and priority, made in the transaction that sets or raises the
 -- study's priority, then claimed and sent like the deliveries of DICOM objects (postgres).
 
+-- Which node keeps an output's file (under its data_dir): with separate data directories only
+-- that node can send it. NULL for outputs made before (any node may send them, as before).
+ALTER TABLE outputs ADD COLUMN node TEXT;
+
 -- The patient attributes the messages carry (PID, FHIR Patient), as the first image gave them.
 ALTER TABLE studies ADD COLUMN issuer_of_patient_id TEXT;
 ALTER TABLE studies ADD COLUMN patient_birth_date TEXT;

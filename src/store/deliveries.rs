@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{now_ms, Backend, Event, Result, Store};
+use super::{now_ms, Backend, Event, JobScope, Result, Store};
 use crate::domain::{DeliveryState, EventKind, ObjectKind};
 
 /// A delivery this node has claimed, with what the sender needs.
@@ -37,25 +37,36 @@ pub struct DeliveryRow {
     pub delivered_at: Option<i64>,
 }
 
-const CLAIM_POSTGRES: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3 \
-     WHERE id = (SELECT id FROM deliveries \
-                 WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
-                    OR (state = 'sending' AND lease_expires_at < $3)) \
-                 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-     RETURNING id";
+/// The claim: one statement for both backends but for the row lock, which only PostgreSQL has.
+/// With separate data directories (`$5 = 0`), a node claims only the objects it wrote itself.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
+                attempts = attempts + 1, updated_at = $3 \
+             WHERE id = (SELECT d.id FROM deliveries d JOIN outputs o ON o.id = d.output_id \
+                         WHERE d.destination = $4 AND ((d.state = 'pending' AND d.next_attempt_at <= $3) \
+                            OR (d.state = 'sending' AND d.lease_expires_at < $3)) \
+                           AND ($5 = 1 OR o.node IS NULL OR o.node = $1) \
+                         ORDER BY d.next_attempt_at, d.id LIMIT 1 ",
+            $lock,
+            ") RETURNING id"
+        )
+    };
+}
 
-const CLAIM_SQLITE: &str = "UPDATE deliveries SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
-            attempts = attempts + 1, updated_at = $3 \
-     WHERE id = (SELECT id FROM deliveries \
-                 WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
-                    OR (state = 'sending' AND lease_expires_at < $3)) \
-                 ORDER BY next_attempt_at, id LIMIT 1) \
-     RETURNING id";
+const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE OF d SKIP LOCKED");
+const CLAIM_SQLITE: &str = claim_sql!("");
 
 impl Store {
-    /// Claims the delivery that has been due longest, for `lease`.
-    pub async fn claim_delivery(&self, destination: &str, lease: Duration) -> Result<Option<ClaimedDelivery>> {
+    /// Claims the delivery that has been due longest, for `lease`: of the objects this node
+    /// keeps, or of any with [`JobScope::AnySpool`] (one shared data directory).
+    pub async fn claim_delivery(
+        &self,
+        destination: &str,
+        lease: Duration,
+        scope: JobScope,
+    ) -> Result<Option<ClaimedDelivery>> {
         let now = now_ms();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
@@ -66,6 +77,7 @@ impl Store {
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(destination)
+            .bind(i64::from(scope == JobScope::AnySpool))
             .fetch_optional(self.pool())
             .await?;
         let Some((id,)) = claimed else { return Ok(None) };

@@ -217,8 +217,9 @@ impl Store {
         .await?;
         for output in outputs {
             let (output_id,): (i64,) = sqlx::query_as(
-                "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at, \
+                                      node) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             )
             .bind(result_id)
             .bind(output.kind)
@@ -227,6 +228,7 @@ impl Store {
             .bind(&output.path)
             .bind(output.size_bytes)
             .bind(now)
+            .bind(self.node())
             .fetch_one(&mut *tx)
             .await?;
             for destination in &output.destinations {
@@ -401,11 +403,16 @@ impl Store {
     /// An admin's `handover --from A --to B`: the instances node `from` kept are now node `to`'s
     /// (the same spool under a new node name, or moved there). Returns how many.
     pub async fn hand_over_instances(&self, from: &str, to: &str) -> Result<u64> {
+        let mut conn = self.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
         let done = sqlx::query("UPDATE instances SET node = $1 WHERE node = $2")
             .bind(to)
             .bind(from)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        // the objects made of them are kept in the same data directory
+        sqlx::query("UPDATE outputs SET node = $1 WHERE node = $2").bind(to).bind(from).execute(&mut *tx).await?;
+        tx.commit().await?;
         let n = done.rows_affected();
         if n > 0 {
             let detail = format!("{n} instance(s) kept by node {from} handed over to node {to}");
@@ -415,7 +422,8 @@ impl Store {
     }
 
     /// An admin's `handover --from A --fail`: node `from` is gone with its spool, so its
-    /// unfinished jobs fail with that reason instead of waiting for ever. Returns how many.
+    /// unfinished jobs fail with that reason instead of waiting for ever, and so do the
+    /// deliveries of the objects it kept. Returns how many jobs.
     pub async fn fail_jobs_kept_by(&self, from: &str) -> Result<u64> {
         let reason = format!("spool unavailable: node {from} kept this image and is gone (pneumotriage handover)");
         let done = sqlx::query(
@@ -425,6 +433,18 @@ impl Store {
                AND instance_id IN (SELECT id FROM instances WHERE node = $3)",
         )
         .bind(&reason)
+        .bind(now_ms())
+        .bind(from)
+        .execute(self.pool())
+        .await?;
+        // the objects it made and had not sent are gone with it too
+        let unsent = format!("outputs unavailable: node {from} kept this object and is gone (pneumotriage handover)");
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', last_error = $1, claimed_by = NULL, lease_expires_at = NULL, \
+                 updated_at = $2 \
+             WHERE state IN ('pending', 'sending') AND output_id IN (SELECT id FROM outputs WHERE node = $3)",
+        )
+        .bind(&unsent)
         .bind(now_ms())
         .bind(from)
         .execute(self.pool())

@@ -57,6 +57,8 @@ pub struct MessageRow {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub next_attempt_at: i64,
+    /// When the result that called for it was committed (ms since epoch).
+    pub created_at: i64,
     pub delivered_at: Option<i64>,
 }
 
@@ -330,7 +332,7 @@ impl Store {
     pub async fn list_messages(&self, failed_only: bool, study: Option<&str>, limit: i64) -> Result<Vec<MessageRow>> {
         Ok(sqlx::query_as(
             "SELECT m.id, m.destination, m.kind, m.priority, m.control_id, s.study_instance_uid, m.state, \
-                    m.attempts, m.last_error, m.next_attempt_at, m.delivered_at \
+                    m.attempts, m.last_error, m.next_attempt_at, m.created_at, m.delivered_at \
              FROM messages m JOIN studies s ON s.id = m.study_id \
              WHERE ($1 = 0 OR m.state = 'failed') AND ($2 IS NULL OR s.study_instance_uid = $2) \
              ORDER BY m.id DESC LIMIT $3",

@@ -12,10 +12,10 @@ use crate::common::orthanc::{self, StoredInstance};
 use crate::common::{free_port, storescu, synthetic_positive, text, Backend, Setup};
 
 /// dcmtk's storescp as the PACS, writing what it receives under `dir`; killed when dropped.
-struct Pacs(Child);
+pub(crate) struct Pacs(Child);
 
 impl Pacs {
-    fn start(port: u16, dir: &Path, refuse: bool) -> Pacs {
+    pub(crate) fn start(port: u16, dir: &Path, refuse: bool) -> Pacs {
         Pacs::start_with(port, dir, if refuse { &["--refuse"] } else { &[] })
     }
 

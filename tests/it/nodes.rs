@@ -2,12 +2,21 @@
 //! the images it received, another node's images wait for it, and `handover` settles them when
 //! that node is renamed or gone.
 
-use crate::common::{storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
+use crate::common::{free_port, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
+use crate::delivery::Pacs;
 
 #[test]
 fn a_node_analyses_only_the_images_it_keeps() {
+    let work = tempfile::tempdir().unwrap();
+    // one PACS for both nodes: each sends only the objects it made (its data directory)
+    let pacs_port = free_port();
+    let inbox = work.path().join("pacs");
     // node A receives with analysis off, so its images wait in the shared queue
     let mut a = Setup::with(Backend::Postgres, "", "");
+    a.tail = format!(
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\n"
+    );
     let (b_config, b_port) = {
         // node B analyses
         a.inference = a.inference.replace("enabled = false", "");
@@ -17,7 +26,6 @@ fn a_node_analyses_only_the_images_it_keeps() {
         a.write_config("", "", DEFAULT_PEERS);
         b
     };
-    let work = tempfile::tempdir().unwrap();
     let for_a = synthetic_images(&work.path().join("a"), 6, 31);
     let for_b = synthetic_images(&work.path().join("b"), 2, 32);
     let node_a = a.start();
@@ -42,6 +50,15 @@ fn a_node_analyses_only_the_images_it_keeps() {
     a.wait_count("SELECT COUNT(*) FROM results WHERE node = 'test-node'", 6);
     assert_eq!(a.count("SELECT COUNT(*) FROM results WHERE node = 'node-b'"), 2);
     assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'"), 0);
+    // The PACS was down so far: both nodes have been retrying, B its objects and A its own.
+    // Before delivery affinity, B's senders took A's objects too and failed them ("cannot read").
+    a.wait_count("SELECT COUNT(*) FROM deliveries WHERE attempts < 3", 0);
+    let _pacs = Pacs::start(pacs_port, &inbox, false);
+    a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'", a.count("SELECT COUNT(*) FROM deliveries"));
+    assert_eq!(a.count("SELECT COUNT(*) FROM deliveries WHERE state = 'failed'"), 0);
+    let made = a.count("SELECT COUNT(*) FROM outputs");
+    assert!(made >= 8, "an SR per image at least: {made}");
+    assert_eq!(std::fs::read_dir(&inbox).unwrap().count() as i64, made, "the PACS has every object");
     drop(node_b);
 }
 
