@@ -22,8 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::PrivateKeyDer;
-use ureq::tls::{Certificate, ClientCert, KeyKind, PrivateKey, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 use super::MessageError;
 use crate::config::{Config, Destination};
@@ -51,6 +50,8 @@ pub enum HttpSetupError {
     ServerName { url: String, name: String },
     #[error("tls.cert_file and tls.key_file go together")]
     HalfIdentity,
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: ureq::Error },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
 }
@@ -205,13 +206,11 @@ fn tls_config(tls: &HttpTls) -> Result<TlsConfig, HttpSetupError> {
         Some((cert_file, key_file)) => {
             let chain: Vec<Certificate<'static>> =
                 tls::certificates(cert_file)?.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
-            let key = tls::private_key(key_file)?;
-            let kind = match &key {
-                PrivateKeyDer::Pkcs1(_) => KeyKind::Pkcs1,
-                PrivateKeyDer::Sec1(_) => KeyKind::Sec1,
-                _ => KeyKind::Pkcs8,
-            };
-            Some(ClientCert::new_with_certs(&chain, PrivateKey::from_der(kind, key.secret_der()).to_owned()))
+            // ureq takes the key as PEM (its key kinds are private); our loader has read it.
+            let key_error = |source| HttpSetupError::Key { path: key_file.clone(), source };
+            let pem = std::fs::read(key_file).map_err(|e| key_error(ureq::Error::Io(e)))?;
+            let key = PrivateKey::from_pem(&pem).map_err(key_error)?;
+            Some(ClientCert::new_with_certs(&chain, key))
         }
     };
     Ok(TlsConfig::builder()
