@@ -180,9 +180,9 @@ fn a_bundle_posted_over_https_arrives_whole_with_its_headers() {
     check(dir.path(), &body);
     let headers = &record["headers"];
     assert_eq!(record["path"], "/fhir");
-    assert_eq!(headers["Content-Type"], "application/fhir+json");
-    assert_eq!(headers["Authorization"], "Bearer token-123");
-    assert_eq!(headers["X-Request-Id"], msg.control_id);
+    assert_eq!(headers["content-type"], "application/fhir+json");
+    assert_eq!(headers["authorization"], "Bearer token-123");
+    assert_eq!(headers["x-request-id"], msg.control_id);
 }
 
 #[test]
@@ -243,8 +243,8 @@ fn the_webhook_signature_verifies_in_python() {
     assert_eq!(received, body);
     assert_eq!(record["signature_ok"], true);
     assert_eq!(record["path"], "/fhir/hook");
-    assert_eq!(record["headers"]["Content-Type"], "application/json");
-    assert_eq!(record["headers"]["X-Pneumotriage-Message-Id"], msg.control_id);
+    assert_eq!(record["headers"]["content-type"], "application/json");
+    assert_eq!(record["headers"]["x-pneumotriage-message-id"], msg.control_id);
     assert_eq!(receiver.request(2).1["signature_ok"], false);
 }
 

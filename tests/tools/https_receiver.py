@@ -2,7 +2,7 @@
 """A FHIR server or webhook endpoint for tests: records every POST and answers what it is told.
 
 Each request's body goes to OUT/<n>.json and its method, path, headers and the status answered to
-OUT/<n>.headers.json (n = 1, 2, ...; each file written to a temporary name and renamed, the body
+OUT/<n>.headers.json (header names in lower case; n = 1, 2, ...; each file written to a temporary name and renamed, the body
 first, so a reader that sees <n>.headers.json sees the whole request). The answer is --status, or
 the first word of --status-file's content when that file exists (read at each request: a test
 switches between 200, 503, 400 ... while the receiver runs); the rest of that file's content, if
@@ -84,7 +84,7 @@ class Receiver(BaseHTTPRequestHandler):
         record = {
             "method": self.command,
             "path": self.path,
-            "headers": {k: v for k, v in self.headers.items()},
+            "headers": {k.lower(): v for k, v in self.headers.items()},
             "status": status,
             "signature_ok": self.signature_ok(body),
         }
