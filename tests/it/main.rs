@@ -11,6 +11,7 @@ mod common;
 mod cli;
 mod crash;
 mod delivery;
+mod fhir;
 mod hostile;
 mod imaging;
 mod infer;
