@@ -11,6 +11,7 @@ mod common;
 mod cli;
 mod crash;
 mod delivery;
+mod hl7;
 mod hostile;
 mod imaging;
 mod infer;

@@ -123,8 +123,11 @@ def with_python_hl7(text: str):
     message = hl7.parse(text)
 
     def get(segment, field, component=1, repeat=1):
-        # extract_field unescapes.
-        return message.extract_field(segment, 1, field, repeat, component) or ""
+        # extract_field unescapes; it raises for a component of a field that has none.
+        try:
+            return message.extract_field(segment, 1, field, repeat, component) or ""
+        except IndexError:
+            return ""
 
     def value(obx):
         if len(obx) <= 5:
