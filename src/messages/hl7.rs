@@ -1,17 +1,890 @@
-//! STUB
+//! HL7 v2.5.1: the ORU^R01 that tells a RIS or reporting worklist a study's triage priority and
+//! finding, and its transport, MLLP over TCP or TLS, with the receiver's ACK deciding the outcome.
+//!
+//! The message is made from one [`StudyMessage`] by one small function per segment; every value
+//! that comes from outside (DICOM attributes, settings, the models' notice) goes through
+//! [`escape`], so no patient name or accession number can change the message's structure.
+//! Transport is blocking (the sender runs it on `spawn_blocking`); its failures are
+//! [`MessageError`]s: everything that may succeed later is transient, only the receiver's AR/CR
+//! is permanent.
+//!
+//! What a worklist manager maps (docs/conformance.md, HL7 section): the priority is in OBR-27
+//! (TQ.6) and TQ1-9 (table 0485: S, A, R, the SR's HL7 ActPriority codes) and again as a coded
+//! observation (`260870009^Priority^SCT`, the SR's concept) so that a site that maps OBX values
+//! only needs no special case.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use super::{MessageError, StudyMessage};
 use crate::config::Hl7Settings;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::domain::{ObjectKind, Priority};
+use crate::results::codes::{self, Code, DCM, SCT, UCUM};
+
+/// MLLP's start block (VT).
+const START_BLOCK: u8 = 0x0B;
+/// MLLP's end block (FS) and the carriage return after it.
+const END_BLOCK: [u8; 2] = [0x1C, 0x0D];
+/// The largest ACK read: an acknowledgment is a few hundred bytes; this bounds a peer that
+/// never stops sending.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// HL7 table 0396's name for table 0485 (Extended Priority Codes), where S, A and R live.
+const TABLE_0485: &str = "HL70485";
+
+/// Concepts this message uses that the DICOM objects do not (pydicom's `sr.codedict`).
+const AREA: Code = Code { value: "42798000", scheme: SCT, meaning: "Area" };
+const STUDY: Code = Code { value: "113014", scheme: DCM, meaning: "Study" };
+const SR_DOCUMENT: Code = Code { value: "SR", scheme: DCM, meaning: "Structured Report Document" };
+const SEGMENTATION: Code = Code { value: "SEG", scheme: DCM, meaning: "Segmentation" };
+/// The procedure when the study has no description (the SR's "Procedure reported").
+const PROCEDURE_FALLBACK: Code = codes::XR_UNSPECIFIED_BODY_REGION;
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// `text` as HL7 v2 data: the delimiters `| ^ & ~ \` as `\F\ \S\ \T\ \R\ \E\`, and CR, LF and
+/// every other control character as `\Xhh\` (a raw CR would end the segment, a raw VT or FS the
+/// MLLP frame).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\E\\"),
+            '|' => out.push_str("\\F\\"),
+            '^' => out.push_str("\\S\\"),
+            '&' => out.push_str("\\T\\"),
+            '~' => out.push_str("\\R\\"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\X{:02X}\\", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape`] for the standard's sequences (`\F\ \S\ \T\ \R\ \E\ \Xhh..\`,
+/// `\.br\` as CR); any other sequence (highlighting, character sets) is kept as written. Used
+/// for the text of a receiver's errors and by the tests.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('\\') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('\\') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let sequence = &after[..end];
+        match sequence {
+            "F" => out.push('|'),
+            "S" => out.push('^'),
+            "T" => out.push('&'),
+            "R" => out.push('~'),
+            "E" => out.push('\\'),
+            ".br" => out.push('\r'),
+            s => match s.strip_prefix('X').and_then(hex_bytes) {
+                Some(bytes) => out.push_str(&String::from_utf8_lossy(&bytes)),
+                None => out.push_str(&rest[start..start + end + 2]),
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `hex` (an even number of hexadecimal digits) as bytes.
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect()
+}
+
+/// Components (already escaped) joined by `^`, trailing empty ones left out.
+fn components(parts: &[&str]) -> String {
+    let used = parts.iter().rposition(|p| !p.is_empty()).map_or(0, |last| last + 1);
+    parts[..used].join("^")
+}
+
+/// A coded element (CE/CWE): identifier, text, name of coding system.
+fn coded(code: &Code) -> String {
+    components(&[&escape(code.value), &escape(code.meaning), &escape(code.scheme)])
+}
+
+/// A segment from its numbered fields (already encoded), the numbers as in the standard;
+/// fields not given are empty and trailing empty ones left out. MSH's numbering starts at 2
+/// (MSH-1 is the field separator itself).
+fn segment(name: &str, fields: &[(usize, String)]) -> String {
+    let first = if name == "MSH" { 2 } else { 1 };
+    let count =
+        fields.iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| (n + 1).saturating_sub(first)).max().unwrap_or(0);
+    let mut slots = vec![""; count];
+    for (n, value) in fields {
+        if let Some(slot) = n.checked_sub(first).and_then(|i| slots.get_mut(i)) {
+            *slot = value.as_str();
+        }
+    }
+    let mut out = String::from(name);
+    for slot in slots {
+        out.push('|');
+        out.push_str(slot);
+    }
+    out
+}
+
+/// A time (ms since the epoch) as a DTM in UTC to the second: `YYYYMMDDHHMMSS+0000`.
+fn dtm(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}{month:02}{day:02}{:02}{:02}{:02}+0000", of_day / 3600, of_day % 3600 / 60, of_day % 60)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A DICOM DA (`YYYYMMDD`) that is a valid HL7 date; anything else (empty, an old
+/// `YYYY.MM.DD`, a range) is left out rather than sent as a date the receiver rejects.
+fn date(da: Option<&str>) -> String {
+    let Some(da) = da.map(str::trim) else { return String::new() };
+    let valid = da.len() == 8
+        && da.bytes().all(|b| b.is_ascii_digit())
+        && matches!(da[4..6].parse::<u8>(), Ok(1..=12))
+        && matches!(da[6..8].parse::<u8>(), Ok(1..=31));
+    if valid {
+        da.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// An optional text, escaped (empty when absent).
+fn text(value: Option<&str>) -> String {
+    value.map(escape).unwrap_or_default()
+}
+
+/// The priority as a table 0485 code: the SR's HL7 ActPriority code (S, A, R), which 0485 shares.
+fn priority_code(priority: Priority) -> Code {
+    let meaning = match priority {
+        Priority::Urgent => "Stat",
+        Priority::Review => "ASAP",
+        Priority::Routine => "Routine",
+    };
+    Code { value: codes::act_priority(priority).value, scheme: TABLE_0485, meaning }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The message
+
+/// The ORU^R01 (v2.5.1, structure ORU_R01) for `msg`: MSH, PID, ORC, OBR, NTE (the notice), TQ1
+/// (the priority), then the OBX observations; segments end with CR. The control ID is the
+/// message's, so a resend is recognisable.
+pub fn oru_r01(msg: &StudyMessage, settings: &Hl7Settings) -> String {
+    let mut segments = vec![msh(msg, settings), pid(msg), orc(msg), obr(msg), nte(msg), tq1(msg)];
+    let observed = dtm(msg.study.observed_at_ms);
+    segments.extend(observations(msg).iter().enumerate().map(|(i, o)| obx(i + 1, o, &observed)));
+    let mut out = segments.join("\r");
+    out.push('\r');
+    out
+}
+
+fn msh(msg: &StudyMessage, settings: &Hl7Settings) -> String {
+    segment(
+        "MSH",
+        &[
+            (2, "^~\\&".into()),
+            (3, escape(&settings.sending_application)),
+            (4, escape(&settings.sending_facility)),
+            (5, escape(&settings.receiving_application)),
+            (6, escape(&settings.receiving_facility)),
+            (7, dtm(msg.created_at_ms)),
+            (9, "ORU^R01^ORU_R01".into()),
+            (10, escape(&msg.control_id)),
+            // Processing ID: production.
+            (11, "P".into()),
+            (12, "2.5.1".into()),
+            (18, "UNICODE UTF-8".into()),
+        ],
+    )
+}
+
+fn pid(msg: &StudyMessage) -> String {
+    let patient = &msg.patient;
+    // PID-3 is required: a study without a Patient ID says so with HL7's null ("").
+    let id = match patient.id.as_deref().map(str::trim).filter(|id| !id.is_empty()) {
+        Some(id) => components(&[&escape(id), "", "", &text(patient.issuer.as_deref().map(str::trim))]),
+        None => "\"\"".into(),
+    };
+    segment(
+        "PID",
+        &[
+            (1, "1".into()),
+            (3, id),
+            (5, patient.name.as_deref().map(person_name).unwrap_or_default()),
+            (7, date(patient.birth_date.as_deref())),
+            (8, sex(patient.sex.as_deref()).into()),
+        ],
+    )
+}
+
+/// A DICOM PN as an XPN: the alphabetic group (before any `=`), `Family^Given^Middle^Prefix^
+/// Suffix` to XPN's family, given, further given names, suffix, prefix.
+fn person_name(pn: &str) -> String {
+    let alphabetic = pn.split('=').next().unwrap_or_default();
+    let mut parts = alphabetic.split('^').map(|p| escape(p.trim()));
+    let mut next = || parts.next().unwrap_or_default();
+    let (family, given, middle, prefix, suffix) = (next(), next(), next(), next(), next());
+    components(&[&family, &given, &middle, &suffix, &prefix])
+}
+
+/// DICOM's M, F, O as HL7 table 0001; anything else is U (unknown).
+fn sex(cs: Option<&str>) -> &'static str {
+    match cs.map(str::trim) {
+        Some("M") => "M",
+        Some("F") => "F",
+        Some("O") => "O",
+        _ => "U",
+    }
+}
+
+fn orc(msg: &StudyMessage) -> String {
+    let accession = text(msg.study.accession_number.as_deref());
+    // RE: observations to follow; the accession number is the order at the RIS.
+    segment("ORC", &[(1, "RE".into()), (2, accession.clone()), (3, accession)])
+}
+
+fn obr(msg: &StudyMessage) -> String {
+    let accession = text(msg.study.accession_number.as_deref());
+    let procedure = match msg.study.description.as_deref().filter(|d| !d.trim().is_empty()) {
+        Some(description) => components(&["", &escape(description)]),
+        None => coded(&PROCEDURE_FALLBACK),
+    };
+    segment(
+        "OBR",
+        &[
+            (1, "1".into()),
+            (2, accession.clone()),
+            (3, accession),
+            (4, procedure),
+            (7, dtm(msg.study.observed_at_ms)),
+            // When the result status was set: when this message was made.
+            (22, dtm(msg.created_at_ms)),
+            // Diagnostic service section (table 0074): radiology.
+            (24, "RAD".into()),
+            // Preliminary: a device's triage, not a report.
+            (25, "P".into()),
+            // TQ.6, the priority, for receivers that still read OBR-27 rather than TQ1.
+            (27, components(&["", "", "", "", "", codes::act_priority(msg.priority).value])),
+        ],
+    )
+}
+
+fn nte(msg: &StudyMessage) -> String {
+    // Source L: the comment is the filler's (ours).
+    segment("NTE", &[(1, "1".into()), (2, "L".into()), (3, escape(&msg.notice))])
+}
+
+fn tq1(msg: &StudyMessage) -> String {
+    segment("TQ1", &[(1, "1".into()), (9, coded(&priority_code(msg.priority)))])
+}
+
+/// One OBX's content.
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    /// OBX-2 (table 0125): CWE, NM or ST.
+    value_type: &'static str,
+    identifier: Code,
+    /// OBX-4: which model, which object, where one identifier repeats.
+    sub_id: Option<usize>,
+    /// OBX-5, encoded.
+    value: String,
+    /// OBX-6, encoded.
+    units: Option<String>,
+}
+
+impl Observation {
+    fn new(value_type: &'static str, identifier: Code, value: String) -> Observation {
+        Observation { value_type, identifier, sub_id: None, value, units: None }
+    }
+}
+
+/// The observations in order: finding, probability, area, priority, the models, the study and
+/// the objects.
+fn observations(msg: &StudyMessage) -> Vec<Observation> {
+    let finding = &msg.finding;
+    let mut out = vec![Observation::new(
+        "CWE",
+        codes::PNEUMOTHORAX,
+        coded(if finding.present { &codes::PRESENT } else { &codes::ABSENT }),
+    )];
+    if finding.probability.is_finite() {
+        out.push(Observation {
+            units: Some(coded(&codes::NO_UNITS)),
+            ..Observation::new("NM", codes::PROBABILITY, format!("{:.3}", finding.probability.clamp(0.0, 1.0)))
+        });
+    }
+    if let Some(area) = finding.area_mm2.filter(|a| a.is_finite() && *a >= 0.0) {
+        out.push(Observation {
+            units: Some(components(&["mm2", "mm2", UCUM])),
+            ..Observation::new("NM", AREA, format!("{area:.1}"))
+        });
+    }
+    out.push(Observation::new("CWE", codes::PRIORITY, coded(&priority_code(msg.priority))));
+    for (i, model) in msg.models.iter().enumerate() {
+        let sub_id = Some(i + 1);
+        out.push(Observation { sub_id, ..Observation::new("ST", codes::ALGORITHM_NAME, escape(&model.name)) });
+        out.push(Observation { sub_id, ..Observation::new("ST", codes::ALGORITHM_VERSION, escape(&model.version)) });
+    }
+    out.push(Observation::new("ST", STUDY, escape(&msg.study.study_instance_uid)));
+    let (mut srs, mut segs) = (0, 0);
+    for object in &msg.objects {
+        // The overlay (a secondary capture) is for viewers, not worth a worklist's attention.
+        let (identifier, count) = match object.kind {
+            ObjectKind::Sr => (SR_DOCUMENT, &mut srs),
+            ObjectKind::Seg => (SEGMENTATION, &mut segs),
+            ObjectKind::Overlay => continue,
+        };
+        *count += 1;
+        out.push(Observation {
+            sub_id: Some(*count),
+            ..Observation::new("ST", identifier, escape(&object.sop_instance_uid))
+        });
+    }
+    out
+}
+
+fn obx(set_id: usize, observation: &Observation, observed: &str) -> String {
+    segment(
+        "OBX",
+        &[
+            (1, set_id.to_string()),
+            (2, observation.value_type.into()),
+            (3, coded(&observation.identifier)),
+            (4, observation.sub_id.map(|s| s.to_string()).unwrap_or_default()),
+            (5, observation.value.clone()),
+            (6, observation.units.clone().unwrap_or_default()),
+            // Preliminary, like the order's status.
+            (11, "P".into()),
+            (14, observed.into()),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLLP
+
+/// `message` in an MLLP frame: VT, the message, FS, CR.
+pub fn frame(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 3);
+    out.push(START_BLOCK);
+    out.extend_from_slice(message.as_bytes());
+    out.extend_from_slice(&END_BLOCK);
+    out
+}
+
+/// Why no reply was read, or no message sent.
+#[derive(Debug, thiserror::Error)]
+pub enum MllpError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("invalid TLS server name {name:?}: {source}")]
+    ServerName { name: String, source: rustls_pki_types::InvalidDnsNameError },
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("sending: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("reading the acknowledgment: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("no acknowledgment within {0:?}")]
+    Timeout(Duration),
+    #[error("the connection closed before a whole acknowledgment arrived")]
+    Closed,
+    #[error("acknowledgment larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Reads one MLLP frame from `reader` and returns its content: bytes before the start block are
+/// skipped (some peers send a newline first), anything after the end block is ignored. At most
+/// `limit` bytes of content; a read timeout on the underlying socket surfaces as an
+/// `io::ErrorKind::WouldBlock`/`TimedOut` error.
+pub fn read_frame(reader: &mut impl Read, limit: usize) -> Result<Vec<u8>, MllpError> {
+    let mut content: Option<Vec<u8>> = None;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Err(MllpError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(MllpError::Read(e)),
+        };
+        let mut bytes = &chunk[..n];
+        if content.is_none() {
+            let Some(start) = bytes.iter().position(|b| *b == START_BLOCK) else { continue };
+            bytes = &bytes[start + 1..];
+            content = Some(Vec::new());
+        }
+        let Some(body) = content.as_mut() else { continue };
+        // Search from one byte back: FS may have ended the previous chunk.
+        let from = body.len().saturating_sub(1);
+        body.extend_from_slice(bytes);
+        if let Some(end) = body[from..].windows(2).position(|w| w == END_BLOCK) {
+            body.truncate(from + end);
+            return Ok(std::mem::take(body));
+        }
+        if body.len() > limit {
+            return Err(MllpError::TooLarge(limit));
+        }
+    }
+}
+
+/// Where an `hl7` destination listens.
+#[derive(Debug, Clone)]
 pub struct Hl7Target {
     pub host: String,
     pub port: u16,
+    /// With `[destinations.tls]`: the client configuration (`dicom::tls::client_config`) and the
+    /// name the server's certificate must carry.
     pub tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// For connecting, and then for sending and reading the whole acknowledgment.
     pub timeout: Duration,
 }
-pub fn oru_r01(_m: &StudyMessage, _s: &Hl7Settings) -> String {
-    String::new()
+
+/// The connection to a receiver, plain or TLS; the TCP socket stays reachable for its timeouts.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
-pub fn send(_t: &Hl7Target, _m: &str, _c: &str) -> Result<(), MessageError> {
-    Ok(())
+
+impl Connection {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Connection::Plain(tcp) => tcp,
+            Connection::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(tcp) => tcp.read(buf),
+            Connection::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(tcp) => tcp.write(buf),
+            Connection::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(tcp) => tcp.flush(),
+            Connection::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// Sends `message` to `target` and classifies its acknowledgment ([`parse_ack`]); `control_id`
+/// is the message's MSH-10. Blocking: run it on `spawn_blocking`. Connection failures,
+/// timeouts and unreadable replies are transient.
+pub fn send(target: &Hl7Target, message: &str, control_id: &str) -> Result<(), MessageError> {
+    let transient = |e: MllpError| MessageError::Transient(format!("{}:{}: {e}", target.host, target.port));
+    let reply = exchange(target, message).map_err(transient)?;
+    parse_ack(&String::from_utf8_lossy(&reply), control_id)
+}
+
+/// Connects, writes the framed message and reads one framed reply, all within the target's
+/// timeout (connecting has its own).
+fn exchange(target: &Hl7Target, message: &str) -> Result<Vec<u8>, MllpError> {
+    let mut connection = connect(target)?;
+    let deadline = Instant::now() + target.timeout;
+    let remaining = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(MllpError::Timeout(target.timeout))
+    };
+    connection.tcp().set_write_timeout(Some(remaining()?)).map_err(MllpError::Write)?;
+    connection
+        .write_all(&frame(message))
+        .and_then(|()| connection.flush())
+        .map_err(|e| timed_out(e, target, MllpError::Write))?;
+    // The read timeout bounds each read; the deadline bounds them all (a peer that trickles
+    // one byte at a time does not keep us forever).
+    let mut reader = DeadlineReader { connection: &mut connection, deadline };
+    read_frame(&mut reader, MAX_REPLY_BYTES).map_err(|e| match e {
+        MllpError::Read(io) => timed_out(io, target, MllpError::Read),
+        other => other,
+    })
+}
+
+/// `Timeout` for an I/O error that is one, else `other`.
+fn timed_out(e: std::io::Error, target: &Hl7Target, other: fn(std::io::Error) -> MllpError) -> MllpError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => MllpError::Timeout(target.timeout),
+        _ => other(e),
+    }
+}
+
+/// Reads from a connection with each read's timeout set to what is left before the deadline.
+struct DeadlineReader<'a> {
+    connection: &'a mut Connection,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+        let Some(left) = left else { return Err(std::io::ErrorKind::TimedOut.into()) };
+        self.connection.tcp().set_read_timeout(Some(left))?;
+        self.connection.read(buf)
+    }
+}
+
+/// A TCP connection to the first of the target's addresses that answers, within the timeout,
+/// with TLS on top when configured (the handshake happens with the first write).
+fn connect(target: &Hl7Target) -> Result<Connection, MllpError> {
+    let addresses = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|_| MllpError::Resolve(format!("{}:{}", target.host, target.port)))?;
+    let mut last = None;
+    let mut tcp = None;
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, target.timeout) {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let tcp = match (tcp, last) {
+        (Some(tcp), _) => tcp,
+        (None, Some(e)) => return Err(MllpError::Connect(e)),
+        (None, None) => return Err(MllpError::Resolve(format!("{}:{}", target.host, target.port))),
+    };
+    // Small messages, one round trip: do not wait to coalesce.
+    tcp.set_nodelay(true).map_err(MllpError::Connect)?;
+    let Some((config, name)) = &target.tls else { return Ok(Connection::Plain(tcp)) };
+    let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+        .map_err(|source| MllpError::ServerName { name: name.clone(), source })?;
+    let session = rustls::ClientConnection::new(config.clone(), server_name).map_err(MllpError::Tls)?;
+    Ok(Connection::Tls(Box::new(rustls::StreamOwned::new(session, tcp))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The acknowledgment
+
+/// What the receiver's ACK says about the message with MSH-10 `control_id`: AA/CA delivered;
+/// AE/CE transient (the receiver may accept it later); AR/CR permanent. A reply without an MSA,
+/// with an unknown code, or acknowledging another control ID is transient; except that an
+/// AR/CR with an empty MSA-2 is permanent (a receiver that cannot read our message cannot echo
+/// its control ID either).
+pub fn parse_ack(reply: &str, control_id: &str) -> Result<(), MessageError> {
+    let fields = |name: &str| -> Option<Vec<&str>> {
+        reply
+            .split(['\r', '\n'])
+            .map(|s| s.trim_start_matches(char::from(START_BLOCK)))
+            .find(|s| s.starts_with(name) && s[name.len()..].starts_with('|'))
+            .map(|s| s.split('|').collect())
+    };
+    let field = |segment: &Option<Vec<&str>>, n: usize| -> String {
+        segment.as_ref().and_then(|f| f.get(n)).map(|v| v.trim().to_string()).unwrap_or_default()
+    };
+    let msa = fields("MSA");
+    if msa.is_none() {
+        return Err(MessageError::Transient(format!("reply without MSA: {}", excerpt(reply))));
+    }
+    let (code, acknowledged) = (field(&msa, 1), field(&msa, 2));
+    let refused = matches!(code.as_str(), "AR" | "CR");
+    if acknowledged != control_id && !(refused && acknowledged.is_empty()) {
+        return Err(MessageError::Transient(format!(
+            "{code} acknowledges control ID {acknowledged:?}, not {control_id:?}"
+        )));
+    }
+    let reason = || {
+        let err = fields("ERR");
+        // MSA-3 (2.4 and before), else ERR-8 user message, ERR-7 diagnostics, ERR-3's text.
+        let text =
+            [field(&msa, 3), field(&err, 8), field(&err, 7), field(&err, 3).split('^').nth(1).unwrap_or("").into()]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .unwrap_or_default();
+        let text = unescape(&text);
+        if text.is_empty() {
+            code.clone()
+        } else {
+            format!("{code}: {}", excerpt(&text))
+        }
+    };
+    match code.as_str() {
+        "AA" | "CA" => Ok(()),
+        "AE" | "CE" => Err(MessageError::Transient(reason())),
+        "AR" | "CR" => Err(MessageError::Permanent(reason())),
+        _ => Err(MessageError::Transient(format!("unknown acknowledgment code {code:?}"))),
+    }
+}
+
+/// The start of a peer's text, for an error message.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::PatientFacts;
+
+    fn settings() -> Hl7Settings {
+        Hl7Settings {
+            sending_application: "PNEUMOTRIAGE".into(),
+            sending_facility: "RAD".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP".into(),
+        }
+    }
+
+    fn segments(message: &str) -> Vec<&str> {
+        message.split('\r').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Field `n` of the first segment named `name` (MSH counted as in the standard).
+    fn field<'a>(message: &'a str, name: &str, n: usize) -> &'a str {
+        let segment = segments(message).into_iter().find(|s| s.starts_with(name)).expect("the segment is there");
+        let index = if name == "MSH" { n - 1 } else { n };
+        segment.split('|').nth(index).unwrap_or("")
+    }
+
+    fn hostile() -> StudyMessage {
+        let mut msg = StudyMessage::example();
+        msg.patient = PatientFacts {
+            id: Some("P|1^2&3~4\\5".into()),
+            issuer: Some("A&B".into()),
+            name: Some("Müller^Jörg^^Dr.|~^Jr.\\=ミュラー^ヨルク".into()),
+            birth_date: Some("19700101".into()),
+            sex: Some("X".into()),
+        };
+        msg.study.accession_number = Some("A|C^C&1~2\\".into());
+        msg.study.description = Some("XR CHEST\r\nPA | ^ ~ \\ &".into());
+        msg.notice = "line one\nline two".into();
+        msg
+    }
+
+    #[test]
+    fn escaping_round_trips_every_delimiter_and_line_break() {
+        let text = "a|b^c~d\\e&f\rg\nh\u{b}i\u{1c}j ü";
+        let escaped = escape(text);
+        assert_eq!(escaped, "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f\\X0D\\g\\X0A\\h\\X0B\\i\\X1C\\j ü");
+        assert!(!escaped.contains(['|', '^', '~', '&', '\r', '\n']));
+        assert_eq!(unescape(&escaped), text);
+    }
+
+    #[test]
+    fn unescape_keeps_unknown_sequences_and_a_lone_escape() {
+        assert_eq!(unescape("\\H\\bold\\N\\"), "\\H\\bold\\N\\");
+        assert_eq!(unescape("a\\b"), "a\\b");
+        assert_eq!(unescape("\\XC3BC\\"), "ü");
+        assert_eq!(unescape("a\\.br\\b"), "a\rb");
+    }
+
+    #[test]
+    fn message_has_the_oru_r01_segments_in_order() {
+        let message = oru_r01(&StudyMessage::example(), &settings());
+        let names: Vec<&str> = segments(&message).iter().map(|s| &s[..3]).collect();
+        let mut expected = vec!["MSH", "PID", "ORC", "OBR", "NTE", "TQ1"];
+        // finding, probability, area, priority, 2 models x (name, version), study, SR, SEG
+        expected.extend(["OBX"; 11]);
+        assert_eq!(names, expected);
+        assert!(message.ends_with('\r'));
+        let set_ids: Vec<&str> = segments(&message)
+            .iter()
+            .filter(|s| s.starts_with("OBX"))
+            .map(|s| s.split('|').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(set_ids, (1..=11).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn header_says_oru_r01_v2_5_1_utf8_with_the_control_id() {
+        let message = oru_r01(&StudyMessage::example(), &settings());
+        assert!(message.starts_with("MSH|^~\\&|PNEUMOTRIAGE|RAD|RIS|HOSP|20251124160000+0000||"));
+        assert_eq!(field(&message, "MSH", 9), "ORU^R01^ORU_R01");
+        assert_eq!(field(&message, "MSH", 10), "PT1A2B3C4D5E6F7A8B9C");
+        assert_eq!(field(&message, "MSH", 11), "P");
+        assert_eq!(field(&message, "MSH", 12), "2.5.1");
+        assert_eq!(field(&message, "MSH", 18), "UNICODE UTF-8");
+    }
+
+    #[test]
+    fn patient_order_and_priority_are_where_a_worklist_reads_them() {
+        let message = oru_r01(&StudyMessage::example(), &settings());
+        assert_eq!(field(&message, "PID", 3), "PAT001^^^HOSP");
+        assert_eq!(field(&message, "PID", 5), "Müller^Jörg");
+        assert_eq!(field(&message, "PID", 7), "19700101");
+        assert_eq!(field(&message, "PID", 8), "M");
+        assert_eq!(field(&message, "ORC", 2), "ACC0001");
+        assert_eq!(field(&message, "OBR", 3), "ACC0001");
+        assert_eq!(field(&message, "OBR", 4), "^XR CHEST PA");
+        assert_eq!(field(&message, "OBR", 25), "P");
+        assert_eq!(field(&message, "OBR", 27), "^^^^^S");
+        assert_eq!(field(&message, "TQ1", 9), "S^Stat^HL70485");
+        assert!(message
+            .contains("\rOBX|1|CWE|36118008^Pneumothorax^SCT||52101004^Present^SCT||||||P|||20251124160000+0000\r"));
+        assert!(message.contains("|CWE|260870009^Priority (attribute)^SCT||S^Stat^HL70485|"));
+        assert!(message.contains("|NM|122157^Probability^DCM||0.930|1^no units^UCUM|"));
+        assert!(message.contains("|NM|42798000^Area^SCT||1234.5|mm2^mm2^UCUM|"));
+    }
+
+    #[test]
+    fn each_priority_has_its_code() {
+        for (priority, code) in
+            [(Priority::Urgent, "S^Stat"), (Priority::Review, "A^ASAP"), (Priority::Routine, "R^Routine")]
+        {
+            let msg = StudyMessage { priority, ..StudyMessage::example() };
+            let message = oru_r01(&msg, &settings());
+            assert_eq!(field(&message, "TQ1", 9), format!("{code}^HL70485"));
+            assert_eq!(field(&message, "OBR", 27), format!("^^^^^{}", &code[..1]));
+        }
+    }
+
+    #[test]
+    fn hostile_values_are_escaped_and_cannot_change_the_structure() {
+        let message = oru_r01(&hostile(), &settings());
+        assert_eq!(segments(&message).len(), 17, "no value adds or splits a segment");
+        assert_eq!(field(&message, "PID", 3), "P\\F\\1\\S\\2\\T\\3\\R\\4\\E\\5^^^A\\T\\B");
+        // Family, given, middle, suffix (DICOM's 5th), prefix (DICOM's 4th); the ideographic
+        // group after '=' left out.
+        assert_eq!(field(&message, "PID", 5), "Müller^Jörg^^Jr.\\E\\^Dr.\\F\\\\R\\");
+        assert_eq!(field(&message, "PID", 8), "U");
+        assert_eq!(field(&message, "ORC", 2), "A\\F\\C\\S\\C\\T\\1\\R\\2\\E\\");
+        assert_eq!(unescape(field(&message, "OBR", 4).trim_start_matches('^')), "XR CHEST\r\nPA | ^ ~ \\ &");
+        assert_eq!(unescape(field(&message, "NTE", 3)), "line one\nline two");
+    }
+
+    #[test]
+    fn absent_values_leave_valid_fields() {
+        let mut msg = StudyMessage::example();
+        msg.patient = PatientFacts { birth_date: Some("1970.01.01".into()), ..PatientFacts::default() };
+        msg.study.accession_number = None;
+        msg.study.description = None;
+        msg.finding.area_mm2 = None;
+        msg.finding.probability = f64::NAN;
+        let message = oru_r01(&msg, &settings());
+        assert_eq!(field(&message, "PID", 3), "\"\"");
+        assert_eq!(field(&message, "PID", 7), "");
+        assert_eq!(field(&message, "PID", 8), "U");
+        assert_eq!(field(&message, "OBR", 4), "43468-8^XR unspecified body region^LN");
+        assert!(!message.contains("Area") && !message.contains("Probability"));
+    }
+
+    #[test]
+    fn times_are_utc_dtm() {
+        assert_eq!(dtm(0), "19700101000000+0000");
+        assert_eq!(dtm(1_764_000_000_999), "20251124160000+0000");
+        assert_eq!(dtm(951_782_400_000), "20000229000000+0000");
+        assert_eq!(dtm(-1), "19691231235959+0000");
+    }
+
+    #[test]
+    fn frame_wraps_and_read_frame_unwraps() {
+        let framed = frame("MSH|x\r");
+        assert_eq!(framed, b"\x0bMSH|x\r\x1c\x0d");
+        let mut reply = std::io::Cursor::new([b"\n".as_slice(), &framed, b"trailing"].concat());
+        assert_eq!(read_frame(&mut reply, 100).unwrap(), b"MSH|x\r");
+    }
+
+    #[test]
+    fn read_frame_finds_an_end_split_across_reads() {
+        // A reader that hands out one byte at a time.
+        struct Trickle(std::io::Cursor<Vec<u8>>);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(1);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let mut reply = Trickle(std::io::Cursor::new(frame("MSA|AA|1\r")));
+        assert_eq!(read_frame(&mut reply, 100).unwrap(), b"MSA|AA|1\r");
+    }
+
+    #[test]
+    fn read_frame_bounds_size_and_needs_the_end() {
+        let mut big = std::io::Cursor::new(frame(&"x".repeat(10_000)));
+        assert!(matches!(read_frame(&mut big, 1000), Err(MllpError::TooLarge(1000))));
+        let mut cut = std::io::Cursor::new(b"\x0bMSH|x".to_vec());
+        assert!(matches!(read_frame(&mut cut, 1000), Err(MllpError::Closed)));
+    }
+
+    fn ack(code: &str, control_id: &str, extra: &str) -> String {
+        format!("MSH|^~\\&|RIS|HOSP|PNEUMOTRIAGE|RAD|20251124160001||ACK^R01^ACK|A1|P|2.5.1\rMSA|{code}|{control_id}{extra}\r")
+    }
+
+    #[test]
+    fn accepted_acks_are_delivered() {
+        assert_eq!(parse_ack(&ack("AA", "C1", ""), "C1"), Ok(()));
+        assert_eq!(parse_ack(&ack("CA", "C1", ""), "C1"), Ok(()));
+    }
+
+    #[test]
+    fn error_acks_are_transient_with_their_text() {
+        let Err(MessageError::Transient(text)) = parse_ack(&ack("AE", "C1", "|busy \\T\\ full"), "C1") else {
+            panic!("AE is transient")
+        };
+        assert_eq!(text, "AE: busy & full");
+        let with_err = ack("CE", "C1", "") + "ERR||||E||||database down\r";
+        assert_eq!(parse_ack(&with_err, "C1"), Err(MessageError::Transient("CE: database down".into())));
+    }
+
+    #[test]
+    fn reject_acks_are_permanent() {
+        assert!(
+            matches!(parse_ack(&ack("AR", "C1", "|unknown patient"), "C1"), Err(MessageError::Permanent(t)) if t == "AR: unknown patient")
+        );
+        assert!(matches!(parse_ack(&ack("CR", "C1", ""), "C1"), Err(MessageError::Permanent(t)) if t == "CR"));
+        // A receiver that could not read our message cannot name its control ID.
+        assert!(matches!(parse_ack(&ack("AR", "", ""), "C1"), Err(MessageError::Permanent(_))));
+    }
+
+    #[test]
+    fn an_ack_of_another_message_is_transient() {
+        for code in ["AA", "AE", "AR"] {
+            assert!(
+                matches!(parse_ack(&ack(code, "OTHER", ""), "C1"), Err(MessageError::Transient(t)) if t.contains("OTHER"))
+            );
+        }
+        assert!(matches!(parse_ack(&ack("AA", "", ""), "C1"), Err(MessageError::Transient(_))));
+    }
+
+    #[test]
+    fn replies_without_msa_or_with_unknown_codes_are_transient() {
+        for reply in ["", "garbage", "MSH|^~\\&|RIS\r", "MSAX|AA|C1\r", &ack("ZZ", "C1", "")] {
+            assert!(matches!(parse_ack(reply, "C1"), Err(MessageError::Transient(_))), "{reply:?}");
+        }
+    }
 }

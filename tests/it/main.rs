@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod fhir;
+mod hl7;
 mod hostile;
 mod imaging;
 mod infer;
