@@ -17,6 +17,7 @@ mod infer;
 mod inference;
 mod nodes;
 mod operations;
+mod package;
 mod pipeline;
 mod receive;
 mod refusals;
