@@ -49,7 +49,7 @@ fn package_installs_runs_as_its_user_and_removes_cleanly() {
     installed.check_layout();
 
     // the conffile as installed passes check-config, as root and as the service's user
-    let out = must(Command::new("/usr/bin/pneumotriage").args(["check-config", "--config", CONFIG]));
+    let out = must(packaged(Command::new("/usr/bin/pneumotriage").args(["check-config", "--config", CONFIG])));
     println!("check-config:\n{}", text(&out));
     assert!(text(&out).contains(": OK"), "{}", text(&out));
     must(installed.as_user(Command::new("/usr/bin/pneumotriage").args(["check-config", "--config", CONFIG])));
@@ -132,6 +132,11 @@ fn receives_and_analyses_as_its_user(installed: &Installed, work: &Path) {
         assert!(Instant::now() < deadline, "not analysed within 60 s: {listed}\n{}", node.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // it analysed with the packaged library, not one found elsewhere
+    let maps = fs::read_to_string(format!("/proc/{}/maps", node.child.id())).unwrap();
+    let library = fs::read_dir("/usr/lib/pneumotriage").unwrap().next().unwrap().unwrap().path();
+    assert!(maps.contains(library.to_str().unwrap()), "{} is not loaded", library.display());
 
     // a graceful stop, as systemd's would be; everything it wrote belongs to its user
     let pid = libc::pid_t::try_from(node.child.id()).expect("a pid fits pid_t");
@@ -238,7 +243,7 @@ impl Installed {
     /// `command` to be run as the service's user and group, as the unit runs the node.
     fn as_user<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         let gid = fs::metadata(DATA).unwrap().gid();
-        command.uid(self.uid).gid(gid).env("HOME", DATA).env("USER", "pneumotriage")
+        packaged(command).uid(self.uid).gid(gid).env("HOME", DATA).env("USER", "pneumotriage")
     }
 }
 
@@ -251,6 +256,12 @@ impl Drop for Installed {
         }
         let _ = fs::remove_file(MARKER);
     }
+}
+
+/// `command` without the test environment's pointer to ONNX Runtime (scripts/test sets one at
+/// the .venv's), so that the packaged node loads the packaged library, as under systemd.
+fn packaged(command: &mut Command) -> &mut Command {
+    command.env_remove("ORT_DYLIB_PATH")
 }
 
 /// Purges the package and deletes its data (only ever for an installation this test made).
@@ -279,6 +290,7 @@ fn user_id() -> Option<u32> {
 /// An exclusive lock for the whole machine, held while the returned file is open: another
 /// test process on this machine waits here rather than installing over this one.
 fn machine_lock() -> fs::File {
+    fs::create_dir_all(Path::new(LOCK).parent().unwrap()).unwrap();
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK).unwrap();
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
     file
