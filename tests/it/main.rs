@@ -20,6 +20,7 @@ mod inference;
 mod messages;
 mod nodes;
 mod operations;
+mod package;
 mod pipeline;
 mod receive;
 mod refusals;
