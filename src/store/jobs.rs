@@ -405,11 +405,8 @@ impl Store {
     pub async fn hand_over_instances(&self, from: &str, to: &str) -> Result<u64> {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
-        let done = sqlx::query("UPDATE instances SET node = $1 WHERE node = $2")
-            .bind(to)
-            .bind(from)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE instances SET node = $1 WHERE node = $2").bind(to).bind(from).execute(&mut *tx).await?;
         // the objects made of them are kept in the same data directory
         sqlx::query("UPDATE outputs SET node = $1 WHERE node = $2").bind(to).bind(from).execute(&mut *tx).await?;
         tx.commit().await?;

@@ -76,7 +76,7 @@ impl Drop for Receiver {
 }
 
 /// fhir_check.py's verdict on `bundle`; panics with its errors when it is not valid.
-fn check(dir: &Path, bundle: &[u8]) -> Value {
+pub(crate) fn check(dir: &Path, bundle: &[u8]) -> Value {
     let file = dir.join("bundle.json");
     std::fs::write(&file, bundle).unwrap();
     let out = Command::new(python()).arg(tool("fhir_check.py")).arg(&file).output().expect("fhir_check runs");

@@ -26,15 +26,15 @@ fn settings() -> Hl7Settings {
 }
 
 /// What `hl7_check.py` printed: the verdict and what each parser read.
-struct Check {
-    valid: bool,
-    errors: serde_json::Value,
-    hl7apy: serde_json::Value,
-    python_hl7: serde_json::Value,
+pub(crate) struct Check {
+    pub(crate) valid: bool,
+    pub(crate) errors: serde_json::Value,
+    pub(crate) hl7apy: serde_json::Value,
+    pub(crate) python_hl7: serde_json::Value,
 }
 
 /// Writes `message` to a file and has both parsers read it.
-fn check(message: &str) -> Check {
+pub(crate) fn check(message: &str) -> Check {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("message.hl7");
     std::fs::write(&file, message).unwrap();
@@ -142,23 +142,28 @@ fn a_negative_study_without_optional_values_is_valid() {
 }
 
 /// `mllp_receiver.py`, running until dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     out: PathBuf,
-    answer_file: PathBuf,
+    pub(crate) answer_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Receiver {
     /// Starts the receiver answering `answer`, with extra arguments (`--tls CERT KEY`).
-    fn start(answer: &str, extra: &[&Path]) -> Receiver {
+    pub(crate) fn start(answer: &str, extra: &[&Path]) -> Receiver {
+        Receiver::start_on(0, answer, extra)
+    }
+
+    /// The same on `port` (0: one of its choosing).
+    pub(crate) fn start_on(port: u16, answer: &str, extra: &[&Path]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received");
         let answer_file = dir.path().join("answer");
         let mut child = Command::new(python())
             .arg(tool("mllp_receiver.py"))
-            .args(["--port", "0", "--answer", answer, "--out"])
+            .args(["--port", &port.to_string(), "--answer", answer, "--out"])
             .arg(&out)
             .arg("--answer-file")
             .arg(&answer_file)
@@ -182,7 +187,7 @@ impl Receiver {
     }
 
     /// The messages received so far, in order.
-    fn received(&self) -> Vec<String> {
+    pub(crate) fn received(&self) -> Vec<String> {
         (1..)
             .map(|n| self.out.join(format!("{n}.hl7")))
             .take_while(|p| p.exists())

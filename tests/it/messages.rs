@@ -1,11 +1,18 @@
 //! Messages to the systems radiologists read from (HL7 v2, FHIR, webhook): when the outbox
 //! makes them (one per study and priority, never for a priority that would fall, a study's
-//! images settling into one), checked on the real databases.
+//! images settling into one), checked on the real databases; then the node end to end against
+//! real receivers (`mllp_receiver.py` validated by hl7apy and python-hl7, `https_receiver.py`
+//! validated by fhir.resources), through refusals, outages and a kill -9.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use crate::common::{Backend, Setup};
+use crate::common::{
+    free_port, http_request, make_certificates, python, run, storescu, synthetic_images, synthetic_truth, text, tool,
+    Backend, Setup, DEFAULT_PEERS,
+};
 use crate::store::{instance_in_study, result};
+use crate::{fhir, hl7};
 use pneumotriage::domain::{Decision, DestinationKind, Priority};
 use pneumotriage::store::{control_id, JobScope, MessageRule, Store};
 
@@ -119,5 +126,281 @@ on_both_backends!(
     review_then_urgent_give_two_messages,
     a_settling_message_gives_way_to_a_higher_one,
     another_image_of_the_study_extends_the_settling,
-    only_the_destinations_priorities_send_a_message
+    only_the_destinations_priorities_send_a_message,
+    a_positive_and_a_negative_image_give_one_valid_urgent_oru
 );
+
+// ---- end to end ----
+
+const STUDY: &str = "1.2.826.0.1.3680043.10.1447.77.1";
+const ACCESSION: &str = "A|1^2~3&4";
+const DESCRIPTION: &str = "XR CHEST|PA^2~&";
+
+/// A node that analyses with the demo models and sends to the `[[destinations]]` in `tail`.
+fn node_sending_to(backend: Backend, tail: &str) -> Setup {
+    let mut setup = Setup::analysing(backend, "");
+    setup.tail = tail.to_string();
+    setup.http = "public_url = \"https://triage.example.org/\"".into();
+    setup.write_config("", "", DEFAULT_PEERS);
+    setup
+}
+
+fn hl7_destination(port: u16, extra: &str) -> String {
+    format!(
+        "[[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\ntimeout_secs = 5\n{extra}\n\
+         [destinations.hl7]\nreceiving_application = \"RIS\"\n"
+    )
+}
+
+/// A positive and a negative synthetic radiograph, rewritten into `study` for patient
+/// Müller^Jörg, with the HL7 delimiters in the accession number and the description.
+fn positive_and_negative(dir: &Path, study: &str) -> [PathBuf; 2] {
+    let synthetic = dir.join("synthetic");
+    let files = synthetic_images(&synthetic, 6, 77);
+    let truth = synthetic_truth(&synthetic);
+    let positive =
+        |f: &&PathBuf| truth[&f.file_stem().unwrap().to_string_lossy().into_owned()].iter().any(|r| r.trim() != "-1");
+    let pos = files.iter().find(positive).expect("a positive");
+    let neg = files.iter().find(|f| !positive(f)).expect("a negative");
+    let out = dir.join(study);
+    let made = run(
+        &python(),
+        &[
+            tool("restudy.py").to_str().unwrap(),
+            out.to_str().unwrap(),
+            study,
+            pos.to_str().unwrap(),
+            neg.to_str().unwrap(),
+            "--patient-name",
+            "Müller^Jörg",
+            "--patient-id",
+            "PAT1",
+            "--issuer",
+            "HOSP",
+            "--accession",
+            ACCESSION,
+            "--description",
+            DESCRIPTION,
+            "--birth-date",
+            "19700101",
+            "--sex",
+            "M",
+        ],
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    [out.join("1.dcm"), out.join("2.dcm")]
+}
+
+/// MSH-10 of an HL7 message.
+fn msh10(message: &str) -> &str {
+    message.split('\r').next().and_then(|msh| msh.split('|').nth(9)).unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn a_positive_and_a_negative_image_give_one_valid_urgent_oru(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let ris = hl7::Receiver::start("AA", &[]);
+    // a negative analysed first waits 5 s: the positive's urgent message then says it all
+    let setup = node_sending_to(backend, &hl7_destination(ris.port, "settle_secs = 5"));
+    let [positive, negative] = positive_and_negative(work.path(), STUDY);
+    let _node = setup.start();
+    let sent = storescu(setup.port, &[], &[&positive, &negative]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    setup.wait_count("SELECT COUNT(*) FROM results", 2);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM results WHERE priority = 'urgent'"), 1, "the positive is urgent");
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 1);
+    std::thread::sleep(Duration::from_secs(6));
+    let received = ris.received();
+    assert_eq!(received.len(), 1, "one message for the study: {received:?}");
+    assert_eq!(setup.count("SELECT COUNT(*) FROM messages"), 1);
+
+    let check = hl7::check(&received[0]);
+    assert!(check.valid, "hl7apy: {}\n{}", check.errors, received[0].replace('\r', "\n"));
+    assert_eq!(check.hl7apy, check.python_hl7, "the parsers disagree");
+    let read = &check.hl7apy;
+    assert_eq!(read["control_id"], control_id("ris", STUDY, Priority::Urgent).as_str());
+    assert_eq!(read["name"][0], "Müller");
+    assert_eq!(read["name"][1], "Jörg");
+    assert_eq!(read["patient_id"], "PAT1");
+    assert_eq!(read["issuer"], "HOSP");
+    assert_eq!(read["birth_date"], "19700101");
+    assert_eq!((&read["placer"], &read["filler"]), (&ACCESSION.into(), &ACCESSION.into()));
+    assert_eq!(read["procedure"], DESCRIPTION);
+    assert_eq!(read["priority_obr27"], "S");
+    assert_eq!(read["finding"], "52101004", "present");
+    assert_eq!(read["study_uid"], STUDY);
+    let uids = |kind: &str| -> serde_json::Value {
+        setup.with_store(async |store| {
+            let rows: Vec<(String,)> =
+                sqlx::query_as("SELECT sop_instance_uid FROM outputs WHERE kind = $1 ORDER BY id")
+                    .bind(kind)
+                    .fetch_all(store.pool())
+                    .await
+                    .unwrap();
+            serde_json::json!(rows.into_iter().map(|(u,)| u).collect::<Vec<_>>())
+        })
+    };
+    // the urgent message went as soon as the positive was analysed: its objects, maybe not yet
+    // the negative's SR
+    for kind in ["sr", "seg"] {
+        let (sent, made) = (read[format!("{kind}_uids")].as_array().unwrap().clone(), uids(kind));
+        assert!(
+            !sent.is_empty() && sent.iter().all(|u| made.as_array().unwrap().contains(u)),
+            "{kind}: {sent:?} of {made}"
+        );
+    }
+}
+
+fn a_refused_message_fails_once_until_retried(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let ris = hl7::Receiver::start("AR", &[]);
+    let setup = node_sending_to(backend, &hl7_destination(ris.port, "settle_secs = 0"));
+    let [positive, _] = positive_and_negative(work.path(), STUDY);
+    let _node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'failed' AND attempts = 1", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ris.received().len(), 1, "AR: one attempt, no loop");
+    let listed = text(&setup.cli(&["deliveries", "--failed"]));
+    assert!(listed.contains("m1") && listed.contains("hl7") && listed.contains("failed"), "{listed}");
+    let status = text(&setup.cli(&["status"]));
+    assert!(status.contains("messages: 0 pending, 0 sending, 0 delivered, 1 failed"), "{status}");
+
+    std::fs::write(&ris.answer_file, "AA").unwrap();
+    let retried = setup.cli(&["retry", "m1"]);
+    assert!(retried.status.success(), "{}", text(&retried));
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 1);
+    let received = ris.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(msh10(&received[0]), msh10(&received[1]), "a resend carries the same control ID");
+    let (code, _, body) = http_request(setup.http_port, "GET", &format!("/api/studies/{STUDY}"), &[], "").unwrap();
+    assert_eq!(code, 200);
+    let study: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(study["messages"][0]["state"], "delivered", "{study}");
+    assert_eq!(study["messages"][0]["kind"], "hl7", "{study}");
+}
+
+fn a_receiver_down_then_up_gets_every_message_once(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let setup = node_sending_to(backend, &hl7_destination(port, "settle_secs = 0"));
+    let [positive, _] = positive_and_negative(work.path(), STUDY);
+    let [_, negative] = positive_and_negative(&work.path().join("second"), "1.2.826.0.1.3680043.10.1447.77.2");
+    let node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive, &negative]).status.success());
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE attempts >= 3", 2);
+    let ris = hl7::Receiver::start_on(port, "AA", &[]);
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ids: Vec<String> = ris.received().iter().map(|m| msh10(m).to_string()).collect();
+    ids.sort();
+    let mut expected = [
+        control_id("ris", STUDY, Priority::Urgent),
+        control_id("ris", "1.2.826.0.1.3680043.10.1447.77.2", Priority::Routine),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected, "each message once");
+    assert!(node.log().contains("message will be sent again"), "{}", node.log());
+}
+
+fn a_node_killed_before_the_ack_sends_again_after_restart(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    // no ACK: the node waits (30 s) with the message `sending` when it is killed
+    let ris = hl7::Receiver::start("none", &[]);
+    let setup = node_sending_to(
+        backend,
+        &hl7_destination(ris.port, "settle_secs = 0").replace("timeout_secs = 5", "timeout_secs = 30"),
+    );
+    let [positive, _] = positive_and_negative(work.path(), STUDY);
+    let mut node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    wait_until("the message reaches the receiver", || ris.received().len() == 1);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM messages WHERE state = 'sending'"), 1);
+    node.kill9();
+    std::fs::write(&ris.answer_file, "AA").unwrap();
+    let _node = setup.start();
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 1);
+    let received = ris.received();
+    assert_eq!(received.len(), 2, "sent again after the restart");
+    assert_eq!(msh10(&received[1]), control_id("ris", STUDY, Priority::Urgent));
+    assert_eq!(msh10(&received[0]), msh10(&received[1]));
+}
+
+/// FHIR over HTTPS (the CA made by openssl, a bearer token) and a signed webhook, from one study.
+fn fhir_and_webhook_receive_the_study(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    make_certificates(&certs);
+    let ehr = fhir::Receiver::https(&certs, &[]);
+    let hooks_dir = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks_dir).unwrap();
+    let secret = "a-webhook-secret-of-some-length";
+    let hook = fhir::Receiver::start(&hooks_dir, &["--secret", secret]);
+    let tail = format!(
+        "[[destinations]]\nname = \"ehr\"\nkind = \"fhir\"\nurl = \"https://localhost:{}/fhir\"\nsettle_secs = 0\n\
+         [destinations.tls]\nca_file = \"{}\"\n[destinations.fhir]\nbearer_token = \"token-of-the-ehr\"\n\
+         [[destinations]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\nsettle_secs = 0\n\
+         [destinations.webhook]\nsecret = \"{secret}\"\n",
+        ehr.port,
+        certs.join("ca.crt").display(),
+        hook.port
+    );
+    let setup = node_sending_to(backend, &tail);
+    let [positive, _] = positive_and_negative(work.path(), STUDY);
+    let _node = setup.start();
+    assert!(storescu(setup.port, &[], &[&positive]).status.success());
+    setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 2);
+
+    let (bundle, request) = ehr.request(1);
+    let verdict = fhir::check(work.path(), &bundle);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(request["headers"]["authorization"], "Bearer token-of-the-ehr", "{request}");
+    let bundle: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let task = bundle["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "Task").unwrap();
+    assert_eq!(task["resource"]["priority"], "stat", "urgent maps to stat");
+
+    let (body, request) = hook.request(1);
+    assert_eq!(request["signature_ok"], true, "{request}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["priority"], "urgent");
+    assert_eq!(body["study"]["study_instance_uid"], STUDY);
+    assert_eq!(body["study"]["accession_number"], ACCESSION);
+    assert_eq!(body["control_id"], control_id("hook", STUDY, Priority::Urgent).as_str());
+    assert_eq!(body["link"], format!("https://triage.example.org/?study={STUDY}").as_str());
+    let metrics = http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.2).into_owned();
+    assert!(metrics.contains("pneumotriage_messages{kind=\"fhir\",state=\"delivered\"} 1"), "{metrics}");
+    assert!(metrics.contains("pneumotriage_messages{kind=\"webhook\",state=\"delivered\"} 1"), "{metrics}");
+}
+
+mod end_to_end {
+    use crate::common::Backend;
+
+    #[test]
+    fn a_refused_message_fails_once_until_retried() {
+        super::a_refused_message_fails_once_until_retried(Backend::Sqlite)
+    }
+
+    #[test]
+    fn a_receiver_down_then_up_gets_every_message_once() {
+        super::a_receiver_down_then_up_gets_every_message_once(Backend::Postgres)
+    }
+
+    #[test]
+    fn a_node_killed_before_the_ack_sends_again_after_restart() {
+        super::a_node_killed_before_the_ack_sends_again_after_restart(Backend::Sqlite)
+    }
+
+    #[test]
+    fn fhir_and_webhook_receive_the_study() {
+        super::fhir_and_webhook_receive_the_study(Backend::Postgres)
+    }
+}

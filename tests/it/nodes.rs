@@ -54,7 +54,10 @@ fn a_node_analyses_only_the_images_it_keeps() {
     // Before delivery affinity, B's senders took A's objects too and failed them ("cannot read").
     a.wait_count("SELECT COUNT(*) FROM deliveries WHERE attempts < 3", 0);
     let _pacs = Pacs::start(pacs_port, &inbox, false);
-    a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'", a.count("SELECT COUNT(*) FROM deliveries"));
+    a.wait_count(
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'",
+        a.count("SELECT COUNT(*) FROM deliveries"),
+    );
     assert_eq!(a.count("SELECT COUNT(*) FROM deliveries WHERE state = 'failed'"), 0);
     let made = a.count("SELECT COUNT(*) FROM outputs");
     assert!(made >= 8, "an SR per image at least: {made}");
