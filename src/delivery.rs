@@ -75,7 +75,7 @@ pub struct PeerError {
     pub config: String,
     pub index: usize,
     #[source]
-    pub source: TargetError,
+    pub source: Box<TargetError>,
 }
 
 /// Why a destination cannot be reached.
@@ -98,7 +98,7 @@ pub enum Target {
 /// How to reach `destinations[i]`, its TLS files read; an error names the file and the key.
 pub fn target(config: &Config, i: usize) -> Result<Target, PeerError> {
     let d = &config.destinations[i];
-    let error = |source: TargetError| PeerError { config: config.source.clone(), index: i, source };
+    let error = |source: TargetError| PeerError { config: config.source.clone(), index: i, source: Box::new(source) };
     if d.takes_messages() {
         return Transport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
     }
