@@ -13,6 +13,11 @@
 //! before it, so this measures throughput); and a stream of 100 images one every 150 ms (about
 //! 400 images a minute, several busy modalities at once).
 //!
+//! The node also sends an HL7 ORU^R01 per study (each synthetic image is its own study) to
+//! `tests/tools/mllp_receiver.py`, and each scenario reports the messages' latency from the
+//! result's commit (the message row's `created_at`, written in that transaction) to the ACK (the
+//! receiver writes the message to a file, then answers: the file's modification time).
+//!
 //! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
 //! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers, default
 //! 1), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
@@ -47,6 +52,9 @@ struct Rig {
     _kids: Kids,
     node_port: u16,
     inbox: PathBuf,
+    /// Where the MLLP receiver writes the messages, `<n>.hl7`.
+    messages: PathBuf,
+    config: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -83,6 +91,8 @@ impl Rig {
             .spawn()
             .context("starting storescp")?;
         wait_listening(pacs_port, &mut pacs, "storescp", &pacs_log)?;
+        let messages = dir.path().join("ris");
+        let (ris, ris_port) = mllp_receiver(&messages)?;
         let config = dir.path().join("pneumotriage.toml");
         fs::write(
             &config,
@@ -90,7 +100,8 @@ impl Rig {
                 "[node]\ndata_dir = {:?}\nmin_free_disk_mb = 100\n[dicom]\nbind = \"127.0.0.1:{node_port}\"\n\
                  accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\nworkers = {workers}\nclassifier_threshold = 0.0\n\
                  mask_threshold = 0.01\nmin_mask_area_px = 0\n[[destinations]]\nname = \"pacs\"\n\
-                 ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n",
+                 ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+                 [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {ris_port}\nsettle_secs = 0\n",
                 dir.path().join("var").display().to_string(),
                 root.join("models/manifest.toml").display().to_string()
             ),
@@ -106,7 +117,53 @@ impl Rig {
             .spawn()
             .context("starting the node")?;
         wait_listening(node_port, &mut node, "the node", &dir.path().join("node.err"))?;
-        Ok(Rig { _kids: Kids(vec![node, pacs]), node_port, inbox, dir })
+        Ok(Rig { _kids: Kids(vec![node, pacs, ris]), node_port, inbox, messages, config, dir })
+    }
+
+    /// From each result's commit to the receiver's ACK, for the messages about `studies`;
+    /// waits until all have been acknowledged.
+    fn message_latencies(&self, studies: &[String], timeout: Duration) -> Result<Vec<Duration>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = Command::new(PNEUMOTRIAGE)
+                .args(["deliveries", "--json", "--limit", "100000", "--config"])
+                .arg(&self.config)
+                .output()?;
+            ensure!(out.status.success(), "deliveries: {}", String::from_utf8_lossy(&out.stderr));
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            // study -> (control ID, commit time)
+            let made: HashMap<String, (String, i64)> = listed["messages"]
+                .as_array()
+                .context("no messages in `deliveries --json`")?
+                .iter()
+                .filter_map(|m| {
+                    let id = m["control_id"].as_str()?.to_string();
+                    Some((m["study_instance_uid"].as_str()?.to_string(), (id, m["created_at"].as_i64()?)))
+                })
+                .collect();
+            let mut acked = HashMap::new();
+            for entry in fs::read_dir(&self.messages)? {
+                let entry = entry?;
+                if entry.path().extension().is_some_and(|e| e == "hl7") {
+                    let text = fs::read_to_string(entry.path())?;
+                    let id = text.split('\r').next().and_then(|msh| msh.split('|').nth(9)).unwrap_or_default();
+                    acked.insert(id.to_string(), entry.metadata()?.modified()?);
+                }
+            }
+            let latencies: Vec<Duration> = studies
+                .iter()
+                .filter_map(|study| {
+                    let (id, committed) = made.get(study)?;
+                    let committed = SystemTime::UNIX_EPOCH + Duration::from_millis(*committed as u64);
+                    Some(acked.get(id)?.duration_since(committed).unwrap_or_default())
+                })
+                .collect();
+            if latencies.len() == studies.len() {
+                return Ok(latencies);
+            }
+            ensure!(Instant::now() < deadline, "the RIS acknowledged {} of {} studies", latencies.len(), studies.len());
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn peer(&self) -> Peer {
@@ -196,6 +253,32 @@ fn referenced_uids(obj: &dicom_object::InMemDicomObject, path: &[dicom_core::Tag
     items.iter().flat_map(|item| referenced_uids(item, rest)).collect()
 }
 
+/// tests/tools/mllp_receiver.py writing under `out`, answering AA; the process and its port.
+fn mllp_receiver(out: &Path) -> Result<(Child, u16)> {
+    use std::io::BufRead;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(python())
+        .arg(root.join("tests/tools/mllp_receiver.py"))
+        .args(["--port", "0", "--out"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting mllp_receiver.py")?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().context("piped")?).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let port = first.strip_prefix("listening on ").and_then(|p| p.trim().parse().ok());
+    let port = port.with_context(|| format!("mllp_receiver.py said {first:?}"))?;
+    // it prints a line per message: keep its pipe drained
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, port))
+}
+
+/// The Study Instance UID of `file`.
+fn study_of(file: &Path) -> Result<String> {
+    let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(file)?;
+    Ok(obj.element(tags::STUDY_INSTANCE_UID)?.to_str()?.trim_end_matches('\0').to_string())
+}
+
 /// Sends one file to the node; when its C-STORE started.
 fn send(peer: &Peer, file: &(PathBuf, String, String)) -> Result<SystemTime> {
     let started = SystemTime::now();
@@ -268,6 +351,17 @@ fn report(name: &str, latencies: &[Duration], without_seg: usize) {
     );
 }
 
+/// The HL7 messages' latencies, result committed to ACK.
+fn report_messages(scenario: &str, latencies: &[Duration]) {
+    println!(
+        "  HL7 ORU^R01, result committed to ACK ({scenario}): n={} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        latencies.len(),
+        percentile(latencies, 50.0),
+        percentile(latencies, 99.0),
+        percentile(latencies, 100.0)
+    );
+}
+
 fn main() -> Result<()> {
     let mode = Mode::of_this_run("latency");
     if mode == Mode::Skip {
@@ -300,6 +394,8 @@ fn main() -> Result<()> {
         idle_without += without;
     }
     report("idle, one image at a time", &idle, idle_without);
+    let studies = idle_files[1..].iter().map(|f| study_of(&f.0)).collect::<Result<Vec<_>>>()?;
+    report_messages("idle", &rig.message_latencies(&studies, Duration::from_secs(60))?);
 
     for (files, pace) in [(stream_files, Duration::ZERO), (paced_files, interval)] {
         let burst = Instant::now();
@@ -326,6 +422,8 @@ fn main() -> Result<()> {
             done.as_secs_f64(),
             stream_n as f64 / done.as_secs_f64()
         );
+        let studies = files.iter().map(|f| study_of(&f.0)).collect::<Result<Vec<_>>>()?;
+        report_messages(&name, &rig.message_latencies(&studies, Duration::from_secs(120))?);
     }
     Ok(())
 }

@@ -337,10 +337,12 @@ impl Drop for RunningNode {
 #[test]
 fn dashboard_and_alerts_name_only_exported_metrics() {
     // a family appears in /metrics with its first sample: a node that analyses an image and
-    // tries to deliver its results to a PACS that is down has them all
+    // tries to deliver its results to a PACS and a RIS that are down has them all
     let mut setup = Setup::analysing(Backend::Sqlite, "");
     setup.tail = format!(
-        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        free_port(),
         free_port()
     );
     setup.write_config("", "", crate::common::DEFAULT_PEERS);
@@ -353,7 +355,7 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         let (status, _, body) = http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
         assert_eq!(status, 200);
         let body = String::from_utf8(body).unwrap();
-        if body.contains("pneumotriage_delivery_attempts_total{") {
+        if body.contains("pneumotriage_delivery_attempts_total{") && body.contains("pneumotriage_messages{") {
             break body;
         }
         assert!(Instant::now() < deadline, "no delivery attempt within 60 s:\n{body}\n{}", node.log());
