@@ -102,19 +102,7 @@ pub fn target(config: &Config, i: usize) -> Result<Target, PeerError> {
     if d.takes_messages() {
         return Transport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
     }
-    let tls = match &d.tls {
-        None => None,
-        Some(tls) => {
-            let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
-            let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
-            let client = crate::dicom::tls::client_config(
-                &config.resolve(&tls.ca_file),
-                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-            )
-            .map_err(|e| error(e.into()))?;
-            Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone())))
-        }
-    };
+    let tls = crate::dicom::tls::destination_client(config, d).map_err(|e| error(e.into()))?;
     Ok(Target::Objects(Peer {
         host: d.host.clone(),
         port: d.port,

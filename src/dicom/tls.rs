@@ -100,6 +100,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The TLS client of a destination (`destinations[].tls`, paths resolved against the config
+/// file) and the name its certificate must carry; `None` for plain TCP.
+pub fn destination_client(
+    config: &Config,
+    d: &crate::config::Destination,
+) -> Result<Option<(Arc<rustls::ClientConfig>, String)>, TlsSetupError> {
+    let Some(tls) = &d.tls else { return Ok(None) };
+    let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
+    let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
+    let client =
+        client_config(&config.resolve(&tls.ca_file), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+    Ok(Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone()))))
+}
+
 /// A TLS client configuration that trusts the authorities in `ca_file` and, given `identity`
 /// (certificate chain and key files), presents it to servers that ask.
 pub fn client_config(

@@ -31,18 +31,7 @@ impl Transport {
     pub fn of(config: &Config, d: &Destination) -> Result<Transport, TransportError> {
         Ok(match d.kind {
             DestinationKind::Hl7 => {
-                let tls = match &d.tls {
-                    Some(tls) => {
-                        let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
-                        let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
-                        let client = crate::dicom::tls::client_config(
-                            &config.resolve(&tls.ca_file),
-                            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-                        )?;
-                        Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone())))
-                    }
-                    None => None,
-                };
+                let tls = crate::dicom::tls::destination_client(config, d)?;
                 let timeout = Duration::from_secs(d.timeout_secs);
                 let target = hl7::Hl7Target { host: d.host.clone(), port: d.port, tls, timeout };
                 Transport::Hl7 { target, settings: d.hl7.clone().unwrap_or_default() }

@@ -58,6 +58,34 @@ macro_rules! claim_sql {
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE OF d SKIP LOCKED");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
+/// How a claimed outbox row ends.
+pub(super) struct End<'a> {
+    pub state: DeliveryState,
+    pub error: Option<&'a str>,
+    /// Pending again after this long (a retry).
+    pub delay_ms: i64,
+    pub event: EventKind,
+    /// What the audit trail says it was.
+    pub detail: String,
+}
+
+/// Ends a claimed row of an outbox table, only while it is the claimant's.
+macro_rules! finish_sql {
+    ($table:literal) => {
+        concat!(
+            "UPDATE ",
+            $table,
+            " SET state = $1, last_error = $2, next_attempt_at = $3, claimed_by = NULL, \
+                 lease_expires_at = NULL, updated_at = $4, \
+                 delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END \
+             WHERE id = $5 AND state = 'sending' AND claimed_by = $6"
+        )
+    };
+}
+pub(super) use finish_sql;
+
+const FINISH_DELIVERY: &str = finish_sql!("deliveries");
+
 impl Store {
     /// Claims the delivery that has been due longest, for `lease`: of the objects this node
     /// keeps, or of any with [`JobScope::AnySpool`] (one shared data directory).
@@ -122,30 +150,26 @@ impl Store {
         delay_ms: i64,
         event: EventKind,
     ) -> Result<bool> {
+        let detail = format!("{} {} to {} (attempt {})", d.kind, d.sop_instance_uid, d.destination, d.attempts);
+        let end = End { state, error, delay_ms, event, detail };
+        self.finish_claimed(FINISH_DELIVERY, d.id, end).await
+    }
+
+    /// Ends a claimed outbox row (`sql`: [`FINISH_DELIVERY`] or `FINISH_MESSAGE`) if it is
+    /// still this node's, and records the event.
+    pub(super) async fn finish_claimed(&self, sql: &'static str, id: i64, end: End<'_>) -> Result<bool> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = $1, last_error = $2, next_attempt_at = $3, claimed_by = NULL, \
-                 lease_expires_at = NULL, updated_at = $4, \
-                 delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END \
-             WHERE id = $5 AND state = 'sending' AND claimed_by = $6",
-        )
-        .bind(state)
-        .bind(error)
-        .bind(now + delay_ms)
-        .bind(now)
-        .bind(d.id)
-        .bind(self.node())
-        .execute(self.pool())
-        .await?;
-        let detail = format!(
-            "{} {} to {} (attempt {}){}",
-            d.kind,
-            d.sop_instance_uid,
-            d.destination,
-            d.attempts,
-            error.map(|e| format!(": {e}")).unwrap_or_default()
-        );
-        self.record_event(&Event::new(event).detail(&detail)).await?;
+        let done = sqlx::query(sql)
+            .bind(end.state)
+            .bind(end.error)
+            .bind(now + end.delay_ms)
+            .bind(now)
+            .bind(id)
+            .bind(self.node())
+            .execute(self.pool())
+            .await?;
+        let detail = format!("{}{}", end.detail, end.error.map(|e| format!(": {e}")).unwrap_or_default());
+        self.record_event(&Event::new(end.event).detail(&detail)).await?;
         Ok(done.rows_affected() == 1)
     }
 

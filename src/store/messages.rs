@@ -15,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
+use super::deliveries::{finish_sql, End};
 use super::{now_ms, Backend, Event, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, ObjectKind, Priority};
 use crate::messages::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
@@ -147,6 +148,7 @@ macro_rules! claim_sql {
 }
 
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
+const FINISH_MESSAGE: &str = finish_sql!("messages");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// The study's attributes a message carries.
@@ -299,32 +301,11 @@ impl Store {
         delay_ms: i64,
         event: EventKind,
     ) -> Result<bool> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE messages SET state = $1, last_error = $2, next_attempt_at = $3, claimed_by = NULL, \
-                 lease_expires_at = NULL, updated_at = $4, \
-                 delivered_at = CASE WHEN $1 = 'delivered' THEN $4 ELSE delivered_at END \
-             WHERE id = $5 AND state = 'sending' AND claimed_by = $6",
-        )
-        .bind(state)
-        .bind(error)
-        .bind(now + delay_ms)
-        .bind(now)
-        .bind(m.id)
-        .bind(self.node())
-        .execute(self.pool())
-        .await?;
         let detail = format!(
-            "{} message {} ({}) to {} (attempt {}){}",
-            m.kind,
-            m.control_id,
-            m.priority,
-            m.destination,
-            m.attempts,
-            error.map(|e| format!(": {e}")).unwrap_or_default()
+            "{} message {} ({}) to {} (attempt {})",
+            m.kind, m.control_id, m.priority, m.destination, m.attempts
         );
-        self.record_event(&Event::new(event).detail(&detail)).await?;
-        Ok(done.rows_affected() == 1)
+        self.finish_claimed(FINISH_MESSAGE, m.id, End { state, error, delay_ms, event, detail }).await
     }
 
     /// Messages, newest first; only the failed ones with `failed_only`; only one study's with
