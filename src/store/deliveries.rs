@@ -82,9 +82,36 @@ macro_rules! finish_sql {
         )
     };
 }
-pub(super) use finish_sql;
+/// Puts an outbox table's failed rows (all, or the one with id `$2`) back in the queue.
+macro_rules! requeue_failed_sql {
+    ($table:literal) => {
+        concat!(
+            "UPDATE ",
+            $table,
+            " SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)"
+        )
+    };
+}
+
+/// Puts back an outbox table's rows left `sending` by node `$2` or whose lease expired.
+macro_rules! requeue_abandoned_sql {
+    ($table:literal) => {
+        concat!(
+            "UPDATE ",
+            $table,
+            " SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $1, updated_at = $1 \
+             WHERE state = 'sending' AND (claimed_by = $2 OR lease_expires_at < $1)"
+        )
+    };
+}
+pub(super) use {finish_sql, requeue_failed_sql};
 
 const FINISH_DELIVERY: &str = finish_sql!("deliveries");
+const REQUEUE_FAILED_DELIVERIES: &str = requeue_failed_sql!("deliveries");
+const REQUEUE_ABANDONED_DELIVERIES: &str = requeue_abandoned_sql!("deliveries");
+const REQUEUE_ABANDONED_MESSAGES: &str = requeue_abandoned_sql!("messages");
 
 impl Store {
     /// Claims the delivery that has been due longest, for `lease`: of the objects this node
@@ -177,18 +204,8 @@ impl Store {
     /// crashed mid-send; the destination may have the object already, and storing the same SOP
     /// Instance UID again is harmless) and those whose lease expired. Returns how many.
     pub async fn requeue_abandoned_deliveries(&self) -> Result<u64> {
-        let messages = self.requeue_abandoned_messages().await?;
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
-                 next_attempt_at = $1, updated_at = $1 \
-             WHERE state = 'sending' AND (claimed_by = $2 OR lease_expires_at < $1)",
-        )
-        .bind(now)
-        .bind(self.node())
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() + messages)
+        let messages = self.requeue_abandoned(REQUEUE_ABANDONED_MESSAGES).await?;
+        Ok(self.requeue_abandoned(REQUEUE_ABANDONED_DELIVERIES).await? + messages)
     }
 
     /// Deliveries, newest first; only the failed ones with `failed_only`.
@@ -220,23 +237,26 @@ impl Store {
     /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
     /// Returns how many were re-queued.
     pub async fn requeue_failed_deliveries(&self, id: Option<i64>) -> Result<u64> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
-             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        let n = done.rows_affected();
+        self.requeue_failed(REQUEUE_FAILED_DELIVERIES, id, "delivery ", "deliveries").await
+    }
+
+    /// Puts failed rows of an outbox table back in the queue (`sql`: [`REQUEUE_FAILED_DELIVERIES`]
+    /// or `REQUEUE_FAILED_MESSAGES`) and records it; `one` prefixes an ID, `all` names the rows.
+    pub(super) async fn requeue_failed(&self, sql: &'static str, id: Option<i64>, one: &str, all: &str) -> Result<u64> {
+        let n = sqlx::query(sql).bind(now_ms()).bind(id).execute(self.pool()).await?.rows_affected();
         if n > 0 {
             let detail = match id {
-                Some(id) => format!("delivery {id} re-queued"),
-                None => format!("{n} failed deliveries re-queued"),
+                Some(id) => format!("{one}{id} re-queued"),
+                None => format!("{n} failed {all} re-queued"),
             };
             self.record_event(&Event::new(EventKind::DeliveriesRequeued).detail(&detail)).await?;
         }
         Ok(n)
+    }
+
+    /// Puts back the rows of an outbox table left `sending` by this node or under an expired
+    /// lease (`sql`: [`REQUEUE_ABANDONED_DELIVERIES`] or `REQUEUE_ABANDONED_MESSAGES`).
+    pub(super) async fn requeue_abandoned(&self, sql: &'static str) -> Result<u64> {
+        Ok(sqlx::query(sql).bind(now_ms()).bind(self.node()).execute(self.pool()).await?.rows_affected())
     }
 }

@@ -15,8 +15,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use super::deliveries::{finish_sql, End};
-use super::{now_ms, Backend, Event, Result, Store};
+use super::deliveries::{finish_sql, requeue_failed_sql, End};
+use super::{now_ms, Backend, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, ObjectKind, Priority};
 use crate::messages::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
 
@@ -149,6 +149,7 @@ macro_rules! claim_sql {
 
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
 const FINISH_MESSAGE: &str = finish_sql!("messages");
+const REQUEUE_FAILED_MESSAGES: &str = requeue_failed_sql!("messages");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// The study's attributes a message carries.
@@ -327,40 +328,7 @@ impl Store {
 
     /// Puts failed messages back in the queue (one by id, or all): an admin's `retry`.
     pub async fn requeue_failed_messages(&self, id: Option<i64>) -> Result<u64> {
-        let now = now_ms();
-        let n = sqlx::query(
-            "UPDATE messages SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
-             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        if n > 0 {
-            let detail = match id {
-                Some(id) => format!("message m{id} re-queued"),
-                None => format!("{n} failed messages re-queued"),
-            };
-            self.record_event(&Event::new(EventKind::DeliveriesRequeued).detail(&detail)).await?;
-        }
-        Ok(n)
-    }
-
-    /// Puts back the messages left `sending` by this node, or whose lease expired (the
-    /// receiver may have it already: the same control ID tells it so).
-    pub(super) async fn requeue_abandoned_messages(&self) -> Result<u64> {
-        let now = now_ms();
-        Ok(sqlx::query(
-            "UPDATE messages SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, \
-                 next_attempt_at = $1, updated_at = $1 \
-             WHERE state = 'sending' AND (claimed_by = $2 OR lease_expires_at < $1)",
-        )
-        .bind(now)
-        .bind(self.node())
-        .execute(self.pool())
-        .await?
-        .rows_affected())
+        self.requeue_failed(REQUEUE_FAILED_MESSAGES, id, "message m", "messages").await
     }
 
     /// Messages by kind and state, for `status` and `/metrics`.
