@@ -197,6 +197,14 @@ fn msh10(message: &str) -> &str {
     message.split('\r').next().and_then(|msh| msh.split('|').nth(9)).unwrap_or_default()
 }
 
+/// Keeps a message as sent under `PNEUMOTRIAGE_TEST_ARTIFACTS`, when it is set.
+fn keep_artifact(name: &str, bytes: &[u8]) {
+    if let Ok(dir) = std::env::var("PNEUMOTRIAGE_TEST_ARTIFACTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(Path::new(&dir).join(name), bytes).unwrap();
+    }
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -222,6 +230,7 @@ fn a_positive_and_a_negative_image_give_one_valid_urgent_oru(backend: Backend) {
     assert_eq!(received.len(), 1, "one message for the study: {received:?}");
     assert_eq!(setup.count("SELECT COUNT(*) FROM messages"), 1);
 
+    keep_artifact(&format!("oru-r01-{backend:?}.hl7"), received[0].as_bytes());
     let check = hl7::check(&received[0]);
     assert!(check.valid, "hl7apy: {}\n{}", check.errors, received[0].replace('\r', "\n"));
     assert_eq!(check.hl7apy, check.python_hl7, "the parsers disagree");
@@ -360,6 +369,7 @@ fn fhir_and_webhook_receive_the_study(backend: Backend) {
     setup.wait_count("SELECT COUNT(*) FROM messages WHERE state = 'delivered'", 2);
 
     let (bundle, request) = ehr.request(1);
+    keep_artifact("fhir-bundle.json", &bundle);
     let verdict = fhir::check(work.path(), &bundle);
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(request["headers"]["authorization"], "Bearer token-of-the-ehr", "{request}");
