@@ -263,7 +263,7 @@ impl Sender for MessageSender {
 
 /// The study's page on the worklist, under `http.public_url`.
 fn study_link(base: &str, study_instance_uid: &str) -> String {
-    format!("{}/?study={study_instance_uid}", base.trim_end_matches('/'))
+    format!("{}/#study={study_instance_uid}", base.trim_end_matches('/'))
 }
 
 fn record(written: crate::store::Result<bool>, id: i64) {

@@ -143,7 +143,7 @@ impl StudyMessage {
                     sop_instance_uid: "1.2.826.0.1.3680043.10.1447.9.3".into(),
                 },
             ],
-            link: Some("https://triage.example.org/?study=1.2.826.0.1.3680043.10.1447.9.1".into()),
+            link: Some("https://triage.example.org/#study=1.2.826.0.1.3680043.10.1447.9.1".into()),
         }
     }
 }

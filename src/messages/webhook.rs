@@ -16,7 +16,7 @@
 //!                "present": true, "probability": 0.93, "area_mm2": 1234.5 },
 //!   "models": [ { "name": "pneumothorax-classifier", "version": "1.0.0" } ],
 //!   "objects": [ { "kind": "sr", "sop_class_uid": "1.2.840...", "sop_instance_uid": "1.2.826..." } ],
-//!   "link": "https://triage.example.org/?study=1.2.826...",
+//!   "link": "https://triage.example.org/#study=1.2.826...",
 //!   "notice": "Demonstration models: not for diagnosis.",
 //!   "created_at": "2025-11-24T16:00:00.000Z",
 //!   "sent_at": "2025-11-24T16:00:01.234Z"

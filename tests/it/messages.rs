@@ -384,7 +384,7 @@ fn fhir_and_webhook_receive_the_study(backend: Backend) {
     assert_eq!(body["study"]["study_instance_uid"], STUDY);
     assert_eq!(body["study"]["accession_number"], ACCESSION);
     assert_eq!(body["control_id"], control_id("hook", STUDY, Priority::Urgent).as_str());
-    assert_eq!(body["link"], format!("https://triage.example.org/?study={STUDY}").as_str());
+    assert_eq!(body["link"], format!("https://triage.example.org/#study={STUDY}").as_str());
     let metrics = http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
     let metrics = String::from_utf8_lossy(&metrics.2).into_owned();
     assert!(metrics.contains("pneumotriage_messages{kind=\"fhir\",state=\"delivered\"} 1"), "{metrics}");
