@@ -251,6 +251,7 @@ mod tests {
             deliveries_pending: 0,
             deliveries_delivered: 0,
             deliveries_failed: 0,
+            waiting_for_node: None,
         }
     }
 

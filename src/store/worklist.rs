@@ -70,6 +70,9 @@ pub struct WorklistStudy {
     pub deliveries_pending: i64,
     pub deliveries_delivered: i64,
     pub deliveries_failed: i64,
+    /// The other node that keeps images of it still to analyse: with a spool per node, they
+    /// wait for that node (`pneumotriage handover` when it is gone).
+    pub waiting_for_node: Option<String>,
 }
 
 /// One instance of a study, with its job and result.
@@ -138,7 +141,9 @@ const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name
           AS deliveries_delivered, \
         (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
           JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'failed') \
-          AS deliveries_failed \
+          AS deliveries_failed, \
+        (SELECT MIN(i.node) FROM jobs j JOIN instances i ON i.id = j.instance_id \
+          WHERE i.study_id = s.id AND j.state IN ('queued', 'running') AND i.node <> $3) AS waiting_for_node \
      FROM studies s";
 
 impl Store {
@@ -148,7 +153,12 @@ impl Store {
             "{STUDIES} WHERE ($1 IS NULL OR s.study_instance_uid = $1) \
              ORDER BY s.last_received_at DESC, s.id DESC LIMIT $2"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(study_instance_uid).bind(limit).fetch_all(self.pool()).await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(study_instance_uid)
+            .bind(limit)
+            .bind(self.node())
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// The instances of a study, oldest first, with their jobs and results.

@@ -41,6 +41,16 @@ fn a_node_analyses_only_the_images_it_keeps() {
     // before node affinity, B claimed A's images and failed them all: "the spool file is missing"
     assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'"), 0);
     assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"), 6, "A's images wait for A");
+    // B's worklist says why they wait
+    let url = a.db.url.clone();
+    let waiting = a.with_store(async |_| {
+        let b = pneumotriage::store::Store::connect(&url, 2, "node-b").await.unwrap();
+        let listed = b.worklist(None, 100).await.unwrap();
+        b.close().await;
+        listed.into_iter().filter_map(|s| s.waiting_for_node).collect::<Vec<_>>()
+    });
+    assert_eq!(waiting.len(), 6, "{waiting:?}");
+    assert!(waiting.iter().all(|n| n == "test-node"), "{waiting:?}");
 
     // A with its analysis on analyses its own images, B none of them
     drop(node_a);
