@@ -120,6 +120,39 @@ impl Rig {
         Ok(Rig { _kids: Kids(vec![node, pacs, ris]), node_port, inbox, messages, config, dir })
     }
 
+    /// Where the worker's time per image went, over the results committed since `since`: the
+    /// gap between consecutive commits (in a saturated stream, the cost of one image) and, of
+    /// it, the analysis' own stages as recorded with each result; the rest is making and writing
+    /// the objects, the commit, and what the other tasks (receiving, delivering) take from the
+    /// two cores.
+    fn breakdown(&self, since: SystemTime) -> Result<String> {
+        let since_ms = since.duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+        let url = format!("sqlite://{}", self.dir.path().join("var/pneumotriage.db").display());
+        let rows: Vec<(f64, f64, f64, f64, i64)> = tokio::runtime::Runtime::new()?.block_on(async {
+            let store = pneumotriage::store::Store::connect(&url, 1, "bench").await?;
+            let rows = sqlx::query_as(
+                "SELECT decode_ms, preprocess_ms, inference_ms, postprocess_ms, created_at FROM results \
+                 WHERE created_at >= $1 ORDER BY created_at",
+            )
+            .bind(since_ms)
+            .fetch_all(store.pool())
+            .await;
+            store.close().await;
+            anyhow::Ok(rows?)
+        })?;
+        ensure!(rows.len() >= 2, "{} results since the stream began", rows.len());
+        let n = rows.len() as f64;
+        let mean = |f: fn(&(f64, f64, f64, f64, i64)) -> f64| rows.iter().map(f).sum::<f64>() / n;
+        let (decode, preprocess, inference, postprocess) = (mean(|r| r.0), mean(|r| r.1), mean(|r| r.2), mean(|r| r.3));
+        let per_image = (rows[rows.len() - 1].4 - rows[0].4) as f64 / (n - 1.0);
+        let outside = per_image - decode - preprocess - inference - postprocess;
+        Ok(format!(
+            "per image {per_image:.1} ms between commits: decode {decode:.1}, preprocess {preprocess:.1}, \
+             inference {inference:.1}, postprocess {postprocess:.1}; outside the analysis {outside:.1} ms \
+             (making and writing the objects, the commit, receiving and delivering on the same cores)"
+        ))
+    }
+
     /// From each result's commit to the receiver's ACK, for the messages about `studies`;
     /// waits until all have been acknowledged.
     fn message_latencies(&self, studies: &[String], timeout: Duration) -> Result<Vec<Duration>> {
@@ -399,6 +432,7 @@ fn main() -> Result<()> {
 
     for (files, pace) in [(stream_files, Duration::ZERO), (paced_files, interval)] {
         let burst = Instant::now();
+        let burst_at = SystemTime::now();
         let mut started = HashMap::new();
         for (i, file) in files.iter().enumerate() {
             if let Some(wait) = (pace * i as u32).checked_sub(burst.elapsed()) {
@@ -422,6 +456,9 @@ fn main() -> Result<()> {
             done.as_secs_f64(),
             stream_n as f64 / done.as_secs_f64()
         );
+        if pace.is_zero() {
+            println!("  {}", rig.breakdown(burst_at)?);
+        }
         let studies = files.iter().map(|f| study_of(&f.0)).collect::<Result<Vec<_>>>()?;
         report_messages(&name, &rig.message_latencies(&studies, Duration::from_secs(120))?);
     }
