@@ -94,6 +94,9 @@ pub struct Recovery {
     pub registered: usize,
     /// Spool files that could not be registered (left in place, logged).
     pub unreadable: usize,
+    /// Spool files without rows too young to register (a shared spool: another node may be
+    /// committing them).
+    pub left: usize,
     pub requeued_jobs: u64,
     /// SOP Instance UIDs of the jobs quarantined now (see `Store::recover_interrupted_jobs`).
     pub quarantined: Vec<String>,
@@ -202,10 +205,14 @@ impl Ingest {
     /// times.
     ///
     /// `analysed` tells, by SOP Class UID, whether a recovered instance is queued for analysis.
+    ///
+    /// Files younger than `orphan_min_age` are left alone (a spool shared by several nodes: one
+    /// of them may be committing the file's rows now).
     pub async fn recover(
         &self,
         analysed: impl Fn(&str) -> bool,
         quarantine_after: u32,
+        orphan_min_age: std::time::Duration,
     ) -> Result<Recovery, StoreError> {
         let interrupted = self.store.recover_interrupted_jobs(quarantine_after).await?;
         let mut report = Recovery {
@@ -222,6 +229,10 @@ impl Ingest {
             }
         };
         for relative in files.into_iter().filter(|p| !known.contains(p)) {
+            if !orphan_min_age.is_zero() && self.spool.age(&relative).is_none_or(|age| age < orphan_min_age) {
+                report.left += 1;
+                continue;
+            }
             match self.register_orphan(&relative, &analysed).await {
                 Ok(()) => report.registered += 1,
                 Err(reason) => {

@@ -43,6 +43,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
+    /// This node's temporary files: `tmp/<node>/` under the root.
+    tmp: PathBuf,
     min_free_bytes: u64,
     /// The largest data set kept (`dicom.max_dataset_mb`); also bounds a deflated one inflated.
     max_dataset_bytes: u64,
@@ -60,22 +62,45 @@ pub struct TempInstance {
     flushed: u64,
 }
 
+/// A node's name as a folder name: letters, digits, `.`, `-` and `_` kept, anything else `_`,
+/// so that no name can climb out of `tmp/` or hide as a dot-file.
+fn node_folder(node: &str) -> String {
+    let kept: String =
+        node.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    if kept.is_empty() || kept.starts_with('.') {
+        format!("node-{kept}")
+    } else {
+        kept
+    }
+}
+
 impl Spool {
-    /// Opens (creating if needed) the spool at `root` and removes incomplete temporary files,
-    /// which were never acknowledged. Returns the spool and how many such files it removed.
-    pub fn open(root: &Path, min_free_bytes: u64, max_dataset_bytes: u64) -> Result<(Spool, usize), SpoolError> {
-        let tmp = root.join(TMP_DIR);
+    /// Opens (creating if needed) the spool at `root` for node `node` and removes its incomplete
+    /// temporary files, which were never acknowledged. Each node writes its temporary files in a
+    /// folder of its own (`tmp/<node>/`), so that on a spool shared by several nodes one never
+    /// removes, or collides with, a file another is receiving. Returns the spool and how many
+    /// files it removed (those of `tmp/` itself too, where earlier versions wrote them).
+    pub fn open(
+        root: &Path,
+        node: &str,
+        min_free_bytes: u64,
+        max_dataset_bytes: u64,
+    ) -> Result<(Spool, usize), SpoolError> {
+        let tmp = root.join(TMP_DIR).join(node_folder(node));
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let mut removed = 0;
-        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-            let entry = entry.map_err(io_err(&tmp))?;
-            if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
-                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-                removed += 1;
+        for dir in [root.join(TMP_DIR), tmp] {
+            for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+                let entry = entry.map_err(io_err(&dir))?;
+                if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                    fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                    removed += 1;
+                }
             }
         }
         let root = root.canonicalize().map_err(io_err(root))?;
-        Ok((Spool { root, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0) }, removed))
+        let tmp = root.join(TMP_DIR).join(node_folder(node));
+        Ok((Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0) }, removed))
     }
 
     pub fn root(&self) -> &Path {
@@ -120,7 +145,7 @@ impl Spool {
     /// Whether the spool can take an image now: a file written and removed in its temporary
     /// directory, and free space above the floor (`/readyz`).
     pub fn probe(&self) -> Result<(), String> {
-        let path = self.root.join(TMP_DIR).join(".ready-probe");
+        let path = self.tmp.join(".ready-probe");
         fs::write(&path, b"ready")
             .and_then(|()| fs::remove_file(&path))
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -129,6 +154,12 @@ impl Spool {
             Ok(false) => Err("free space is below node.min_free_disk_mb".into()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// How long ago a spool file (relative path) was last written; `None` when it cannot be read.
+    pub fn age(&self, relative: &str) -> Option<std::time::Duration> {
+        let modified = fs::metadata(self.absolute(relative)).and_then(|m| m.modified()).ok()?;
+        Some(modified.elapsed().unwrap_or_default())
     }
 
     /// Whether the spool's file system has more free space than the configured floor.
@@ -146,7 +177,7 @@ impl Spool {
         transfer_syntax_uid: &str,
     ) -> Result<TempInstance, SpoolError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.root.join(TMP_DIR).join(format!("{}-{n}{TMP_SUFFIX}", std::process::id()));
+        let path = self.tmp.join(format!("{}-{n}{TMP_SUFFIX}", std::process::id()));
         let mut header = Vec::with_capacity(512);
         header.extend_from_slice(&[0u8; 128]);
         header.extend_from_slice(b"DICM");
@@ -330,6 +361,21 @@ pub fn same_content(a: &Path, b: &Path) -> Result<bool, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_name_cannot_leave_the_temporary_folder() {
+        for (name, folder) in [
+            ("triage-a", "triage-a"),
+            ("host.example.org", "host.example.org"),
+            ("../../etc", "node-.._.._etc"),
+            ("a/b\\c d", "a_b_c_d"),
+            ("", "node-"),
+            (".hidden", "node-.hidden"),
+        ] {
+            assert_eq!(node_folder(name), folder);
+            assert!(!node_folder(name).contains('/') && node_folder(name) != "..");
+        }
+    }
 
     #[test]
     fn uids_that_could_escape_are_refused() {

@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use pneumotriage::config::Config;
@@ -57,11 +58,13 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
 
     let spool_dir = config.spool_dir();
-    let (spool, removed) =
-        Spool::open(&spool_dir, config.node.min_free_disk_mb * 1024 * 1024, config.dicom.max_dataset_bytes())
-            .with_context(|| {
-                format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source)
-            })?;
+    let (spool, removed) = Spool::open(
+        &spool_dir,
+        &config.node_name(),
+        config.node.min_free_disk_mb * 1024 * 1024,
+        config.dicom.max_dataset_bytes(),
+    )
+    .with_context(|| format!("opening the spool {} (node.data_dir in {})", spool_dir.display(), config.source))?;
     if removed > 0 {
         info!(removed, "removed incomplete temporary files (never acknowledged)");
     }
@@ -163,10 +166,22 @@ fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
 }
 
 /// What an unclean stop left: spool files without rows, jobs and deliveries left running.
+/// On a shared spool, start-up recovery registers a file without rows only when it is older than
+/// this: between placing a file and committing its rows a node takes milliseconds, not minutes.
+const SHARED_ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
+
 async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Result<()> {
     let quarantine_after = config.inference.quarantine_after;
     let analysed = |class: &str| conformance::service_for(class, &config.dicom) == Some(Service::Analysed);
-    let recovery = ingest.recover(analysed, quarantine_after).await.context("start-up recovery")?;
+    // On a shared spool, a file without rows may be one another node is committing right now.
+    let orphan_min_age = if config.node.shared_spool { SHARED_ORPHAN_MIN_AGE } else { Duration::ZERO };
+    let recovery = ingest.recover(analysed, quarantine_after, orphan_min_age).await.context("start-up recovery")?;
+    if recovery.left > 0 {
+        info!(
+            files = recovery.left,
+            "spool files without rows younger than {SHARED_ORPHAN_MIN_AGE:?} are left to the node storing them (shared spool); a later start-up registers any still without rows"
+        );
+    }
     for sop_instance_uid in &recovery.quarantined {
         error!(
             sop_instance_uid = %sop_instance_uid,

@@ -88,6 +88,39 @@ fn kill_9_during_a_send_loses_nothing_acknowledged(backend: Backend) {
     drop(node);
 }
 
+/// Forgets the rows of an instance, as a crash between placing its file and committing them
+/// would have left it.
+fn forget_rows(setup: &Setup, sop_instance_uid: &str) {
+    setup.with_store(async |store| {
+        let pool = store.pool();
+        for sql in [
+            "DELETE FROM jobs WHERE instance_id IN (SELECT id FROM instances WHERE sop_instance_uid = $1)",
+            "DELETE FROM instances WHERE sop_instance_uid = $1",
+        ] {
+            sqlx::query(sql).bind(sop_instance_uid).execute(pool).await.unwrap();
+        }
+        sqlx::query("DELETE FROM studies WHERE id NOT IN (SELECT study_id FROM instances)")
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+}
+
+/// On a spool shared by several nodes, a file without rows may be one another node is
+/// committing: a node starting up leaves a young one alone (and another node's temporary files).
+fn a_shared_spool_leaves_a_young_file_without_rows_to_its_node(backend: Backend) {
+    let setup = Setup::with(backend, "shared_spool = true", "");
+    let mut node = setup.start();
+    let cat = deid_cat();
+    assert!(storescu(setup.port, &[], &[&cat]).status.success());
+    node.kill9();
+    forget_rows(&setup, &sop_instance_uid(&cat));
+    let node = setup.start();
+    node.wait_for_log("left to the node storing them");
+    assert_eq!(setup.count("SELECT COUNT(*) FROM instances"), 0, "not registered by this node");
+    assert_eq!(setup.spool_files().iter().filter(|p| p.ends_with(".dcm")).count(), 1, "and not removed");
+}
+
 fn recovery_registers_orphans_and_requeues_running_jobs(backend: Backend) {
     let setup = Setup::new(backend);
     let mut node = setup.start();
@@ -98,26 +131,19 @@ fn recovery_registers_orphans_and_requeues_running_jobs(backend: Backend) {
 
     // A crash between rename and commit leaves the cat's file without rows;
     // a crash during analysis leaves RG1's job running; a crash mid-receive leaves a .part.
-    let cat_uid = sop_instance_uid(&cat);
+    forget_rows(&setup, &sop_instance_uid(&cat));
     setup.with_store(async |store| {
-        let pool = store.pool();
-        for sql in [
-            "DELETE FROM jobs WHERE instance_id IN (SELECT id FROM instances WHERE sop_instance_uid = $1)",
-            "DELETE FROM instances WHERE sop_instance_uid = $1",
-        ] {
-            sqlx::query(sql).bind(&cat_uid).execute(pool).await.unwrap();
-        }
-        sqlx::query("DELETE FROM studies WHERE id NOT IN (SELECT study_id FROM instances)")
-            .execute(pool)
-            .await
-            .unwrap();
         sqlx::query("UPDATE jobs SET state = 'running', claimed_by = 'test-node', lease_expires_at = $1")
             .bind(pneumotriage::store::now_ms() + 3_600_000)
-            .execute(pool)
+            .execute(store.pool())
             .await
             .unwrap();
     });
     std::fs::write(setup.spool_dir().join("tmp/999-0.part"), b"half an image").unwrap();
+    // this node's own temporary folder, and another node's (a shared spool): only its own go
+    std::fs::write(setup.spool_dir().join("tmp/test-node/998-0.part"), b"half an image").unwrap();
+    std::fs::create_dir_all(setup.spool_dir().join("tmp/node-b")).unwrap();
+    std::fs::write(setup.spool_dir().join("tmp/node-b/997-0.part"), b"being received by node-b").unwrap();
     assert_eq!(setup.count("SELECT COUNT(*) FROM instances"), 1);
 
     let node = setup.start();
@@ -128,6 +154,8 @@ fn recovery_registers_orphans_and_requeues_running_jobs(backend: Backend) {
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'instance_recovered'"), 1);
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'jobs_requeued'"), 1);
     assert!(!setup.spool_dir().join("tmp/999-0.part").exists(), "partial files are removed");
+    assert!(!setup.spool_dir().join("tmp/test-node/998-0.part").exists(), "its own partial files are removed");
+    assert!(setup.spool_dir().join("tmp/node-b/997-0.part").exists(), "another node's are not");
     // the sender retries the instance it never saw acknowledged: recognised, not duplicated
     assert!(storescu(setup.port, &[], &[&cat]).status.success());
     setup.wait_count("SELECT COUNT(*) FROM events WHERE kind = 'instance_duplicate'", 1);
@@ -136,5 +164,6 @@ fn recovery_registers_orphans_and_requeues_running_jobs(backend: Backend) {
 
 on_both_backends!(
     kill_9_during_a_send_loses_nothing_acknowledged,
-    recovery_registers_orphans_and_requeues_running_jobs
+    recovery_registers_orphans_and_requeues_running_jobs,
+    a_shared_spool_leaves_a_young_file_without_rows_to_its_node
 );
