@@ -60,6 +60,9 @@ pub struct NodeConfig {
     /// Every node sharing the database reads this same spool directory (shared storage), so any
     /// of them may analyse any image; otherwise a node analyses only the images it received.
     pub shared_spool: bool,
+    /// How long a claimed job or delivery is this node's: another node takes over the work of a
+    /// node that died once its leases expire. Longer than the slowest analysis and send.
+    pub lease_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +73,7 @@ impl Default for NodeConfig {
             min_free_disk_mb: 1024,
             name: None,
             shared_spool: false,
+            lease_secs: 300,
         }
     }
 }
@@ -760,6 +764,9 @@ impl Config {
                 bad("database.url", format!("`{url}` is neither sqlite://PATH nor postgres://..."));
             }
         }
+        if !(2..=86_400).contains(&self.node.lease_secs) {
+            bad("node.lease_secs", format!("{} is out of range (2 to 86400 seconds)", self.node.lease_secs));
+        }
         if self.database.max_connections == 0 {
             bad("database.max_connections", "must be at least 1".into());
         }
@@ -865,6 +872,11 @@ impl Config {
     }
 
     /// Where the objects the node makes (SEG, SR) are kept until delivered.
+    /// `node.lease_secs`.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.node.lease_secs)
+    }
+
     pub fn outputs_dir(&self) -> PathBuf {
         self.data_dir().join("outputs")
     }

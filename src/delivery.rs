@@ -18,8 +18,6 @@ use crate::messages::MessageError;
 use crate::shutdown::Shutdown;
 use crate::store::{ClaimedDelivery, ClaimedMessage, JobScope, Store};
 
-/// How long a claimed delivery is ours.
-const LEASE: Duration = Duration::from_secs(300);
 /// How often the outbox is polled when nothing signals work (retries falling due).
 const POLL: Duration = Duration::from_secs(1);
 
@@ -40,7 +38,8 @@ impl Outbox {
                 Target::Objects(peer) => {
                     let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
                     let destination = d.clone();
-                    let objects = Arc::new(ObjectSender { destination, peer, dir: config.outputs_dir(), scope });
+                    let (dir, lease) = (config.outputs_dir(), config.lease());
+                    let objects = Arc::new(ObjectSender { destination, peer, dir, scope, lease });
                     for _ in 0..d.max_associations {
                         senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
                     }
@@ -51,6 +50,7 @@ impl Outbox {
                         transport: Arc::new(transport),
                         notice: notice.to_string(),
                         public_url: config.http.public_url.clone(),
+                        lease: config.lease(),
                     });
                     senders.push(tokio::spawn(run(store.clone(), messages, shutdown.clone())));
                 }
@@ -154,13 +154,15 @@ struct ObjectSender {
     dir: std::path::PathBuf,
     /// Whose objects it may send: its own, unless every node shares one data directory.
     scope: JobScope,
+    /// `node.lease_secs`.
+    lease: Duration,
 }
 
 impl Sender for ObjectSender {
     type Claimed = ClaimedDelivery;
 
     async fn claim(&self, store: &Store) -> crate::store::Result<Option<ClaimedDelivery>> {
-        store.claim_delivery(&self.destination.name, LEASE, self.scope).await
+        store.claim_delivery(&self.destination.name, self.lease, self.scope).await
     }
 
     async fn send(&self, store: &Store, d: ClaimedDelivery) {
@@ -207,13 +209,15 @@ struct MessageSender {
     notice: String,
     /// `http.public_url`: messages link to the study's worklist page with it.
     public_url: Option<String>,
+    /// `node.lease_secs`.
+    lease: Duration,
 }
 
 impl Sender for MessageSender {
     type Claimed = ClaimedMessage;
 
     async fn claim(&self, store: &Store) -> crate::store::Result<Option<ClaimedMessage>> {
-        store.claim_message(&self.destination.name, LEASE).await
+        store.claim_message(&self.destination.name, self.lease).await
     }
 
     async fn send(&self, store: &Store, m: ClaimedMessage) {

@@ -27,8 +27,6 @@ use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_durably, Spool};
 use crate::store::{ClaimedJob, JobEnd, JobScope, NewOutput, NewResult, Store};
 
-/// How long a claimed job is ours before another node may take it over.
-pub const LEASE: Duration = Duration::from_secs(300);
 /// Attempts before a job with transient errors is failed.
 pub const MAX_ATTEMPTS: i64 = 4;
 /// How often the queue is polled when nothing signals new work (retries that fall due, jobs
@@ -60,6 +58,8 @@ pub struct Limits {
     pub max_pixels: u64,
     /// `inference.quarantine_after`.
     pub quarantine_after: u32,
+    /// `node.lease_secs`: how long a claimed job is this node's before another may take it over.
+    pub lease: Duration,
 }
 
 impl Pipeline {
@@ -156,7 +156,7 @@ impl Worker {
                 return None;
             }
             let queued = self.store.jobs_queued().notified();
-            match self.store.claim_job(LEASE, self.scope).await {
+            match self.store.claim_job(self.limits.lease, self.scope).await {
                 Ok(Some(job)) => {
                     debug!(job = job.id, attempt = job.attempts, "job claimed");
                     return Some(job);
@@ -255,7 +255,7 @@ impl Worker {
                 Ok(false) => {
                     return warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded")
                 }
-                Err(e) if self.shutdown.is_triggered() || started.elapsed() + delay > LEASE / 2 => {
+                Err(e) if self.shutdown.is_triggered() || started.elapsed() + delay > self.limits.lease / 2 => {
                     return error!(
                         job = job.id,
                         error = %e,

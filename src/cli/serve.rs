@@ -97,6 +97,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         max_dataset_bytes: config.dicom.max_dataset_bytes(),
         max_pixels: config.inference.max_pixels,
         quarantine_after: config.inference.quarantine_after,
+        lease: config.lease(),
     };
     let outputs = OutputSettings::of(&config);
     let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };

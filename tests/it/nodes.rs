@@ -104,3 +104,56 @@ fn handover_gives_another_nodes_images_to_this_one_or_fails_them(backend: Backen
     );
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind IN ('instances_handed_over', 'jobs_abandoned')"), 2);
 }
+
+/// Two nodes on one spool (shared storage: here one directory) and one database: node A is
+/// killed (-9) while it receives, analyses and delivers a stream; node B takes over A's claimed
+/// jobs and deliveries when their lease expires. Every acknowledged image is analysed exactly
+/// once and every object reaches the PACS.
+#[test]
+fn on_a_shared_spool_another_node_finishes_a_killed_nodes_work() {
+    let work = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let inbox = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &inbox, false);
+    let mut a = Setup::analysing(Backend::Postgres, "");
+    a.tail = format!(
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\n"
+    );
+    a.write_config("shared_spool = true\nlease_secs = 3", "", DEFAULT_PEERS);
+    let (b_config, _) = a.second_node("node-b");
+    // one spool: B's data directory is A's
+    let text = std::fs::read_to_string(&b_config).unwrap().replace("data_dir = \"var-node-b\"", "data_dir = \"var\"");
+    std::fs::write(&b_config, text).unwrap();
+    let images = synthetic_images(&work.path().join("images"), 24, 35);
+
+    let mut node_a = a.start();
+    let _node_b = a.start_config(&b_config, &[]);
+    let sender = {
+        let (port, files) = (a.port, images.clone());
+        std::thread::spawn(move || storescu(port, &[], &files.iter().map(|p| p.as_path()).collect::<Vec<_>>()))
+    };
+    // kill A mid-stream, once it has analysed a few and while it holds a job
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while a.count("SELECT COUNT(*) FROM results WHERE node = 'test-node'") < 3
+        || a.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND claimed_by = 'test-node'") == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "A analyses nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    node_a.kill9();
+    let _ = sender.join();
+    let acknowledged = a.count("SELECT COUNT(*) FROM instances");
+    assert!(acknowledged >= 3, "{acknowledged}");
+    // what A held when it died (it may have finished a job between the check and the kill)
+    let held = a.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND claimed_by = 'test-node'");
+
+    // B finishes everything A had: jobs and deliveries under A's expired leases included
+    a.wait_count("SELECT COUNT(*) FROM jobs WHERE state <> 'done'", 0);
+    assert_eq!(a.count("SELECT COUNT(*) FROM results"), acknowledged, "each acknowledged image analysed once");
+    assert!(a.count("SELECT COUNT(*) FROM results WHERE node = 'node-b'") > 0);
+    assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE interruptions = 1"), held, "B took over each job A held, once");
+    a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state <> 'delivered'", 0);
+    let made = a.count("SELECT COUNT(*) FROM outputs");
+    assert_eq!(std::fs::read_dir(&inbox).unwrap().count() as i64, made, "the PACS has every object");
+}
