@@ -222,7 +222,7 @@ impl Sender for MessageSender {
 
     async fn send(&self, store: &Store, m: ClaimedMessage) {
         let started = std::time::Instant::now();
-        let outcome = match store.study_message(&m, &self.notice, None).await {
+        let outcome = match store.study_message(&m, &self.notice).await {
             Ok(mut message) => {
                 message.link =
                     self.public_url.as_deref().map(|base| study_link(base, &message.study.study_instance_uid));

@@ -101,10 +101,14 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
     let outputs = OutputSettings::of(&config);
     let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
+    // what the models are for, which messages repeat; read from the manifest only when analysis
+    // is off here (another node analyses)
+    let notice = match &analyzers {
+        Some(a) => a[0].manifest.notice.clone(),
+        None => Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default(),
+    };
     let pipeline =
         analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
-    // what the models are for, which messages repeat (read again: analysis may be off here)
-    let notice = Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default();
     let outbox = Outbox::start(store.clone(), &config, &notice, &shutdown)?;
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());

@@ -243,10 +243,17 @@ impl Store {
                 .await?;
             }
         }
-        let before = study_priority(&mut tx, job.study_id).await?.1;
-        sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
-        let (study_uid, after) = study_priority(&mut tx, job.study_id).await?;
-        let messages = make_messages(&mut tx, job.study_id, &study_uid, (before, after), rules, now).await?;
+        // the study's priority around the result decides the messages (read only when some
+        // destination takes messages)
+        let messages = if rules.is_empty() {
+            sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
+            0
+        } else {
+            let before = study_priority(&mut tx, job.study_id).await?.1;
+            sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
+            let (study_uid, after) = study_priority(&mut tx, job.study_id).await?;
+            make_messages(&mut tx, job.study_id, &study_uid, (before, after), rules, now).await?
+        };
         tx.commit().await?;
         if messages > 0 || outputs.iter().any(|o| !o.destinations.is_empty()) {
             self.signal_deliveries();

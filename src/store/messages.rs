@@ -207,8 +207,9 @@ impl Store {
     }
 
     /// What a claimed message says: the study as it stands now (its images analysed so far, the
-    /// objects made of them). `notice` is the models' notice; `link` the study's worklist page.
-    pub async fn study_message(&self, m: &ClaimedMessage, notice: &str, link: Option<String>) -> Result<StudyMessage> {
+    /// objects made of them). `notice` is the models' notice; the link to the worklist page is
+    /// the sender's to set.
+    pub async fn study_message(&self, m: &ClaimedMessage, notice: &str) -> Result<StudyMessage> {
         let study: StudyAttributes = sqlx::query_as(
             "SELECT study_instance_uid, accession_number, study_description, study_date, patient_id, \
                     issuer_of_patient_id, patient_name, patient_birth_date, patient_sex \
@@ -274,7 +275,7 @@ impl Store {
                 .into_iter()
                 .map(|(kind, sop_class_uid, sop_instance_uid)| ObjectFacts { kind, sop_class_uid, sop_instance_uid })
                 .collect(),
-            link,
+            link: None,
         })
     }
 
