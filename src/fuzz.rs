@@ -1,4 +1,5 @@
-//! Fuzzing entry points: arbitrary bytes through each path that bytes from the network reach,
+//! Fuzzing entry points: arbitrary bytes through each path that bytes from the network reach
+//! (a DICOM peer's, an HL7 receiver's ACK, a FHIR server's or webhook endpoint's answer),
 //! exactly as the node runs it. `fuzz/` drives them with libFuzzer for long runs (coverage
 //! guided, memory limited); the tests below replay the committed corpus and run a short,
 //! deterministic mutation round on every `cargo test`, so that no target rots and every crash
@@ -12,20 +13,33 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::dicom::{dimse, ul};
+use crate::messages::{hl7, http};
 use crate::{imaging, scan};
 
 /// A fuzz target: a name (its corpus folder) and its entry point.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [Target; 4] =
-    [("pdu", pdu_stream), ("command", command_set), ("dataset", dataset), ("pixels", pixels)];
+pub const TARGETS: [Target; 6] = [
+    ("pdu", pdu_stream),
+    ("command", command_set),
+    ("dataset", dataset),
+    ("pixels", pixels),
+    ("mllp", mllp_reply),
+    ("http", http_answer),
+];
 
 /// How many mutated inputs each target runs on `cargo test` (about five seconds each on a
 /// 2-core machine): a count, not a time, so that every run tries the same inputs.
 #[cfg(test)]
-const QUICK_RUNS: [(&str, u64); 4] =
-    [("pdu", 200_000), ("command", 2_000_000), ("dataset", 40_000), ("pixels", 30_000)];
+const QUICK_RUNS: [(&str, u64); 6] = [
+    ("pdu", 200_000),
+    ("command", 2_000_000),
+    ("dataset", 40_000),
+    ("pixels", 30_000),
+    ("mllp", 1_000_000),
+    ("http", 1_000_000),
+];
 
 /// The pixel budget the `pixels` target decodes within (small, so that a run is fast).
 const FUZZ_MAX_PIXELS: u64 = 1 << 20;
@@ -43,6 +57,23 @@ pub const PIXEL_SYNTAXES: [&str; 10] = [
     "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
 ];
+
+/// What an HL7 receiver answers over MLLP: the frame read within its bound, then the ACK.
+pub fn mllp_reply(data: &[u8]) {
+    if let Ok(reply) = hl7::read_frame(&mut std::io::Cursor::new(data), hl7::MAX_REPLY_BYTES) {
+        let _ = hl7::parse_ack(&String::from_utf8_lossy(&reply), "PT0123456789ABCDEF01");
+    }
+}
+
+/// What a FHIR server or webhook endpoint answers: the status (the first two bytes) and the
+/// body, classified, the OperationOutcome's text taken out.
+pub fn http_answer(data: &[u8]) {
+    let (status, body) = match data {
+        [a, b, body @ ..] => (u16::from_be_bytes([*a, *b]), body),
+        _ => return,
+    };
+    let _ = http::classify(status, body, Some("https://fhir.example.org/next"));
+}
 
 /// A byte stream from a peer, read PDU by PDU by the SCP's upper layer until it fails or ends.
 pub fn pdu_stream(data: &[u8]) {
@@ -257,5 +288,15 @@ mod tests {
     #[test]
     fn fuzz_pixels() {
         run("pixels");
+    }
+
+    #[test]
+    fn fuzz_mllp_reply() {
+        run("mllp");
+    }
+
+    #[test]
+    fn fuzz_http_answer() {
+        run("http");
     }
 }
