@@ -13,7 +13,8 @@
 //! inference). Target: at least 3.
 //!
 //! With `PIPELINE_BENCH_FULL_SIZE=path/to/manifest.toml` it also prints the CPU latency of those
-//! models (e.g. the full-size architectures of `pneumotriage-models export --full-size`); with
+//! models (e.g. the full-size architectures of `pneumotriage-models export --full-size`), at
+//! each batch size of `PIPELINE_BENCH_BATCHES` (e.g. `1,2,4`; default 1); with
 //! `PIPELINE_BENCH_DEVICE=cuda` the node's side runs on the GPU (the Python side stays on CPU).
 //!
 //! Run: `cargo bench --bench pipeline`. Environment: `PIPELINE_BENCH_REPEAT` (default 5),
@@ -264,29 +265,41 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Each model of a manifest alone: the median time of one batch-1 run on a constant input.
+/// Each model of a manifest alone: the median time of a run on constant inputs, at each batch
+/// size of `PIPELINE_BENCH_BATCHES` (default 1), per image.
 fn full_size_latency(manifest: &Path, threads: usize, device: Device, repeat: usize) -> Result<()> {
     let manifest = Manifest::load(manifest)?;
     let library = find_onnxruntime(None)?;
     let settings = SessionSettings { threads, device, require_gpu: false };
+    let batches: Vec<usize> = std::env::var("PIPELINE_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .map(|b| b.trim().parse().context("PIPELINE_BENCH_BATCHES: batch sizes, e.g. 1,2,4"))
+        .collect::<Result<_>>()?;
     println!();
     for role in [Role::Classifier, Role::Segmenter] {
         let mut model = Model::open(&library, &manifest, role, settings)?;
         let (c, h, w) = model.input_shape();
-        let mut times = Vec::new();
-        for _ in 0..=repeat {
-            let started = Instant::now();
-            model.probabilities(vec![0.0; c * h * w])?;
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let blank = vec![0.0; c * h * w];
+        for &batch in &batches {
+            let inputs = vec![blank.as_slice(); batch];
+            let mut times = Vec::new();
+            for _ in 0..=repeat {
+                let started = Instant::now();
+                model.probabilities(&inputs)?;
+                times.push(started.elapsed().as_secs_f64() * 1000.0 / batch as f64);
+            }
+            times.remove(0);
+            let per_image = median(times);
+            println!(
+                "{} ({}, {c}x{h}x{w}) on {}, {threads} thread(s), batch {batch}: {per_image:.0} ms per image, \
+                 {:.2} images/s (median of {repeat})",
+                model.spec.name,
+                model.spec.architecture,
+                model.execution_provider,
+                1000.0 / per_image
+            );
         }
-        times.remove(0);
-        println!(
-            "{} ({}, {c}x{h}x{w}) on {}, {threads} thread(s): {:.0} ms per image (median of {repeat})",
-            model.spec.name,
-            model.spec.architecture,
-            model.execution_provider,
-            median(times)
-        );
     }
     Ok(())
 }

@@ -199,6 +199,12 @@ pub struct InferenceConfig {
     pub threads: usize,
     /// Inference threads, each with its own sessions: images analysed at the same time.
     pub workers: usize,
+    /// Most images a worker analyses together: one model run per batch. A worker takes the due
+    /// jobs there are, up to this many.
+    pub batch_size: usize,
+    /// How long a worker with fewer than `batch_size` due jobs waits for more before it starts
+    /// (0: never; an idle node is then exactly as fast as with batches of one).
+    pub batch_wait_ms: u64,
     /// Also run the models on the horizontally flipped image and average (test-time augmentation).
     pub tta_hflip: bool,
     /// The pixel budget of one image: Rows x Columns x frames x samples above this are not
@@ -224,6 +230,8 @@ impl Default for InferenceConfig {
             onnxruntime: None,
             threads: 1,
             workers: 1,
+            batch_size: 8,
+            batch_wait_ms: 0,
             tta_hflip: false,
             max_pixels: 50_000_000,
             quarantine_after: 2,
@@ -775,6 +783,12 @@ impl Config {
         }
         if !(1..=64).contains(&self.inference.workers) {
             bad("inference.workers", format!("{} is out of range (1 to 64)", self.inference.workers));
+        }
+        if !(1..=256).contains(&self.inference.batch_size) {
+            bad("inference.batch_size", format!("{} is out of range (1 to 256)", self.inference.batch_size));
+        }
+        if self.inference.batch_wait_ms > 10_000 {
+            bad("inference.batch_wait_ms", format!("{} is out of range (0 to 10000 ms)", self.inference.batch_wait_ms));
         }
         if self.inference.require_gpu && self.inference.device == Device::Cpu {
             bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());

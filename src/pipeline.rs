@@ -21,11 +21,14 @@ use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
 use crate::imaging::{self, ImagingError};
-use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer};
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use rayon::prelude::*;
+
+use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
-use crate::spool::{sanitize_uid, write_durably, Spool};
-use crate::store::{ClaimedJob, JobEnd, JobScope, NewOutput, NewResult, Store};
+use crate::spool::{sanitize_uid, write_all_durably, Spool};
+use crate::store::{ClaimedJob, Finished, JobEnd, JobScope, NewOutput, NewResult, Store};
 
 /// Attempts before a job with transient errors is failed.
 pub const MAX_ATTEMPTS: i64 = 4;
@@ -60,6 +63,9 @@ pub struct Limits {
     pub quarantine_after: u32,
     /// `node.lease_secs`: how long a claimed job is this node's before another may take it over.
     pub lease: Duration,
+    /// `inference.batch_size` and `inference.batch_wait_ms`.
+    pub batch_size: usize,
+    pub batch_wait: Duration,
 }
 
 impl Pipeline {
@@ -128,8 +134,13 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        while let Some(job) = self.runtime.clone().block_on(self.next_job()) {
-            if job.interruptions >= i64::from(self.limits.quarantine_after) {
+        while let Some(jobs) = self.runtime.clone().block_on(self.next_jobs()) {
+            let mut due = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if job.interruptions < i64::from(self.limits.quarantine_after) {
+                    due.push(job);
+                    continue;
+                }
                 // taken over from a node that died while analysing it, as often as we allow
                 let reason = format!(
                     "quarantined: a node stopped {} time(s) while analysing this image; it is not analysed again",
@@ -140,11 +151,35 @@ impl Worker {
                 self.runtime
                     .clone()
                     .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
-                continue;
             }
-            let verdict = analyse_job(&mut self.analyzer, &self.spool, &job, &self.outputs, &self.limits);
-            self.runtime.clone().block_on(self.record(&job, verdict));
+            let verdicts = analyse_jobs(&mut self.analyzer, &self.spool, &due, &self.outputs, &self.limits);
+            self.runtime.clone().block_on(self.record(&due, verdicts));
         }
+    }
+
+    /// The next batch: the first due job (waiting for one as [`Worker::next_job`] does), then
+    /// the others due now, up to `inference.batch_size`, waiting up to `inference.batch_wait_ms`
+    /// for more. `None` once the pipeline stops.
+    async fn next_jobs(&mut self) -> Option<Vec<ClaimedJob>> {
+        let first = self.next_job().await?;
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + self.limits.batch_wait;
+        while jobs.len() < self.limits.batch_size && !self.shutdown.is_triggered() {
+            let queued = self.store.jobs_queued().notified();
+            match self.store.claim_job(self.limits.lease, self.scope).await {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::select! {
+                        _ = queued => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = self.shutdown.triggered() => {}
+                    }
+                }
+                // nothing more due, or the database failing: the batch in hand goes on
+                _ => break,
+            }
+        }
+        Some(jobs)
     }
 
     /// Claims the next due job; waits for one (a queued-job signal or the poll interval), and
@@ -181,43 +216,81 @@ impl Worker {
         }
     }
 
-    async fn record(&mut self, job: &ClaimedJob, verdict: Verdict) {
+    /// Records a batch's verdicts: its results (their objects written durably first) in one
+    /// transaction, the other endings each in its own.
+    async fn record(&mut self, jobs: &[ClaimedJob], verdicts: Vec<Verdict>) {
+        let mut analysed = Vec::new();
+        for (job, verdict) in jobs.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Analysed(analysis, objects) => analysed.push((job, analysis, objects)),
+                other => self.end(job, other).await,
+            }
+        }
+        if analysed.is_empty() {
+            return;
+        }
+        let objects: Vec<Vec<MadeObject>> =
+            analysed.iter_mut().map(|(_, _, objects)| std::mem::take(objects)).collect();
+        let outputs = match write_objects(&self.outputs, objects) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                // The disk is full or unwritable: try again later rather than lose the objects.
+                for (job, _, _) in &analysed {
+                    warn!(job = job.id, error = %e, "cannot write the result's objects; will retry");
+                    let reason = format!("cannot write outputs: {e}");
+                    let store = self.store.clone();
+                    self.persist(job, "retry", || store.retry_job(job, &reason, Duration::from_secs(30))).await;
+                }
+                return;
+            }
+        };
+        let results: Vec<NewResult> = analysed.iter().map(|(_, a, _)| new_result(&self.analyzer, a)).collect();
+        for ((job, analysis, _), result) in analysed.iter().zip(&results) {
+            let t = &analysis.timings;
+            info!(
+                job = job.id,
+                instance = job.instance_id,
+                decision = %result.decision,
+                priority = %result.priority,
+                probability = format_args!("{:.3}", analysis.probability),
+                mask_px = analysis.mask_area_px,
+                decode_ms = t.decode_ms as u64,
+                inference_ms = t.inference_ms as u64,
+                batch = analysed.len(),
+                "analysed"
+            );
+            let stages = [
+                ("decode", t.decode_ms),
+                ("preprocess", t.preprocess_ms),
+                ("inference", t.inference_ms),
+                ("postprocess", t.postprocess_ms),
+            ];
+            crate::metrics::result(result.decision, result.priority, stages);
+        }
+        let batch: Vec<Finished> = analysed
+            .iter()
+            .zip(&results)
+            .zip(&outputs)
+            .map(|(((job, _, _), result), outputs)| Finished { job, result, outputs })
+            .collect();
+        let store = self.store.clone();
+        let rules = self.outputs.messages.clone();
+        let first = analysed[0].0;
+        let what = if batch.len() == 1 { "result".to_string() } else { format!("batch of {} results", batch.len()) };
+        if let Some(recorded) = self.persist_with(first, &what, || store.record_results(&batch, &rules)).await {
+            for (finished, recorded) in batch.iter().zip(recorded) {
+                if !recorded {
+                    warn!(job = finished.job.id, "the job was taken over by another node; its result is not recorded");
+                }
+            }
+        }
+    }
+
+    /// Records a job's ending other than a result.
+    async fn end(&mut self, job: &ClaimedJob, verdict: Verdict) {
         let store = self.store.clone();
         match verdict {
-            Verdict::Analysed(analysis, objects) => {
-                let result = new_result(&self.analyzer, &analysis);
-                let outputs = match write_objects(&self.outputs, objects) {
-                    Ok(outputs) => outputs,
-                    Err(e) => {
-                        // The disk is full or unwritable: try again later rather than lose the objects.
-                        warn!(job = job.id, error = %e, "cannot write the result's objects; will retry");
-                        let reason = format!("cannot write outputs: {e}");
-                        self.persist(job, "retry", || store.retry_job(job, &reason, Duration::from_secs(30))).await;
-                        return;
-                    }
-                };
-                let t = &analysis.timings;
-                info!(
-                    job = job.id,
-                    instance = job.instance_id,
-                    decision = %result.decision,
-                    priority = %result.priority,
-                    probability = format_args!("{:.3}", analysis.probability),
-                    mask_px = analysis.mask_area_px,
-                    decode_ms = t.decode_ms as u64,
-                    inference_ms = t.inference_ms as u64,
-                    "analysed"
-                );
-                let stages = [
-                    ("decode", t.decode_ms),
-                    ("preprocess", t.preprocess_ms),
-                    ("inference", t.inference_ms),
-                    ("postprocess", t.postprocess_ms),
-                ];
-                crate::metrics::result(result.decision, result.priority, stages);
-                let rules = self.outputs.messages.clone();
-                self.persist(job, "result", || store.record_result(job, &result, &outputs, &rules)).await;
-            }
+            Verdict::Analysed(..) => unreachable!("results are recorded by the batch"),
             Verdict::Skipped(reason) => {
                 info!(job = job.id, instance = job.instance_id, %reason, "skipped");
                 self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
@@ -239,28 +312,39 @@ impl Worker {
         }
     }
 
-    /// Writes what became of a job, retrying with backoff while the database fails, so that a
-    /// short outage delays the job by the outage and not by its lease. Gives up (leaving the job
-    /// to its lease, or to the restart) at shutdown or when half the lease has passed.
-    async fn persist<F, Fut>(&mut self, job: &ClaimedJob, what: &str, mut write: F)
+    /// Writes what became of a job (see [`Worker::persist_with`]); false from the store means
+    /// another node took the job over.
+    async fn persist<F, Fut>(&mut self, job: &ClaimedJob, what: &str, write: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::store::Result<bool>>,
+    {
+        if self.persist_with(job, what, write).await == Some(false) {
+            warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded");
+        }
+    }
+
+    /// Writes what became of a job (or of a batch, `job` its first), retrying with backoff while
+    /// the database fails, so that a short outage delays the job by the outage and not by its
+    /// lease. Gives up (leaving the job to its lease, or to the restart) at shutdown or when half
+    /// the lease has passed: `None`.
+    async fn persist_with<T, F, Fut>(&mut self, job: &ClaimedJob, what: &str, mut write: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<T>>,
     {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {
             match write().await {
-                Ok(true) => return,
-                Ok(false) => {
-                    return warn!(job = job.id, "the job was taken over by another node; its {what} is not recorded")
-                }
+                Ok(written) => return Some(written),
                 Err(e) if self.shutdown.is_triggered() || started.elapsed() + delay > self.limits.lease / 2 => {
-                    return error!(
+                    error!(
                         job = job.id,
                         error = %e,
                         "cannot record the job's {what}; it is taken up again when its lease expires or at restart"
                     );
+                    return None;
                 }
                 Err(e) => {
                     warn!(job = job.id, error = %e, "cannot record the job's {what}; retrying in {delay:?}");
@@ -275,98 +359,146 @@ impl Worker {
     }
 }
 
-/// Writes made objects durably under `dir` (`<study>/<sop instance>.dcm`) and describes them
-/// for their rows.
-fn write_objects(settings: &OutputSettings, objects: Vec<MadeObject>) -> Result<Vec<NewOutput>, String> {
-    objects
-        .into_iter()
-        .map(|o| {
-            let (Some(study), Some(sop)) =
-                (sanitize_uid(&o.uids.study_instance_uid), sanitize_uid(&o.uids.sop_instance_uid))
-            else {
-                return Err(format!("invalid UIDs for a {} ({})", o.kind, o.uids.sop_instance_uid));
-            };
-            let relative = format!("{study}/{sop}.dcm");
-            write_durably(&settings.dir.join(&relative), &o.bytes).map_err(|e| e.to_string())?;
-            let destinations = settings
-                .destinations
-                .iter()
-                .filter(|(_, kinds)| kinds.contains(&o.kind))
-                .map(|(name, _)| name.clone())
-                .collect();
-            Ok(NewOutput {
-                destinations,
-                kind: o.kind,
-                sop_class_uid: o.uids.sop_class_uid.to_string(),
-                sop_instance_uid: sop.to_string(),
-                path: relative,
-                size_bytes: o.bytes.len() as i64,
-            })
+/// Writes each result's objects under `dir` (`<study>/<sop instance>.dcm`) durably with two
+/// file-system syncs for the whole batch, not two per object, and describes them for their
+/// rows (one list per result).
+fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Result<Vec<Vec<NewOutput>>, String> {
+    let files: Vec<(String, &[u8])> = objects
+        .iter()
+        .flatten()
+        .map(|o| match (sanitize_uid(&o.uids.study_instance_uid), sanitize_uid(&o.uids.sop_instance_uid)) {
+            (Some(study), Some(sop)) => Ok((format!("{study}/{sop}.dcm"), o.bytes.as_slice())),
+            _ => Err(format!("invalid UIDs for a {} ({})", o.kind, o.uids.sop_instance_uid)),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    write_all_durably(&settings.dir, &files).map_err(|e| e.to_string())?;
+    let mut paths = files.into_iter().map(|(path, _)| path).collect::<Vec<_>>().into_iter();
+    Ok(objects
+        .into_iter()
+        .map(|made| {
+            made.into_iter()
+                .map(|o| {
+                    let destinations = settings
+                        .destinations
+                        .iter()
+                        .filter(|(_, kinds)| kinds.contains(&o.kind))
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    NewOutput {
+                        destinations,
+                        kind: o.kind,
+                        sop_class_uid: o.uids.sop_class_uid.to_string(),
+                        sop_instance_uid: sanitize_uid(&o.uids.sop_instance_uid).unwrap_or_default().to_string(),
+                        path: paths.next().expect("a path per object"),
+                        size_bytes: o.bytes.len() as i64,
+                    }
+                })
+                .collect()
+        })
+        .collect())
 }
 
-/// Reads a job's spool file and analyses it; never panics.
-pub fn analyse_job(
+/// Reads, checks and prepares each job's image on every core, runs the batch through the
+/// models together, then makes each one's objects; never panics. A verdict per job, in order.
+/// An image that cannot be read or decoded leaves the batch before the models and fails alone;
+/// when the models fail (or panic) on a batch of several, each image is tried again alone, so
+/// that the one at fault fails alone.
+pub fn analyse_jobs(
     analyzer: &mut Analyzer,
     spool: &Spool,
-    job: &ClaimedJob,
+    jobs: &[ClaimedJob],
     outputs: &OutputSettings,
     limits: &Limits,
-) -> Verdict {
-    let path = spool.absolute(&job.path);
-    match std::fs::metadata(&path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Verdict::Failed(format!("the spool file {} is missing", job.path))
+) -> Vec<Verdict> {
+    let preparation = analyzer.preparation();
+    let ready: Vec<Result<Ready, Verdict>> =
+        jobs.par_iter().map(|job| guarded(|| prepare_job(preparation, spool, job, limits))).collect();
+    let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(jobs.len());
+    let (mut objects, mut prepared) = (Vec::new(), Vec::new());
+    for (i, ready) in ready.into_iter().enumerate() {
+        match ready {
+            Ok((obj, p)) => {
+                objects.push((i, obj));
+                prepared.push(p);
+                verdicts.push(None);
+            }
+            Err(verdict) => verdicts.push(Some(verdict)),
         }
-        Err(e) => return Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
     }
-    // Reading, decoding, the models and the objects run on untrusted bytes: a panic anywhere in
-    // them fails this image alone, and the worker goes on.
-    match catch_unwind(AssertUnwindSafe(|| analyse_file(analyzer, &path, job, outputs, limits))) {
-        Ok(verdict) => verdict,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            Verdict::Failed(format!("internal error while analysing: {message}"))
+    let several = prepared.len() > 1;
+    match guarded(|| analyzer.analyze_batch(prepared).map_err(analysis_error)) {
+        Ok(analyses) => {
+            let analyzer = &*analyzer;
+            let made: Vec<(usize, Verdict)> = objects
+                .par_iter()
+                .zip(analyses)
+                .map(|((i, obj), analysis)| {
+                    let made = guarded(|| Ok(make_objects(analyzer, obj, &analysis, outputs, &jobs[*i].path)));
+                    (*i, made.map_or_else(|v| v, |made| Verdict::Analysed(Box::new(analysis), made)))
+                })
+                .collect();
+            for (i, verdict) in made {
+                verdicts[i] = Some(verdict);
+            }
         }
+        Err(_) if several => {
+            for (i, _) in &objects {
+                verdicts[*i] = analyse_jobs(analyzer, spool, std::slice::from_ref(&jobs[*i]), outputs, limits).pop();
+            }
+        }
+        Err(verdict) => {
+            if let Some((i, _)) = objects.first() {
+                verdicts[*i] = Some(verdict);
+            }
+        }
+    }
+    verdicts.into_iter().map(|v| v.expect("a verdict per job")).collect()
+}
+
+/// A job's image, checked and ready for the models.
+type Ready = (Box<FileDicomObject<InMemDicomObject>>, Prepared);
+
+/// Reads a job's spool file, checks it and prepares it: the structure before dicom-rs parses
+/// the bytes, the pixels before a decoder does.
+fn prepare_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits: &Limits) -> Result<Ready, Verdict> {
+    let path = spool.absolute(&job.path);
+    let unreadable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Verdict::Failed(format!("the spool file {} is missing", job.path)),
+        _ => Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
+    };
+    std::fs::metadata(&path).map_err(unreadable)?;
+    let obj = imaging::open_checked(&path, limits.max_dataset_bytes).map_err(|e| match e {
+        ImagingError::Io(e) => Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
+        e => Verdict::Failed(e.to_string()),
+    })?;
+    if let Some(reason) = not_applicable(&obj) {
+        return Err(Verdict::Skipped(format!("not applicable: {reason}")));
+    }
+    imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Verdict::Failed(e.to_string()))?;
+    let prepared = preparation.prepare(&obj).map_err(analysis_error)?;
+    Ok((Box::new(obj), prepared))
+}
+
+/// What an analysis error makes of the job.
+fn analysis_error(e: AnalyzeError) -> Verdict {
+    match e {
+        AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => Verdict::Skipped(format!("not applicable: {why}")),
+        AnalyzeError::Imaging(e) => Verdict::Failed(e.to_string()),
+        AnalyzeError::Runtime(e) => Verdict::Transient(e.to_string()),
     }
 }
 
-fn analyse_file(
-    analyzer: &mut Analyzer,
-    path: &std::path::Path,
-    job: &ClaimedJob,
-    outputs: &OutputSettings,
-    limits: &Limits,
-) -> Verdict {
-    // the structure is checked before dicom-rs parses the bytes, the pixels before a decoder does
-    let obj = match imaging::open_checked(path, limits.max_dataset_bytes) {
-        Ok(obj) => obj,
-        Err(ImagingError::Io(e)) => return Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
-        Err(e) => return Verdict::Failed(e.to_string()),
-    };
-    if let Some(reason) = not_applicable(&obj) {
-        return Verdict::Skipped(format!("not applicable: {reason}"));
-    }
-    if let Err(e) = imaging::check_pixels(&obj, limits.max_pixels) {
-        return Verdict::Failed(e.to_string());
-    }
-    match analyzer.analyze(&obj) {
-        Ok(analysis) => {
-            let made = make_objects(analyzer, &obj, &analysis, outputs, &job.path);
-            Verdict::Analysed(Box::new(analysis), made)
-        }
-        Err(AnalyzeError::Imaging(ImagingError::NotGrayscale(why))) => {
-            Verdict::Skipped(format!("not applicable: {why}"))
-        }
-        Err(AnalyzeError::Imaging(e)) => Verdict::Failed(e.to_string()),
-        Err(AnalyzeError::Runtime(e)) => Verdict::Transient(e.to_string()),
-    }
+/// Runs `f` on untrusted bytes: a panic in it fails the image with the panic's message, and the
+/// worker goes on.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Verdict>) -> Result<T, Verdict> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Err(Verdict::Failed(format!("internal error while analysing: {message}")))
+    })
 }
 
 /// The result row of an analysis.

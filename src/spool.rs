@@ -315,6 +315,28 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     sync_dir(dir)
 }
 
+/// Writes files under `root` (relative paths) so that each is whole and survives a power cut
+/// once this returns: every file written to a temporary name, one sync of the file system,
+/// every rename, one more sync. Two syncs for a batch rather than two per file.
+pub fn write_all_durably(root: &Path, files: &[(String, &[u8])]) -> Result<(), SpoolError> {
+    let mut temps = Vec::with_capacity(files.len());
+    for (relative, bytes) in files {
+        let path = root.join(relative);
+        let dir = path.parent().expect("output paths have a directory");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let temp = path.with_extension("part");
+        fs::write(&temp, bytes).map_err(io_err(&temp))?;
+        temps.push((temp, path));
+    }
+    let sync =
+        || File::open(root).and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from)).map_err(io_err(root));
+    sync()?;
+    for (temp, path) in &temps {
+        fs::rename(temp, path).map_err(io_err(path))?;
+    }
+    sync()
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }

@@ -3,12 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
+use dicom_object::{FileDicomObject, InMemDicomObject};
 use pneumotriage::config::Config;
 use pneumotriage::imaging;
-use pneumotriage::inference::analyze::{not_applicable, Analyzer};
+use pneumotriage::inference::analyze::{not_applicable, Analysis, Analyzer, Prepared};
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
+use rayon::prelude::*;
 
 /// `pneumotriage infer`: every file through the cascade, a line each.
 pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
@@ -29,72 +32,129 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut failed = 0;
-    for file in &expand_directories(files)? {
-        let name = file.display();
-        // checked as the pipeline checks what it receives: a file can be as hostile as a peer
-        let obj = match imaging::open_checked(file, config.dicom.max_dataset_bytes()) {
-            Ok(obj) => obj,
-            Err(e) => {
-                println!("{name}: failed: {e}");
-                failed += 1;
-                continue;
-            }
-        };
-        let reason = not_applicable(&obj);
-        if let (None, Err(e)) = (&reason, imaging::check_pixels(&obj, config.inference.max_pixels)) {
-            println!("{name}: failed: {e}");
-            failed += 1;
-            continue;
-        }
-        let result = match reason {
-            Some(reason) => {
-                println!("{name}: skipped: {reason}");
-                serde_json::json!({ "file": file, "skipped": reason })
-            }
-            None => match analyzer.analyze(&obj) {
-                Ok(a) => {
-                    let area = a
-                        .mask_area_mm2
-                        .filter(|_| a.mask_area_px > 0)
-                        .map(|mm2| format!(" ({mm2:.0} mm²)"))
-                        .unwrap_or_default();
-                    let t = &a.timings;
-                    println!(
-                        "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
-                        a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
-                    );
-                    if let Some(dir) = out {
-                        // the SEG, SR and secondary capture the node would send
-                        for made in make_objects(&analyzer, &obj, &a, &outputs, "") {
-                            let name = format!("{}.{}.dcm", output_stem(file), made.kind);
-                            std::fs::write(dir.join(name), &made.bytes)?;
-                        }
-                    }
-                    if let (Some(dir), Some(views)) = (out, &a.views) {
-                        let stem = output_stem(file);
-                        let input = overlay::grey_png(&views.model_input)?;
-                        std::fs::write(dir.join(format!("{stem}.input.png")), input)?;
-                        let outlined = overlay::outline_png(&views.display, a.mask.as_deref())?;
-                        std::fs::write(dir.join(format!("{stem}.overlay.png")), outlined)?;
-                    }
-                    serde_json::json!({ "file": file, "result": a, "models": {
-                        "classifier": analyzer.classifier().name, "classifier_version": analyzer.classifier().version,
-                        "segmenter": analyzer.segmenter().name, "segmenter_version": analyzer.segmenter().version,
-                        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice })
+    let warm_up = analyzer.warm_up().context("warming up the models")?;
+    let files = expand_directories(files)?;
+    let preparation = analyzer.preparation();
+    let max_dataset_bytes = config.dicom.max_dataset_bytes();
+    let started = Instant::now();
+    let (mut analysed, mut skipped, mut failed) = (0, 0, 0);
+    // in batches as the node analyses them: each batch's files read and prepared in parallel,
+    // then the models once for the batch
+    for files in files.chunks(analyzer.batch_size) {
+        let mut ready: Vec<Ready> = files
+            .par_iter()
+            .map(|file| {
+                // checked as the pipeline checks what it receives: a file can be as hostile as a peer
+                let obj = imaging::open_checked(file, max_dataset_bytes).map_err(|e| Ready::Failed(e.to_string()))?;
+                if let Some(reason) = not_applicable(&obj) {
+                    return Err(Ready::Skipped(reason));
                 }
-                Err(e) => {
+                imaging::check_pixels(&obj, config.inference.max_pixels).map_err(|e| Ready::Failed(e.to_string()))?;
+                let prepared = preparation.prepare(&obj).map_err(|e| Ready::Failed(e.to_string()))?;
+                Ok(Ready::Prepared(Box::new(obj), Some(prepared)))
+            })
+            .map(|r| r.unwrap_or_else(|e| e))
+            .collect();
+        let prepared: Vec<Prepared> = ready
+            .iter_mut()
+            .filter_map(|r| match r {
+                Ready::Prepared(_, p) => p.take(),
+                _ => None,
+            })
+            .collect();
+        let count = prepared.len();
+        let mut analyses = match analyzer.analyze_batch(prepared) {
+            Ok(analyses) => analyses.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e.to_string()); count],
+        }
+        .into_iter();
+        for (file, ready) in files.iter().zip(&ready) {
+            let name = file.display();
+            let result = match ready {
+                Ready::Failed(e) => {
                     println!("{name}: failed: {e}");
                     failed += 1;
-                    serde_json::json!({ "file": file, "failed": e.to_string() })
+                    serde_json::json!({ "file": file, "failed": e })
                 }
-            },
-        };
-        if let Some(dir) = out {
-            std::fs::write(dir.join(format!("{}.json", output_stem(file))), serde_json::to_string_pretty(&result)?)?;
+                Ready::Skipped(reason) => {
+                    println!("{name}: skipped: {reason}");
+                    skipped += 1;
+                    serde_json::json!({ "file": file, "skipped": reason })
+                }
+                Ready::Prepared(obj, _) => match analyses.next().expect("an analysis per prepared file") {
+                    Ok(a) => {
+                        analysed += 1;
+                        report(&analyzer, file, obj, &a, out, &outputs)?
+                    }
+                    Err(e) => {
+                        println!("{name}: failed: {e}");
+                        failed += 1;
+                        serde_json::json!({ "file": file, "failed": e })
+                    }
+                },
+            };
+            if let Some(dir) = out {
+                std::fs::write(
+                    dir.join(format!("{}.json", output_stem(file))),
+                    serde_json::to_string_pretty(&result)?,
+                )?;
+            }
         }
     }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{analysed} analysed, {skipped} skipped, {failed} failed in {seconds:.2} s: {:.1} images/s analysed \
+         (batches of up to {}, {}; warm-up {} ms)",
+        analysed as f64 / seconds.max(1e-9),
+        analyzer.batch_size,
+        analyzer.execution_provider(),
+        warm_up.as_millis()
+    );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A file read and checked: ready for the models, or already decided.
+enum Ready {
+    /// The prepared image is taken for the batch.
+    Prepared(Box<FileDicomObject<InMemDicomObject>>, Option<Prepared>),
+    Skipped(String),
+    Failed(String),
+}
+
+/// Prints an analysis' line and, with `--out`, writes what the node would make of it.
+fn report(
+    analyzer: &Analyzer,
+    file: &Path,
+    obj: &FileDicomObject<InMemDicomObject>,
+    a: &Analysis,
+    out: Option<&Path>,
+    outputs: &OutputSettings,
+) -> anyhow::Result<serde_json::Value> {
+    let name = file.display();
+    let area = a.mask_area_mm2.filter(|_| a.mask_area_px > 0).map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
+    let t = &a.timings;
+    println!(
+        "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
+        a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
+    );
+    if let Some(dir) = out {
+        // the SEG, SR and secondary capture the node would send
+        for made in make_objects(analyzer, obj, a, outputs, "") {
+            let name = format!("{}.{}.dcm", output_stem(file), made.kind);
+            std::fs::write(dir.join(name), &made.bytes)?;
+        }
+        if let Some(views) = &a.views {
+            let stem = output_stem(file);
+            let input = overlay::grey_png(&views.model_input)?;
+            std::fs::write(dir.join(format!("{stem}.input.png")), input)?;
+            let outlined = overlay::outline_png(&views.display, a.mask.as_deref())?;
+            std::fs::write(dir.join(format!("{stem}.overlay.png")), outlined)?;
+        }
+    }
+    Ok(serde_json::json!({ "file": file, "result": a, "models": {
+        "classifier": analyzer.classifier().name, "classifier_version": analyzer.classifier().version,
+        "segmenter": analyzer.segmenter().name, "segmenter_version": analyzer.segmenter().version,
+        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice }))
 }
 
 /// The files given, with each directory replaced by the files under it (recursively, sorted).

@@ -98,6 +98,8 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         max_pixels: config.inference.max_pixels,
         quarantine_after: config.inference.quarantine_after,
         lease: config.lease(),
+        batch_size: config.inference.batch_size,
+        batch_wait: Duration::from_millis(config.inference.batch_wait_ms),
     };
     let outputs = OutputSettings::of(&config);
     let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
@@ -155,7 +157,12 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
 /// One analyzer per inference worker, or the reason the models cannot run.
 fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
-    let analyzers = (0..config.inference.workers).map(|_| Analyzer::open(config)).collect::<Result<Vec<_>, _>>()?;
+    let mut analyzers = (0..config.inference.workers).map(|_| Analyzer::open(config)).collect::<Result<Vec<_>, _>>()?;
+    // before READY=1: the first image is then as fast as the next
+    let mut warm_up = Duration::ZERO;
+    for analyzer in &mut analyzers {
+        warm_up += analyzer.warm_up()?;
+    }
     let first = &analyzers[0];
     info!(
         classifier = %format_args!("{} {}", first.classifier().name, first.classifier().version),
@@ -164,6 +171,8 @@ fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
         device = %config.inference.device,
         execution_provider = first.execution_provider(),
         workers = analyzers.len(),
+        batch_size = config.inference.batch_size,
+        warm_up_ms = warm_up.as_millis() as u64,
         "models loaded ({})",
         first.manifest.notice
     );

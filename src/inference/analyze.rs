@@ -13,7 +13,8 @@ use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
 use super::Role;
 use crate::config::{Config, PriorityConfig};
 use crate::domain::Policy;
-use crate::imaging::{self, DisplayImage};
+use crate::imaging::{self, DisplayImage, Preprocess};
+use rayon::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
@@ -115,6 +116,8 @@ pub struct Analyzer {
     policy: Policy,
     priority_rules: PriorityConfig,
     tta_hflip: bool,
+    /// `inference.batch_size`: the most images [`Analyzer::analyze_batch`] is given at once.
+    pub batch_size: usize,
     /// Keep the model input and the displayed image in each [`Analysis`] (`infer --out`).
     pub keep_views: bool,
     /// Run the segmenter on every image, also below the classifier's threshold (`evaluate`);
@@ -148,6 +151,7 @@ impl Analyzer {
             policy: inference.policy,
             priority_rules: config.priority,
             tta_hflip: inference.tta_hflip,
+            batch_size: inference.batch_size,
             keep_views: false,
             segment_always: false,
         })
@@ -175,45 +179,163 @@ impl Analyzer {
         self.segmenter.execution_provider
     }
 
+    /// Runs both models once on blank images at each batch size an image can meet, so that the
+    /// first real image pays neither the session's first-run setup nor, on CUDA, cuDNN's search
+    /// for the fastest convolution algorithms (per input shape). Returns the time it took.
+    pub fn warm_up(&mut self) -> Result<std::time::Duration, AnalyzeError> {
+        let started = Instant::now();
+        for model in [&mut self.classifier, &mut self.segmenter] {
+            let (c, h, w) = model.input_shape();
+            let blank = vec![0f32; c * h * w];
+            // the padded shapes batches of 1 to batch_size run as (on the CPU: 1 is enough)
+            let mut sizes: Vec<usize> = (1..=self.batch_size).map(|n| model.padded_batch(n)).collect();
+            sizes.dedup();
+            if model.execution_provider == super::runtime::CPU_PROVIDER {
+                sizes.truncate(1);
+            }
+            for n in sizes {
+                model.probabilities(&vec![blank.as_slice(); n])?;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// How images are made ready for the models; a plain value, so that a batch's images can
+    /// be prepared on several threads while the sessions stay with the worker.
+    pub fn preparation(&self) -> Preparation {
+        Preparation {
+            classifier: self.classifier.spec.preprocess(),
+            segmenter: self.segmenter.spec.preprocess(),
+            keep_views: self.keep_views,
+        }
+    }
+
+    /// One image through the cascade (a batch of one).
     pub fn analyze(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Analysis, AnalyzeError> {
+        let prepared = self.preparation().prepare(obj)?;
+        Ok(self.analyze_batch(vec![prepared])?.pop().expect("one analysis per prepared image"))
+    }
+
+    /// Prepared images through the cascade together: one classifier run for the batch, one
+    /// segmenter run for those it sends on, then each image's decision and full-size mask.
+    /// The results are those of each image alone (the models see the same tensors); each
+    /// image's inference time is its share of the batch's.
+    pub fn analyze_batch(&mut self, batch: Vec<Prepared>) -> Result<Vec<Analysis>, AnalyzeError> {
+        let n = batch.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let segmenter_inputs = |wanted: &[usize]| -> Vec<&[f32]> {
+            wanted.iter().map(|&i| batch[i].segmenter_input.as_deref().unwrap_or(&batch[i].classifier_input)).collect()
+        };
+        let mut probabilities: Vec<Option<Vec<f32>>> = vec![None; n];
+        let outcomes: Vec<decision::Outcome> = match self.policy {
+            Policy::Cascade => {
+                let inputs: Vec<&[f32]> = batch.iter().map(|p| p.classifier_input.as_slice()).collect();
+                let p: Vec<f32> = run(&mut self.classifier, &inputs, self.tta_hflip)?.iter().map(|v| v[0]).collect();
+                let wanted: Vec<usize> =
+                    (0..n).filter(|&i| p[i] >= self.rules.classifier || self.segment_always).collect();
+                let maps = run(&mut self.segmenter, &segmenter_inputs(&wanted), self.tta_hflip)?;
+                for (i, map) in wanted.into_iter().zip(maps) {
+                    probabilities[i] = Some(map);
+                }
+                (0..n).map(|i| decision::cascade(&self.rules, p[i], probabilities[i].as_deref())).collect()
+            }
+            Policy::Segmentation => {
+                let all: Vec<usize> = (0..n).collect();
+                let maps = run(&mut self.segmenter, &segmenter_inputs(&all), self.tta_hflip)?;
+                let outcomes = maps.iter().map(|map| decision::triplet(&self.rules, map)).collect();
+                probabilities = maps.into_iter().map(Some).collect();
+                outcomes
+            }
+        };
+        let inference_ms = ms(started) / n as f64;
+        // the rest is per image and runs on every core (the resize of the mask is most of it)
+        let finish = Finish {
+            rules: &self.rules,
+            policy: self.policy,
+            priority_rules: &self.priority_rules,
+            segmenter: &self.segmenter.spec,
+            segment_always: self.segment_always,
+        };
+        batch
+            .into_par_iter()
+            .zip(outcomes)
+            .zip(probabilities)
+            .map(|((prepared, outcome), probabilities)| finish.analysis(prepared, outcome, probabilities, inference_ms))
+            .collect()
+    }
+}
+
+/// How an image becomes the models' inputs (`Analyzer::preparation`).
+#[derive(Debug, Clone, Copy)]
+pub struct Preparation {
+    classifier: Preprocess,
+    segmenter: Preprocess,
+    keep_views: bool,
+}
+
+/// An image decoded and made into the models' inputs, waiting for its batch.
+pub struct Prepared {
+    image: DisplayImage,
+    classifier_input: Vec<f32>,
+    /// `None` when the segmenter takes the classifier's input.
+    segmenter_input: Option<Vec<f32>>,
+    spacing: Option<(f64, f64)>,
+    classifier: Preprocess,
+    keep_views: bool,
+    timings: Timings,
+}
+
+impl Preparation {
+    /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
+    pub fn prepare(&self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Prepared, AnalyzeError> {
         let mut timings = Timings::default();
         let started = Instant::now();
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
-
-        let mut stage = Instant::now();
-        let classifier_pre = self.classifier.spec.preprocess();
-        let segmenter_pre = self.segmenter.spec.preprocess();
-        let classifier_input = imaging::to_tensor(&image, &classifier_pre)?;
-        let segmenter_input = if segmenter_pre == classifier_pre {
-            classifier_input.clone()
-        } else {
-            imaging::to_tensor(&image, &segmenter_pre)?
-        };
+        let stage = Instant::now();
+        let classifier_input = imaging::to_tensor(&image, &self.classifier)?;
+        let segmenter_input =
+            if self.segmenter == self.classifier { None } else { Some(imaging::to_tensor(&image, &self.segmenter)?) };
         timings.preprocess_ms = ms(stage);
+        Ok(Prepared {
+            image,
+            classifier_input,
+            segmenter_input,
+            spacing: pixel_spacing(obj),
+            classifier: self.classifier,
+            keep_views: self.keep_views,
+            timings,
+        })
+    }
+}
 
-        stage = Instant::now();
-        let (outcome, probabilities) = match self.policy {
-            Policy::Cascade => {
-                let p = run(&mut self.classifier, &classifier_input, self.tta_hflip)?[0];
-                let seg = if p >= self.rules.classifier || self.segment_always {
-                    Some(run(&mut self.segmenter, &segmenter_input, self.tta_hflip)?)
-                } else {
-                    None
-                };
-                (decision::cascade(&self.rules, p, seg.as_deref()), seg)
-            }
-            Policy::Segmentation => {
-                let seg = run(&mut self.segmenter, &segmenter_input, self.tta_hflip)?;
-                (decision::triplet(&self.rules, &seg), Some(seg))
-            }
-        };
-        timings.inference_ms = ms(stage);
+/// What the per-image end of a batch needs of the analyzer (no sessions: it runs in parallel).
+struct Finish<'a> {
+    rules: &'a Rules,
+    policy: Policy,
+    priority_rules: &'a PriorityConfig,
+    segmenter: &'a ModelSpec,
+    segment_always: bool,
+}
 
-        stage = Instant::now();
+impl Finish<'_> {
+    /// The decision's mask at the source size, its area and the priority.
+    fn analysis(
+        &self,
+        prepared: Prepared,
+        outcome: decision::Outcome,
+        probabilities: Option<Vec<f32>>,
+        inference_ms: f64,
+    ) -> Result<Analysis, AnalyzeError> {
+        let Prepared { image, classifier_input, spacing, classifier, keep_views, mut timings, .. } = prepared;
+        timings.inference_ms = inference_ms;
+        let stage = Instant::now();
         // The segmenter alone has a mask when the rules' area test passes whatever the classifier said.
         let segmenter_has_mask = match (self.policy, &probabilities) {
-            (Policy::Cascade, Some(p)) => decision::cascade(&self.rules, 1.0, Some(p)).mask.is_some(),
+            (Policy::Cascade, Some(p)) => decision::cascade(self.rules, 1.0, Some(p)).mask.is_some(),
             _ => outcome.mask.is_some(),
         };
         let full = match probabilities {
@@ -227,27 +349,28 @@ impl Analyzer {
         let mask_area_px = mask.as_ref().map_or(0, |m| m.iter().filter(|&&b| b).count());
         let mask_rle =
             mask.as_ref().map_or_else(|| "-1".to_string(), |m| super::rle::siim_rle(m, image.width, image.height));
-        let mask_area_mm2 = pixel_spacing(obj).map(|(r, c)| mask_area_px as f64 * r * c);
-        let priority = decision::priority(&self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
+        let mask_area_mm2 = spacing.map(|(r, c)| mask_area_px as f64 * r * c);
+        let priority = decision::priority(self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
         timings.postprocess_ms = ms(stage);
-        let views = self.keep_views.then(|| {
-            let (_, h, w) = self.classifier.input_shape();
-            let plane = &classifier_input[..h * w];
+        let (width, height) = (image.width, image.height);
+        let views = keep_views.then(|| {
+            let (w, h) = (classifier.width, classifier.height);
+            let plane = &classifier_input[..(w * h) as usize];
             Views {
                 model_input: DisplayImage {
-                    width: w as u32,
-                    height: h as u32,
-                    pixels: plane.iter().map(|v| v * classifier_pre.std + classifier_pre.mean).collect(),
+                    width: w,
+                    height: h,
+                    pixels: plane.iter().map(|v| v * classifier.std + classifier.mean).collect(),
                 },
-                display: image.clone(),
+                display: image,
             }
         });
         Ok(Analysis {
             decision: outcome.decision,
             priority,
             probability: outcome.probability,
-            width: image.width,
-            height: image.height,
+            width,
+            height,
             mask_rle,
             mask_area_px,
             mask_area_mm2,
@@ -261,30 +384,36 @@ impl Analyzer {
     /// The segmenter's probabilities brought back to the source size with the same filter, then
     /// thresholded (the mask threshold, or the triplet rule's bottom one).
     fn full_size_mask(&self, probabilities: Vec<f32>, image: &DisplayImage) -> Result<Vec<bool>, AnalyzeError> {
-        let spec = &self.segmenter.spec;
         let cut = match self.policy {
             Policy::Cascade => self.rules.mask,
             Policy::Segmentation => self.rules.triplet_bottom,
         };
-        let small = DisplayImage { width: spec.width, height: spec.height, pixels: probabilities };
+        let small = DisplayImage { width: self.segmenter.width, height: self.segmenter.height, pixels: probabilities };
         let big = imaging::resize(&small, image.width, image.height)?;
         Ok(big.pixels.iter().map(|&v| v >= cut).collect())
     }
 }
 
-/// Runs a model on one input, and with `hflip` on its mirror image too, averaging the two (the
-/// mirrored output flipped back first when it is a map).
-fn run(model: &mut Model, input: &[f32], hflip: bool) -> Result<Vec<f32>, RuntimeError> {
-    let direct = model.probabilities(input.to_vec())?;
-    if !hflip {
+/// Runs a model on a batch of inputs, and with `hflip` on their mirror images too, averaging
+/// the two (a mirrored map flipped back first). One output per input.
+fn run(model: &mut Model, inputs: &[&[f32]], hflip: bool) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let direct = model.probabilities(inputs)?;
+    if !hflip || inputs.is_empty() {
         return Ok(direct);
     }
     let (_, _, width) = model.input_shape();
-    let mut mirrored = model.probabilities(flip_rows(input, width))?;
-    if mirrored.len() > 1 {
-        mirrored = flip_rows(&mirrored, width);
-    }
-    Ok(direct.iter().zip(&mirrored).map(|(a, b)| (a + b) / 2.0).collect())
+    let flipped: Vec<Vec<f32>> = inputs.iter().map(|input| flip_rows(input, width)).collect();
+    let mirrored = model.probabilities(&flipped.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    Ok(direct
+        .into_iter()
+        .zip(mirrored)
+        .map(|(direct, mut mirrored)| {
+            if mirrored.len() > 1 {
+                mirrored = flip_rows(&mirrored, width);
+            }
+            direct.iter().zip(&mirrored).map(|(a, b)| (a + b) / 2.0).collect()
+        })
+        .collect())
 }
 
 /// Mirrors every row of width `width` (a (C,) H, W tensor).

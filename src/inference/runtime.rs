@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::ep::{ExecutionProvider, CUDA};
+use ort::ep::cuda::ConvAlgorithmSearch;
+use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
 use ort::session::Session;
 use ort::value::Tensor;
 use tracing::warn;
@@ -151,19 +152,52 @@ impl Model {
         Ok(())
     }
 
-    /// Runs one image (a (C, H, W) tensor) and returns probabilities: one value for a
-    /// classifier, H x W values for a segmenter.
-    pub fn probabilities(&mut self, tensor: Vec<f32>) -> Result<Vec<f32>, RuntimeError> {
+    /// The model's fixed batch size, when its input's first dimension is not dynamic.
+    fn fixed_batch(&self) -> Option<usize> {
+        let first = self.session.inputs()[0].dtype().tensor_shape().and_then(|d| d.iter().next().copied());
+        first.filter(|&n| n > 0).map(|n| n as usize)
+    }
+
+    /// The batch a run of `n` images is padded to (with blank images): the fixed batch size, or
+    /// on CUDA the next power of two, so that cuDNN meets only the shapes the warm-up searched.
+    pub fn padded_batch(&self, n: usize) -> usize {
+        match self.fixed_batch() {
+            Some(fixed) => fixed,
+            None if self.execution_provider != CPU_PROVIDER => n.next_power_of_two(),
+            None => n,
+        }
+    }
+
+    /// Runs images (each a (C, H, W) tensor) in as few runs as the model's batch dimension
+    /// allows, and returns each image's probabilities: one value for a classifier, H x W values
+    /// for a segmenter.
+    pub fn probabilities(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(self.fixed_batch().unwrap_or(usize::MAX)) {
+            out.extend(self.run_batch(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn run_batch(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
         let s = &self.spec;
         let fail = |source: ort::Error| RuntimeError::Session { name: s.name.clone(), source };
-        let shape = [1usize, s.channels as usize, s.height as usize, s.width as usize];
+        let batch = self.padded_batch(inputs.len());
+        let shape = [batch, s.channels as usize, s.height as usize, s.width as usize];
+        let mut tensor = inputs.concat();
+        tensor.resize(tensor.len() / inputs.len() * batch, 0.0);
         let input = Tensor::from_array((shape, tensor)).map_err(fail)?;
         let outputs = self.session.run(ort::inputs![s.input.as_str() => input]).map_err(fail)?;
         let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(fail)?;
-        Ok(match s.output_kind {
-            OutputKind::Probabilities => values.to_vec(),
-            OutputKind::Logits => values.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-        })
+        let each = values.len() / batch;
+        Ok(values
+            .chunks_exact(each)
+            .take(inputs.len())
+            .map(|image| match s.output_kind {
+                OutputKind::Probabilities => image.to_vec(),
+                OutputKind::Logits => image.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            })
+            .collect())
     }
 }
 
@@ -183,6 +217,12 @@ fn session(
             .and_then(|b| {
                 Ok(b.with_execution_providers([CUDA::default()
                     .with_device_id(i32::from(id))
+                    // the fastest convolution for each shape, found once by the warm-up
+                    .with_conv_algorithm_search(ConvAlgorithmSearch::Exhaustive)
+                    .with_conv_max_workspace(true)
+                    // grow the memory arena by what is asked, not by powers of two: a U-Net at
+                    // 1024 with a batch would otherwise reserve gigabytes it never uses
+                    .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
                     .build()
                     .error_on_failure()])?)
             })

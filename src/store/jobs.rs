@@ -85,6 +85,13 @@ pub struct NewResult {
     pub timings_ms: [f64; 4],
 }
 
+/// A job's analysis, ready to be recorded.
+pub struct Finished<'a> {
+    pub job: &'a ClaimedJob,
+    pub result: &'a NewResult,
+    pub outputs: &'a [NewOutput],
+}
+
 /// The claim: one statement for both backends but for the row lock, which only PostgreSQL has
 /// (SQLite has one writer, so its single UPDATE is already atomic).
 macro_rules! claim_sql {
@@ -172,11 +179,41 @@ impl Store {
         outputs: &[NewOutput],
         rules: &[MessageRule],
     ) -> Result<bool> {
+        Ok(self.record_results(&[Finished { job, result, outputs }], rules).await?[0])
+    }
+
+    /// [`Store::record_result`] for a batch, in one transaction: one commit (one fsync) for
+    /// all of it. Says of each job whether it was recorded (false: no longer this node's, and
+    /// nothing of it written).
+    pub async fn record_results(&self, batch: &[Finished<'_>], rules: &[MessageRule]) -> Result<Vec<bool>> {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let now = now_ms();
+        let mut recorded = Vec::with_capacity(batch.len());
+        let mut signal = false;
+        for finished in batch {
+            let written = self.insert_result(&mut tx, finished, rules, now).await?;
+            signal |= written.is_some_and(|deliveries| deliveries);
+            recorded.push(written.is_some());
+        }
+        tx.commit().await?;
+        if signal {
+            self.signal_deliveries();
+        }
+        Ok(recorded)
+    }
+
+    /// One job's result in the transaction: `None` when the job is no longer this node's, else
+    /// whether something is now due for a destination.
+    async fn insert_result(
+        &self,
+        tx: &mut AnyConnection,
+        Finished { job, result, outputs }: &Finished<'_>,
+        rules: &[MessageRule],
+        now: i64,
+    ) -> Result<Option<bool>> {
         if !finish(&mut *tx, self.node(), job.id, JobState::Done, None, now).await? {
-            return Ok(false);
+            return Ok(None);
         }
         let [cn, cv, cs] = &result.classifier;
         let [sn, sv, ss] = &result.segmenter;
@@ -215,7 +252,7 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        for output in outputs {
+        for output in outputs.iter() {
             let (output_id,): (i64,) = sqlx::query_as(
                 "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at, \
                                       node) \
@@ -249,16 +286,12 @@ impl Store {
             sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
             0
         } else {
-            let before = study_priority(&mut tx, job.study_id).await?.1;
+            let before = study_priority(&mut *tx, job.study_id).await?.1;
             sqlx::query(STUDY_PRIORITY).bind(job.study_id).execute(&mut *tx).await?;
-            let (study_uid, after) = study_priority(&mut tx, job.study_id).await?;
-            make_messages(&mut tx, job.study_id, &study_uid, (before, after), rules, now).await?
+            let (study_uid, after) = study_priority(&mut *tx, job.study_id).await?;
+            make_messages(&mut *tx, job.study_id, &study_uid, (before, after), rules, now).await?
         };
-        tx.commit().await?;
-        if messages > 0 || outputs.iter().any(|o| !o.destinations.is_empty()) {
-            self.signal_deliveries();
-        }
-        Ok(true)
+        Ok(Some(messages > 0 || outputs.iter().any(|o| !o.destinations.is_empty())))
     }
 
     /// Ends a job without a result, with its reason (failures also go to the audit trail).

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
-pub use jobs::{ClaimedJob, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
+pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
 pub use messages::{control_id, ClaimedMessage, MessageRow, MessageRule};
 pub use worklist::Counts;

@@ -148,3 +148,55 @@ fn evaluate_reproduces_the_manifest_metrics() {
     close(&report["kaggle_mean_dice"], &heldout["cascade"]["kaggle_mean_dice"], "Kaggle metric");
     assert_eq!(report["threshold_sweep"].as_array().unwrap().len(), 9);
 }
+
+/// Batches give each image what it gets alone: `infer` with batches of 1 and of 8 over the same
+/// files (synthetic positives and negatives, a full-size CR, and a damaged file in the middle of
+/// a batch, which fails alone) writes the same decisions, masks and probabilities (within 1e-5).
+#[test]
+fn a_batch_gives_each_image_what_it_gets_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let mut files = synthetic_images(&work.path().join("images"), 10, 31);
+    let bad = work.path().join("bad");
+    let made = Command::new(python()).arg(tool("make_bad_images.py")).arg(&files[0]).arg(&bad).output().unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    files.insert(3, bad.join("short_pixels.dcm"));
+    files.insert(6, pydicom_data("RG1_UNCR.dcm"));
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml");
+    let run = |batch: usize| {
+        let config = work.path().join(format!("batch{batch}.toml"));
+        let toml =
+            format!("[inference]\nmodels = {:?}\nthreads = 2\nbatch_size = {batch}\n", manifest.display().to_string());
+        std::fs::write(&config, toml).unwrap();
+        let out = work.path().join(format!("out{batch}"));
+        let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .arg("infer")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .args(&files)
+            .output()
+            .unwrap();
+        let report = text(&run);
+        assert_eq!(run.status.code(), Some(1), "the damaged file fails the run: {report}");
+        assert!(report.contains("short_pixels.dcm: failed: pixel data inconsistent"), "{report}");
+        assert!(report.contains(&format!("11 analysed, 0 skipped, 1 failed in")), "{report}");
+        assert!(report.contains(&format!("batches of up to {batch}")), "{report}");
+        out
+    };
+    let (alone, batched) = (run(1), run(8));
+    let mut positives = 0;
+    for file in files.iter().filter(|f| !f.ends_with("short_pixels.dcm")) {
+        let name = format!("{}.json", file.file_name().unwrap().to_string_lossy());
+        let read = |dir: &std::path::Path| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.join(&name)).unwrap()).unwrap()
+        };
+        let (a, b) = (&read(&alone)["result"], &read(&batched)["result"]);
+        assert_eq!(a["decision"], b["decision"], "{name}");
+        assert_eq!(a["mask_rle"], b["mask_rle"], "{name}");
+        let (pa, pb) = (a["probability"].as_f64().unwrap(), b["probability"].as_f64().unwrap());
+        assert!((pa - pb).abs() <= 1e-5, "{name}: {pa} alone, {pb} in a batch");
+        positives += usize::from(a["decision"] == "positive");
+    }
+    assert!(positives > 0, "some masks were compared");
+}

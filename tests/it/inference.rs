@@ -50,7 +50,7 @@ fn demo_models_give_what_python_onnxruntime_gives() {
     for role in [Role::Classifier, Role::Segmenter] {
         let mut model = Model::open(&library(), &manifest, role, CPU).unwrap();
         let tensor = to_tensor(&image, &model.spec.preprocess()).unwrap();
-        let ours = model.probabilities(tensor.clone()).unwrap();
+        let ours = model.probabilities(&[&tensor]).unwrap().remove(0);
         let theirs = python_probabilities(&manifest, role, &tensor);
         let expected_len = if role == Role::Classifier { 1 } else { (model.spec.height * model.spec.width) as usize };
         assert_eq!(ours.len(), expected_len);

@@ -156,29 +156,37 @@ fn analyses_what_arrives(backend: Backend) {
     assert!(log.contains("analysis failed"), "{log}");
 }
 
-/// A spool file damaged while the node was down (cut in the middle of its pixel data): its job
-/// fails with the reason, the next one is analysed.
+/// A spool file damaged while the node was down (cut in the middle of its pixel data), among
+/// others waiting: they are analysed in one batch when the node comes back, and the damaged one
+/// leaves the batch before the models and fails alone, with the reason.
 fn truncated_spool_file_fails_alone(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
-    let files = synthetic_images(&work.path().join("images"), 2, 5);
+    let files = synthetic_images(&work.path().join("images"), 6, 5);
     let mut setup = Setup::new(backend); // analysis off: the jobs wait
     let node = setup.start();
     let sent: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     assert!(storescu(setup.port, &[], &sent).status.success());
     drop(node);
-    let first = &setup.instances()[0];
-    let spooled = setup.spool_dir().join(&first.2);
+    let damaged = &setup.instances()[2];
+    let spooled = setup.spool_dir().join(&damaged.2);
     let size = std::fs::metadata(&spooled).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&spooled).unwrap().set_len(size / 2).unwrap();
 
-    setup.inference = format!("models = \"{}/models/manifest.toml\"\n", env!("CARGO_MANIFEST_DIR"));
+    setup.inference = format!("models = \"{}/models/manifest.toml\"\nbatch_size = 8\n", env!("CARGO_MANIFEST_DIR"));
     setup.write_config("", "", common::DEFAULT_PEERS);
-    let _node = setup.start();
-    wait_analysed(&setup, 2);
+    let node = setup.start();
+    wait_analysed(&setup, 6);
     let rows = rows(&setup);
-    assert_eq!(rows[0].1, "failed", "{:?}", rows[0]);
-    assert!(rows[0].2.is_some(), "a reason is recorded");
-    assert_eq!(rows[1].1, "done", "{:?}", rows[1]);
+    for (i, row) in rows.iter().enumerate() {
+        if i == 2 {
+            assert_eq!(row.1, "failed", "{row:?}");
+            assert!(row.2.is_some(), "a reason is recorded");
+        } else {
+            assert_eq!(row.1, "done", "{row:?}");
+        }
+    }
+    let log = node.log();
+    assert_eq!(log.matches("batch=5").count(), 5, "the five good images were analysed together: {log}");
 }
 
 on_both_backends!(analyses_what_arrives, truncated_spool_file_fails_alone);
