@@ -20,7 +20,8 @@
 //!
 //! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
 //! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers, default
-//! 1), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
+//! 1), `LATENCY_BENCH_THREADS` and `LATENCY_BENCH_BATCH` (`inference.threads` and
+//! `inference.batch_size`, the node's defaults when unset), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
 //! `PNEUMOTRIAGE_PYTHON` (default the repository's `.venv/bin/python` if there is one, else
 //! `python3`). The images are cached in `target/bench-data/latency-<n>/`. It prints figures and
 //! asserts nothing about speed.
@@ -56,6 +57,15 @@ struct Rig {
     messages: PathBuf,
     config: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// `inference.threads` and `inference.batch_size` from `LATENCY_BENCH_THREADS` and
+/// `LATENCY_BENCH_BATCH`, when set (else the node's defaults), as TOML lines.
+fn tuning() -> String {
+    [("threads", "LATENCY_BENCH_THREADS"), ("batch_size", "LATENCY_BENCH_BATCH")]
+        .iter()
+        .filter_map(|(key, var)| std::env::var(var).ok().map(|v| format!("{key} = {v}\n")))
+        .collect()
 }
 
 fn free_port() -> Result<u16> {
@@ -94,11 +104,12 @@ impl Rig {
         let messages = dir.path().join("ris");
         let (ris, ris_port) = mllp_receiver(&messages)?;
         let config = dir.path().join("pneumotriage.toml");
+        let tuning = tuning();
         fs::write(
             &config,
             format!(
                 "[node]\ndata_dir = {:?}\nmin_free_disk_mb = 100\n[dicom]\nbind = \"127.0.0.1:{node_port}\"\n\
-                 accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\nworkers = {workers}\nclassifier_threshold = 0.0\n\
+                 accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\nworkers = {workers}\n{tuning}classifier_threshold = 0.0\n\
                  mask_threshold = 0.01\nmin_mask_area_px = 0\n[[destinations]]\nname = \"pacs\"\n\
                  ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
                  [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {ris_port}\nsettle_secs = 0\n",
@@ -410,7 +421,11 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism()?.get();
     println!(
         "end-to-end latency, C-STORE start to SEG stored at the destination ({cores} cores, {workers} inference \
-         worker(s), demo models on CPU, every image through both models, synthetic 1024x1024 DX)"
+         worker(s), demo models on CPU, every image through both models, synthetic 1024x1024 DX{})",
+        match tuning().trim() {
+            "" => String::new(),
+            t => format!("; {}", t.replace('\n', ", ")),
+        }
     );
 
     let rig = Rig::start(workers)?;

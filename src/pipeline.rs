@@ -93,6 +93,7 @@ impl Pipeline {
                     spool: spool.clone(),
                     store: store.clone(),
                     scope,
+                    held_back: Vec::new(),
                     shutdown: shutdown.clone(),
                     runtime: handle.clone(),
                     outputs: outputs.clone(),
@@ -126,6 +127,8 @@ struct Worker {
     store: Store,
     /// Which jobs it may claim.
     scope: JobScope,
+    /// A job claimed for a batch but kept for a batch of its own (it was interrupted before).
+    held_back: Vec<ClaimedJob>,
     shutdown: Shutdown,
     runtime: Handle,
     outputs: OutputSettings,
@@ -161,12 +164,24 @@ impl Worker {
     /// the others due now, up to `inference.batch_size`, waiting up to `inference.batch_wait_ms`
     /// for more. `None` once the pipeline stops.
     async fn next_jobs(&mut self) -> Option<Vec<ClaimedJob>> {
-        let first = self.next_job().await?;
+        let first = match self.held_back.pop() {
+            Some(job) => job,
+            None => self.next_job().await?,
+        };
         let mut jobs = vec![first];
+        // A job a node died analysing is analysed alone: the image that kills a batch is then
+        // found, and quarantined, without its batch-mates.
+        if jobs[0].interruptions > 0 {
+            return Some(jobs);
+        }
         let deadline = tokio::time::Instant::now() + self.limits.batch_wait;
         while jobs.len() < self.limits.batch_size && !self.shutdown.is_triggered() {
             let queued = self.store.jobs_queued().notified();
             match self.store.claim_job(self.limits.lease, self.scope).await {
+                Ok(Some(job)) if job.interruptions > 0 => {
+                    self.held_back.push(job);
+                    break;
+                }
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) if tokio::time::Instant::now() < deadline => {
                     tokio::select! {

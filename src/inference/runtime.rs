@@ -235,8 +235,11 @@ fn session(
             Err(e) => warn!(model = name, error = %e, "CUDA device {id} cannot be used; running on the CPU"),
         }
     }
+    // ONNX Runtime's threads spin while waiting for work by default: right on cores of their
+    // own, wrong beside the receiver, the senders and a batch's preparation
     let session = Session::builder(env)
         .and_then(|b| Ok(b.with_intra_threads(threads)?))
+        .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
         .and_then(|mut b| b.commit_from_memory(model))
         .map_err(|source| RuntimeError::Session { name: name.to_string(), source })?;
     Ok((session, CPU_PROVIDER))
