@@ -68,36 +68,36 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
             Err(e) => vec![Err(e.to_string()); count],
         }
         .into_iter();
-        for (file, ready) in files.iter().zip(&ready) {
-            let name = file.display();
-            let result = match ready {
-                Ready::Failed(e) => {
-                    println!("{name}: failed: {e}");
-                    failed += 1;
-                    serde_json::json!({ "file": file, "failed": e })
-                }
-                Ready::Skipped(reason) => {
-                    println!("{name}: skipped: {reason}");
-                    skipped += 1;
-                    serde_json::json!({ "file": file, "skipped": reason })
-                }
+        let outcomes: Vec<Outcome> = ready
+            .into_iter()
+            .map(|ready| match ready {
+                Ready::Failed(e) => Outcome::Failed(e),
+                Ready::Skipped(reason) => Outcome::Skipped(reason),
                 Ready::Prepared(obj, _) => match analyses.next().expect("an analysis per prepared file") {
-                    Ok(a) => {
-                        analysed += 1;
-                        report(&analyzer, file, obj, &a, out, &outputs)?
-                    }
-                    Err(e) => {
-                        println!("{name}: failed: {e}");
-                        failed += 1;
-                        serde_json::json!({ "file": file, "failed": e })
-                    }
+                    Ok(a) => Outcome::Analysed(obj, Box::new(a)),
+                    Err(e) => Outcome::Failed(e),
                 },
-            };
+            })
+            .collect();
+        // each file's line, objects and pictures made on every core, then printed and written in order
+        let reports: Vec<Report> = files
+            .par_iter()
+            .zip(outcomes)
+            .map(|(file, outcome)| report(&analyzer, file, outcome, out.is_some(), &outputs))
+            .collect::<anyhow::Result<_>>()?;
+        for (file, report) in files.iter().zip(reports) {
+            println!("{}", report.line);
+            match report.counted {
+                Counted::Analysed => analysed += 1,
+                Counted::Skipped => skipped += 1,
+                Counted::Failed => failed += 1,
+            }
             if let Some(dir) = out {
-                std::fs::write(
-                    dir.join(format!("{}.json", output_stem(file))),
-                    serde_json::to_string_pretty(&result)?,
-                )?;
+                let stem = output_stem(file);
+                for (suffix, bytes) in report.files {
+                    std::fs::write(dir.join(format!("{stem}.{suffix}")), bytes)?;
+                }
+                std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&report.json)?)?;
             }
         }
     }
@@ -121,40 +121,70 @@ enum Ready {
     Failed(String),
 }
 
-/// Prints an analysis' line and, with `--out`, writes what the node would make of it.
+/// What became of a file.
+enum Outcome {
+    Analysed(Box<FileDicomObject<InMemDicomObject>>, Box<Analysis>),
+    Skipped(String),
+    Failed(String),
+}
+
+enum Counted {
+    Analysed,
+    Skipped,
+    Failed,
+}
+
+/// A file's line, its JSON and, with `--out`, what the node would make of it (file name
+/// suffix, bytes).
+struct Report {
+    line: String,
+    counted: Counted,
+    json: serde_json::Value,
+    files: Vec<(String, Vec<u8>)>,
+}
+
 fn report(
     analyzer: &Analyzer,
     file: &Path,
-    obj: &FileDicomObject<InMemDicomObject>,
-    a: &Analysis,
-    out: Option<&Path>,
+    outcome: Outcome,
+    with_files: bool,
     outputs: &OutputSettings,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<Report> {
     let name = file.display();
+    let (obj, a) = match outcome {
+        Outcome::Failed(e) => {
+            let json = serde_json::json!({ "file": file, "failed": e });
+            return Ok(Report { line: format!("{name}: failed: {e}"), counted: Counted::Failed, json, files: vec![] });
+        }
+        Outcome::Skipped(reason) => {
+            let json = serde_json::json!({ "file": file, "skipped": reason });
+            let line = format!("{name}: skipped: {reason}");
+            return Ok(Report { line, counted: Counted::Skipped, json, files: vec![] });
+        }
+        Outcome::Analysed(obj, a) => (obj, a),
+    };
     let area = a.mask_area_mm2.filter(|_| a.mask_area_px > 0).map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
     let t = &a.timings;
-    println!(
+    let line = format!(
         "{name}: {:?} p={:.3}, priority {}, mask {} px{area}; decode {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, post {:.0} ms",
         a.decision, a.probability, a.priority.as_str(), a.mask_area_px, t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms
     );
-    if let Some(dir) = out {
+    let mut files = Vec::new();
+    if with_files {
         // the SEG, SR and secondary capture the node would send
-        for made in make_objects(analyzer, obj, a, outputs, "") {
-            let name = format!("{}.{}.dcm", output_stem(file), made.kind);
-            std::fs::write(dir.join(name), &made.bytes)?;
+        for made in make_objects(analyzer, &obj, &a, outputs, "") {
+            files.push((format!("{}.dcm", made.kind), made.bytes));
         }
         if let Some(views) = &a.views {
-            let stem = output_stem(file);
-            let input = overlay::grey_png(&views.model_input)?;
-            std::fs::write(dir.join(format!("{stem}.input.png")), input)?;
-            let outlined = overlay::outline_png(&views.display, a.mask.as_deref())?;
-            std::fs::write(dir.join(format!("{stem}.overlay.png")), outlined)?;
+            files.push(("input.png".to_string(), overlay::grey_png(&views.model_input)?));
+            files.push(("overlay.png".to_string(), overlay::outline_png(&views.display, a.mask.as_deref())?));
         }
     }
-    Ok(serde_json::json!({ "file": file, "result": a, "models": {
+    let json = serde_json::json!({ "file": file, "result": a, "models": {
         "classifier": analyzer.classifier().name, "classifier_version": analyzer.classifier().version,
         "segmenter": analyzer.segmenter().name, "segmenter_version": analyzer.segmenter().version,
-        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice }))
+        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice });
+    Ok(Report { line, counted: Counted::Analysed, json, files })
 }
 
 /// The files given, with each directory replaced by the files under it (recursively, sorted).
