@@ -51,14 +51,14 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
                 }
                 imaging::check_pixels(&obj, config.inference.max_pixels).map_err(|e| Ready::Failed(e.to_string()))?;
                 let prepared = preparation.prepare(&obj).map_err(|e| Ready::Failed(e.to_string()))?;
-                Ok(Ready::Prepared(Box::new(obj), Some(prepared)))
+                Ok(Ready::Prepared(Box::new(obj), Some(Box::new(prepared))))
             })
             .map(|r| r.unwrap_or_else(|e| e))
             .collect();
         let prepared: Vec<Prepared> = ready
             .iter_mut()
             .filter_map(|r| match r {
-                Ready::Prepared(_, p) => p.take(),
+                Ready::Prepared(_, p) => p.take().map(|p| *p),
                 _ => None,
             })
             .collect();
@@ -116,7 +116,7 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
 /// A file read and checked: ready for the models, or already decided.
 enum Ready {
     /// The prepared image is taken for the batch.
-    Prepared(Box<FileDicomObject<InMemDicomObject>>, Option<Prepared>),
+    Prepared(Box<FileDicomObject<InMemDicomObject>>, Option<Box<Prepared>>),
     Skipped(String),
     Failed(String),
 }

@@ -65,13 +65,17 @@ pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_inst
         .write_timeout(peer.timeout);
     let address = (peer.host.as_str(), peer.port);
     match &peer.tls {
+        // Without TCP_NODELAY the data set's first PDU waits behind the command's until the peer
+        // acknowledges it, which a delayed ACK holds back up to 40 ms: per object.
         None => {
-            let assoc = options.establish(address).map_err(|e| association_error(e, sop_class))?;
+            let mut assoc = options.establish(address).map_err(|e| association_error(e, sop_class))?;
+            let _ = assoc.inner_stream().set_nodelay(true);
             transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
         }
         Some((tls, server_name)) => {
             let options = options.tls_config(tls.clone()).server_name(server_name);
-            let assoc = options.establish_tls(address).map_err(|e| association_error(e, sop_class))?;
+            let mut assoc = options.establish_tls(address).map_err(|e| association_error(e, sop_class))?;
+            let _ = assoc.inner_stream().sock.set_nodelay(true);
             transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
         }
     }
