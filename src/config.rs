@@ -217,6 +217,8 @@ pub struct InferenceConfig {
     pub classifier_threshold: Option<f32>,
     pub mask_threshold: Option<f32>,
     pub min_mask_area_px: Option<u32>,
+    /// What an image must look like before a model sees it (`[inference.checks]`).
+    pub checks: crate::inference::checks::InputChecks,
 }
 
 impl Default for InferenceConfig {
@@ -238,6 +240,7 @@ impl Default for InferenceConfig {
             classifier_threshold: None,
             mask_threshold: None,
             min_mask_area_px: None,
+            checks: Default::default(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::imaging::{self, ImagingError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
-use crate::inference::analyze::{not_applicable, Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
+use crate::inference::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_all_durably, Spool};
@@ -486,7 +486,7 @@ fn prepare_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits
         ImagingError::Io(e) => Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
         e => Verdict::Failed(e.to_string()),
     })?;
-    if let Some(reason) = not_applicable(&obj) {
+    if let Some(reason) = preparation.not_applicable(&obj) {
         return Err(Verdict::Skipped(format!("not applicable: {reason}")));
     }
     imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Verdict::Failed(e.to_string()))?;
@@ -499,6 +499,7 @@ fn analysis_error(e: AnalyzeError) -> Verdict {
     match e {
         AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => Verdict::Skipped(format!("not applicable: {why}")),
         AnalyzeError::Imaging(e) => Verdict::Failed(e.to_string()),
+        AnalyzeError::Skipped(reason) => Verdict::Skipped(format!("not applicable: {reason}")),
         AnalyzeError::Runtime(e) => Verdict::Transient(e.to_string()),
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use pneumotriage::config::Config;
 use pneumotriage::imaging;
-use pneumotriage::inference::analyze::{not_applicable, Analysis, Analyzer, Prepared};
+use pneumotriage::inference::analyze::{Analysis, AnalyzeError, Analyzer, Prepared};
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
 use rayon::prelude::*;
 
@@ -46,11 +46,14 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
             .map(|file| {
                 // checked as the pipeline checks what it receives: a file can be as hostile as a peer
                 let obj = imaging::open_checked(file, max_dataset_bytes).map_err(|e| Ready::Failed(e.to_string()))?;
-                if let Some(reason) = not_applicable(&obj) {
+                if let Some(reason) = preparation.not_applicable(&obj) {
                     return Err(Ready::Skipped(reason));
                 }
                 imaging::check_pixels(&obj, config.inference.max_pixels).map_err(|e| Ready::Failed(e.to_string()))?;
-                let prepared = preparation.prepare(&obj).map_err(|e| Ready::Failed(e.to_string()))?;
+                let prepared = preparation.prepare(&obj).map_err(|e| match e {
+                    AnalyzeError::Skipped(reason) => Ready::Skipped(reason),
+                    e => Ready::Failed(e.to_string()),
+                })?;
                 Ok(Ready::Prepared(Box::new(obj), Some(Box::new(prepared))))
             })
             .map(|r| r.unwrap_or_else(|e| e))

@@ -7,6 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::Serialize;
 
+use super::checks::InputChecks;
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
@@ -20,6 +21,9 @@ use rayon::prelude::*;
 pub enum AnalyzeError {
     #[error(transparent)]
     Imaging(#[from] imaging::ImagingError),
+    /// An input check's reason: the image is not one to analyse.
+    #[error("{0}")]
+    Skipped(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -123,6 +127,8 @@ pub struct Analyzer {
     /// Run the segmenter on every image, also below the classifier's threshold (`evaluate`);
     /// the decision is the same.
     pub segment_always: bool,
+    /// `inference.checks`.
+    pub checks: InputChecks,
 }
 
 impl Analyzer {
@@ -154,6 +160,7 @@ impl Analyzer {
             batch_size: inference.batch_size,
             keep_views: false,
             segment_always: false,
+            checks: inference.checks,
         })
     }
 
@@ -207,6 +214,7 @@ impl Analyzer {
             classifier: self.classifier.spec.preprocess(),
             segmenter: self.segmenter.spec.preprocess(),
             keep_views: self.keep_views,
+            checks: self.checks,
         }
     }
 
@@ -274,6 +282,7 @@ pub struct Preparation {
     classifier: Preprocess,
     segmenter: Preprocess,
     keep_views: bool,
+    checks: InputChecks,
 }
 
 /// An image decoded and made into the models' inputs, waiting for its batch.
@@ -289,12 +298,20 @@ pub struct Prepared {
 }
 
 impl Preparation {
+    /// Why the image is not analysed (applicability, then the input checks on its tags), or `None`.
+    pub fn not_applicable(&self, obj: &InMemDicomObject) -> Option<String> {
+        not_applicable(obj).or_else(|| self.checks.tags(obj))
+    }
+
     /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
     pub fn prepare(&self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Prepared, AnalyzeError> {
         let mut timings = Timings::default();
         let started = Instant::now();
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
+        if let Some(reason) = self.checks.pixels(&image) {
+            return Err(AnalyzeError::Skipped(reason));
+        }
         let stage = Instant::now();
         let classifier_input = imaging::to_tensor(&image, &self.classifier)?;
         let segmenter_input =

@@ -1,8 +1,10 @@
 //! The models: the manifest that describes them (`manifest`), ONNX Runtime sessions that run
 //! them (`runtime`), the decision policies and priority rules over their outputs (`decision`),
-//! and the analysis of one image from pixels to a result (`analyze`).
+//! the checks an image passes before a model sees it (`checks`), and the analysis of images from
+//! pixels to results (`analyze`).
 
 pub mod analyze;
+pub mod checks;
 pub mod decision;
 pub mod manifest;
 pub mod rle;

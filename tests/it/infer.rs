@@ -200,3 +200,54 @@ fn a_batch_gives_each_image_what_it_gets_alone() {
     }
     assert!(positives > 0, "some masks were compared");
 }
+
+/// The input checks: deid-data's cat (a DX tagged CHEST and AP, Patient Species Description
+/// "Feline", series "Thorax LAT") and a synthetic frontal radiograph whose series says LAT are
+/// skipped with reasons that name what gave them away; every radiograph of the held-out set
+/// (adults' frontal chests) passes every check.
+#[test]
+fn input_checks_skip_a_cat_and_a_lateral_but_no_held_out_radiograph() {
+    use dicom_core::{DataElement, VR};
+    let work = tempfile::tempdir().unwrap();
+    let frontal = synthetic_images(&work.path().join("images"), 1, 12).remove(0);
+    let mut obj = dicom_object::open_file(&frontal).unwrap();
+    obj.put(DataElement::new(dicom_dictionary_std::tags::SERIES_DESCRIPTION, VR::LO, "CHEST LAT"));
+    let lateral = work.path().join("lateral.dcm");
+    obj.write_to_file(&lateral).unwrap();
+    let infer = |files: &[&std::path::Path]| {
+        let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .arg("infer")
+            .args(files)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        (run.status.code(), text(&run))
+    };
+    let (code, report) = infer(&[&crate::common::deid_cat(), &lateral, &frontal]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("cat.dcm: skipped: input check: not a human patient (Patient Species Description \"Feline\")"),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.contains("lateral.dcm: skipped: input check: View Position")
+            && l.ends_with("but Series Description \"CHEST LAT\" says lateral")),
+        "{report}"
+    );
+    assert!(report.contains("1 analysed, 2 skipped, 0 failed"), "{report}");
+
+    // scripts/test generates the held-out set; alone, the test checks 40 of its own
+    let heldout = match std::env::var_os("PNEUMOTRIAGE_HELDOUT").map(std::path::PathBuf::from) {
+        Some(dir) if dir.join("dicom-images-train").is_dir() => dir,
+        _ => {
+            let dir = work.path().join("heldout");
+            synthetic_images(&dir, 40, 1007);
+            dir
+        }
+    };
+    let n = std::fs::read_to_string(heldout.join("train-rle.csv")).unwrap().lines().skip(1).count();
+    let (code, report) = infer(&[&heldout.join("dicom-images-train")]);
+    assert_eq!(code, Some(0), "{report}");
+    let summary = report.lines().last().unwrap();
+    assert!(summary.starts_with(&format!("{n} analysed, 0 skipped, 0 failed")), "{summary}");
+}
