@@ -10,10 +10,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::domain::{Decision, Priority};
+use crate::inference::checks::InputStatistics;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -25,6 +26,19 @@ pub struct Metrics {
     deliveries: Family<Labels, Counter>,
     stage_seconds: Family<Labels, Histogram>,
     inference_seconds: Histogram,
+    model_results: Family<Labels, Counter>,
+    model_probability: Family<Labels, Histogram>,
+    input_mean: Family<Labels, Histogram>,
+    input_deviation: Family<Labels, Histogram>,
+}
+
+/// How many results of each classifier version make its drift baseline
+/// (`pneumotriage_model_baseline_results`).
+pub const BASELINE_RESULTS: i64 = 200;
+
+/// Twenty buckets over 0 to 1: probabilities, and the displayed image's mean and spread.
+fn unit_histogram() -> Histogram {
+    Histogram::new(linear_buckets(0.05, 0.05, 20))
 }
 
 fn seconds_histogram() -> Histogram {
@@ -50,7 +64,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     let inference_seconds = seconds_histogram();
     registry.register("model_inference_seconds", "ONNX Runtime time per image, all models", inference_seconds.clone());
-    Metrics { registry, associations, instances, results, deliveries, stage_seconds, inference_seconds }
+    // drift: per classifier version ("name version"), what the models see and say
+    let model_results = Family::<Labels, Counter>::default();
+    registry.register("model_results", "Images analysed, by classifier version and decision", model_results.clone());
+    let model_probability = Family::<Labels, Histogram>::new_with_constructor(unit_histogram);
+    registry.register(
+        "model_probability",
+        "The classifier's probability, by classifier version",
+        model_probability.clone(),
+    );
+    let input_mean = Family::<Labels, Histogram>::new_with_constructor(unit_histogram);
+    registry.register("input_mean", "Mean of the displayed image (0 to 1), by classifier version", input_mean.clone());
+    let input_deviation = Family::<Labels, Histogram>::new_with_constructor(unit_histogram);
+    registry.register(
+        "input_deviation",
+        "Standard deviation of the displayed image (0 to 1), by classifier version",
+        input_deviation.clone(),
+    );
+    Metrics {
+        registry,
+        associations,
+        instances,
+        results,
+        deliveries,
+        stage_seconds,
+        inference_seconds,
+        model_results,
+        model_probability,
+        input_mean,
+        input_deviation,
+    }
 });
 
 /// An association accepted or rejected.
@@ -76,6 +119,17 @@ pub fn result(decision: Decision, priority: Priority, stages_ms: [(&'static str,
             METRICS.inference_seconds.observe(ms.max(0.0) / 1000.0);
         }
     }
+}
+
+/// What a classifier version said of an image, and what the image looked like: the drift
+/// metrics (`model` is "name version").
+pub fn drift(model: &str, decision: Decision, probability: f32, input: InputStatistics) {
+    let labels = vec![("model", model.to_string()), ("decision", decision.as_str().into())];
+    METRICS.model_results.get_or_create(&labels).inc();
+    let model = vec![("model", model.to_string())];
+    METRICS.model_probability.get_or_create(&model).observe(f64::from(probability));
+    METRICS.input_mean.get_or_create(&model).observe(f64::from(input.mean));
+    METRICS.input_deviation.get_or_create(&model).observe(f64::from(input.deviation));
 }
 
 /// A delivery attempt: `delivered`, `retry` or `failed`.

@@ -281,6 +281,8 @@ impl Worker {
                 ("postprocess", t.postprocess_ms),
             ];
             crate::metrics::result(result.decision, result.priority, stages);
+            let [name, version, _] = &result.classifier;
+            crate::metrics::drift(&format!("{name} {version}"), result.decision, analysis.probability, analysis.input);
         }
         let batch: Vec<Finished> = analysed
             .iter()

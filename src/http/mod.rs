@@ -170,11 +170,23 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .iter()
         .map(|(kind, state, n)| (vec![("kind", kind.to_string()), ("state", state.to_string())], *n))
         .collect();
+    let baseline = state
+        .store
+        .baseline_decisions(crate::metrics::BASELINE_RESULTS)
+        .await?
+        .into_iter()
+        .map(|(model, decision, n)| (vec![("model", model), ("decision", decision.to_string())], n))
+        .collect();
     let text = crate::metrics::render(&[
         ("jobs", "Analysis jobs by state (queued is the backlog)", labelled("state", &counts.jobs)),
         ("deliveries", "Deliveries of DICOM objects by state", labelled("state", &counts.deliveries)),
         ("messages", "Messages (HL7, FHIR, webhook) by kind and state", messages),
         ("analysed_images", "Analysed images by priority", labelled("priority", &counts.results)),
+        (
+            "model_baseline_results",
+            "Decisions of each classifier version's first results (the drift baseline), by decision",
+            baseline,
+        ),
     ]);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

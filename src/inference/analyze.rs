@@ -7,7 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::Serialize;
 
-use super::checks::InputChecks;
+use super::checks::{InputChecks, InputStatistics};
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
@@ -51,6 +51,8 @@ pub struct Analysis {
     /// When the pixel spacing is known (Imager Pixel Spacing, else Pixel Spacing; 0\0 is unknown).
     pub mask_area_mm2: Option<f64>,
     pub timings: Timings,
+    /// The displayed image's mean and spread (the drift metrics).
+    pub input: InputStatistics,
     /// The mask at the source image's size, row-major.
     #[serde(skip)]
     pub mask: Option<Vec<bool>>,
@@ -288,6 +290,7 @@ pub struct Preparation {
 /// An image decoded and made into the models' inputs, waiting for its batch.
 pub struct Prepared {
     image: DisplayImage,
+    input: InputStatistics,
     classifier_input: Vec<f32>,
     /// `None` when the segmenter takes the classifier's input.
     segmenter_input: Option<Vec<f32>>,
@@ -309,7 +312,8 @@ impl Preparation {
         let started = Instant::now();
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
-        if let Some(reason) = self.checks.pixels(&image) {
+        let input = InputStatistics::of(&image);
+        if let Some(reason) = self.checks.pixels(&image, input) {
             return Err(AnalyzeError::Skipped(reason));
         }
         let stage = Instant::now();
@@ -319,6 +323,7 @@ impl Preparation {
         timings.preprocess_ms = ms(stage);
         Ok(Prepared {
             image,
+            input,
             classifier_input,
             segmenter_input,
             spacing: pixel_spacing(obj),
@@ -347,7 +352,7 @@ impl Finish<'_> {
         probabilities: Option<Vec<f32>>,
         inference_ms: f64,
     ) -> Result<Analysis, AnalyzeError> {
-        let Prepared { image, classifier_input, spacing, classifier, keep_views, mut timings, .. } = prepared;
+        let Prepared { image, input, classifier_input, spacing, classifier, keep_views, mut timings, .. } = prepared;
         timings.inference_ms = inference_ms;
         let stage = Instant::now();
         // The segmenter alone has a mask when the rules' area test passes whatever the classifier said.
@@ -392,6 +397,7 @@ impl Finish<'_> {
             mask_area_px,
             mask_area_mm2,
             timings,
+            input,
             mask,
             views,
             segmenter_mask,

@@ -91,7 +91,7 @@ impl InputChecks {
     }
 
     /// Why the decoded image must not be analysed, or `None`.
-    pub fn pixels(&self, image: &DisplayImage) -> Option<String> {
+    pub fn pixels(&self, image: &DisplayImage, statistics: InputStatistics) -> Option<String> {
         if !self.image_statistics {
             return None;
         }
@@ -102,13 +102,27 @@ impl InputChecks {
                 image.width, image.height
             ));
         }
-        let n = image.pixels.len().max(1) as f64;
-        let mean = image.pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let variance = image.pixels.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-        let deviation = variance.sqrt() as f32;
+        let deviation = statistics.deviation;
         (deviation < MIN_CONTRAST).then(|| {
             format!("input check: near-constant image (standard deviation {deviation:.4} of the displayed range)")
         })
+    }
+}
+
+/// The displayed image's mean and standard deviation (0 to 1): an input check, and what the
+/// drift metrics watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct InputStatistics {
+    pub mean: f32,
+    pub deviation: f32,
+}
+
+impl InputStatistics {
+    pub fn of(image: &DisplayImage) -> InputStatistics {
+        let n = image.pixels.len().max(1) as f64;
+        let mean = image.pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let variance = image.pixels.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        InputStatistics { mean: mean as f32, deviation: variance.sqrt() as f32 }
     }
 }
 
@@ -206,12 +220,15 @@ mod tests {
     #[test]
     fn blank_and_strip_images_are_not_analysed() {
         let blank = DisplayImage { width: 100, height: 100, pixels: vec![0.5; 10_000] };
-        assert!(InputChecks::default().pixels(&blank).unwrap().contains("near-constant"));
+        let checked = |image: &DisplayImage| InputChecks::default().pixels(image, InputStatistics::of(image));
+        assert!(checked(&blank).unwrap().contains("near-constant"));
         let strip =
             DisplayImage { width: 300, height: 100, pixels: (0..30_000).map(|i| (i % 7) as f32 / 7.0).collect() };
-        assert!(InputChecks::default().pixels(&strip).unwrap().contains("shape"));
+        assert!(checked(&strip).unwrap().contains("shape"));
         let film =
             DisplayImage { width: 100, height: 120, pixels: (0..12_000).map(|i| (i % 7) as f32 / 7.0).collect() };
-        assert_eq!(InputChecks::default().pixels(&film), None);
+        assert_eq!(checked(&film), None);
+        let statistics = InputStatistics::of(&blank);
+        assert_eq!((statistics.mean, statistics.deviation), (0.5, 0.0));
     }
 }

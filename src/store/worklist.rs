@@ -218,4 +218,19 @@ impl Store {
             messages: self.message_counts().await?,
         })
     }
+
+    /// The decisions of each classifier version's first `n` results ("name version", decision,
+    /// count): the baseline its positive rate is watched against for drift.
+    pub async fn baseline_decisions(&self, n: i64) -> Result<Vec<(String, Decision, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT model, decision, COUNT(*) FROM ( \
+                 SELECT classifier_name || ' ' || classifier_version AS model, decision, \
+                        ROW_NUMBER() OVER (PARTITION BY classifier_name, classifier_version ORDER BY id) AS n \
+                 FROM results) first \
+             WHERE n <= $1 GROUP BY model, decision ORDER BY model, decision",
+        )
+        .bind(n)
+        .fetch_all(self.pool())
+        .await?)
+    }
 }

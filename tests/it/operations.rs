@@ -151,6 +151,23 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(results, n as u64, "{metrics}");
+    // the drift metrics: per classifier version, what it said and what it saw
+    let sum_of = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("model=\"pneumotriage-demo-classifier "))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    for family in [
+        "pneumotriage_model_results_total{",
+        "pneumotriage_model_probability_count{",
+        "pneumotriage_input_mean_count{",
+        "pneumotriage_input_deviation_count{",
+        "pneumotriage_model_baseline_results{",
+    ] {
+        assert_eq!(sum_of(family), n as u64, "{family} in:\n{metrics}");
+    }
     std::fs::write(work.path().join("metrics.txt"), &metrics).unwrap();
     if let Ok(dir) = std::env::var("PNEUMOTRIAGE_TEST_ARTIFACTS") {
         std::fs::create_dir_all(&dir).unwrap();
