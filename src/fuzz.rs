@@ -101,7 +101,8 @@ pub fn command_set(data: &[u8]) {
 }
 
 /// A data set (first byte: 0 implicit, else explicit VR LE): the bounded walk, and, when it
-/// passes, dicom-rs's parse, which the walk must have made safe.
+/// passes, dicom-rs's parse, which the walk must have made safe, then what the pipeline reads
+/// of the tags before any pixel: applicability and the input checks.
 pub fn dataset(data: &[u8]) {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let ts = if selector % 2 == 0 { PIXEL_SYNTAXES[0] } else { PIXEL_SYNTAXES[1] };
@@ -110,7 +111,10 @@ pub fn dataset(data: &[u8]) {
         let _ = scanned.text(tag);
     }
     let ts = TransferSyntaxRegistry.get(ts).expect("a registered transfer syntax");
-    let _ = InMemDicomObject::read_dataset_with_ts(bytes, ts);
+    if let Ok(obj) = InMemDicomObject::read_dataset_with_ts(bytes, ts) {
+        let _ = crate::inference::analyze::not_applicable(&obj);
+        let _ = crate::inference::checks::InputChecks::default().tags(&obj);
+    }
 }
 
 /// An image data set (first byte: its transfer syntax in [`PIXEL_SYNTAXES`]): the walk, the

@@ -304,22 +304,10 @@ fn start_writeback(file: &File, data_offset: u64, len: u64) {
     }
 }
 
-/// Writes a file so that it is whole on disk or absent: a temporary beside it, fsync, rename,
-/// directory fsync. For the objects the node creates (`<data_dir>/outputs`).
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let dir = path.parent().expect("output paths have a directory");
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let temp = path.with_extension("part");
-    let mut file = File::create(&temp).map_err(io_err(&temp))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io_err(&temp))?;
-    fs::rename(&temp, path).map_err(io_err(path))?;
-    sync_dir(dir)
-}
-
-/// Writes files under `root` (relative paths) so that each is whole and survives a power cut
-/// once this returns, as [`write_durably`] does one file, but with the files' syncs issued
-/// together (the file system commits them in one journal transaction) and each directory
-/// synced once.
+/// Writes files under `root` (relative paths) so that each is whole on disk or absent, and
+/// survives a power cut once this returns: each to a temporary beside it, fsynced, renamed, and
+/// each directory fsynced once. For the objects the node creates (`<data_dir>/outputs`). The
+/// files' syncs are issued together, so the file system commits them in one journal transaction.
 pub fn write_all_durably(root: &Path, files: &[(String, &[u8])]) -> Result<(), SpoolError> {
     let written: Vec<(PathBuf, PathBuf)> = files
         .par_iter()

@@ -263,6 +263,7 @@ impl Analyzer {
         let inference_ms = ms(started) / n as f64;
         // the rest is per image and runs on every core (the resize of the mask is most of it)
         let finish = Finish {
+            preparation: self.preparation(),
             rules: &self.rules,
             policy: self.policy,
             priority_rules: &self.priority_rules,
@@ -295,8 +296,6 @@ pub struct Prepared {
     /// `None` when the segmenter takes the classifier's input.
     segmenter_input: Option<Vec<f32>>,
     spacing: Option<(f64, f64)>,
-    classifier: Preprocess,
-    keep_views: bool,
     timings: Timings,
 }
 
@@ -321,21 +320,14 @@ impl Preparation {
         let segmenter_input =
             if self.segmenter == self.classifier { None } else { Some(imaging::to_tensor(&image, &self.segmenter)?) };
         timings.preprocess_ms = ms(stage);
-        Ok(Prepared {
-            image,
-            input,
-            classifier_input,
-            segmenter_input,
-            spacing: pixel_spacing(obj),
-            classifier: self.classifier,
-            keep_views: self.keep_views,
-            timings,
-        })
+        Ok(Prepared { image, input, classifier_input, segmenter_input, spacing: pixel_spacing(obj), timings })
     }
 }
 
 /// What the per-image end of a batch needs of the analyzer (no sessions: it runs in parallel).
 struct Finish<'a> {
+    /// How the batch was prepared: what the classifier's input means, whether to keep views.
+    preparation: Preparation,
     rules: &'a Rules,
     policy: Policy,
     priority_rules: &'a PriorityConfig,
@@ -352,7 +344,8 @@ impl Finish<'_> {
         probabilities: Option<Vec<f32>>,
         inference_ms: f64,
     ) -> Result<Analysis, AnalyzeError> {
-        let Prepared { image, input, classifier_input, spacing, classifier, keep_views, mut timings, .. } = prepared;
+        let Prepared { image, input, classifier_input, spacing, mut timings, .. } = prepared;
+        let classifier = self.preparation.classifier;
         timings.inference_ms = inference_ms;
         let stage = Instant::now();
         // The segmenter alone has a mask when the rules' area test passes whatever the classifier said.
@@ -375,7 +368,7 @@ impl Finish<'_> {
         let priority = decision::priority(self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
         timings.postprocess_ms = ms(stage);
         let (width, height) = (image.width, image.height);
-        let views = keep_views.then(|| {
+        let views = self.preparation.keep_views.then(|| {
             let (w, h) = (classifier.width, classifier.height);
             let plane = &classifier_input[..(w * h) as usize];
             Views {

@@ -145,7 +145,7 @@ fn species_code(obj: &InMemDicomObject) -> Option<String> {
 /// The patient's age in years: Patient's Age (nnnD/W/M/Y), else Study Date - Patient's Birth Date.
 fn age_years(obj: &InMemDicomObject) -> Option<f64> {
     let text = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
-    if let Some(age) = text(tags::PATIENT_AGE).filter(|a| a.len() == 4) {
+    if let Some(age) = text(tags::PATIENT_AGE).filter(|a| a.len() == 4 && a.is_ascii()) {
         let (number, unit) = age.split_at(3);
         if let Ok(n) = number.parse::<f64>() {
             let years = match unit {
@@ -215,6 +215,9 @@ mod tests {
         let adult = object(&[(tags::PATIENT_AGE, VR::AS, "045Y")]);
         assert_eq!(InputChecks::default().tags(&adult), None);
         assert_eq!(InputChecks { min_age_years: 0, ..InputChecks::default() }.tags(&child), None);
+        // a peer's bytes: four bytes that are not four characters are no age, not a panic
+        let garbled = object(&[(tags::PATIENT_AGE, VR::AS, "00é")]);
+        assert_eq!(InputChecks::default().tags(&garbled), None);
     }
 
     #[test]
