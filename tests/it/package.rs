@@ -355,7 +355,9 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         let (status, _, body) = http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
         assert_eq!(status, 200);
         let body = String::from_utf8(body).unwrap();
-        if body.contains("pneumotriage_delivery_attempts_total{") && body.contains("pneumotriage_messages{") {
+        // each family read from the database by its own query: wait for all of them
+        let families = ["pneumotriage_delivery_attempts_total{", "pneumotriage_messages{", "pneumotriage_deliveries{"];
+        if families.iter().all(|f| body.contains(f)) {
             break body;
         }
         assert!(Instant::now() < deadline, "no delivery attempt within 60 s:\n{body}\n{}", node.log());
