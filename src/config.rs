@@ -219,6 +219,23 @@ pub struct InferenceConfig {
     pub min_mask_area_px: Option<u32>,
     /// What an image must look like before a model sees it (`[inference.checks]`).
     pub checks: crate::inference::checks::InputChecks,
+    /// Other model versions run on every image production analysed, their results recorded
+    /// beside production's and never delivered (`[[inference.shadow]]`).
+    pub shadow: Vec<ShadowConfig>,
+}
+
+/// A shadow version: another manifest, with the same settings as production but for its own
+/// thresholds, run after production on the same images (`pneumotriage shadow-report`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// How its results are labelled: letters, digits, `.`, `_` and `-`.
+    pub name: String,
+    /// Its model manifest.
+    pub models: PathBuf,
+    pub classifier_threshold: Option<f32>,
+    pub mask_threshold: Option<f32>,
+    pub min_mask_area_px: Option<u32>,
 }
 
 impl Default for InferenceConfig {
@@ -241,6 +258,7 @@ impl Default for InferenceConfig {
             mask_threshold: None,
             min_mask_area_px: None,
             checks: Default::default(),
+            shadow: Vec::new(),
         }
     }
 }
@@ -597,6 +615,9 @@ pub struct HttpConfig {
     /// When set, every endpoint but /healthz and /readyz (and the page itself, which holds no
     /// data) requires `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Named tokens, one per person (`[[http.tokens]]`): each opens what `token` opens, and a
+    /// radiologist's verdict is recorded with the name of the token it came with.
+    pub tokens: Vec<NamedToken>,
     /// How users reach the worklist page (e.g. `https://triage.hospital.org/`): messages link
     /// to their study with it. No link when unset.
     pub public_url: Option<String>,
@@ -608,9 +629,19 @@ impl Default for HttpConfig {
             enabled: true,
             bind: "127.0.0.1:8080".parse().expect("literal socket address"),
             token: None,
+            tokens: Vec::new(),
             public_url: None,
         }
     }
+}
+
+/// A person's bearer token (`[[http.tokens]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToken {
+    /// Who uses it, as verdicts record it (e.g. `dr.lee`).
+    pub name: String,
+    pub token: String,
 }
 
 /// What a command uses of the configuration, and so which of its problems stop the command.
@@ -796,9 +827,42 @@ impl Config {
         if self.inference.require_gpu && self.inference.device == Device::Cpu {
             bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());
         }
-        if let Some(token) = &self.http.token {
-            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                bad("http.token", "must be at least 16 characters, without spaces".into());
+        let weak = |token: &str| token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control());
+        if self.http.token.as_deref().is_some_and(weak) {
+            bad("http.token", "must be at least 16 characters, without spaces".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, named) in self.http.tokens.iter().enumerate() {
+            if let Err(m) = check_label(&named.name) {
+                bad(&format!("http.tokens[{i}].name"), m);
+            } else if !seen.insert(named.name.as_str()) {
+                bad(&format!("http.tokens[{i}].name"), format!("`{}` is used by another token", named.name));
+            }
+            if weak(&named.token) {
+                bad(&format!("http.tokens[{i}].token"), "must be at least 16 characters, without spaces".into());
+            } else if self.http.token.as_deref() == Some(named.token.as_str())
+                || self.http.tokens[..i].iter().any(|t| t.token == named.token)
+            {
+                bad(&format!("http.tokens[{i}].token"), "is another token's too: each person needs their own".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, shadow) in self.inference.shadow.iter().enumerate() {
+            let key = |field: &str| format!("inference.shadow[{i}].{field}");
+            if let Err(m) = check_label(&shadow.name) {
+                bad(&key("name"), m);
+            } else if !seen.insert(shadow.name.as_str()) {
+                bad(&key("name"), format!("`{}` is the name of another shadow", shadow.name));
+            }
+            if let Err(e) = std::fs::metadata(self.resolve(&shadow.models)) {
+                bad(&key("models"), format!("{}: {e}", self.resolve(&shadow.models).display()));
+            }
+            for (field, value) in
+                [("classifier_threshold", shadow.classifier_threshold), ("mask_threshold", shadow.mask_threshold)]
+            {
+                if let Some(v) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                    bad(&key(field), format!("{v} is not a probability between 0 and 1"));
+                }
             }
         }
         if self.priority.urgent_area_mm2.is_some_and(|a| a.is_nan() || a < 0.0) {
@@ -980,6 +1044,17 @@ fn toml_problem(text: &str, e: &toml::de::Error, key: &str) -> Problem {
 }
 
 /// AE titles: 1 to 16 characters of the default repertoire, no backslash or control characters, not all spaces.
+/// A name people and reports use: 1 to 64 letters, digits, `.`, `_`, `-` or `@`.
+fn check_label(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))) {
+        Some(c) => Err(format!("`{}` has {:?}: use letters, digits, `.`, `_`, `-` or `@`", name.escape_debug(), c)),
+        None => Ok(()),
+    }
+}
+
 pub fn check_ae_title(ae: &str) -> Result<(), String> {
     if ae.trim().is_empty() {
         return Err("an AE title must not be empty".into());
@@ -1027,6 +1102,34 @@ mod tests {
         assert_eq!(err.problems.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["inference.threads"]);
         let records = Config::parse(bad, "test.toml", PathBuf::from("."), Uses::Records).expect("no inference keys");
         assert_eq!(records.inference.threads, 0);
+    }
+
+    #[test]
+    fn named_tokens_and_shadow_versions_are_checked() {
+        let text = "[dicom]\naccept_any = true\n[http]\ntoken = \"shared-token-0123456789\"\n\
+                    [[http.tokens]]\nname = \"dr.lee\"\ntoken = \"lee-token-0123456789\"\n\
+                    [[http.tokens]]\nname = \"dr lee\"\ntoken = \"short\"\n\
+                    [[http.tokens]]\nname = \"dr.lee\"\ntoken = \"shared-token-0123456789\"\n\
+                    [[inference.shadow]]\nname = \"lower\"\nmodels = \"no/such/manifest.toml\"\n\
+                    classifier_threshold = 1.5\n\
+                    [[inference.shadow]]\nname = \"lower\"\nmodels = \"Cargo.toml\"\n";
+        let e =
+            Config::parse(text, "test.toml", PathBuf::from(env!("CARGO_MANIFEST_DIR")), Uses::Everything).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http.tokens[1].name",
+                "http.tokens[1].token",
+                "http.tokens[2].name",
+                "http.tokens[2].token",
+                "inference.shadow[0].models",
+                "inference.shadow[0].classifier_threshold",
+                "inference.shadow[1].name"
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("each person needs their own"), "{e}");
     }
 
     #[test]

@@ -126,6 +126,13 @@ spelt_enum! {
     }
 }
 
+impl Decision {
+    /// An AI finding of pneumothorax, with or without a mask.
+    pub fn is_positive(self) -> bool {
+        self != Decision::Negative
+    }
+}
+
 spelt_enum! {
     /// An object the node makes for an analysed image, and what a destination may take.
     pub enum ObjectKind {
@@ -160,6 +167,24 @@ spelt_enum! {
         Done = "done",
         Skipped = "skipped",
         Failed = "failed",
+    }
+}
+
+spelt_enum! {
+    /// What a shadow version ([[inference.shadow]]) made of an image production analysed.
+    pub enum ShadowOutcome {
+        Analysed = "analysed",
+        /// Its own applicability or input checks turned the image away.
+        Skipped = "skipped",
+        Failed = "failed",
+    }
+}
+
+spelt_enum! {
+    /// A radiologist's verdict on an AI finding.
+    pub enum Agreement {
+        Agree = "agree",
+        Disagree = "disagree",
     }
 }
 

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metrics;
 pub mod pipeline;
 pub mod results;
+pub mod review;
 pub mod scan;
 pub mod shutdown;
 pub mod spool;

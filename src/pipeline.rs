@@ -24,11 +24,12 @@ use crate::imaging::{self, ImagingError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
+use crate::domain::ShadowOutcome;
 use crate::inference::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_all_durably, Spool};
-use crate::store::{ClaimedJob, Finished, JobEnd, JobScope, NewOutput, NewResult, Store};
+use crate::store::{ClaimedJob, Finished, JobEnd, JobScope, NewOutput, NewResult, NewShadowResult, Store};
 
 /// Attempts before a job with transient errors is failed.
 pub const MAX_ATTEMPTS: i64 = 4;
@@ -75,21 +76,21 @@ impl Pipeline {
     pub fn start(
         store: Store,
         spool: Arc<Spool>,
-        analyzers: Vec<Analyzer>,
+        models: Vec<Models>,
         outputs: OutputSettings,
         limits: Limits,
         scope: JobScope,
         shutdown: Shutdown,
     ) -> Pipeline {
         let handle = Handle::current();
-        let workers = analyzers
+        let workers = models
             .into_iter()
             .enumerate()
-            .map(|(n, mut analyzer)| {
+            .map(|(n, mut models)| {
                 // the secondary capture is drawn on the displayed source
-                analyzer.keep_views |= outputs.outputs.overlay;
+                models.production.keep_views |= outputs.outputs.overlay;
                 let worker = Worker {
-                    analyzer,
+                    models,
                     spool: spool.clone(),
                     store: store.clone(),
                     scope,
@@ -122,7 +123,7 @@ impl Pipeline {
 }
 
 struct Worker {
-    analyzer: Analyzer,
+    models: Models,
     spool: Arc<Spool>,
     store: Store,
     /// Which jobs it may claim.
@@ -155,9 +156,33 @@ impl Worker {
                     .clone()
                     .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
             }
-            let verdicts = analyse_jobs(&mut self.analyzer, &self.spool, &due, &self.outputs, &self.limits);
-            self.runtime.clone().block_on(self.record(&due, verdicts));
+            let (verdicts, images) =
+                analyse_jobs(&mut self.models.production, &self.spool, &due, &self.outputs, &self.limits);
+            let recorded = self.runtime.clone().block_on(self.record(&due, verdicts));
+            if !self.models.shadows.is_empty() {
+                self.shadow(&due, images, &recorded);
+            }
         }
+    }
+
+    /// Runs the shadow versions on the images whose production result is recorded, and records
+    /// what they made of them. After production's commit: a shadow delays the next batch, never
+    /// this one's results.
+    fn shadow(&mut self, jobs: &[ClaimedJob], images: Vec<Option<Image>>, recorded: &[bool]) {
+        let (jobs, images): (Vec<&ClaimedJob>, Vec<Image>) = jobs
+            .iter()
+            .zip(images)
+            .zip(recorded)
+            .filter_map(|((job, image), recorded)| image.filter(|_| *recorded).map(|image| (job, image)))
+            .unzip();
+        let Some(&first) = jobs.first() else { return };
+        let refs: Vec<&FileDicomObject<InMemDicomObject>> = images.iter().map(|image| &**image).collect();
+        let rows = run_shadows(&mut self.models.shadows, &jobs, &refs);
+        drop(images);
+        let store = self.store.clone();
+        self.runtime
+            .clone()
+            .block_on(self.persist_with(first, "shadow results", || store.record_shadow_results(&rows)));
     }
 
     /// The next batch: the first due job (waiting for one as [`Worker::next_job`] does), then
@@ -232,8 +257,9 @@ impl Worker {
     }
 
     /// Records a batch's verdicts: its results (their objects written durably first) in one
-    /// transaction, the other endings each in its own.
-    async fn record(&mut self, jobs: &[ClaimedJob], verdicts: Vec<Verdict>) {
+    /// transaction, the other endings each in its own. Whether each job's result is recorded.
+    async fn record(&mut self, jobs: &[ClaimedJob], verdicts: Vec<Verdict>) -> Vec<bool> {
+        let mut recorded = vec![false; jobs.len()];
         let mut analysed = Vec::new();
         for (job, verdict) in jobs.iter().zip(verdicts) {
             match verdict {
@@ -242,7 +268,7 @@ impl Worker {
             }
         }
         if analysed.is_empty() {
-            return;
+            return recorded;
         }
         let objects: Vec<Vec<MadeObject>> =
             analysed.iter_mut().map(|(_, _, objects)| std::mem::take(objects)).collect();
@@ -256,10 +282,10 @@ impl Worker {
                     let store = self.store.clone();
                     self.persist(job, "retry", || store.retry_job(job, &reason, Duration::from_secs(30))).await;
                 }
-                return;
+                return recorded;
             }
         };
-        let results: Vec<NewResult> = analysed.iter().map(|(_, a, _)| new_result(&self.analyzer, a)).collect();
+        let results: Vec<NewResult> = analysed.iter().map(|(_, a, _)| new_result(&self.models.production, a)).collect();
         for ((job, analysis, _), result) in analysed.iter().zip(&results) {
             let t = &analysis.timings;
             info!(
@@ -294,13 +320,16 @@ impl Worker {
         let rules = self.outputs.messages.clone();
         let first = analysed[0].0;
         let what = if batch.len() == 1 { "result".to_string() } else { format!("batch of {} results", batch.len()) };
-        if let Some(recorded) = self.persist_with(first, &what, || store.record_results(&batch, &rules)).await {
-            for (finished, recorded) in batch.iter().zip(recorded) {
-                if !recorded {
+        if let Some(written) = self.persist_with(first, &what, || store.record_results(&batch, &rules)).await {
+            for (finished, written) in batch.iter().zip(written) {
+                if written {
+                    recorded[jobs.iter().position(|j| j.id == finished.job.id).expect("a job of the batch")] = true;
+                } else {
                     warn!(job = finished.job.id, "the job was taken over by another node; its result is not recorded");
                 }
             }
         }
+        recorded
     }
 
     /// Records a job's ending other than a result.
@@ -415,69 +444,160 @@ fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Re
         .collect())
 }
 
-/// Reads, checks and prepares each job's image on every core, runs the batch through the
-/// models together, then makes each one's objects; never panics. A verdict per job, in order.
-/// An image that cannot be read or decoded leaves the batch before the models and fails alone;
-/// when the models fail (or panic) on a batch of several, each image is tried again alone, so
-/// that the one at fault fails alone.
+/// A job's image, read and checked: ready for the models.
+type Image = Box<FileDicomObject<InMemDicomObject>>;
+
+/// Reads and checks each job's image on every core, runs the batch through the models together,
+/// then makes each one's objects; never panics. A verdict per job, in order, and the image of
+/// each analysed one (the shadow versions see it next).
 pub fn analyse_jobs(
     analyzer: &mut Analyzer,
     spool: &Spool,
     jobs: &[ClaimedJob],
     outputs: &OutputSettings,
     limits: &Limits,
-) -> Vec<Verdict> {
+) -> (Vec<Verdict>, Vec<Option<Image>>) {
     let preparation = analyzer.preparation();
-    let ready: Vec<Result<Ready, Verdict>> =
-        jobs.par_iter().map(|job| guarded(|| prepare_job(preparation, spool, job, limits))).collect();
-    let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(jobs.len());
-    let (mut objects, mut prepared) = (Vec::new(), Vec::new());
-    for (i, ready) in ready.into_iter().enumerate() {
-        match ready {
-            Ok((obj, p)) => {
-                objects.push((i, obj));
-                prepared.push(p);
-                verdicts.push(None);
+    let read: Vec<Result<Image, Verdict>> =
+        jobs.par_iter().map(|job| guarded(|| read_job(preparation, spool, job, limits))).collect();
+    let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
+    let mut analyses = run_models(analyzer, &images).into_iter();
+    let outcomes: Vec<Result<(Image, Analysis), Verdict>> = read
+        .into_iter()
+        .map(|read| {
+            let image = read?;
+            Ok((image, analyses.next().expect("an outcome per image")?))
+        })
+        .collect();
+    let analyzer = &*analyzer;
+    outcomes
+        .into_par_iter()
+        .zip(jobs)
+        .map(|(outcome, job)| {
+            let (image, analysis) = match outcome {
+                Ok(analysed) => analysed,
+                Err(verdict) => return (verdict, None),
+            };
+            match guarded(|| Ok(make_objects(analyzer, &image, &analysis, outputs, &job.path))) {
+                Ok(made) => (Verdict::Analysed(Box::new(analysis), made), Some(image)),
+                Err(verdict) => (verdict, None),
             }
-            Err(verdict) => verdicts.push(Some(verdict)),
+        })
+        .unzip()
+}
+
+/// Checked images through one analyzer's models: prepared on every core, one model run for the
+/// batch. An image that cannot be decoded leaves the batch before the models and fails alone;
+/// when the models fail (or panic) on a batch of several, each image is tried again alone, so
+/// that the one at fault fails alone. An analysis or a verdict per image, in order.
+fn run_models(
+    analyzer: &mut Analyzer,
+    images: &[&FileDicomObject<InMemDicomObject>],
+) -> Vec<Result<Analysis, Verdict>> {
+    let preparation = analyzer.preparation();
+    let prepared: Vec<Result<Prepared, Verdict>> =
+        images.par_iter().map(|image| guarded(|| preparation.prepare(image).map_err(analysis_error))).collect();
+    let mut out: Vec<Option<Result<Analysis, Verdict>>> = Vec::with_capacity(images.len());
+    let (mut indices, mut batch) = (Vec::new(), Vec::new());
+    for (i, p) in prepared.into_iter().enumerate() {
+        match p {
+            Ok(p) => {
+                indices.push(i);
+                batch.push(p);
+                out.push(None);
+            }
+            Err(verdict) => out.push(Some(Err(verdict))),
         }
     }
-    let several = prepared.len() > 1;
-    match guarded(|| analyzer.analyze_batch(prepared).map_err(analysis_error)) {
+    match guarded(|| analyzer.analyze_batch(batch).map_err(analysis_error)) {
         Ok(analyses) => {
-            let analyzer = &*analyzer;
-            let made: Vec<(usize, Verdict)> = objects
-                .par_iter()
-                .zip(analyses)
-                .map(|((i, obj), analysis)| {
-                    let made = guarded(|| Ok(make_objects(analyzer, obj, &analysis, outputs, &jobs[*i].path)));
-                    (*i, made.map_or_else(|v| v, |made| Verdict::Analysed(Box::new(analysis), made)))
-                })
-                .collect();
-            for (i, verdict) in made {
-                verdicts[i] = Some(verdict);
+            for (i, analysis) in indices.into_iter().zip(analyses) {
+                out[i] = Some(Ok(analysis));
             }
         }
-        Err(_) if several => {
-            for (i, _) in &objects {
-                verdicts[*i] = analyse_jobs(analyzer, spool, std::slice::from_ref(&jobs[*i]), outputs, limits).pop();
+        Err(_) if indices.len() > 1 => {
+            for i in indices {
+                out[i] = run_models(analyzer, &[images[i]]).pop();
             }
         }
         Err(verdict) => {
-            if let Some((i, _)) = objects.first() {
-                verdicts[*i] = Some(verdict);
+            if let Some(&i) = indices.first() {
+                out[i] = Some(Err(verdict));
             }
         }
     }
-    verdicts.into_iter().map(|v| v.expect("a verdict per job")).collect()
+    out.into_iter().map(|o| o.expect("an outcome per image")).collect()
 }
 
-/// A job's image, checked and ready for the models.
-type Ready = (Box<FileDicomObject<InMemDicomObject>>, Prepared);
+/// A shadow version ([[inference.shadow]]): its name and its own sessions.
+pub struct Shadow {
+    pub name: String,
+    pub analyzer: Analyzer,
+}
 
-/// Reads a job's spool file, checks it and prepares it: the structure before dicom-rs parses
-/// the bytes, the pixels before a decoder does.
-fn prepare_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits: &Limits) -> Result<Ready, Verdict> {
+/// What an inference worker runs: the production models, then each shadow version.
+pub struct Models {
+    pub production: Analyzer,
+    pub shadows: Vec<Shadow>,
+}
+
+/// What each shadow version makes of the images production analysed: a row per shadow and
+/// image. A shadow's failure is its own; production's results are already recorded.
+fn run_shadows(
+    shadows: &mut [Shadow],
+    jobs: &[&ClaimedJob],
+    images: &[&FileDicomObject<InMemDicomObject>],
+) -> Vec<NewShadowResult> {
+    let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
+    let mut rows = Vec::with_capacity(shadows.len() * jobs.len());
+    for shadow in shadows {
+        let outcomes = run_models(&mut shadow.analyzer, images);
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            let mut row = NewShadowResult {
+                instance_id: job.instance_id,
+                shadow: shadow.name.clone(),
+                outcome: ShadowOutcome::Analysed,
+                reason: None,
+                decision: None,
+                priority: None,
+                probability: None,
+                mask_area_px: None,
+                classifier: model(shadow.analyzer.classifier()),
+                segmenter: model(shadow.analyzer.segmenter()),
+                inference_ms: None,
+            };
+            match outcome {
+                Ok(a) => {
+                    debug!(job = job.id, shadow = %shadow.name, decision = %a.decision, probability = a.probability, "shadow analysed");
+                    row.decision = Some(a.decision);
+                    row.priority = Some(a.priority);
+                    row.probability = Some(a.probability as f64);
+                    row.mask_area_px = Some(a.mask_area_px as i64);
+                    row.inference_ms = Some(a.timings.inference_ms);
+                }
+                Err(Verdict::Skipped(reason)) => {
+                    row.outcome = ShadowOutcome::Skipped;
+                    row.reason = Some(reason);
+                }
+                Err(verdict) => {
+                    let reason = match verdict {
+                        Verdict::Failed(r) | Verdict::Transient(r) => r,
+                        _ => unreachable!("run_models gives analyses, skips and failures"),
+                    };
+                    warn!(job = job.id, shadow = %shadow.name, %reason, "shadow analysis failed");
+                    row.outcome = ShadowOutcome::Failed;
+                    row.reason = Some(reason);
+                }
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Reads a job's spool file and checks it: the structure before dicom-rs parses the bytes,
+/// applicability, the pixels before a decoder sees them.
+fn read_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits: &Limits) -> Result<Image, Verdict> {
     let path = spool.absolute(&job.path);
     let unreadable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => Verdict::Failed(format!("the spool file {} is missing", job.path)),
@@ -492,8 +612,7 @@ fn prepare_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits
         return Err(Verdict::Skipped(format!("not applicable: {reason}")));
     }
     imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Verdict::Failed(e.to_string()))?;
-    let prepared = preparation.prepare(&obj).map_err(analysis_error)?;
-    Ok((Box::new(obj), prepared))
+    Ok(Box::new(obj))
 }
 
 /// What an analysis error makes of the job.

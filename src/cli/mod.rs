@@ -6,6 +6,7 @@ mod evaluate;
 mod infer;
 mod queue;
 mod records;
+mod review;
 mod serve;
 
 use std::path::PathBuf;
@@ -128,6 +129,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare each shadow version ([[inference.shadow]]) with production on the images both
+    /// analysed: same decisions, flips each way, priority changes, probability shift, time.
+    ShadowReport {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this shadow (its name); every one by default.
+        #[arg(long)]
+        shadow: Option<String>,
+        #[command(flatten)]
+        period: PeriodArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What radiologists' verdicts say of each classifier version: PPV, the flip rates, and
+    /// sensitivity where negatives were reviewed too.
+    VerdictReport {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        period: PeriodArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// List received instances, most recent first.
     Instances {
         #[command(flatten)]
@@ -142,6 +166,24 @@ pub enum Command {
     },
 }
 
+/// The period a report covers: results analysed from `--since` to `--until`.
+#[derive(clap::Args)]
+pub struct PeriodArgs {
+    /// From: a date (2026-11-01), a time (2026-11-01T08:00:00Z) or a time ago (30days); the
+    /// first result by default.
+    #[arg(long, value_parser = review::parse_time)]
+    since: Option<i64>,
+    /// Until (not included), in the same forms; now by default.
+    #[arg(long, value_parser = review::parse_time)]
+    until: Option<i64>,
+}
+
+impl From<PeriodArgs> for review::Period {
+    fn from(p: PeriodArgs) -> review::Period {
+        review::Period { since: p.since, until: p.until }
+    }
+}
+
 impl Command {
     fn config_arg(&self) -> &ConfigArg {
         match self {
@@ -154,7 +196,9 @@ impl Command {
             | Command::Status { config, .. }
             | Command::Retry { config, .. }
             | Command::Requeue { config, .. }
-            | Command::Handover { config, .. } => config,
+            | Command::Handover { config, .. }
+            | Command::ShadowReport { config, .. }
+            | Command::VerdictReport { config, .. } => config,
         }
     }
 
@@ -210,6 +254,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Requeue { instance, .. } => queue::requeue(&connect(&config).await?, instance).await,
         Command::Handover { from, to, fail, .. } => {
             queue::handover(&connect(&config).await?, &from, to.as_deref(), fail).await
+        }
+        Command::ShadowReport { shadow, period, json, .. } => {
+            review::shadow_report(&connect(&config).await?, shadow.as_deref(), period.into(), json).await
+        }
+        Command::VerdictReport { period, json, .. } => {
+            review::verdict_report(&connect(&config).await?, period.into(), json).await
         }
     }
 }

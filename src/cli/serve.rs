@@ -21,7 +21,7 @@ use pneumotriage::http::{AppState, Readiness};
 use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::inference::Manifest;
 use pneumotriage::ingest::Ingest;
-use pneumotriage::pipeline::{Limits, Pipeline};
+use pneumotriage::pipeline::{Limits, Models, Pipeline, Shadow};
 use pneumotriage::results::OutputSettings;
 use pneumotriage::shutdown::Shutdown;
 use pneumotriage::spool::Spool;
@@ -106,7 +106,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     // what the models are for, which messages repeat; read from the manifest only when analysis
     // is off here (another node analyses)
     let notice = match &analyzers {
-        Some(a) => a[0].manifest.notice.clone(),
+        Some(a) => a[0].production.manifest.notice.clone(),
         None => Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default(),
     };
     let pipeline =
@@ -155,28 +155,51 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One analyzer per inference worker, or the reason the models cannot run.
-fn open_analyzers(config: &Config) -> Result<Vec<Analyzer>, AnalyzeError> {
-    let mut analyzers = (0..config.inference.workers).map(|_| Analyzer::open(config)).collect::<Result<Vec<_>, _>>()?;
+/// The models of each inference worker (production's and the shadow versions'), or the reason
+/// they cannot run.
+fn open_analyzers(config: &Config) -> Result<Vec<Models>, AnalyzeError> {
+    let mut workers = Vec::with_capacity(config.inference.workers);
+    for _ in 0..config.inference.workers {
+        let shadows = config
+            .inference
+            .shadow
+            .iter()
+            .map(|s| Ok(Shadow { name: s.name.clone(), analyzer: Analyzer::open_shadow(config, s)? }))
+            .collect::<Result<Vec<_>, AnalyzeError>>()?;
+        workers.push(Models { production: Analyzer::open(config)?, shadows });
+    }
     // before READY=1: the first image is then as fast as the next
     let mut warm_up = Duration::ZERO;
-    for analyzer in &mut analyzers {
-        warm_up += analyzer.warm_up()?;
+    for models in &mut workers {
+        warm_up += models.production.warm_up()?;
+        for shadow in &mut models.shadows {
+            warm_up += shadow.analyzer.warm_up()?;
+        }
     }
-    let first = &analyzers[0];
+    let first = &workers[0].production;
     info!(
         classifier = %format_args!("{} {}", first.classifier().name, first.classifier().version),
         segmenter = %format_args!("{} {}", first.segmenter().name, first.segmenter().version),
         policy = %config.inference.policy,
         device = %config.inference.device,
         execution_provider = first.execution_provider(),
-        workers = analyzers.len(),
+        workers = workers.len(),
         batch_size = config.inference.batch_size,
         warm_up_ms = warm_up.as_millis() as u64,
         "models loaded ({})",
         first.manifest.notice
     );
-    Ok(analyzers)
+    for shadow in &workers[0].shadows {
+        let a = &shadow.analyzer;
+        info!(
+            shadow = %shadow.name,
+            classifier = %format_args!("{} {}", a.classifier().name, a.classifier().version),
+            segmenter = %format_args!("{} {}", a.segmenter().name, a.segmenter().version),
+            classifier_threshold = a.rules().classifier,
+            "shadow version loaded: it sees every image production analyses; its results are recorded, never sent"
+        );
+    }
+    Ok(workers)
 }
 
 /// What an unclean stop left: spool files without rows, jobs and deliveries left running.

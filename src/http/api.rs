@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::config::PriorityConfig;
-use crate::domain::{DeliveryProgress, Priority, StudyState, UnknownValue};
+use crate::domain::{Agreement, DeliveryProgress, Priority, StudyState, UnknownValue};
 use crate::store::worklist::{StudyInstance, WorklistStudy};
 use crate::store::{now_ms, Store};
 
@@ -144,6 +144,53 @@ fn instance_json(i: StudyInstance, outputs: &mut HashMap<String, Vec<serde_json:
     value["overlay_url"] = json!(overlay);
     value["objects"] = json!(objects);
     value
+}
+
+/// What a verdict says: `{"verdict": "agree" | "disagree", "note": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictBody {
+    verdict: Agreement,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// The longest note kept with a verdict, in characters.
+const MAX_NOTE: usize = 2000;
+
+/// `POST /api/results/{id}/verdict`: a radiologist agrees or disagrees with a result's finding.
+/// Recorded with the name of the token it came with (so a named one, `[[http.tokens]]`).
+pub async fn verdict(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some(reviewer) = caller.name else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a verdict is recorded with its reviewer's name: use a named token ([[http.tokens]])",
+        ));
+    };
+    let id: i64 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such result"))?;
+    let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"verdict\": \"agree\" or \"disagree\", \"note\": \"...\"}}: {e}"),
+        )
+    })?;
+    let note = body.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.chars().count() > MAX_NOTE) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the note is longer than {MAX_NOTE} characters")));
+    }
+    match state.store.record_verdict(id, body.verdict, note, &reviewer).await? {
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such result")),
+        Some(row) => {
+            // the note may name the patient: not logged
+            tracing::info!(result = id, verdict = %row.verdict, reviewer = %reviewer, "verdict recorded");
+            Ok((StatusCode::CREATED, Json(row)).into_response())
+        }
+    }
 }
 
 /// The longest side of an overlay, in pixels: enough for a second monitor's panel, and quick.

@@ -1,6 +1,8 @@
 //! The HTTP side (axum): health for the service manager and load balancers, Prometheus
 //! metrics, the worklist API and the worklist page. Bound to `http.bind` (localhost by
-//! default); with `http.token`, every data endpoint requires `Authorization: Bearer <token>`.
+//! default); with `http.token` or `[[http.tokens]]`, every data endpoint requires
+//! `Authorization: Bearer <token>`. A verdict is recorded with the name of the token it came
+//! with, so it needs a named one.
 //! Errors are JSON: `{"error": "..."}`.
 
 mod api;
@@ -16,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -46,7 +48,14 @@ pub struct AppState {
     pub priority: PriorityConfig,
     /// `inference.max_pixels`: an overlay is drawn only of an image within the budget.
     pub max_pixels: u64,
-    token: Option<Arc<str>>,
+    /// The bearer tokens that open the API, each with its person's name (none for `http.token`).
+    tokens: Arc<[(String, Caller)]>,
+}
+
+/// Who a request came from: the name of its token, if it has one (a request extension).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub name: Option<String>,
 }
 
 impl AppState {
@@ -57,7 +66,13 @@ impl AppState {
             readiness,
             priority: config.priority,
             max_pixels: config.inference.max_pixels,
-            token: config.http.token.as_deref().map(Arc::from),
+            tokens: config
+                .http
+                .token
+                .iter()
+                .map(|t| (t.clone(), Caller::default()))
+                .chain(config.http.tokens.iter().map(|t| (t.token.clone(), Caller { name: Some(t.name.clone()) })))
+                .collect(),
         }
     }
 }
@@ -90,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/studies", get(api::studies))
         .route("/api/studies/{uid}", get(api::study))
         .route("/api/instances/{uid}/overlay.png", get(api::overlay))
+        .route("/api/results/{id}/verdict", post(api::verdict))
         .route("/api/status", get(api::status))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -106,18 +122,33 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown:
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.triggered().await }).await
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else { return next.run(request).await };
+async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        request.extensions_mut().insert(Caller::default());
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(request).await,
-        _ => {
+    // every token is compared, so that timing tells nothing of which one nearly matched
+    let caller = given.and_then(|given| {
+        state
+            .tokens
+            .iter()
+            .filter(|(token, _)| constant_time_eq(given.as_bytes(), token.as_bytes()))
+            .fold(None, |found, (_, caller)| found.or(Some(caller.clone())))
+    });
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
             let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (http.token)").into_response();
+                ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (http.token or [[http.tokens]])")
+                    .into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             response
         }

@@ -12,7 +12,7 @@ use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
 use super::Role;
-use crate::config::{Config, PriorityConfig};
+use crate::config::{Config, PriorityConfig, ShadowConfig};
 use crate::domain::Policy;
 use crate::imaging::{self, DisplayImage, Preprocess};
 use rayon::prelude::*;
@@ -134,9 +134,26 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
+    /// The production models: `inference.models` with the configured thresholds.
     pub fn open(config: &Config) -> Result<Analyzer, AnalyzeError> {
+        let i = &config.inference;
+        Analyzer::load(config, &i.models, [i.classifier_threshold, i.mask_threshold], i.min_mask_area_px)
+    }
+
+    /// A shadow version: its own manifest and thresholds, production's other settings.
+    pub fn open_shadow(config: &Config, shadow: &ShadowConfig) -> Result<Analyzer, AnalyzeError> {
+        let thresholds = [shadow.classifier_threshold, shadow.mask_threshold];
+        Analyzer::load(config, &shadow.models, thresholds, shadow.min_mask_area_px)
+    }
+
+    fn load(
+        config: &Config,
+        models: &std::path::Path,
+        [classifier_threshold, mask_threshold]: [Option<f32>; 2],
+        min_mask_area_px: Option<u32>,
+    ) -> Result<Analyzer, AnalyzeError> {
         let inference = &config.inference;
-        let manifest = Manifest::load(&config.resolve(&inference.models)).map_err(RuntimeError::from)?;
+        let manifest = Manifest::load(&config.resolve(models)).map_err(RuntimeError::from)?;
         let configured = inference.onnxruntime.as_ref().map(|p| config.resolve(p));
         let library = find_onnxruntime(configured.as_deref())?;
         let settings = SessionSettings {
@@ -146,11 +163,7 @@ impl Analyzer {
         };
         let classifier = Model::open(&library, &manifest, Role::Classifier, settings)?;
         let segmenter = Model::open(&library, &manifest, Role::Segmenter, settings)?;
-        let rules = manifest.thresholds.with_overrides(
-            inference.classifier_threshold,
-            inference.mask_threshold,
-            inference.min_mask_area_px,
-        );
+        let rules = manifest.thresholds.with_overrides(classifier_threshold, mask_threshold, min_mask_area_px);
         Ok(Analyzer {
             manifest,
             classifier,

@@ -9,6 +9,8 @@ mod ingest;
 mod jobs;
 mod listing;
 mod messages;
+mod shadow;
+mod verdicts;
 pub mod worklist;
 
 use std::str::FromStr;
@@ -25,6 +27,8 @@ pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
 pub use messages::{control_id, ClaimedMessage, MessageRow, MessageRule};
+pub use shadow::{NewShadowResult, ShadowPair};
+pub use verdicts::{ReviewedResult, VerdictRow};
 pub use worklist::Counts;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

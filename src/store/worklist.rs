@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Result, Store};
-use crate::domain::{Decision, DeliveryState, DestinationKind, JobState, ObjectKind, Priority};
+use crate::domain::{Agreement, Decision, DeliveryState, DestinationKind, JobState, ObjectKind, Priority};
 
 /// Jobs by state, results by priority, deliveries by state and messages by kind and state; a
 /// value with none is absent.
@@ -94,6 +94,13 @@ pub struct StudyInstance {
     pub classifier: Option<String>,
     pub segmenter: Option<String>,
     pub analysed_at: Option<i64>,
+    /// What a verdict is given on (`POST /api/results/{result_id}/verdict`).
+    pub result_id: Option<i64>,
+    /// The latest radiologist's verdict on the result: agree or disagree, by whom, when.
+    pub verdict: Option<Agreement>,
+    pub verdict_note: Option<String>,
+    pub verdict_by: Option<String>,
+    pub verdict_at: Option<i64>,
 }
 
 /// An object made of a study's result and one of its deliveries.
@@ -168,9 +175,12 @@ impl Store {
                     j.state AS job_state, j.reason AS job_reason, r.decision, r.priority, r.probability, \
                     r.mask_area_px, r.mask_area_mm2, \
                     r.classifier_name || ' ' || r.classifier_version AS classifier, \
-                    r.segmenter_name || ' ' || r.segmenter_version AS segmenter, r.created_at AS analysed_at \
+                    r.segmenter_name || ' ' || r.segmenter_version AS segmenter, r.created_at AS analysed_at, \
+                    r.id AS result_id, v.verdict, v.note AS verdict_note, v.reviewer AS verdict_by, \
+                    v.created_at AS verdict_at \
              FROM instances i JOIN studies s ON s.id = i.study_id LEFT JOIN jobs j ON j.instance_id = i.id \
              LEFT JOIN results r ON r.instance_id = i.id \
+             LEFT JOIN verdicts v ON v.id = (SELECT MAX(l.id) FROM verdicts l WHERE l.result_id = r.id) \
              WHERE s.study_instance_uid = $1 ORDER BY i.received_at, i.id",
         )
         .bind(study_instance_uid)

@@ -25,4 +25,5 @@ mod pipeline;
 mod receive;
 mod refusals;
 mod results;
+mod review;
 mod store;
