@@ -195,7 +195,7 @@ fn open_analyzers(config: &Config) -> Result<Vec<Models>, AnalyzeError> {
             shadow = %shadow.name,
             classifier = %format_args!("{} {}", a.classifier().name, a.classifier().version),
             segmenter = %format_args!("{} {}", a.segmenter().name, a.segmenter().version),
-            classifier_threshold = a.rules().classifier,
+            classifier_threshold = %a.rules().classifier,
             "shadow version loaded: it sees every image production analyses; its results are recorded, never sent"
         );
     }
