@@ -5,6 +5,7 @@
     pneumotriage-models train --images DIR --masks CSV --out DIR [...]       (needs PyTorch)
     pneumotriage-models export --full-size OUT                                (needs PyTorch)
     pneumotriage-models evaluate --manifest models/manifest.toml --images DIR --masks CSV [--json]
+    pneumotriage-models variant --to int8|fp16 --out DIR [--calibration DIR] [--images DIR --masks CSV]
 """
 
 from __future__ import annotations
@@ -72,6 +73,20 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_variant(args) -> int:
+    from .variants import make_variant, measure
+
+    calibration = sorted(Path(args.calibration).rglob("*.dcm"))[: args.n_calibration] if args.calibration else None
+    variant = make_variant(Path(args.manifest), args.to, Path(args.out), calibration)
+    print(f"wrote the {args.to} variant and its manifest to {variant.path}")
+    if args.images:
+        result = measure(variant, Path(args.images), Path(args.masks or Path(args.images) / "train-rle.csv"), args.dataset)
+        c, s = result["classifier"], result["segmenter"]
+        print(f"on {result['images']} images: classifier recall {c['recall']:.4f}, precision {c['precision']:.4f}, "
+              f"specificity {c['specificity']:.4f}, AUC {c['auc']:.5f}; segmenter Dice {s['mean_dice_positives']:.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pneumotriage-models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-size", action="store_true", help="VGG19 at 512 and U-Net DenseNet121 at 1024 (benchmarks)")
     p.add_argument("out")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("variant", help="int8 (CPU) or fp16 (CUDA) variants of a manifest's models, with their own manifest")
+    p.add_argument("--manifest", default="models/manifest.toml")
+    p.add_argument("--to", required=True, choices=["int8", "fp16"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--calibration", help="DICOM tree for int8 calibration (not the held-out set)")
+    p.add_argument("--n-calibration", type=int, default=100)
+    p.add_argument("--images", help="a labelled set to measure the variant on")
+    p.add_argument("--masks", help="its train-rle.csv (default: in --images)")
+    p.add_argument("--dataset", default="labelled set", help="how the manifest names that set")
+    p.set_defaults(func=_cmd_variant)
 
     args = parser.parse_args(argv)
     return args.func(args)
