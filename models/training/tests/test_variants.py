@@ -3,6 +3,7 @@ load (float32 inputs and outputs, a dynamic batch, their own versions and sha256
 decisions and masks stay those of the float32 models on a labelled set."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -35,6 +36,8 @@ def test_a_variant_keeps_the_decisions_and_the_masks(tmp_path, sets, reference, 
     made = variants.make_variant(MANIFEST, kind, tmp_path, images if kind == "int8" else None)
     loaded = manifest.load(tmp_path / "manifest.toml")
     assert manifest.verify_files(loaded) == []
+    for model in loaded.models:
+        onnx.checker.check_model(str(tmp_path / model.file))
     source = manifest.load(MANIFEST)
     for model in loaded.models:
         assert model.version == source.model(model.role).version + "-" + kind
