@@ -156,8 +156,11 @@ impl Worker {
                     .clone()
                     .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
             }
-            let (verdicts, images) =
+            let (verdicts, mut images) =
                 analyse_jobs(&mut self.models.production, &self.spool, &due, &self.outputs, &self.limits);
+            if self.models.shadows.is_empty() {
+                images.clear(); // the decoded files are not kept through the commit for nothing
+            }
             let recorded = self.runtime.clone().block_on(self.record(&due, verdicts));
             if !self.models.shadows.is_empty() {
                 self.shadow(&due, images, &recorded);
