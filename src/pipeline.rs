@@ -13,19 +13,18 @@
 //! - an ONNX Runtime error or an I/O error: retried with backoff, `failed` after
 //!   [`MAX_ATTEMPTS`].
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
-use crate::imaging::{self, ImagingError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
 use crate::domain::ShadowOutcome;
-use crate::inference::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
+use crate::inference::analyze::{Analysis, Analyzer, Preparation};
+use crate::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_all_durably, Spool};
@@ -450,9 +449,19 @@ fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Re
 /// A job's image, read and checked: ready for the models.
 type Image = Box<FileDicomObject<InMemDicomObject>>;
 
-/// Reads and checks each job's image on every core, runs the batch through the models together,
-/// then makes each one's objects; never panics. A verdict per job, in order, and the image of
-/// each analysed one (the shadow versions see it next).
+impl From<Unanalysed> for Verdict {
+    fn from(why: Unanalysed) -> Verdict {
+        match why {
+            Unanalysed::Skipped(reason) => Verdict::Skipped(format!("not applicable: {reason}")),
+            Unanalysed::Failed(reason) => Verdict::Failed(reason),
+            Unanalysed::Transient(reason) => Verdict::Transient(reason),
+        }
+    }
+}
+
+/// Reads and checks each job's image on every core, runs the batch through the models together
+/// (`inference::batch`), then makes each one's objects; never panics. A verdict per job, in
+/// order, and the image of each analysed one (the shadow versions see it next).
 pub fn analyse_jobs(
     analyzer: &mut Analyzer,
     spool: &Spool,
@@ -461,11 +470,11 @@ pub fn analyse_jobs(
     limits: &Limits,
 ) -> (Vec<Verdict>, Vec<Option<Image>>) {
     let preparation = analyzer.preparation();
-    let read: Vec<Result<Image, Verdict>> =
-        jobs.par_iter().map(|job| guarded(|| read_job(preparation, spool, job, limits))).collect();
+    let read: Vec<Result<Image, Unanalysed>> =
+        jobs.par_iter().map(|job| guarded(|| read_job(&preparation, spool, job, limits))).collect();
     let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
-    let mut analyses = run_models(analyzer, &images).into_iter();
-    let outcomes: Vec<Result<(Image, Analysis), Verdict>> = read
+    let mut analyses = analyze_images(analyzer, &images).into_iter();
+    let outcomes: Vec<Result<(Image, Analysis), Unanalysed>> = read
         .into_iter()
         .map(|read| {
             let image = read?;
@@ -477,59 +486,13 @@ pub fn analyse_jobs(
         .into_par_iter()
         .zip(jobs)
         .map(|(outcome, job)| {
-            let (image, analysis) = match outcome {
-                Ok(analysed) => analysed,
-                Err(verdict) => return (verdict, None),
-            };
-            match guarded(|| Ok(make_objects(analyzer, &image, &analysis, outputs, &job.path))) {
-                Ok(made) => (Verdict::Analysed(Box::new(analysis), made), Some(image)),
-                Err(verdict) => (verdict, None),
-            }
+            let made = outcome.and_then(|(image, analysis)| {
+                let made = guarded(|| Ok(make_objects(analyzer, &image, &analysis, outputs, &job.path)))?;
+                Ok((Verdict::Analysed(Box::new(analysis), made), Some(image)))
+            });
+            made.unwrap_or_else(|why| (why.into(), None))
         })
         .unzip()
-}
-
-/// Checked images through one analyzer's models: prepared on every core, one model run for the
-/// batch. An image that cannot be decoded leaves the batch before the models and fails alone;
-/// when the models fail (or panic) on a batch of several, each image is tried again alone, so
-/// that the one at fault fails alone. An analysis or a verdict per image, in order.
-fn run_models(
-    analyzer: &mut Analyzer,
-    images: &[&FileDicomObject<InMemDicomObject>],
-) -> Vec<Result<Analysis, Verdict>> {
-    let preparation = analyzer.preparation();
-    let prepared: Vec<Result<Prepared, Verdict>> =
-        images.par_iter().map(|image| guarded(|| preparation.prepare(image).map_err(analysis_error))).collect();
-    let mut out: Vec<Option<Result<Analysis, Verdict>>> = Vec::with_capacity(images.len());
-    let (mut indices, mut batch) = (Vec::new(), Vec::new());
-    for (i, p) in prepared.into_iter().enumerate() {
-        match p {
-            Ok(p) => {
-                indices.push(i);
-                batch.push(p);
-                out.push(None);
-            }
-            Err(verdict) => out.push(Some(Err(verdict))),
-        }
-    }
-    match guarded(|| analyzer.analyze_batch(batch).map_err(analysis_error)) {
-        Ok(analyses) => {
-            for (i, analysis) in indices.into_iter().zip(analyses) {
-                out[i] = Some(Ok(analysis));
-            }
-        }
-        Err(_) if indices.len() > 1 => {
-            for i in indices {
-                out[i] = run_models(analyzer, &[images[i]]).pop();
-            }
-        }
-        Err(verdict) => {
-            if let Some(&i) = indices.first() {
-                out[i] = Some(Err(verdict));
-            }
-        }
-    }
-    out.into_iter().map(|o| o.expect("an outcome per image")).collect()
 }
 
 /// A shadow version ([[inference.shadow]]): its name and its own sessions.
@@ -554,7 +517,7 @@ fn run_shadows(
     let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
     let mut rows = Vec::with_capacity(shadows.len() * jobs.len());
     for shadow in shadows {
-        let outcomes = run_models(&mut shadow.analyzer, images);
+        let outcomes = analyze_images(&mut shadow.analyzer, images);
         for (job, outcome) in jobs.iter().zip(outcomes) {
             let mut row = NewShadowResult {
                 instance_id: job.instance_id,
@@ -578,15 +541,11 @@ fn run_shadows(
                     row.mask_area_px = Some(a.mask_area_px as i64);
                     row.inference_ms = Some(a.timings.inference_ms);
                 }
-                Err(Verdict::Skipped(reason)) => {
+                Err(Unanalysed::Skipped(reason)) => {
                     row.outcome = ShadowOutcome::Skipped;
                     row.reason = Some(reason);
                 }
-                Err(verdict) => {
-                    let reason = match verdict {
-                        Verdict::Failed(r) | Verdict::Transient(r) => r,
-                        _ => unreachable!("run_models gives analyses, skips and failures"),
-                    };
+                Err(Unanalysed::Failed(reason) | Unanalysed::Transient(reason)) => {
                     warn!(job = job.id, shadow = %shadow.name, %reason, "shadow analysis failed");
                     row.outcome = ShadowOutcome::Failed;
                     row.reason = Some(reason);
@@ -598,47 +557,15 @@ fn run_shadows(
     rows
 }
 
-/// Reads a job's spool file and checks it: the structure before dicom-rs parses the bytes,
-/// applicability, the pixels before a decoder sees them.
-fn read_job(preparation: Preparation, spool: &Spool, job: &ClaimedJob, limits: &Limits) -> Result<Image, Verdict> {
+/// Reads a job's spool file and checks it (`inference::batch::read_checked`).
+fn read_job(preparation: &Preparation, spool: &Spool, job: &ClaimedJob, limits: &Limits) -> Result<Image, Unanalysed> {
     let path = spool.absolute(&job.path);
-    let unreadable = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => Verdict::Failed(format!("the spool file {} is missing", job.path)),
-        _ => Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
-    };
-    std::fs::metadata(&path).map_err(unreadable)?;
-    let obj = imaging::open_checked(&path, limits.max_dataset_bytes).map_err(|e| match e {
-        ImagingError::Io(e) => Verdict::Transient(format!("cannot read the spool file {}: {e}", job.path)),
-        e => Verdict::Failed(e.to_string()),
+    std::fs::metadata(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Unanalysed::Failed(format!("the spool file {} is missing", job.path)),
+        _ => Unanalysed::Transient(format!("cannot read the spool file {}: {e}", job.path)),
     })?;
-    if let Some(reason) = preparation.not_applicable(&obj) {
-        return Err(Verdict::Skipped(format!("not applicable: {reason}")));
-    }
-    imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Verdict::Failed(e.to_string()))?;
-    Ok(Box::new(obj))
-}
-
-/// What an analysis error makes of the job.
-fn analysis_error(e: AnalyzeError) -> Verdict {
-    match e {
-        AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => Verdict::Skipped(format!("not applicable: {why}")),
-        AnalyzeError::Imaging(e) => Verdict::Failed(e.to_string()),
-        AnalyzeError::Skipped(reason) => Verdict::Skipped(format!("not applicable: {reason}")),
-        AnalyzeError::Runtime(e) => Verdict::Transient(e.to_string()),
-    }
-}
-
-/// Runs `f` on untrusted bytes: a panic in it fails the image with the panic's message, and the
-/// worker goes on.
-fn guarded<T>(f: impl FnOnce() -> Result<T, Verdict>) -> Result<T, Verdict> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        Err(Verdict::Failed(format!("internal error while analysing: {message}")))
-    })
+    let limits = ReadLimits { max_dataset_bytes: limits.max_dataset_bytes, max_pixels: limits.max_pixels };
+    Ok(Box::new(read_checked(preparation, &path, limits)?))
 }
 
 /// The result row of an analysis.

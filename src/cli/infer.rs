@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use pneumotriage::config::Config;
-use pneumotriage::imaging;
-use pneumotriage::inference::analyze::{Analysis, AnalyzeError, Analyzer, Prepared};
+use pneumotriage::inference::analyze::{Analysis, Analyzer};
+use pneumotriage::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
 use rayon::prelude::*;
 
@@ -35,51 +35,22 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
     let warm_up = analyzer.warm_up().context("warming up the models")?;
     let files = expand_directories(files)?;
     let preparation = analyzer.preparation();
-    let max_dataset_bytes = config.dicom.max_dataset_bytes();
+    let limits =
+        ReadLimits { max_dataset_bytes: config.dicom.max_dataset_bytes(), max_pixels: config.inference.max_pixels };
     let started = Instant::now();
     let (mut analysed, mut skipped, mut failed) = (0, 0, 0);
-    // in batches as the node analyses them: each batch's files read and prepared in parallel,
-    // then the models once for the batch
+    // in batches as the node analyses them: each batch's files read and checked on every core,
+    // then prepared and run through the models once for the batch
     for files in files.chunks(analyzer.batch_size) {
-        let mut ready: Vec<Ready> = files
-            .par_iter()
-            .map(|file| {
-                // checked as the pipeline checks what it receives: a file can be as hostile as a peer
-                let obj = imaging::open_checked(file, max_dataset_bytes).map_err(|e| Ready::Failed(e.to_string()))?;
-                if let Some(reason) = preparation.not_applicable(&obj) {
-                    return Err(Ready::Skipped(reason));
-                }
-                imaging::check_pixels(&obj, config.inference.max_pixels).map_err(|e| Ready::Failed(e.to_string()))?;
-                let prepared = preparation.prepare(&obj).map_err(|e| match e {
-                    AnalyzeError::Skipped(reason) => Ready::Skipped(reason),
-                    e => Ready::Failed(e.to_string()),
-                })?;
-                Ok(Ready::Prepared(Box::new(obj), Some(Box::new(prepared))))
-            })
-            .map(|r| r.unwrap_or_else(|e| e))
-            .collect();
-        let prepared: Vec<Prepared> = ready
-            .iter_mut()
-            .filter_map(|r| match r {
-                Ready::Prepared(_, p) => p.take().map(|p| *p),
-                _ => None,
-            })
-            .collect();
-        let count = prepared.len();
-        let mut analyses = match analyzer.analyze_batch(prepared) {
-            Ok(analyses) => analyses.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e.to_string()); count],
-        }
-        .into_iter();
-        let outcomes: Vec<Outcome> = ready
+        let read: Vec<Result<FileDicomObject<InMemDicomObject>, Unanalysed>> =
+            files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, limits))).collect();
+        let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut analyses = analyze_images(&mut analyzer, &images).into_iter();
+        let outcomes: Vec<Outcome> = read
             .into_iter()
-            .map(|ready| match ready {
-                Ready::Failed(e) => Outcome::Failed(e),
-                Ready::Skipped(reason) => Outcome::Skipped(reason),
-                Ready::Prepared(obj, _) => match analyses.next().expect("an analysis per prepared file") {
-                    Ok(a) => Outcome::Analysed(obj, Box::new(a)),
-                    Err(e) => Outcome::Failed(e),
-                },
+            .map(|read| {
+                let image = read?;
+                Ok((Box::new(image), Box::new(analyses.next().expect("an outcome per image")?)))
             })
             .collect();
         // each file's line, objects and pictures made on every core, then printed and written in order
@@ -116,20 +87,8 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// A file read and checked: ready for the models, or already decided.
-enum Ready {
-    /// The prepared image is taken for the batch.
-    Prepared(Box<FileDicomObject<InMemDicomObject>>, Option<Box<Prepared>>),
-    Skipped(String),
-    Failed(String),
-}
-
-/// What became of a file.
-enum Outcome {
-    Analysed(Box<FileDicomObject<InMemDicomObject>>, Box<Analysis>),
-    Skipped(String),
-    Failed(String),
-}
+/// What became of a file: its image and analysis, or why there is none.
+type Outcome = Result<(Box<FileDicomObject<InMemDicomObject>>, Box<Analysis>), Unanalysed>;
 
 enum Counted {
     Analysed,
@@ -155,16 +114,16 @@ fn report(
 ) -> anyhow::Result<Report> {
     let name = file.display();
     let (obj, a) = match outcome {
-        Outcome::Failed(e) => {
+        Err(Unanalysed::Failed(e) | Unanalysed::Transient(e)) => {
             let json = serde_json::json!({ "file": file, "failed": e });
             return Ok(Report { line: format!("{name}: failed: {e}"), counted: Counted::Failed, json, files: vec![] });
         }
-        Outcome::Skipped(reason) => {
+        Err(Unanalysed::Skipped(reason)) => {
             let json = serde_json::json!({ "file": file, "skipped": reason });
             let line = format!("{name}: skipped: {reason}");
             return Ok(Report { line, counted: Counted::Skipped, json, files: vec![] });
         }
-        Outcome::Analysed(obj, a) => (obj, a),
+        Ok(analysed) => analysed,
     };
     let area = a.mask_area_mm2.filter(|_| a.mask_area_px > 0).map(|mm2| format!(" ({mm2:.0} mm²)")).unwrap_or_default();
     let t = &a.timings;

@@ -1,0 +1,118 @@
+//! Files and images through the cascade the way the node analyses them, shared by the pipeline
+//! (and its shadow versions) and `infer`: a file read and checked before anything decodes it, a
+//! batch prepared on every core and run through the models once, and each failure kept to its
+//! own image (a panic included).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use rayon::prelude::*;
+
+use super::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
+use crate::imaging::{self, ImagingError};
+
+/// Why an image has no analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unanalysed {
+    /// Not one to analyse: applicability, an input check, not grayscale (the reason).
+    Skipped(String),
+    /// Cannot be analysed: unreadable, over a limit, corrupt pixel data, a panic.
+    Failed(String),
+    /// Worth another try later: an I/O or ONNX Runtime error.
+    Transient(String),
+}
+
+impl From<AnalyzeError> for Unanalysed {
+    fn from(e: AnalyzeError) -> Unanalysed {
+        match e {
+            AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => Unanalysed::Skipped(why),
+            AnalyzeError::Imaging(e) => Unanalysed::Failed(e.to_string()),
+            AnalyzeError::Skipped(reason) => Unanalysed::Skipped(reason),
+            AnalyzeError::Runtime(e) => Unanalysed::Transient(e.to_string()),
+        }
+    }
+}
+
+/// The bounds a file is read within: `dicom.max_dataset_mb` in bytes and `inference.max_pixels`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_dataset_bytes: u64,
+    pub max_pixels: u64,
+}
+
+/// Reads a DICOM file and checks it: its structure before dicom-rs parses the bytes
+/// (`imaging::open_checked`), then applicability and the input checks on its tags, then its
+/// pixels before a decoder sees them. A file can be as hostile as a peer.
+pub fn read_checked(
+    preparation: &Preparation,
+    path: &Path,
+    limits: ReadLimits,
+) -> Result<FileDicomObject<InMemDicomObject>, Unanalysed> {
+    let obj = imaging::open_checked(path, limits.max_dataset_bytes).map_err(|e| match e {
+        ImagingError::Io(e) => Unanalysed::Transient(format!("cannot read {}: {e}", path.display())),
+        e => Unanalysed::Failed(e.to_string()),
+    })?;
+    if let Some(reason) = preparation.not_applicable(&obj) {
+        return Err(Unanalysed::Skipped(reason));
+    }
+    imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Unanalysed::Failed(e.to_string()))?;
+    Ok(obj)
+}
+
+/// Checked images through one analyzer's models: prepared on every core, one model run for the
+/// batch. An image that cannot be decoded leaves the batch before the models and fails alone;
+/// when the models fail (or panic) on a batch of several, each image is tried again alone, so
+/// that the one at fault fails alone. An analysis or the reason there is none, per image, in
+/// order.
+pub fn analyze_images(
+    analyzer: &mut Analyzer,
+    images: &[&FileDicomObject<InMemDicomObject>],
+) -> Vec<Result<Analysis, Unanalysed>> {
+    let preparation = analyzer.preparation();
+    let prepared: Vec<Result<Prepared, Unanalysed>> =
+        images.par_iter().map(|image| guarded(|| Ok(preparation.prepare(image)?))).collect();
+    let mut out: Vec<Option<Result<Analysis, Unanalysed>>> = Vec::with_capacity(images.len());
+    let (mut indices, mut batch) = (Vec::new(), Vec::new());
+    for (i, p) in prepared.into_iter().enumerate() {
+        match p {
+            Ok(p) => {
+                indices.push(i);
+                batch.push(p);
+                out.push(None);
+            }
+            Err(why) => out.push(Some(Err(why))),
+        }
+    }
+    match guarded(|| Ok(analyzer.analyze_batch(batch)?)) {
+        Ok(analyses) => {
+            for (i, analysis) in indices.into_iter().zip(analyses) {
+                out[i] = Some(Ok(analysis));
+            }
+        }
+        Err(_) if indices.len() > 1 => {
+            for i in indices {
+                out[i] = analyze_images(analyzer, &[images[i]]).pop();
+            }
+        }
+        Err(why) => {
+            if let Some(&i) = indices.first() {
+                out[i] = Some(Err(why));
+            }
+        }
+    }
+    out.into_iter().map(|o| o.expect("an outcome per image")).collect()
+}
+
+/// Runs `f` on untrusted bytes: a panic in it fails the image with the panic's message, and the
+/// caller goes on.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, Unanalysed>) -> Result<T, Unanalysed> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Err(Unanalysed::Failed(format!("internal error while analysing: {message}")))
+    })
+}
