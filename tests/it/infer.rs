@@ -251,3 +251,53 @@ fn input_checks_skip_a_cat_and_a_lateral_but_no_held_out_radiograph() {
     let summary = report.lines().last().unwrap();
     assert!(summary.starts_with(&format!("{n} analysed, 0 skipped, 0 failed")), "{summary}");
 }
+
+/// The node runs the models' int8 and fp16 variants (`pneumotriage-models variant`, the int8
+/// one calibrated on other images) and, on synthetic radiographs, decides as with float32.
+#[test]
+fn the_int8_and_fp16_variants_run_in_the_node_with_the_same_decisions() {
+    let work = tempfile::tempdir().unwrap();
+    let files = synthetic_images(&work.path().join("images"), 12, 77);
+    synthetic_images(&work.path().join("calibration"), 16, 5);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let infer = |manifest: &std::path::Path| {
+        let config = work.path().join("variant.toml");
+        std::fs::write(&config, format!("[inference]\nmodels = {:?}\n", manifest.display().to_string())).unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .arg("infer")
+            .arg("--config")
+            .arg(&config)
+            .args(&files)
+            .output()
+            .unwrap();
+        let report = text(&run);
+        assert!(run.status.success(), "{report}");
+        let decisions: Vec<String> = report
+            .lines()
+            .filter_map(|l| {
+                l.split_once(".dcm: ").map(|(file, rest)| format!("{file} {}", rest.split(' ').next().unwrap()))
+            })
+            .collect();
+        assert_eq!(decisions.len(), files.len(), "{report}");
+        (report.lines().next().unwrap_or_default().to_string(), decisions)
+    };
+    let (_, float32) = infer(&root.join("models/manifest.toml"));
+    assert!(float32.iter().any(|d| d.ends_with("Positive")) && float32.iter().any(|d| d.ends_with("Negative")));
+    for kind in ["int8", "fp16"] {
+        let out = work.path().join(kind);
+        let made = Command::new(python())
+            .args(["-m", "pneumotriage_models.cli", "variant", "--to", kind, "--out"])
+            .arg(&out)
+            .arg("--manifest")
+            .arg(root.join("models/manifest.toml"))
+            .arg("--calibration")
+            .arg(work.path().join("calibration"))
+            .env("PYTHONPATH", root.join("models/training/src"))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let (models, decisions) = infer(&out.join("manifest.toml"));
+        assert!(models.contains(&format!("0.1.0-{kind}")), "{models}");
+        assert_eq!(decisions, float32, "{kind}");
+    }
+}
