@@ -331,11 +331,4 @@ impl Store {
     pub async fn requeue_failed_messages(&self, id: Option<i64>) -> Result<u64> {
         self.requeue_failed(REQUEUE_FAILED_MESSAGES, id, "message m", "messages").await
     }
-
-    /// Messages by kind and state, for `status` and `/metrics`.
-    pub async fn message_counts(&self) -> Result<Vec<(DestinationKind, DeliveryState, i64)>> {
-        Ok(sqlx::query_as("SELECT kind, state, COUNT(*) FROM messages GROUP BY kind, state ORDER BY kind, state")
-            .fetch_all(self.pool())
-            .await?)
-    }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::domain::{Agreement, Decision, DeliveryState, DestinationKind, JobState, ObjectKind, Priority};
 
 /// Jobs by state, results by priority, deliveries by state and messages by kind and state; a
@@ -213,20 +213,32 @@ impl Store {
         .await?)
     }
 
-    /// The node's work by state and priority, for `status` and `/metrics`.
+    /// The node's work by state and priority, for `status` and `/metrics`: one snapshot of the
+    /// database, so that a scrape never sees a result's messages without its deliveries.
     pub async fn counts(&self) -> Result<Counts> {
-        Ok(Counts {
+        let mut tx = self.pool().begin().await?;
+        if self.backend() == Backend::Postgres {
+            // SQLite's read transaction is one snapshot already (WAL)
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        }
+        let counts = Counts {
             jobs: sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-                .fetch_all(self.pool())
+                .fetch_all(&mut *tx)
                 .await?,
             results: sqlx::query_as("SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority")
-                .fetch_all(self.pool())
+                .fetch_all(&mut *tx)
                 .await?,
             deliveries: sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")
-                .fetch_all(self.pool())
+                .fetch_all(&mut *tx)
                 .await?,
-            messages: self.message_counts().await?,
-        })
+            messages: sqlx::query_as(
+                "SELECT kind, state, COUNT(*) FROM messages GROUP BY kind, state ORDER BY kind, state",
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        };
+        tx.commit().await?;
+        Ok(counts)
     }
 
     /// The decisions of each classifier version's first `n` results ("name version", decision,
