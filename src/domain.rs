@@ -171,6 +171,23 @@ spelt_enum! {
 }
 
 spelt_enum! {
+    /// Which rule turned an image away before the models (`pneumotriage_skipped_total`).
+    pub enum SkipCause {
+        /// Not a frontal chest radiograph the models are for: modality, body part, view,
+        /// frames, not grayscale, too small.
+        Applicability = "applicability",
+        /// `inference.checks.species`.
+        Species = "species",
+        /// `inference.checks.view_consistency`.
+        ViewConsistency = "view_consistency",
+        /// `inference.checks.min_age_years`.
+        MinAge = "min_age",
+        /// `inference.checks.image_statistics`.
+        ImageStatistics = "image_statistics",
+    }
+}
+
+spelt_enum! {
     /// What a shadow version ([[inference.shadow]]) made of an image production analysed.
     pub enum ShadowOutcome {
         Analysed = "analysed",

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::domain::{Decision, Priority};
+use crate::domain::{Decision, Priority, SkipCause};
 use crate::inference::checks::InputStatistics;
 
 pub type Labels = Vec<(&'static str, String)>;
@@ -23,6 +23,7 @@ pub struct Metrics {
     associations: Family<Labels, Counter>,
     instances: Family<Labels, Counter>,
     results: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
     deliveries: Family<Labels, Counter>,
     stage_seconds: Family<Labels, Histogram>,
     inference_seconds: Histogram,
@@ -56,6 +57,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("results", "Images analysed, by decision and priority", results.clone());
     let deliveries = Family::<Labels, Counter>::default();
     registry.register("delivery_attempts", "Attempts to deliver an object, by outcome", deliveries.clone());
+    let skipped = Family::<Labels, Counter>::default();
+    registry.register(
+        "skipped",
+        "Images not analysed, by the rule that turned them away: applicability or an input check",
+        skipped.clone(),
+    );
     let stage_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram);
     registry.register(
         "stage_seconds",
@@ -86,6 +93,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         associations,
         instances,
         results,
+        skipped,
         deliveries,
         stage_seconds,
         inference_seconds,
@@ -107,6 +115,11 @@ pub fn association(accepted: bool) {
 pub fn instance(outcome: &'static str, took: Duration) {
     METRICS.instances.get_or_create(&vec![("outcome", outcome.into())]).inc();
     stage("receive", took);
+}
+
+/// An image the pipeline did not analyse, and the rule why.
+pub fn skipped(cause: SkipCause) {
+    METRICS.skipped.get_or_create(&vec![("cause", cause.as_str().into())]).inc();
 }
 
 /// An image analysed, with its stages' times in milliseconds.

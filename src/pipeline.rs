@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::domain::ShadowOutcome;
 use crate::inference::analyze::{Analysis, Analyzer, Preparation};
 use crate::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
+use crate::inference::checks::Skip;
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_all_durably, Spool};
@@ -40,7 +41,7 @@ const POLL: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub enum Verdict {
     Analysed(Box<Analysis>, Vec<MadeObject>),
-    Skipped(String),
+    Skipped(Skip),
     Failed(String),
     /// Worth another attempt later.
     Transient(String),
@@ -339,8 +340,9 @@ impl Worker {
         let store = self.store.clone();
         match verdict {
             Verdict::Analysed(..) => unreachable!("results are recorded by the batch"),
-            Verdict::Skipped(reason) => {
-                info!(job = job.id, instance = job.instance_id, %reason, "skipped");
+            Verdict::Skipped(Skip { cause, reason }) => {
+                info!(job = job.id, instance = job.instance_id, %cause, %reason, "skipped");
+                crate::metrics::skipped(cause);
                 self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
             }
             Verdict::Failed(reason) => {
@@ -452,7 +454,7 @@ type Image = Box<FileDicomObject<InMemDicomObject>>;
 impl From<Unanalysed> for Verdict {
     fn from(why: Unanalysed) -> Verdict {
         match why {
-            Unanalysed::Skipped(reason) => Verdict::Skipped(format!("not applicable: {reason}")),
+            Unanalysed::Skipped(skip) => Verdict::Skipped(Skip::new(skip.cause, format!("not applicable: {skip}"))),
             Unanalysed::Failed(reason) => Verdict::Failed(reason),
             Unanalysed::Transient(reason) => Verdict::Transient(reason),
         }
@@ -541,9 +543,9 @@ fn run_shadows(
                     row.mask_area_px = Some(a.mask_area_px as i64);
                     row.inference_ms = Some(a.timings.inference_ms);
                 }
-                Err(Unanalysed::Skipped(reason)) => {
+                Err(Unanalysed::Skipped(skip)) => {
                     row.outcome = ShadowOutcome::Skipped;
-                    row.reason = Some(reason);
+                    row.reason = Some(skip.reason);
                 }
                 Err(Unanalysed::Failed(reason) | Unanalysed::Transient(reason)) => {
                     warn!(job = job.id, shadow = %shadow.name, %reason, "shadow analysis failed");

@@ -118,9 +118,9 @@ fn report(
             let json = serde_json::json!({ "file": file, "failed": e });
             return Ok(Report { line: format!("{name}: failed: {e}"), counted: Counted::Failed, json, files: vec![] });
         }
-        Err(Unanalysed::Skipped(reason)) => {
-            let json = serde_json::json!({ "file": file, "skipped": reason });
-            let line = format!("{name}: skipped: {reason}");
+        Err(Unanalysed::Skipped(skip)) => {
+            let json = serde_json::json!({ "file": file, "skipped": skip.reason, "check": skip.cause });
+            let line = format!("{name}: skipped: {skip}");
             return Ok(Report { line, counted: Counted::Skipped, json, files: vec![] });
         }
         Ok(analysed) => analysed,

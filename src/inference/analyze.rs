@@ -7,13 +7,13 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::Serialize;
 
-use super::checks::{InputChecks, InputStatistics};
+use super::checks::{InputChecks, InputStatistics, Skip};
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
 use super::Role;
 use crate::config::{Config, PriorityConfig, ShadowConfig};
-use crate::domain::Policy;
+use crate::domain::{Policy, SkipCause};
 use crate::imaging::{self, DisplayImage, Preprocess};
 use rayon::prelude::*;
 
@@ -23,7 +23,7 @@ pub enum AnalyzeError {
     Imaging(#[from] imaging::ImagingError),
     /// An input check's reason: the image is not one to analyse.
     #[error("{0}")]
-    Skipped(String),
+    Skipped(Skip),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -314,8 +314,8 @@ pub struct Prepared {
 
 impl Preparation {
     /// Why the image is not analysed (applicability, then the input checks on its tags), or `None`.
-    pub fn not_applicable(&self, obj: &InMemDicomObject) -> Option<String> {
-        not_applicable(obj).or_else(|| self.checks.tags(obj))
+    pub fn not_applicable(&self, obj: &InMemDicomObject) -> Option<Skip> {
+        not_applicable(obj).map(|reason| Skip::new(SkipCause::Applicability, reason)).or_else(|| self.checks.tags(obj))
     }
 
     /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
@@ -325,8 +325,8 @@ impl Preparation {
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
         let input = InputStatistics::of(&image);
-        if let Some(reason) = self.checks.pixels(&image, input) {
-            return Err(AnalyzeError::Skipped(reason));
+        if let Some(skip) = self.checks.pixels(&image, input) {
+            return Err(AnalyzeError::Skipped(skip));
         }
         let stage = Instant::now();
         let classifier_input = imaging::to_tensor(&image, &self.classifier)?;

@@ -10,13 +10,15 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
 use super::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
+use super::checks::Skip;
+use crate::domain::SkipCause;
 use crate::imaging::{self, ImagingError};
 
 /// Why an image has no analysis.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Unanalysed {
-    /// Not one to analyse: applicability, an input check, not grayscale (the reason).
-    Skipped(String),
+    /// Not one to analyse: applicability, an input check, not grayscale (the rule and reason).
+    Skipped(Skip),
     /// Cannot be analysed: unreadable, over a limit, corrupt pixel data, a panic.
     Failed(String),
     /// Worth another try later: an I/O or ONNX Runtime error.
@@ -26,9 +28,11 @@ pub enum Unanalysed {
 impl From<AnalyzeError> for Unanalysed {
     fn from(e: AnalyzeError) -> Unanalysed {
         match e {
-            AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => Unanalysed::Skipped(why),
+            AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => {
+                Unanalysed::Skipped(Skip::new(SkipCause::Applicability, why))
+            }
             AnalyzeError::Imaging(e) => Unanalysed::Failed(e.to_string()),
-            AnalyzeError::Skipped(reason) => Unanalysed::Skipped(reason),
+            AnalyzeError::Skipped(skip) => Unanalysed::Skipped(skip),
             AnalyzeError::Runtime(e) => Unanalysed::Transient(e.to_string()),
         }
     }
@@ -53,8 +57,8 @@ pub fn read_checked(
         ImagingError::Io(e) => Unanalysed::Transient(format!("cannot read {}: {e}", path.display())),
         e => Unanalysed::Failed(e.to_string()),
     })?;
-    if let Some(reason) = preparation.not_applicable(&obj) {
-        return Err(Unanalysed::Skipped(reason));
+    if let Some(skip) = preparation.not_applicable(&obj) {
+        return Err(Unanalysed::Skipped(skip));
     }
     imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Unanalysed::Failed(e.to_string()))?;
     Ok(obj)

@@ -7,6 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use serde::Deserialize;
 
+use crate::domain::SkipCause;
 use crate::imaging::DisplayImage;
 
 /// `[inference.checks]`: each check on by default.
@@ -41,18 +42,20 @@ const MIN_CONTRAST: f32 = 0.02;
 
 impl InputChecks {
     /// Why the image's tags say it must not be analysed, or `None`.
-    pub fn tags(&self, obj: &InMemDicomObject) -> Option<String> {
+    pub fn tags(&self, obj: &InMemDicomObject) -> Option<Skip> {
         let text =
             |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
         if self.species {
             if let Some(species) = text(tags::PATIENT_SPECIES_DESCRIPTION).filter(|s| !s.is_empty()) {
                 let upper = species.to_uppercase();
                 if !(upper.contains("HUMAN") || upper.contains("HOMO SAPIENS")) {
-                    return Some(format!("input check: not a human patient (Patient Species Description {species:?})"));
+                    let reason = format!("input check: not a human patient (Patient Species Description {species:?})");
+                    return Some(Skip::new(SkipCause::Species, reason));
                 }
             }
             if let Some(code) = species_code(obj).filter(|c| c != HOMO_SAPIENS) {
-                return Some(format!("input check: not a human patient (Patient Species Code {code})"));
+                let reason = format!("input check: not a human patient (Patient Species Code {code})");
+                return Some(Skip::new(SkipCause::Species, reason));
             }
         }
         if self.view_consistency {
@@ -64,48 +67,72 @@ impl InputChecks {
                     ("Image Comments", tags::IMAGE_COMMENTS),
                 ] {
                     if let Some(description) = text(tag).filter(|d| says_lateral(d)) {
-                        return Some(format!(
-                            "input check: View Position {view} but {name} {description:?} says lateral"
-                        ));
+                        let reason =
+                            format!("input check: View Position {view} but {name} {description:?} says lateral");
+                        return Some(Skip::new(SkipCause::ViewConsistency, reason));
                     }
                 }
                 if let Some(rows) = text(tags::PATIENT_ORIENTATION)
                     .and_then(|o| o.split('\\').next().map(str::to_uppercase))
                     .filter(|r| !r.is_empty() && r.chars().all(|c| c == 'A' || c == 'P'))
                 {
-                    return Some(format!(
+                    let reason = format!(
                         "input check: View Position {view} but Patient Orientation rows run {rows} (a lateral)"
-                    ));
+                    );
+                    return Some(Skip::new(SkipCause::ViewConsistency, reason));
                 }
             }
         }
         if self.min_age_years > 0 {
             if let Some(age) = age_years(obj).filter(|&a| a < f64::from(self.min_age_years)) {
-                return Some(format!(
+                let reason = format!(
                     "input check: patient age {age:.1} years is below inference.checks.min_age_years ({})",
                     self.min_age_years
-                ));
+                );
+                return Some(Skip::new(SkipCause::MinAge, reason));
             }
         }
         None
     }
 
     /// Why the decoded image must not be analysed, or `None`.
-    pub fn pixels(&self, image: &DisplayImage, statistics: InputStatistics) -> Option<String> {
+    pub fn pixels(&self, image: &DisplayImage, statistics: InputStatistics) -> Option<Skip> {
         if !self.image_statistics {
             return None;
         }
         let aspect = f64::from(image.width) / f64::from(image.height.max(1));
         if !(ASPECT_RANGE.0..=ASPECT_RANGE.1).contains(&aspect) {
-            return Some(format!(
+            let reason = format!(
                 "input check: {}x{} pixels is no chest film's shape (width/height {aspect:.2})",
                 image.width, image.height
-            ));
+            );
+            return Some(Skip::new(SkipCause::ImageStatistics, reason));
         }
         let deviation = statistics.deviation;
         (deviation < MIN_CONTRAST).then(|| {
-            format!("input check: near-constant image (standard deviation {deviation:.4} of the displayed range)")
+            let reason =
+                format!("input check: near-constant image (standard deviation {deviation:.4} of the displayed range)");
+            Skip::new(SkipCause::ImageStatistics, reason)
         })
+    }
+}
+
+/// Why an image is not analysed: the rule and its reason, as the job records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub cause: SkipCause,
+    pub reason: String,
+}
+
+impl Skip {
+    pub fn new(cause: SkipCause, reason: String) -> Skip {
+        Skip { cause, reason }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 
@@ -184,8 +211,8 @@ mod tests {
     #[test]
     fn a_cat_is_not_analysed() {
         let cat = object(&[(tags::PATIENT_SPECIES_DESCRIPTION, VR::LO, "Feline"), (tags::VIEW_POSITION, VR::CS, "AP")]);
-        let reason = InputChecks::default().tags(&cat).unwrap();
-        assert!(reason.contains("Feline"), "{reason}");
+        let skip = InputChecks::default().tags(&cat).unwrap();
+        assert!(skip.cause == SkipCause::Species && skip.reason.contains("Feline"), "{skip:?}");
         let human = object(&[(tags::PATIENT_SPECIES_DESCRIPTION, VR::LO, "Homo sapiens")]);
         assert_eq!(InputChecks::default().tags(&human), None);
         let off = InputChecks { species: false, ..InputChecks::default() };
@@ -195,9 +222,9 @@ mod tests {
     #[test]
     fn a_lateral_tagged_frontal_is_not_analysed() {
         let lateral = object(&[(tags::VIEW_POSITION, VR::CS, "PA"), (tags::SERIES_DESCRIPTION, VR::LO, "Thorax LAT")]);
-        assert!(InputChecks::default().tags(&lateral).unwrap().contains("says lateral"));
+        assert!(InputChecks::default().tags(&lateral).unwrap().reason.contains("says lateral"));
         let oriented = object(&[(tags::VIEW_POSITION, VR::CS, "AP"), (tags::PATIENT_ORIENTATION, VR::CS, "P\\F")]);
-        assert!(InputChecks::default().tags(&oriented).unwrap().contains("Patient Orientation"));
+        assert!(InputChecks::default().tags(&oriented).unwrap().reason.contains("Patient Orientation"));
         // "view: PA", "CHEST PA", a word that merely contains LAT: frontal
         for description in ["view: PA", "CHEST PA", "PLATE 2", "Translation"] {
             let frontal =
@@ -209,7 +236,7 @@ mod tests {
     #[test]
     fn a_child_is_not_analysed_below_the_limit() {
         let child = object(&[(tags::PATIENT_AGE, VR::AS, "006Y")]);
-        assert!(InputChecks::default().tags(&child).unwrap().contains("6.0 years"));
+        assert!(InputChecks::default().tags(&child).unwrap().reason.contains("6.0 years"));
         let infant = object(&[(tags::PATIENT_BIRTH_DATE, VR::DA, "20260101"), (tags::STUDY_DATE, VR::DA, "20261101")]);
         assert!(InputChecks::default().tags(&infant).is_some());
         let adult = object(&[(tags::PATIENT_AGE, VR::AS, "045Y")]);
@@ -224,10 +251,10 @@ mod tests {
     fn blank_and_strip_images_are_not_analysed() {
         let blank = DisplayImage { width: 100, height: 100, pixels: vec![0.5; 10_000] };
         let checked = |image: &DisplayImage| InputChecks::default().pixels(image, InputStatistics::of(image));
-        assert!(checked(&blank).unwrap().contains("near-constant"));
+        assert!(checked(&blank).unwrap().reason.contains("near-constant"));
         let strip =
             DisplayImage { width: 300, height: 100, pixels: (0..30_000).map(|i| (i % 7) as f32 / 7.0).collect() };
-        assert!(checked(&strip).unwrap().contains("shape"));
+        assert!(checked(&strip).unwrap().reason.contains("shape"));
         let film =
             DisplayImage { width: 100, height: 120, pixels: (0..12_000).map(|i| (i % 7) as f32 / 7.0).collect() };
         assert_eq!(checked(&film), None);

@@ -336,8 +336,9 @@ impl Drop for RunningNode {
 /// query in it and in the alert rules names metrics that a live node's /metrics exports.
 #[test]
 fn dashboard_and_alerts_name_only_exported_metrics() {
-    // a family appears in /metrics with its first sample: a node that analyses an image and
-    // tries to deliver its results to a PACS and a RIS that are down has them all
+    // a family appears in /metrics with its first sample: a node that analyses an image, skips
+    // another (a tibia) and tries to deliver its results to a PACS and a RIS that are down has
+    // them all
     let mut setup = Setup::analysing(Backend::Sqlite, "");
     setup.tail = format!(
         "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n\
@@ -348,7 +349,8 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
     setup.write_config("", "", crate::common::DEFAULT_PEERS);
     let node = setup.start();
     let work = tempfile::tempdir().unwrap();
-    let sent = storescu(setup.port, &[], &[&synthetic_positive(work.path())]);
+    let tibia = crate::common::pydicom_data("RG3_UNCR.dcm");
+    let sent = storescu(setup.port, &[], &[&synthetic_positive(work.path()), &tibia]);
     assert!(sent.status.success(), "{}", text(&sent));
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
@@ -356,7 +358,12 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
         assert_eq!(status, 200);
         let body = String::from_utf8(body).unwrap();
         // each family read from the database by its own query: wait for all of them
-        let families = ["pneumotriage_delivery_attempts_total{", "pneumotriage_messages{", "pneumotriage_deliveries{"];
+        let families = [
+            "pneumotriage_delivery_attempts_total{",
+            "pneumotriage_messages{",
+            "pneumotriage_deliveries{",
+            "pneumotriage_skipped_total{",
+        ];
         if families.iter().all(|f| body.contains(f)) {
             break body;
         }

@@ -80,6 +80,11 @@ fn analyses_what_arrives(backend: Backend) {
     let tibia_row = by_uid(&tibia);
     assert_eq!(tibia_row.1, "skipped");
     assert!(tibia_row.2.as_deref().unwrap().contains("body part"), "{tibia_row:?}");
+    // counted by the rule that turned them away
+    let (status, _, metrics) = common::http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("pneumotriage_skipped_total{cause=\"applicability\"} 2"), "{metrics}");
 
     let (mut positives, mut negatives) = (0, 0);
     for file in &files {
