@@ -516,7 +516,6 @@ fn run_shadows(
     jobs: &[&ClaimedJob],
     images: &[&FileDicomObject<InMemDicomObject>],
 ) -> Vec<NewShadowResult> {
-    let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
     let mut rows = Vec::with_capacity(shadows.len() * jobs.len());
     for shadow in shadows {
         let outcomes = analyze_images(&mut shadow.analyzer, images);
@@ -530,8 +529,8 @@ fn run_shadows(
                 priority: None,
                 probability: None,
                 mask_area_px: None,
-                classifier: model(shadow.analyzer.classifier()),
-                segmenter: model(shadow.analyzer.segmenter()),
+                classifier: shadow.analyzer.classifier().identity(),
+                segmenter: shadow.analyzer.segmenter().identity(),
                 inference_ms: None,
             };
             match outcome {
@@ -572,7 +571,6 @@ fn read_job(preparation: &Preparation, spool: &Spool, job: &ClaimedJob, limits: 
 
 /// The result row of an analysis.
 pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
-    let model = |m: &crate::inference::ModelSpec| [m.name.clone(), m.version.clone(), m.sha256.clone()];
     let t = &a.timings;
     NewResult {
         policy: analyzer.policy(),
@@ -584,8 +582,8 @@ pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
         mask_rle: a.mask_rle.clone(),
         mask_area_px: a.mask_area_px as i64,
         mask_area_mm2: a.mask_area_mm2,
-        classifier: model(analyzer.classifier()),
-        segmenter: model(analyzer.segmenter()),
+        classifier: analyzer.classifier().identity(),
+        segmenter: analyzer.segmenter().identity(),
         execution_provider: analyzer.execution_provider(),
         timings_ms: [t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms],
     }

@@ -132,7 +132,8 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // every token is compared, so that timing tells nothing of which one nearly matched
+    // every token is compared, so that timing tells nothing of which one nearly matched: a fold,
+    // not find() or last(), which stop at the match
     let caller = given.and_then(|given| {
         state
             .tokens

@@ -69,6 +69,11 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Name, version and sha256: what a result row records of the model that made it.
+    pub fn identity(&self) -> [String; 3] {
+        [self.name.clone(), self.version.clone(), self.sha256.clone()]
+    }
+
     pub fn preprocess(&self) -> Preprocess {
         Preprocess {
             height: self.height,
