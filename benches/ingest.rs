@@ -8,7 +8,10 @@
 //! pneumotriage runs with its durability rule on (fsync per instance, SQLite synchronous=FULL);
 //! storescp writes files without fsync (its default): single-process (its default, one
 //! association at a time) and, for four associations, also `--fork` (a process per association).
-//! `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
+//! With one association, pneumotriage also runs with its spool in an object store
+//! (`[object_store]`: a fresh S3-compatible server per run, moto's in-memory one from
+//! tests/requirements.txt, on loopback): each instance is fsynced locally, then PUT, then
+//! committed, before its Success. `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
 //! next one's time, and once more right after the transfer: "durable images/s" counts that sync for
 //! storescp, which is what its files need to be where pneumotriage's are at each Success. Each scenario is repeated R times, alternating which
 //! receiver goes first, and the median is reported. Machines are noisy (and this one may be
@@ -39,6 +42,14 @@ use support::{Kids, Mode};
 #[path = "../tests/it/common/python.rs"]
 mod python;
 use python::python;
+// The tests' S3-compatible server (it asks for `free_port` and `python` here).
+#[path = "../tests/it/common/s3.rs"]
+#[allow(dead_code)] // the tests list the bucket's keys, the bench does not
+mod s3;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
 
 const STORESCU: &str = "/usr/bin/storescu";
 const STORESCP: &str = "/usr/bin/storescp";
@@ -51,6 +62,8 @@ const TARGETS: [f64; 2] = [1.0, 1.5];
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Receiver {
     Pneumotriage,
+    /// pneumotriage with its spool in an object store.
+    PneumotriageS3,
     /// storescp as it runs by default: one process, one association at a time.
     Storescp,
     /// storescp --fork: one process per association.
@@ -61,6 +74,7 @@ impl Receiver {
     fn name(self) -> &'static str {
         match self {
             Receiver::Pneumotriage => "pneumotriage",
+            Receiver::PneumotriageS3 => "pneumotriage s3",
             Receiver::Storescp => "storescp",
             Receiver::StorescpFork => "storescp --fork",
         }
@@ -69,7 +83,7 @@ impl Receiver {
     /// The receivers compared for a number of concurrent associations.
     fn for_scenario(associations: usize) -> &'static [Receiver] {
         if associations == 1 {
-            &[Receiver::Pneumotriage, Receiver::Storescp]
+            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::PneumotriageS3]
         } else {
             &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::StorescpFork]
         }
@@ -82,6 +96,8 @@ struct Server {
     kind: Receiver,
     port: u16,
     config: PathBuf,
+    /// The object store of `PneumotriageS3`.
+    _s3: Option<s3::S3>,
     dir: tempfile::TempDir,
 }
 
@@ -91,15 +107,17 @@ impl Server {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let config = dir.path().join("pneumotriage.toml");
         let log = fs::File::create(dir.path().join("server.log"))?;
+        let s3 = (kind == Receiver::PneumotriageS3).then(s3::S3::start);
         let mut cmd = match kind {
-            Receiver::Pneumotriage => {
+            Receiver::Pneumotriage | Receiver::PneumotriageS3 => {
                 let data_dir = dir.path().join("var").display().to_string();
                 fs::write(
                     &config,
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
                          bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
-                         [http]\nenabled = false\n\n[inference]\nenabled = false\n"
+                         [http]\nenabled = false\n\n[inference]\nenabled = false\n\n{}",
+                        s3.as_ref().map(|s3| s3.config("bench")).unwrap_or_default()
                     ),
                 )?;
                 let mut cmd = Command::new(PNEUMOTRIAGE);
@@ -121,7 +139,7 @@ impl Server {
         };
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-        let mut server = Server { kids: Kids(vec![child]), kind, port, config, dir };
+        let mut server = Server { kids: Kids(vec![child]), kind, port, config, _s3: s3, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = server.kids.0[0].try_wait()? {
@@ -164,7 +182,7 @@ impl Server {
         }
         Ok(match self.kind {
             Receiver::Storescp | Receiver::StorescpFork => fs::read_dir(self.dir.path().join("out"))?.count(),
-            Receiver::Pneumotriage => {
+            Receiver::Pneumotriage | Receiver::PneumotriageS3 => {
                 let out = Command::new(PNEUMOTRIAGE)
                     .args(["instances", "--json", "--limit", "1000000", "--config"])
                     .arg(&self.config)
@@ -228,7 +246,8 @@ fn run_once(kind: Receiver, associations: usize, files: &[PathBuf]) -> Result<Ru
         .with_context(|| format!("sending to {}; its log:\n{}", kind.name(), server.log()))?;
     let synced = Instant::now();
     Command::new("sync").status()?;
-    let durable = if kind == Receiver::Pneumotriage { transfer } else { transfer + synced.elapsed() };
+    let ours = matches!(kind, Receiver::Pneumotriage | Receiver::PneumotriageS3);
+    let durable = if ours { transfer } else { transfer + synced.elapsed() };
     let peak_rss_mib = if kind == Receiver::StorescpFork { None } else { Some(server.peak_rss_mib()?) };
     let kept = server.stop_and_count()?;
     let problems = server.problems();
@@ -347,7 +366,7 @@ fn main() -> Result<()> {
         }
         println!();
         let (_, ours, _) = rates[0];
-        for &(name, theirs, theirs_durable) in &rates[1..] {
+        for &(name, theirs, theirs_durable) in rates[1..].iter().filter(|(name, ..)| name.starts_with("storescp")) {
             let ratio = ours / theirs;
             let verdict = if ratio >= TARGETS[s] { "met" } else { "NOT met" };
             println!(
@@ -356,6 +375,9 @@ fn main() -> Result<()> {
                 TARGETS[s],
                 ours / theirs_durable
             );
+        }
+        if let Some(&(_, s3, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageS3.name()) {
+            println!("  {associations} assoc: object-store spool / local spool {:.2}", s3 / ours);
         }
     }
     Ok(())

@@ -38,6 +38,9 @@ pub struct Config {
     pub destinations: Vec<Destination>,
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[object_store]`: received instances and the objects made of them are kept in an
+    /// S3-compatible bucket, `data_dir` only caching them. Unset: they are kept under `data_dir`.
+    pub object_store: Option<ObjectStoreConfig>,
     /// The directory that relative paths are resolved against; not a key of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -635,6 +638,72 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[object_store]`: the bucket (S3, MinIO, Ceph RGW) that keeps the spool and the outputs.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `s3://<bucket>` or `s3://<bucket>/<prefix>`: several sites (or test runs) may share a
+    /// bucket under prefixes of their own.
+    pub url: String,
+    /// The S3 endpoint of a store other than AWS (`https://rgw.hospital.org:7480`); `http://`
+    /// only where the link is otherwise protected.
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The credentials; unset, they come from the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, e.g. from the unit's `EnvironmentFile=`) or the instance profile.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// The authority (PEM) that signed the endpoint's certificate, if not a system one.
+    pub ca_file: Option<PathBuf>,
+    /// How long one request may take, retries included, before the operation fails (a C-STORE
+    /// is then refused with Out of Resources and its sender retries).
+    #[serde(default = "default_object_store_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_object_store_timeout() -> u64 {
+    20
+}
+
+impl fmt::Debug for ObjectStoreConfig {
+    // the secret never reaches a log or an error message
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+impl ObjectStoreConfig {
+    /// The bucket and the prefix (without slashes at either end) of `url`.
+    pub fn bucket_and_prefix(&self) -> Result<(&str, &str), String> {
+        let rest = self.url.strip_prefix("s3://").ok_or("must start with s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !valid_bucket {
+            return Err(format!("`{bucket}` is not a bucket name (3 to 63 lowercase letters, digits, `.` and `-`)"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|part| part == "." || part == "..") || prefix.contains("//") {
+            return Err(format!("the prefix `{prefix}` has an empty, `.` or `..` part"));
+        }
+        Ok((bucket, prefix))
+    }
+}
+
 /// A person's bearer token (`[[http.tokens]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -932,6 +1001,27 @@ impl Config {
                 }
             }
         }
+        if let Some(store) = &self.object_store {
+            if let Err(m) = store.bucket_and_prefix() {
+                bad("object_store.url", m);
+            }
+            if let Some(endpoint) = &store.endpoint {
+                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                    bad("object_store.endpoint", "must start with https:// (or http://)".into());
+                }
+            }
+            if store.access_key_id.is_some() != store.secret_access_key.is_some() {
+                bad("object_store", "access_key_id and secret_access_key go together".into());
+            }
+            if store.timeout_secs == 0 {
+                bad("object_store.timeout_secs", "must be at least 1".into());
+            }
+            if let Some(file) = &store.ca_file {
+                if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                    bad("object_store.ca_file", format!("{}: {e}", self.resolve(file).display()));
+                }
+            }
+        }
         problems
     }
 
@@ -952,12 +1042,19 @@ impl Config {
         self.data_dir().join("spool")
     }
 
-    /// Where the objects the node makes (SEG, SR) are kept until delivered.
     /// `node.lease_secs`.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.node.lease_secs)
     }
 
+    /// Whether every node reads the same spool and outputs (a shared directory or a bucket),
+    /// so that any of them may analyse any image and send any object.
+    pub fn spool_is_shared(&self) -> bool {
+        self.node.shared_spool || self.object_store.is_some()
+    }
+
+    /// Where the objects the node makes (SEG, SR, SC) are kept until delivered (with an object
+    /// store: cached).
     pub fn outputs_dir(&self) -> PathBuf {
         self.data_dir().join("outputs")
     }
@@ -1130,6 +1227,35 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("each person needs their own"), "{e}");
+    }
+
+    #[test]
+    fn an_object_store_is_checked_and_its_secret_never_shown() {
+        let bad = "[dicom]\naccept_any = true\n[object_store]\nurl = \"s3://Bad_Bucket/../x\"\n\
+                   endpoint = \"rgw:7480\"\naccess_key_id = \"id\"\ntimeout_secs = 0\nca_file = \"no/such.pem\"\n";
+        let e = parse(bad).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "object_store.url",
+                "object_store.endpoint",
+                "object_store",
+                "object_store.timeout_secs",
+                "object_store.ca_file"
+            ],
+            "{e}"
+        );
+        let prefix = "[dicom]\naccept_any = true\n[object_store]\nurl = \"s3://pneumotriage/a/../b\"\n";
+        assert!(parse(prefix).unwrap_err().to_string().contains("object_store.url: the prefix `a/../b`"));
+
+        let good = "[dicom]\naccept_any = true\n[object_store]\nurl = \"s3://pneumotriage/site-a/\"\n\
+                    access_key_id = \"id\"\nsecret_access_key = \"very-secret\"\n";
+        let c = parse(good).unwrap();
+        let store = c.object_store.as_ref().unwrap();
+        assert_eq!(store.bucket_and_prefix(), Ok(("pneumotriage", "site-a")));
+        assert!(c.spool_is_shared(), "every node reads the bucket");
+        assert!(!format!("{c:?}").contains("very-secret"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::bucket::{Area, Bucket, BucketError};
 use crate::config::{Config, Destination};
 use crate::dicom::scu::{self, Peer, SendError};
 use crate::dicom::tls::TlsSetupError;
@@ -31,15 +32,21 @@ impl Outbox {
     /// destination (so that a study's messages go in the order they were made). `notice` is the
     /// models' notice, which messages carry. Fails, naming the key, when a destination's TLS
     /// files cannot be used.
-    pub fn start(store: Store, config: &Config, notice: &str, shutdown: &Shutdown) -> Result<Outbox, PeerError> {
+    pub fn start(
+        store: Store,
+        config: &Config,
+        bucket: Option<Arc<Bucket>>,
+        notice: &str,
+        shutdown: &Shutdown,
+    ) -> Result<Outbox, PeerError> {
         let mut senders = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
             match target(config, i)? {
                 Target::Objects(peer) => {
-                    let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
+                    let scope = if config.spool_is_shared() { JobScope::AnySpool } else { JobScope::OwnSpool };
                     let destination = d.clone();
-                    let (dir, lease) = (config.outputs_dir(), config.lease());
-                    let objects = Arc::new(ObjectSender { destination, peer, dir, scope, lease });
+                    let (dir, bucket, lease) = (config.outputs_dir(), bucket.clone(), config.lease());
+                    let objects = Arc::new(ObjectSender { destination, peer, dir, bucket, scope, lease });
                     for _ in 0..d.max_associations {
                         senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
                     }
@@ -152,7 +159,9 @@ struct ObjectSender {
     destination: Destination,
     peer: Peer,
     dir: std::path::PathBuf,
-    /// Whose objects it may send: its own, unless every node shares one data directory.
+    /// Where the objects are kept when `dir` only caches them.
+    bucket: Option<Arc<Bucket>>,
+    /// Whose objects it may send: its own, unless every node reads the same outputs.
     scope: JobScope,
     /// `node.lease_secs`.
     lease: Duration,
@@ -169,9 +178,20 @@ impl Sender for ObjectSender {
         let (destination, peer, path) = (&self.destination, self.peer.clone(), self.dir.join(&d.path));
         let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
-            .await
-            .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}"))));
+        // an object made on another node is fetched from the bucket first
+        let fetched = match &self.bucket {
+            Some(bucket) => bucket.fetch(Area::Outputs, &d.path, &path).await.map_err(|e| match e {
+                BucketError::Missing { .. } => SendError::Permanent(e.to_string()),
+                e => SendError::Transient(e.to_string()),
+            }),
+            None => Ok(()),
+        };
+        let outcome = match fetched {
+            Ok(()) => tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
+                .await
+                .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}")))),
+            Err(e) => Err(e),
+        };
         let written = match outcome {
             Ok(status) => {
                 info!(

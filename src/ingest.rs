@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::bucket::BucketError;
 use crate::domain::{EventKind, InstanceHeader};
 use crate::spool::{self, Spool, SpoolError, TempInstance};
 use crate::store::{Event, NewInstance, PreviousVersion, Store, StoreError};
@@ -149,6 +150,13 @@ impl Ingest {
             Ok(p) => p,
             Err(e) => return out_of_resources(format!("database unavailable: {e}")),
         };
+        // the previous version, which proves a retry's bytes the same, may be in the bucket only
+        if let Some(prev) = &previous {
+            match self.spool.fetch(&prev.path).await {
+                Ok(()) | Err(BucketError::Missing { .. }) => {}
+                Err(e) => return out_of_resources(e.to_string()),
+            }
+        }
         let spool = self.spool.clone();
         let command = (sop_class_uid.clone(), sop_instance_uid.clone());
         let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &command, previous)).await;
@@ -165,6 +173,11 @@ impl Ingest {
             Ok(Err(refusal)) => return refusal,
             Err(e) => return out_of_resources(format!("storage task failed: {e}")),
         };
+        // with an object store, the bucket's copy is the durable one
+        if let Err(e) = self.spool.upload(&relative).await {
+            self.discard(&relative);
+            return out_of_resources(e.to_string());
+        }
         let skip_reason = (!analysed).then(|| format!("SOP class {sop_class_uid} is stored only"));
         let new = NewInstance {
             header,
@@ -180,12 +193,16 @@ impl Ingest {
         match self.store.record_instance(&new).await {
             Ok(recorded) => Outcome::Stored { version, instance_id: recorded.instance_id },
             Err(e) => {
-                // Not acknowledged, so not kept: the sender will retry.
-                if let Err(remove) = self.spool.remove(&new.path) {
-                    tracing::error!(path = %new.path, error = %remove, "could not remove an uncommitted spool file");
-                }
+                self.discard(&new.path);
                 out_of_resources(format!("database unavailable: {e}"))
             }
+        }
+    }
+
+    /// Removes a placed file that is not acknowledged, so not kept: the sender will retry.
+    fn discard(&self, relative: &str) {
+        if let Err(e) = self.spool.remove(relative) {
+            tracing::error!(path = %relative, error = %e, "could not remove an uncommitted spool file");
         }
     }
 
@@ -260,6 +277,8 @@ impl Ingest {
         {
             return Err("file name does not match its UIDs".into());
         }
+        // a crash may have come before the upload, or after it (the same bytes then count as stored)
+        self.spool.upload(relative).await.map_err(|e| e.to_string())?;
         let skip_reason =
             (!analysed(&header.sop_class_uid)).then(|| format!("SOP class {} is stored only", header.sop_class_uid));
         let new = NewInstance {

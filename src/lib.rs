@@ -2,6 +2,7 @@
 //! for pneumothorax, sends the results back to the PACS and serves a worklist. See README.md, and
 //! docs/architecture.md for the map.
 
+pub mod bucket;
 pub mod config;
 pub mod delivery;
 pub mod dicom;

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
+use crate::bucket::{Area, BucketError};
 use crate::domain::ShadowOutcome;
 use crate::inference::analyze::{Analysis, Analyzer, Preparation};
 use crate::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
@@ -156,6 +157,7 @@ impl Worker {
                     .clone()
                     .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
             }
+            let due = self.runtime.clone().block_on(self.fetch_files(due));
             let (verdicts, mut images) =
                 analyse_jobs(&mut self.models.production, &self.spool, &due, &self.outputs, &self.limits);
             if self.models.shadows.is_empty() {
@@ -166,6 +168,21 @@ impl Worker {
                 self.shadow(&due, images, &recorded);
             }
         }
+    }
+
+    /// Fetches from the bucket the spool files of jobs that another node received (a no-op
+    /// without one). A file that cannot be fetched now is retried later; one the bucket does
+    /// not hold goes on, and its job fails as a missing file does.
+    async fn fetch_files(&mut self, jobs: Vec<ClaimedJob>) -> Vec<ClaimedJob> {
+        let fetched = futures_util::future::join_all(jobs.iter().map(|job| self.spool.fetch(&job.path))).await;
+        let mut ready = Vec::with_capacity(jobs.len());
+        for (job, fetched) in jobs.into_iter().zip(fetched) {
+            match fetched {
+                Ok(()) | Err(BucketError::Missing { .. }) => ready.push(job),
+                Err(e) => self.end(&job, Verdict::Transient(format!("cannot fetch the spool file: {e}"))).await,
+            }
+        }
+        ready
     }
 
     /// Runs the shadow versions on the images whose production result is recorded, and records
@@ -275,7 +292,11 @@ impl Worker {
         }
         let objects: Vec<Vec<MadeObject>> =
             analysed.iter_mut().map(|(_, _, objects)| std::mem::take(objects)).collect();
-        let outputs = match write_objects(&self.outputs, objects) {
+        let written = match write_objects(&self.outputs, objects) {
+            Ok(outputs) => upload_objects(&self.outputs, &outputs).await.map(|()| outputs),
+            Err(e) => Err(e),
+        };
+        let outputs = match written {
             Ok(outputs) => outputs,
             Err(e) => {
                 // The disk is full or unwritable: try again later rather than lose the objects.
@@ -446,6 +467,17 @@ fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Re
                 .collect()
         })
         .collect())
+}
+
+/// Stores the objects just written in the bucket, if there is one, before their rows are
+/// committed: a delivery row then always finds its object, on any node.
+async fn upload_objects(settings: &OutputSettings, outputs: &[Vec<NewOutput>]) -> Result<(), String> {
+    let Some(bucket) = &settings.bucket else { return Ok(()) };
+    let uploads = outputs.iter().flatten().map(|o| async move {
+        let local = settings.dir.join(&o.path);
+        bucket.upload(Area::Outputs, &o.path, &local).await
+    });
+    futures_util::future::join_all(uploads).await.into_iter().collect::<Result<(), _>>().map_err(|e| e.to_string())
 }
 
 /// A job's image, read and checked: ready for the models.

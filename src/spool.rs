@@ -5,16 +5,21 @@
 //! `<sop>.v<N>.dcm` for later versions) with the directory fsynced too. Paths are built from
 //! sanitized UIDs only. The spool never parses pixel data; it reads the header attributes the
 //! database needs and stops at Pixel Data.
+//!
+//! With an object store (`[object_store]`, see [`crate::bucket`]) the bucket keeps the durable
+//! copy, uploaded before the rows are committed, and the directory is this node's cache of it.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use rayon::prelude::*;
 
+use crate::bucket::{Area, Bucket, BucketError};
 use crate::domain::InstanceHeader;
 use crate::scan::{self, ScanError};
 use crate::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
@@ -50,6 +55,8 @@ pub struct Spool {
     /// The largest data set kept (`dicom.max_dataset_mb`); also bounds a deflated one inflated.
     max_dataset_bytes: u64,
     counter: AtomicU64,
+    /// Where the durable copy is kept, when not here.
+    bucket: Option<Arc<Bucket>>,
 }
 
 /// A file being received; removed on drop unless it was placed into the spool.
@@ -101,7 +108,30 @@ impl Spool {
         }
         let root = root.canonicalize().map_err(io_err(root))?;
         let tmp = root.join(TMP_DIR).join(node_folder(node));
-        Ok((Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0) }, removed))
+        Ok((Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0), bucket: None }, removed))
+    }
+
+    /// The spool with its durable copy in `bucket` (the directory becomes a cache).
+    pub fn with_bucket(self, bucket: Option<Arc<Bucket>>) -> Spool {
+        Spool { bucket, ..self }
+    }
+
+    /// Stores a placed file in the bucket, if there is one; a no-op otherwise (the file is
+    /// durable where it was placed).
+    pub async fn upload(&self, relative: &str) -> Result<(), BucketError> {
+        match &self.bucket {
+            Some(bucket) => bucket.upload(Area::Spool, relative, &self.absolute(relative)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Makes sure a spool file is here, fetching it from the bucket if it is not (another node
+    /// received it). Without a bucket there is nothing to fetch: a missing file stays missing.
+    pub async fn fetch(&self, relative: &str) -> Result<(), BucketError> {
+        match &self.bucket {
+            Some(bucket) => bucket.fetch(Area::Spool, relative, &self.absolute(relative)).await,
+            None => Ok(()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -212,7 +242,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes a placed file whose rows could not be committed.
+    /// Removes a placed file whose rows could not be committed. Not from the bucket: there,
+    /// another node storing the same bytes may have counted on it (a race of two deliveries of
+    /// one instance), and an object without rows was never acknowledged.
     pub fn remove(&self, relative: &str) -> Result<(), SpoolError> {
         let path = self.root.join(relative);
         fs::remove_file(&path).map_err(io_err(&path))?;

@@ -1,7 +1,7 @@
 //! `serve`: the node's start-up and shutdown order, in one place.
 //!
 //! Start-up: the models (a node that cannot analyse says so before it accepts images), the TLS
-//! files, the spool, the database and the recovery of an unclean stop, the listeners, the HTTP
+//! files, the spool (and its object store), the database and the recovery of an unclean stop, the listeners, the HTTP
 //! server, the pipeline and the outbox; then READY=1. Shutdown: one [`Shutdown`] fires on SIGINT
 //! or SIGTERM; the listener stops accepting and drains its associations, the workers finish the
 //! image in hand, the senders the object in hand, the HTTP server its requests; then the
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pneumotriage::bucket::Bucket;
 use pneumotriage::config::Config;
 use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::conformance::{self, Service};
@@ -68,8 +69,15 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if removed > 0 {
         info!(removed, "removed incomplete temporary files (never acknowledged)");
     }
+    let bucket = Bucket::open(&config).map_err(anyhow::Error::msg)?;
+    if let Some(bucket) = &bucket {
+        bucket.check(&config.node_name()).await.with_context(|| {
+            format!("the object store {} cannot be used (object_store in {})", bucket.url(), config.source)
+        })?;
+        info!(url = %bucket.url(), "instances and outputs are kept in the object store; data_dir caches them");
+    }
     let store = super::connect(&config).await?;
-    let spool = Arc::new(spool);
+    let spool = Arc::new(spool.with_bucket(bucket.clone()));
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
     recover(&config, &ingest, &store).await?;
 
@@ -101,8 +109,8 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         batch_size: config.inference.batch_size,
         batch_wait: Duration::from_millis(config.inference.batch_wait_ms),
     };
-    let outputs = OutputSettings::of(&config);
-    let scope = if config.node.shared_spool { JobScope::AnySpool } else { JobScope::OwnSpool };
+    let outputs = OutputSettings { bucket: bucket.clone(), ..OutputSettings::of(&config) };
+    let scope = if config.spool_is_shared() { JobScope::AnySpool } else { JobScope::OwnSpool };
     // what the models are for, which messages repeat; read from the manifest only when analysis
     // is off here (another node analyses)
     let notice = match &analyzers {
@@ -111,7 +119,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
     let pipeline =
         analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
-    let outbox = Outbox::start(store.clone(), &config, &notice, &shutdown)?;
+    let outbox = Outbox::start(store.clone(), &config, bucket, &notice, &shutdown)?;
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     info!(
@@ -210,7 +218,8 @@ const SHARED_ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
 async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Result<()> {
     let quarantine_after = config.inference.quarantine_after;
     let analysed = |class: &str| conformance::service_for(class, &config.dicom) == Some(Service::Analysed);
-    // On a shared spool, a file without rows may be one another node is committing right now.
+    // On a shared spool, a file without rows may be one another node is committing right now
+    // (with an object store, the local spool is this node's alone).
     let orphan_min_age = if config.node.shared_spool { SHARED_ORPHAN_MIN_AGE } else { Duration::ZERO };
     let recovery = ingest.recover(analysed, quarantine_after, orphan_min_age).await.context("start-up recovery")?;
     if recovery.left > 0 {
@@ -238,7 +247,7 @@ async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Res
     if resent > 0 {
         warn!(deliveries = resent, "deliveries interrupted by the last stop will be sent again");
     }
-    if !config.node.shared_spool {
+    if !config.spool_is_shared() {
         for (node, n) in store.jobs_kept_elsewhere().await.context("start-up recovery")? {
             warn!(%node, jobs = n, "images kept in another node's spool wait for it to analyse them; if it is gone for good, `pneumotriage handover --from {node}` (--to this node, or --fail)");
         }

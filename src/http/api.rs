@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, Caller};
+use crate::bucket::BucketError;
 use crate::config::PriorityConfig;
 use crate::domain::{Agreement, DeliveryProgress, Priority, StudyState, UnknownValue};
 use crate::store::worklist::{StudyInstance, WorklistStudy};
@@ -200,6 +201,11 @@ pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> 
     let Some(source) = state.store.overlay_source(&uid).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such instance"));
     };
+    // an image another node received may be in the object store only
+    state.spool.fetch(&source.path).await.map_err(|e| match e {
+        BucketError::Missing { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
     let path = state.spool.absolute(&source.path);
     let limits = (state.spool.max_dataset_bytes(), state.max_pixels);
     let png = tokio::task::spawn_blocking(move || render_overlay(&path, &source, limits))

@@ -3,6 +3,7 @@
 //! as bytes with the UIDs their rows need.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use dicom_object::InMemDicomObject;
 use tracing::warn;
@@ -10,6 +11,7 @@ use tracing::warn;
 use super::common::{Built, ObjectUids, ResultsError};
 use super::context::{Context, Models, Series};
 use super::{sc, seg, sr};
+use crate::bucket::Bucket;
 use crate::config::{Config, OutputsConfig, SrPolicy};
 use crate::domain::{Decision, ObjectKind};
 use crate::inference::analyze::{Analysis, Analyzer};
@@ -25,6 +27,8 @@ pub struct OutputSettings {
     pub uid_root: String,
     /// `<data_dir>/outputs`.
     pub dir: PathBuf,
+    /// The object store that keeps the durable copy of the outputs, if any (`[object_store]`).
+    pub bucket: Option<Arc<Bucket>>,
     /// Each DICOM destination's name and the kinds of objects it takes.
     pub destinations: Vec<(String, Vec<ObjectKind>)>,
     /// When each messaging destination (HL7, FHIR, webhook) is sent a message.
@@ -32,12 +36,14 @@ pub struct OutputSettings {
 }
 
 impl OutputSettings {
+    /// The settings of `config`, without the bucket (which [`Bucket::open`] opens once).
     pub fn of(config: &Config) -> OutputSettings {
         OutputSettings {
             outputs: config.outputs.clone(),
             node_name: config.node_name(),
             uid_root: config.node.uid_root.clone(),
             dir: config.outputs_dir(),
+            bucket: None,
             destinations: config
                 .destinations
                 .iter()

@@ -1,7 +1,9 @@
-//! Several nodes on one database, each with its own spool (two machines): a node analyses only
+//! Several nodes on one database. Each with its own spool (two machines): a node analyses only
 //! the images it received, another node's images wait for it, and `handover` settles them when
-//! that node is renamed or gone.
+//! that node is renamed or gone. On one shared spool (a directory on shared storage, or a bucket
+//! of an object store): any node analyses any image, and takes over a dead node's work.
 
+use crate::common::s3::S3;
 use crate::common::{free_port, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
 use crate::delivery::Pacs;
 
@@ -156,4 +158,135 @@ fn on_a_shared_spool_another_node_finishes_a_killed_nodes_work() {
     a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state <> 'delivered'", 0);
     let made = a.count("SELECT COUNT(*) FROM outputs");
     assert_eq!(std::fs::read_dir(&inbox).unwrap().count() as i64, made, "the PACS has every object");
+}
+
+/// Two nodes on one database and one object-storage spool (each its own data directory, so its
+/// own cache: two machines). Images go to both; node A is killed (-9) mid-stream. Either node
+/// analyses either's images (fetched from the bucket), B takes over what A held, and every
+/// acknowledged image is analysed exactly once, its objects delivered once each.
+#[test]
+fn on_an_object_store_spool_either_node_analyses_any_image_and_finishes_a_killed_nodes_work() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3::start();
+    let pacs_port = free_port();
+    let inbox = work.path().join("pacs");
+    let _pacs = Pacs::start(pacs_port, &inbox, false);
+    let mut a = Setup::analysing(Backend::Postgres, "");
+    a.tail = format!(
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\n{}",
+        s3.config("site-a")
+    );
+    a.write_config("lease_secs = 3", "", DEFAULT_PEERS);
+    let (b_config, b_port) = a.second_node("node-b");
+    let for_a = synthetic_images(&work.path().join("a"), 24, 36);
+    let for_b = synthetic_images(&work.path().join("b"), 8, 37);
+
+    let mut node_a = a.start();
+    assert!(node_a.log().contains("instances and outputs are kept in the object store"), "{}", node_a.log());
+    let node_b = a.start_config(&b_config, &[]);
+    let send = |port: u16, files: &[std::path::PathBuf]| {
+        let files = files.to_vec();
+        std::thread::spawn(move || storescu(port, &[], &files.iter().map(|p| p.as_path()).collect::<Vec<_>>()))
+    };
+    let (to_a, to_b) = (send(a.port, &for_a), send(b_port, &for_b));
+    // kill A mid-stream, once it has analysed a few and while it holds a job
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while a.count("SELECT COUNT(*) FROM results WHERE node = 'test-node'") < 3
+        || a.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND claimed_by = 'test-node'") == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "A analyses nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    node_a.kill9();
+    let _ = to_a.join();
+    let sent_to_b = to_b.join().unwrap();
+    assert!(sent_to_b.status.success(), "{}", text(&sent_to_b));
+    let acknowledged = a.count("SELECT COUNT(*) FROM instances");
+    assert!(acknowledged >= 3 + 8, "{acknowledged}");
+    let held = a.count("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND claimed_by = 'test-node'");
+
+    a.wait_count("SELECT COUNT(*) FROM jobs WHERE state <> 'done'", 0);
+    assert_eq!(a.count("SELECT COUNT(*) FROM results"), acknowledged, "each acknowledged image analysed");
+    assert_eq!(
+        a.count("SELECT COUNT(*) FROM (SELECT instance_id FROM results GROUP BY instance_id HAVING COUNT(*) > 1) t"),
+        0,
+        "no image analysed twice"
+    );
+    assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE interruptions = 1"), held, "B took over each job A held, once");
+    // B read A's images from the bucket: its cache had none of them
+    let fetched = "SELECT COUNT(*) FROM results r JOIN instances i ON i.id = r.instance_id \
+                   WHERE r.node = 'node-b' AND i.node = 'test-node'";
+    assert!(a.count(fetched) > 0, "B analysed none of A's images");
+
+    // every object delivered, each delivery once
+    a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state <> 'delivered'", 0);
+    let made = a.count("SELECT COUNT(*) FROM outputs");
+    assert_eq!(a.count("SELECT COUNT(*) FROM deliveries"), made, "a delivery per object");
+    assert_eq!(std::fs::read_dir(&inbox).unwrap().count() as i64, made, "the PACS has every object");
+
+    // the bucket holds every acknowledged instance and every object, under the site's prefix
+    let keys = s3.keys("site-a/");
+    let paths = a.with_store(async |store| {
+        let instances: Vec<(String,)> =
+            sqlx::query_as("SELECT path FROM instances").fetch_all(store.pool()).await.unwrap();
+        let outputs: Vec<(String,)> = sqlx::query_as("SELECT path FROM outputs").fetch_all(store.pool()).await.unwrap();
+        (instances, outputs)
+    });
+    for (path,) in &paths.0 {
+        assert!(keys.contains(&format!("site-a/spool/{path}")), "{path} is not in the bucket");
+    }
+    for (path,) in &paths.1 {
+        assert!(keys.contains(&format!("site-a/outputs/{path}")), "{path} is not in the bucket");
+    }
+    drop(node_b);
+}
+
+/// The bucket's rules for an instance's key, against the S3-compatible server: a second upload of
+/// the same bytes counts as stored (a retry, or recovery after a crash between the upload and the
+/// commit), other bytes are refused while they may be another node's, and a missing object is
+/// told apart from a failing store.
+#[test]
+fn an_instance_in_the_bucket_is_never_replaced_by_other_bytes() {
+    use pneumotriage::bucket::{Area, Bucket, BucketError};
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("pneumotriage.toml");
+    std::fs::write(
+        &config_path,
+        format!("[[dicom.peers]]\nae_title = \"X\"\n{}timeout_secs = 2\n", s3.config("rules")),
+    )
+    .unwrap();
+    let config = pneumotriage::config::Config::load(&config_path, pneumotriage::config::Uses::Everything).unwrap();
+    let bucket = Bucket::open(&config).unwrap().expect("a bucket is configured");
+    let (first, other) = (dir.path().join("first.dcm"), dir.path().join("other.dcm"));
+    std::fs::write(&first, b"DICM first bytes").unwrap();
+    std::fs::write(&other, b"DICM other bytes").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        bucket.check("test-node").await.unwrap();
+        bucket.upload(Area::Spool, "1.2/1.2.3.dcm", &first).await.unwrap();
+        bucket.upload(Area::Spool, "1.2/1.2.3.dcm", &first).await.expect("the same bytes again are stored");
+        let refused = bucket.upload(Area::Spool, "1.2/1.2.3.dcm", &other).await;
+        assert!(matches!(refused, Err(BucketError::Conflict { .. })), "{refused:?}");
+        // outputs have UIDs of their own: overwritten, never refused
+        bucket.upload(Area::Outputs, "1.2/9.9.dcm", &first).await.unwrap();
+        bucket.upload(Area::Outputs, "1.2/9.9.dcm", &other).await.unwrap();
+
+        let cached = dir.path().join("cache/1.2/1.2.3.dcm");
+        bucket.fetch(Area::Spool, "1.2/1.2.3.dcm", &cached).await.unwrap();
+        assert_eq!(std::fs::read(&cached).unwrap(), b"DICM first bytes");
+        let output = dir.path().join("cache/1.2/9.9.dcm");
+        bucket.fetch(Area::Outputs, "1.2/9.9.dcm", &output).await.unwrap();
+        assert_eq!(std::fs::read(&output).unwrap(), b"DICM other bytes");
+        let missing = bucket.fetch(Area::Spool, "1.2/4.5.dcm", &dir.path().join("cache/1.2/4.5.dcm")).await;
+        assert!(matches!(missing, Err(BucketError::Missing { .. })), "{missing:?}");
+        // no temporary file left beside the cached ones
+        assert_eq!(std::fs::read_dir(dir.path().join("cache/1.2")).unwrap().count(), 2);
+    });
+    assert_eq!(s3.keys("rules/"), ["rules/outputs/1.2/9.9.dcm", "rules/spool/1.2/1.2.3.dcm"]);
+    drop(s3);
+    // a store that does not answer fails the check, naming the key
+    let down = runtime.block_on(bucket.check("test-node"));
+    assert!(matches!(down, Err(BucketError::Other { ref key, .. }) if key == "probe/test-node"), "{down:?}");
 }

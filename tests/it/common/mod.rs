@@ -3,6 +3,7 @@
 
 pub mod orthanc;
 mod python;
+pub mod s3;
 pub mod scu;
 
 pub use python::python;
