@@ -135,6 +135,13 @@ impl Bucket {
     /// [`UNCOMMITTED_MIN_AGE`] (an upload that was never committed, so never acknowledged).
     /// Outputs have new UIDs each and simply overwrite.
     pub async fn upload(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
+        let started = std::time::Instant::now();
+        let uploaded = self.put(area, relative, local).await;
+        crate::metrics::object_store("upload", outcome(&uploaded), started.elapsed());
+        uploaded
+    }
+
+    async fn put(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
         let key = area.key(relative)?;
         let local_err = |source| BucketError::Local { path: local.display().to_string(), source };
         let size = tokio::fs::metadata(local).await.map_err(local_err)?.len();
@@ -170,6 +177,13 @@ impl Bucket {
         if tokio::fs::try_exists(local).await.unwrap_or(false) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let fetched = self.get(area, relative, local).await;
+        crate::metrics::object_store("fetch", outcome(&fetched), started.elapsed());
+        fetched
+    }
+
+    async fn get(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
         let key = area.key(relative)?;
         let fail = |e: object_store::Error| match e {
             object_store::Error::NotFound { .. } => BucketError::Missing { key: key.to_string() },
@@ -195,6 +209,16 @@ impl Bucket {
             let _ = tokio::fs::remove_file(&temp).await;
         }
         copied
+    }
+}
+
+/// The `outcome` label of an operation's metric.
+fn outcome(result: &Result<(), BucketError>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(BucketError::Missing { .. }) => "missing",
+        Err(BucketError::Conflict { .. }) => "conflict",
+        Err(_) => "error",
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Metrics {
     model_probability: Family<Labels, Histogram>,
     input_mean: Family<Labels, Histogram>,
     input_deviation: Family<Labels, Histogram>,
+    object_store_seconds: Family<Labels, Histogram>,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -88,6 +89,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Standard deviation of the displayed image (0 to 1), by classifier version",
         input_deviation.clone(),
     );
+    let object_store_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram);
+    registry.register(
+        "object_store_seconds",
+        "Time per object-store operation (upload, fetch), by operation and outcome",
+        object_store_seconds.clone(),
+    );
     Metrics {
         registry,
         associations,
@@ -101,6 +108,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         model_probability,
         input_mean,
         input_deviation,
+        object_store_seconds,
     }
 });
 
@@ -149,6 +157,13 @@ pub fn drift(model: &str, decision: Decision, probability: f32, input: InputStat
 pub fn delivery(outcome: &'static str, took: Duration) {
     METRICS.deliveries.get_or_create(&vec![("outcome", outcome.into())]).inc();
     stage("deliver", took);
+}
+
+/// An operation on the object store (`upload`, `fetch`): `ok`, `missing` (not in the bucket),
+/// `conflict` (other bytes under an instance's key) or `error`; and how long it took.
+pub fn object_store(operation: &'static str, outcome: &'static str, took: Duration) {
+    let labels = vec![("operation", operation.into()), ("outcome", outcome.into())];
+    METRICS.object_store_seconds.get_or_create(&labels).observe(took.as_secs_f64());
 }
 
 fn stage(name: &'static str, took: Duration) {

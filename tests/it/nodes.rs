@@ -4,7 +4,7 @@
 //! of an object store): any node analyses any image, and takes over a dead node's work.
 
 use crate::common::s3::S3;
-use crate::common::{free_port, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
+use crate::common::{free_port, http_request, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
 use crate::delivery::Pacs;
 
 #[test]
@@ -217,13 +217,34 @@ fn on_an_object_store_spool_either_node_analyses_any_image_and_finishes_a_killed
     // B read A's images from the bucket: its cache had none of them
     let fetched = "SELECT COUNT(*) FROM results r JOIN instances i ON i.id = r.instance_id \
                    WHERE r.node = 'node-b' AND i.node = 'test-node'";
-    assert!(a.count(fetched) > 0, "B analysed none of A's images");
+    let fetched_by_b = a.count(fetched);
+    assert!(fetched_by_b > 0, "B analysed none of A's images");
+    // and says so in its metrics: each image it did not receive was fetched once
+    let b_text = std::fs::read_to_string(&b_config).unwrap();
+    let b_http = b_text.split("[http]\nbind = \"127.0.0.1:").nth(1).unwrap();
+    let b_http: u16 = b_http[..b_http.find('"').unwrap()].parse().unwrap();
+    let (_, _, metrics) = http_request(b_http, "GET", "/metrics", &[], "").unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    let count = |labels: &str| -> i64 {
+        let line = format!("pneumotriage_object_store_seconds_count{{{labels}}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse().unwrap())
+    };
+    assert!(count("operation=\"fetch\",outcome=\"ok\"") >= fetched_by_b, "{metrics}");
+    assert_eq!(count("operation=\"upload\",outcome=\"error\""), 0, "{metrics}");
 
     // every object delivered, each delivery once
     a.wait_count("SELECT COUNT(*) FROM deliveries WHERE state <> 'delivered'", 0);
     let made = a.count("SELECT COUNT(*) FROM outputs");
     assert_eq!(a.count("SELECT COUNT(*) FROM deliveries"), made, "a delivery per object");
     assert_eq!(std::fs::read_dir(&inbox).unwrap().count() as i64, made, "the PACS has every object");
+    eprintln!(
+        "object-store failover: {acknowledged} acknowledged ({} by A, {} by B), results by A {} and by B {} \
+         ({fetched_by_b} of them A's images), {held} taken over from A, {made} objects delivered",
+        a.count("SELECT COUNT(*) FROM instances WHERE node = 'test-node'"),
+        a.count("SELECT COUNT(*) FROM instances WHERE node = 'node-b'"),
+        a.count("SELECT COUNT(*) FROM results WHERE node = 'test-node'"),
+        a.count("SELECT COUNT(*) FROM results WHERE node = 'node-b'"),
+    );
 
     // the bucket holds every acknowledged instance and every object, under the site's prefix
     let keys = s3.keys("site-a/");
