@@ -43,7 +43,7 @@ impl Outbox {
         for (i, d) in config.destinations.iter().enumerate() {
             match target(config, i)? {
                 Target::Objects(peer) => {
-                    let scope = if config.spool_is_shared() { JobScope::AnySpool } else { JobScope::OwnSpool };
+                    let scope = JobScope::of(config);
                     let destination = d.clone();
                     let (dir, bucket, lease) = (config.outputs_dir(), bucket.clone(), config.lease());
                     let objects = Arc::new(ObjectSender { destination, peer, dir, bucket, scope, lease });

@@ -110,7 +110,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         batch_wait: Duration::from_millis(config.inference.batch_wait_ms),
     };
     let outputs = OutputSettings { bucket: bucket.clone(), ..OutputSettings::of(&config) };
-    let scope = if config.spool_is_shared() { JobScope::AnySpool } else { JobScope::OwnSpool };
+    let scope = JobScope::of(&config);
     // what the models are for, which messages repeat; read from the manifest only when analysis
     // is off here (another node analyses)
     let notice = match &analyzers {

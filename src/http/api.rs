@@ -112,7 +112,7 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
     let now = now_ms();
     let mut list: Vec<Listed> = state
         .store
-        .worklist(None, MAX_STUDIES)
+        .worklist(None, MAX_STUDIES, state.scope)
         .await?
         .into_iter()
         .map(|s| listed(s, &state.priority, now))
@@ -124,7 +124,7 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
 }
 
 pub async fn study(State(state): State<AppState>, Path(uid): Path<String>) -> Result<Response, ApiError> {
-    let Some(found) = state.store.worklist(Some(&uid), 1).await?.into_iter().next() else {
+    let Some(found) = state.store.worklist(Some(&uid), 1, state.scope).await?.into_iter().next() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such study"));
     };
     let listed = listed(found, &state.priority, now_ms());

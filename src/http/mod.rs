@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::config::{Config, PriorityConfig};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
-use crate::store::Store;
+use crate::store::{JobScope, Store};
 
 /// What `/readyz` reports besides the database and the spool, set as the node comes up and
 /// goes down.
@@ -48,6 +48,8 @@ pub struct AppState {
     pub priority: PriorityConfig,
     /// `inference.max_pixels`: an overlay is drawn only of an image within the budget.
     pub max_pixels: u64,
+    /// Whose images this node analyses: the worklist says which studies wait for another node.
+    pub scope: JobScope,
     /// The bearer tokens that open the API, each with its person's name (none for `http.token`).
     tokens: Arc<[(String, Caller)]>,
 }
@@ -66,6 +68,7 @@ impl AppState {
             readiness,
             priority: config.priority,
             max_pixels: config.inference.max_pixels,
+            scope: JobScope::of(config),
             tokens: config
                 .http
                 .token

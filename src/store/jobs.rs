@@ -14,6 +14,7 @@ use sqlx::AnyConnection;
 use super::ingest::insert_event;
 use super::messages::{make_messages, MessageRule};
 use super::{now_ms, Backend, Event, Result, Store};
+use crate::config::Config;
 use crate::domain::{Decision, EventKind, JobState, ObjectKind, Policy, Priority};
 
 /// A job this node has claimed, with what the worker needs to find the instance.
@@ -120,8 +121,19 @@ pub enum JobScope {
     /// Those of the instances it keeps itself (`node.shared_spool = false`): another node's
     /// spool is not readable here, so its jobs wait for it.
     OwnSpool,
-    /// Any job: every node reads the same spool (`node.shared_spool = true`).
+    /// Any job: every node reads the same spool (`node.shared_spool = true`, or a bucket).
     AnySpool,
+}
+
+impl JobScope {
+    /// The scope of a node with this configuration ([`Config::spool_is_shared`]).
+    pub fn of(config: &Config) -> JobScope {
+        if config.spool_is_shared() {
+            JobScope::AnySpool
+        } else {
+            JobScope::OwnSpool
+        }
+    }
 }
 
 /// A study's priority: the highest of its images' results.

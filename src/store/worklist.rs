@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Backend, Result, Store};
+use super::{Backend, JobScope, Result, Store};
 use crate::domain::{Agreement, Decision, DeliveryState, DestinationKind, JobState, ObjectKind, Priority};
 
 /// Jobs by state, results by priority, deliveries by state and messages by kind and state; a
@@ -154,8 +154,15 @@ const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name
      FROM studies s";
 
 impl Store {
-    /// The `limit` studies received most recently, or the one with `study_instance_uid`.
-    pub async fn worklist(&self, study_instance_uid: Option<&str>, limit: i64) -> Result<Vec<WorklistStudy>> {
+    /// The `limit` studies received most recently, or the one with `study_instance_uid`. With
+    /// [`JobScope::OwnSpool`], a study whose images another node keeps says that it waits for it;
+    /// with a shared spool any node analyses them, and none is waited for.
+    pub async fn worklist(
+        &self,
+        study_instance_uid: Option<&str>,
+        limit: i64,
+        scope: JobScope,
+    ) -> Result<Vec<WorklistStudy>> {
         let sql = format!(
             "{STUDIES} WHERE ($1 IS NULL OR s.study_instance_uid = $1) \
              ORDER BY s.last_received_at DESC, s.id DESC LIMIT $2"
@@ -163,7 +170,8 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(study_instance_uid)
             .bind(limit)
-            .bind(self.node())
+            // `i.node <> NULL` holds for no row
+            .bind((scope == JobScope::OwnSpool).then(|| self.node()))
             .fetch_all(self.pool())
             .await?)
     }

@@ -3,6 +3,8 @@
 //! that node is renamed or gone. On one shared spool (a directory on shared storage, or a bucket
 //! of an object store): any node analyses any image, and takes over a dead node's work.
 
+use pneumotriage::store::JobScope;
+
 use crate::common::s3::S3;
 use crate::common::{free_port, http_request, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
 use crate::delivery::Pacs;
@@ -45,14 +47,19 @@ fn a_node_analyses_only_the_images_it_keeps() {
     assert_eq!(a.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"), 6, "A's images wait for A");
     // B's worklist says why they wait
     let url = a.db.url.clone();
-    let waiting = a.with_store(async |_| {
-        let b = pneumotriage::store::Store::connect(&url, 2, "node-b").await.unwrap();
-        let listed = b.worklist(None, 100).await.unwrap();
-        b.close().await;
-        listed.into_iter().filter_map(|s| s.waiting_for_node).collect::<Vec<_>>()
-    });
-    assert_eq!(waiting.len(), 6, "{waiting:?}");
-    assert!(waiting.iter().all(|n| n == "test-node"), "{waiting:?}");
+    let waiting = |scope| {
+        a.with_store(async |_| {
+            let b = pneumotriage::store::Store::connect(&url, 2, "node-b").await.unwrap();
+            let listed = b.worklist(None, 100, scope).await.unwrap();
+            b.close().await;
+            listed.into_iter().filter_map(|s| s.waiting_for_node).collect::<Vec<_>>()
+        })
+    };
+    let own = waiting(JobScope::OwnSpool);
+    assert_eq!(own.len(), 6, "{own:?}");
+    assert!(own.iter().all(|n| n == "test-node"), "{own:?}");
+    // on a shared spool (or a bucket) any node analyses them: none waits for A
+    assert_eq!(waiting(JobScope::AnySpool), Vec::<String>::new());
 
     // A with its analysis on analyses its own images, B none of them
     drop(node_a);
