@@ -1,8 +1,8 @@
 //! `serve`: the node's start-up and shutdown order, in one place.
 //!
 //! Start-up: the models (a node that cannot analyse says so before it accepts images), the TLS
-//! files, the spool (and its object store), the database and the recovery of an unclean stop, the listeners, the HTTP
-//! server, the pipeline and the outbox; then READY=1. Shutdown: one [`Shutdown`] fires on SIGINT
+//! files, the spool (and its object store), the database and the recovery of an unclean stop,
+//! the listeners, the HTTP server, the pipeline and the outbox; then READY=1. Shutdown: one [`Shutdown`] fires on SIGINT
 //! or SIGTERM; the listener stops accepting and drains its associations, the workers finish the
 //! image in hand, the senders the object in hand, the HTTP server its requests; then the
 //! database closes.
