@@ -318,3 +318,26 @@ fn an_instance_in_the_bucket_is_never_replaced_by_other_bytes() {
     let down = runtime.block_on(bucket.check("test-node"));
     assert!(matches!(down, Err(BucketError::Other { ref key, .. }) if key == "probe/test-node"), "{down:?}");
 }
+
+/// A bucket that cannot be used stops the node at start-up, naming the key, rather than refusing
+/// every image once it runs.
+#[test]
+fn a_node_whose_bucket_cannot_be_used_does_not_start() {
+    let s3 = S3::start();
+    let mut setup = Setup::new(Backend::Sqlite);
+    setup.tail = s3.config("site-a").replace("s3://pneumotriage-test/", "s3://no-such-bucket/");
+    setup.write_config("", "", DEFAULT_PEERS);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .args(["serve", "--config"])
+        .arg(&setup.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the object store s3://no-such-bucket/site-a cannot be used (object_store in ")
+            && stderr.contains("probe/test-node"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-checked-by-moto"), "the secret is never shown: {stderr}");
+}
