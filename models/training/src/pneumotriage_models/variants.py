@@ -7,7 +7,11 @@ measured again. Run it as a shadow version (`[[inference.shadow]]`) before it re
 production: `pneumotriage shadow-report` then says what it changes on the site's own images.
 
 int8 calibrates on images that are not the held-out set's (activations' ranges, MinMax), with
-per-channel int8 weights and uint8 activations. fp16 keeps float32 inputs and outputs, so the
+per-channel int8 weights of a reduced (7-bit) range and uint8 activations. The reduced range is
+what makes the variant portable: on x86 CPUs without VNNI (AVX2 or AVX-512 only, e.g. AMD EPYC
+Zen 2 and 3), ONNX Runtime's u8s8 kernels add pairs of products into 16 bits (VPMADDUBSW), which
+saturate with full-range weights; there the demo classifier quantised at full range called every
+positive negative. fp16 keeps float32 inputs and outputs, so the
 node feeds it as before. Both need the `onnx` package (onnxruntime's quantisation tools).
 """
 
@@ -51,6 +55,7 @@ def _int8(source: Path, target: Path, model: manifest_mod.Model, calibration: li
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=True,
         calibrate_method=CalibrationMethod.MinMax,
     )
 
