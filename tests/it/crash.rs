@@ -9,7 +9,7 @@ use crate::common;
 use crate::common::{assert_same_pixels, deid_cat, python, sop_instance_uid, storescu, text, tool, Backend, Setup};
 
 /// Files storescu reported as stored with Success, from its verbose log.
-fn acknowledged(storescu_log: &str) -> Vec<PathBuf> {
+pub(crate) fn acknowledged(storescu_log: &str) -> Vec<PathBuf> {
     let mut current: Option<PathBuf> = None;
     let mut out = Vec::new();
     for line in storescu_log.lines() {

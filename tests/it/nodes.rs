@@ -6,7 +6,11 @@
 use pneumotriage::store::JobScope;
 
 use crate::common::s3::S3;
-use crate::common::{free_port, http_request, storescu, synthetic_images, text, Backend, Setup, DEFAULT_PEERS};
+use crate::common::{
+    assert_same_pixels, free_port, http_request, sop_instance_uid, storescu, synthetic_images, text, Backend, Setup,
+    DEFAULT_PEERS,
+};
+use crate::crash::acknowledged;
 use crate::delivery::Pacs;
 
 #[test]
@@ -340,4 +344,63 @@ fn a_node_whose_bucket_cannot_be_used_does_not_start() {
         "{stderr}"
     );
     assert!(!stderr.contains("not-checked-by-moto"), "the secret is never shown: {stderr}");
+}
+
+/// With an object-storage spool, a node's disk is a cache: node A is killed (-9) while a modality
+/// sends, and its whole data directory is lost with it. Node B, with a data directory of its own,
+/// analyses every image A acknowledged, from the bucket, with the pixels that were sent.
+#[test]
+fn on_an_object_store_spool_no_acknowledged_image_is_lost_with_a_nodes_disk() {
+    let s3 = S3::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Setup::with(Backend::Postgres, "", "");
+    a.tail = s3.config("site-a");
+    a.inference = a.inference.replace("enabled = false", "");
+    a.write_config("", "", DEFAULT_PEERS);
+    let (b_config, _) = a.second_node("node-b");
+    a.inference.push_str("enabled = false\n");
+    a.write_config("", "", DEFAULT_PEERS);
+    let files = synthetic_images(&work.path().join("images"), 30, 38);
+
+    let mut node_a = a.start();
+    let log_path = work.path().join("storescu.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut sender = std::process::Command::new("/usr/bin/storescu")
+        .args(["-v", "-aet", "STORESCU", "-aec", "PNEUMOTRIAGE", "127.0.0.1", &a.port.to_string()])
+        .args(&files)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acknowledged(&std::fs::read_to_string(&log_path).unwrap()).len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "storescu made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    node_a.kill9();
+    let _ = sender.wait();
+    let sent = acknowledged(&std::fs::read_to_string(&log_path).unwrap());
+    assert!(sent.len() >= 5 && sent.len() < files.len(), "the kill lands mid-stream: {} of {}", sent.len(), files.len());
+    std::fs::remove_dir_all(a.dir.path().join("var")).unwrap();
+
+    let _node_b = a.start_config(&b_config, &[]);
+    a.wait_count("SELECT COUNT(*) FROM jobs WHERE state <> 'done'", 0);
+    let cache = a.dir.path().join("var-node-b/spool");
+    let analysed = a.with_store(async |store| {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT i.sop_instance_uid, i.path FROM results r JOIN instances i ON i.id = r.instance_id \
+             WHERE r.node = 'node-b'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    });
+    let analysed: std::collections::HashMap<String, String> = analysed.into_iter().collect();
+    for file in &sent {
+        let path = analysed
+            .get(&sop_instance_uid(file))
+            .unwrap_or_else(|| panic!("acknowledged {} was not analysed by B", file.display()));
+        assert_same_pixels(file, &cache.join(path));
+    }
+    assert_eq!(a.count("SELECT COUNT(*) FROM results"), a.count("SELECT COUNT(*) FROM instances"));
 }
