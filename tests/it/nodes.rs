@@ -380,7 +380,12 @@ fn on_an_object_store_spool_no_acknowledged_image_is_lost_with_a_nodes_disk() {
     node_a.kill9();
     let _ = sender.wait();
     let sent = acknowledged(&std::fs::read_to_string(&log_path).unwrap());
-    assert!(sent.len() >= 5 && sent.len() < files.len(), "the kill lands mid-stream: {} of {}", sent.len(), files.len());
+    assert!(
+        sent.len() >= 5 && sent.len() < files.len(),
+        "the kill lands mid-stream: {} of {}",
+        sent.len(),
+        files.len()
+    );
     std::fs::remove_dir_all(a.dir.path().join("var")).unwrap();
 
     let _node_b = a.start_config(&b_config, &[]);
