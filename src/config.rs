@@ -651,7 +651,8 @@ pub struct ObjectStoreConfig {
     #[serde(default = "default_region")]
     pub region: String,
     /// The credentials; unset, they come from the environment (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, e.g. from the unit's `EnvironmentFile=`) or the instance profile.
+    /// `AWS_SECRET_ACCESS_KEY`, e.g. in `/etc/pneumotriage/environment`, which the unit reads)
+    /// or the instance profile.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     /// The authority (PEM) that signed the endpoint's certificate, if not a system one.
