@@ -135,10 +135,7 @@ impl Bucket {
     /// [`UNCOMMITTED_MIN_AGE`] (an upload that was never committed, so never acknowledged).
     /// Outputs have new UIDs each and simply overwrite.
     pub async fn upload(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
-        let started = std::time::Instant::now();
-        let uploaded = self.put(area, relative, local).await;
-        crate::metrics::object_store("upload", outcome(&uploaded), started.elapsed());
-        uploaded
+        timed("upload", self.put(area, relative, local)).await
     }
 
     async fn put(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
@@ -177,10 +174,7 @@ impl Bucket {
         if tokio::fs::try_exists(local).await.unwrap_or(false) {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let fetched = self.get(area, relative, local).await;
-        crate::metrics::object_store("fetch", outcome(&fetched), started.elapsed());
-        fetched
+        timed("fetch", self.get(area, relative, local)).await
     }
 
     async fn get(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {
@@ -212,14 +206,21 @@ impl Bucket {
     }
 }
 
-/// The `outcome` label of an operation's metric.
-fn outcome(result: &Result<(), BucketError>) -> &'static str {
-    match result {
+/// Runs an operation and counts it, by its outcome, in `pneumotriage_object_store_seconds`.
+async fn timed(
+    operation: &'static str,
+    work: impl std::future::Future<Output = Result<(), BucketError>>,
+) -> Result<(), BucketError> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    let outcome = match &result {
         Ok(()) => "ok",
         Err(BucketError::Missing { .. }) => "missing",
         Err(BucketError::Conflict { .. }) => "conflict",
         Err(_) => "error",
-    }
+    };
+    crate::metrics::object_store(operation, outcome, started.elapsed());
+    result
 }
 
 /// Timeouts for one request, and the authority of a private endpoint.

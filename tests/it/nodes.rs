@@ -13,6 +13,14 @@ use crate::common::{
 use crate::crash::acknowledged;
 use crate::delivery::Pacs;
 
+/// A `[[destinations]]` entry: the test PACS (storescp) on `port`, retried every second or two.
+fn to_pacs(port: u16) -> String {
+    format!(
+        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         retry_initial_secs = 1\nretry_max_secs = 2\n"
+    )
+}
+
 #[test]
 fn a_node_analyses_only_the_images_it_keeps() {
     let work = tempfile::tempdir().unwrap();
@@ -21,10 +29,7 @@ fn a_node_analyses_only_the_images_it_keeps() {
     let inbox = work.path().join("pacs");
     // node A receives with analysis off, so its images wait in the shared queue
     let mut a = Setup::with(Backend::Postgres, "", "");
-    a.tail = format!(
-        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\n"
-    );
+    a.tail = to_pacs(pacs_port);
     let (b_config, b_port) = {
         // node B analyses
         a.inference = a.inference.replace("enabled = false", "");
@@ -129,10 +134,7 @@ fn on_a_shared_spool_another_node_finishes_a_killed_nodes_work() {
     let inbox = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &inbox, false);
     let mut a = Setup::analysing(Backend::Postgres, "");
-    a.tail = format!(
-        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\n"
-    );
+    a.tail = to_pacs(pacs_port);
     a.write_config("shared_spool = true\nlease_secs = 3", "", DEFAULT_PEERS);
     let (b_config, _) = a.second_node("node-b");
     // one spool: B's data directory is A's
@@ -183,11 +185,7 @@ fn on_an_object_store_spool_either_node_analyses_any_image_and_finishes_a_killed
     let inbox = work.path().join("pacs");
     let _pacs = Pacs::start(pacs_port, &inbox, false);
     let mut a = Setup::analysing(Backend::Postgres, "");
-    a.tail = format!(
-        "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
-         retry_initial_secs = 1\nretry_max_secs = 2\n{}",
-        s3.config("site-a")
-    );
+    a.tail = format!("{}{}", to_pacs(pacs_port), s3.config("site-a"));
     a.write_config("lease_secs = 3", "", DEFAULT_PEERS);
     let (b_config, b_port) = a.second_node("node-b");
     let for_a = synthetic_images(&work.path().join("a"), 24, 36);
