@@ -230,7 +230,8 @@ fn client_options(config: &Config, settings: &ObjectStoreConfig) -> Result<Clien
         .with_timeout(Duration::from_secs(settings.timeout_secs));
     if let Some(file) = &settings.ca_file {
         let path = config.resolve(file);
-        let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = crate::config::read_named_file(&path, crate::config::TEXT_FILE_LIMIT)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let certificate = object_store::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
         options = options.with_root_certificate(certificate);
     }

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -624,6 +625,16 @@ pub struct HttpConfig {
     /// How users reach the worklist page (e.g. `https://triage.hospital.org/`): messages link
     /// to their study with it. No link when unset.
     pub public_url: Option<String>,
+    /// Connections open at once; more are closed unserved, so that HTTP can never take the
+    /// file descriptors the DICOM listener needs.
+    pub max_connections: usize,
+    /// Connections open at once from one address (a proxy in front counts as one client).
+    pub max_connections_per_client: usize,
+    /// A connection must send a request's whole head within this long of opening, or of the
+    /// previous answer; an idle or slow one is closed.
+    pub header_timeout_secs: u64,
+    /// A request must be answered, its body read included, within this long (else 503).
+    pub request_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -634,6 +645,10 @@ impl Default for HttpConfig {
             token: None,
             tokens: Vec::new(),
             public_url: None,
+            max_connections: 256,
+            max_connections_per_client: 64,
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
         }
     }
 }
@@ -714,6 +729,39 @@ pub struct NamedToken {
     pub token: String,
 }
 
+/// The most bytes read of a text file the configuration names (itself, a manifest, a PEM file).
+pub const TEXT_FILE_LIMIT: u64 = 1 << 20;
+/// The most bytes read of a model file (ONNX's protobuf cannot exceed 2 GiB).
+pub const MODEL_FILE_LIMIT: u64 = 4 << 30;
+
+/// Reads a file the configuration names: it must be a regular file (not a directory, a FIFO
+/// that would block or a device like `/dev/zero` that never ends) of at most `limit` bytes, and
+/// no more than that is ever read, whatever the file does meanwhile.
+pub fn read_named_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "a special file (a device, a FIFO or a socket)" };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("is {kind}, not a regular file")));
+    }
+    let too_large = || Error::new(ErrorKind::InvalidData, format!("is larger than {limit} bytes"));
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// [`read_named_file`] for text (UTF-8) of at most [`TEXT_FILE_LIMIT`] bytes.
+pub fn read_named_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_named_file(path, TEXT_FILE_LIMIT)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text"))
+}
+
 /// What a command uses of the configuration, and so which of its problems stop the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uses {
@@ -774,7 +822,7 @@ impl Config {
     /// to its directory.
     pub fn load(path: &Path, uses: Uses) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_named_text(path).map_err(|e| ConfigError {
             source: source.clone(),
             problems: vec![Problem { key: String::new(), message: format!("cannot read: {e}") }],
         })?;
@@ -809,10 +857,70 @@ impl Config {
         }
     }
 
+    /// Every number of the file with the range it must be in: a number out of range is refused
+    /// here, naming its key, rather than overflowing a timer or an allocation later.
+    fn numbers(&self) -> Vec<(String, u64, RangeInclusive<u64>, &'static str)> {
+        const DAY: u64 = 86_400;
+        let (n, d, i, h) = (&self.node, &self.dicom, &self.inference, &self.http);
+        let mut numbers = vec![
+            ("node.min_free_disk_mb".to_string(), n.min_free_disk_mb, 0..=1 << 30, "MiB"),
+            ("node.lease_secs".into(), n.lease_secs, 2..=DAY, "seconds"),
+            ("dicom.max_associations".into(), d.max_associations as u64, 1..=4096, ""),
+            ("dicom.max_associations_per_host".into(), d.max_associations_per_host as u64, 1..=4096, ""),
+            ("dicom.max_dataset_mb".into(), d.max_dataset_mb, 1..=4096, "MiB"),
+            ("dicom.max_pdu".into(), d.max_pdu as u64, 4096..=16 << 20, "bytes"),
+            ("dicom.idle_timeout_secs".into(), d.idle_timeout_secs, 1..=DAY, "seconds"),
+            ("dicom.artim_timeout_secs".into(), d.artim_timeout_secs, 1..=3600, "seconds"),
+            ("dicom.shutdown_grace_secs".into(), d.shutdown_grace_secs, 0..=3600, "seconds"),
+            ("database.max_connections".into(), self.database.max_connections as u64, 1..=1000, ""),
+            ("inference.threads".into(), i.threads as u64, 1..=1024, ""),
+            ("inference.workers".into(), i.workers as u64, 1..=64, ""),
+            ("inference.batch_size".into(), i.batch_size as u64, 1..=256, ""),
+            ("inference.batch_wait_ms".into(), i.batch_wait_ms, 0..=10_000, "ms"),
+            ("inference.max_pixels".into(), i.max_pixels, 64 * 64..=1 << 34, "pixels"),
+            ("inference.quarantine_after".into(), i.quarantine_after as u64, 1..=100, ""),
+            ("inference.checks.min_age_years".into(), i.checks.min_age_years as u64, 0..=150, "years"),
+            ("priority.routine_aging_minutes".into(), self.priority.routine_aging_minutes, 0..=525_600, "minutes"),
+            ("priority.review_aging_minutes".into(), self.priority.review_aging_minutes, 0..=525_600, "minutes"),
+            ("http.max_connections".into(), h.max_connections as u64, 1..=65_536, ""),
+            ("http.max_connections_per_client".into(), h.max_connections_per_client as u64, 1..=65_536, ""),
+            ("http.header_timeout_secs".into(), h.header_timeout_secs, 1..=600, "seconds"),
+            ("http.request_timeout_secs".into(), h.request_timeout_secs, 1..=3600, "seconds"),
+        ];
+        for (k, dest) in self.destinations.iter().enumerate() {
+            let key = |field: &str| format!("destinations[{k}].{field}");
+            numbers.extend([
+                (key("settle_secs"), dest.settle_secs, 0..=DAY, "seconds"),
+                (
+                    key("retry_initial_secs"),
+                    dest.retry_initial_secs,
+                    1..=dest.retry_max_secs.max(1),
+                    "seconds (at most retry_max_secs)",
+                ),
+                (key("retry_max_secs"), dest.retry_max_secs, 1..=DAY, "seconds"),
+                (key("timeout_secs"), dest.timeout_secs, 1..=3600, "seconds"),
+                (key("max_associations"), dest.max_associations as u64, 1..=64, ""),
+            ]);
+        }
+        if let Some(store) = &self.object_store {
+            numbers.push(("object_store.timeout_secs".into(), store.timeout_secs, 1..=3600, "seconds"));
+        }
+        numbers
+    }
+
     /// Semantic checks that types alone cannot express.
     fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
+        for (key, value, range, unit) in self.numbers() {
+            if !range.contains(&value) {
+                let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+                bad(&key, format!("{value} is out of range ({} to {}{unit})", range.start(), range.end()));
+            }
+        }
+        if self.http.max_connections_per_client > self.http.max_connections {
+            bad("http.max_connections_per_client", "is more than http.max_connections".into());
+        }
 
         if let Err(m) = check_ae_title(&self.dicom.ae_title) {
             bad("dicom.ae_title", m);
@@ -828,9 +936,6 @@ impl Config {
                 "no calling AE is allowed: add [[dicom.peers]] entries or set dicom.accept_any = true".into(),
             );
         }
-        if self.dicom.max_associations == 0 {
-            bad("dicom.max_associations", "must be at least 1".into());
-        }
         if let Some(tls) = &self.dicom.tls {
             for (key, file) in [
                 ("cert_file", Some(&tls.cert_file)),
@@ -838,7 +943,7 @@ impl Config {
                 ("client_ca_file", tls.client_ca_file.as_ref()),
             ] {
                 if let Some(file) = file {
-                    if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                    if let Err(e) = read_named_file(&self.resolve(file), TEXT_FILE_LIMIT) {
                         bad(&format!("dicom.tls.{key}"), format!("{}: {e}", self.resolve(file).display()));
                     }
                 }
@@ -847,27 +952,6 @@ impl Config {
                 bad("dicom.tls.bind", "is the plain listener's address (dicom.bind)".into());
             }
         }
-        if self.dicom.max_associations_per_host == 0 {
-            bad("dicom.max_associations_per_host", "must be at least 1".into());
-        }
-        if !(1..=4096).contains(&self.dicom.max_dataset_mb) {
-            bad("dicom.max_dataset_mb", format!("{} is out of range (1 to 4096 MiB)", self.dicom.max_dataset_mb));
-        }
-        if self.inference.max_pixels < 64 * 64 {
-            bad("inference.max_pixels", "must be at least 4096 (64 x 64)".into());
-        }
-        if self.inference.quarantine_after == 0 {
-            bad("inference.quarantine_after", "must be at least 1".into());
-        }
-        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu) {
-            bad("dicom.max_pdu", format!("{} is out of range (4096 to 16777216 bytes)", self.dicom.max_pdu));
-        }
-        if self.dicom.idle_timeout_secs == 0 {
-            bad("dicom.idle_timeout_secs", "must be at least 1 second".into());
-        }
-        if self.dicom.artim_timeout_secs == 0 {
-            bad("dicom.artim_timeout_secs", "must be at least 1 second".into());
-        }
         if let Err(m) = check_uid_root(&self.node.uid_root) {
             bad("node.uid_root", m);
         }
@@ -875,24 +959,6 @@ impl Config {
             if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 bad("database.url", format!("`{url}` is neither sqlite://PATH nor postgres://..."));
             }
-        }
-        if !(2..=86_400).contains(&self.node.lease_secs) {
-            bad("node.lease_secs", format!("{} is out of range (2 to 86400 seconds)", self.node.lease_secs));
-        }
-        if self.database.max_connections == 0 {
-            bad("database.max_connections", "must be at least 1".into());
-        }
-        if self.inference.threads == 0 {
-            bad("inference.threads", "must be at least 1".into());
-        }
-        if !(1..=64).contains(&self.inference.workers) {
-            bad("inference.workers", format!("{} is out of range (1 to 64)", self.inference.workers));
-        }
-        if !(1..=256).contains(&self.inference.batch_size) {
-            bad("inference.batch_size", format!("{} is out of range (1 to 256)", self.inference.batch_size));
-        }
-        if self.inference.batch_wait_ms > 10_000 {
-            bad("inference.batch_wait_ms", format!("{} is out of range (0 to 10000 ms)", self.inference.batch_wait_ms));
         }
         if self.inference.require_gpu && self.inference.device == Device::Cpu {
             bad("inference.require_gpu", "is true but inference.device is \"cpu\"".into());
@@ -924,7 +990,7 @@ impl Config {
             } else if !seen.insert(shadow.name.as_str()) {
                 bad(&key("name"), format!("`{}` is the name of another shadow", shadow.name));
             }
-            if let Err(e) = std::fs::metadata(self.resolve(&shadow.models)) {
+            if let Err(e) = read_named_file(&self.resolve(&shadow.models), TEXT_FILE_LIMIT) {
                 bad(&key("models"), format!("{}: {e}", self.resolve(&shadow.models).display()));
             }
             for (field, value) in
@@ -967,20 +1033,8 @@ impl Config {
             for (key, message) in d.kind_problems() {
                 bad(&format!("destinations[{i}].{key}"), message);
             }
-            if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
-                bad(
-                    &format!("destinations[{i}].retry_initial_secs"),
-                    "must be at least 1 and at most retry_max_secs".into(),
-                );
-            }
-            if d.timeout_secs == 0 {
-                bad(&format!("destinations[{i}].timeout_secs"), "must be at least 1".into());
-            }
             if let Some(Err(m)) = d.calling_ae_title.as_deref().map(check_ae_title) {
                 bad(&format!("destinations[{i}].calling_ae_title"), m);
-            }
-            if !(1..=64).contains(&d.max_associations) {
-                bad(&format!("destinations[{i}].max_associations"), "must be between 1 and 64".into());
             }
             if let Some(tls) = &d.tls {
                 if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -992,7 +1046,7 @@ impl Config {
                     ("key_file", tls.key_file.as_ref()),
                 ] {
                     if let Some(file) = file {
-                        if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                        if let Err(e) = read_named_file(&self.resolve(file), TEXT_FILE_LIMIT) {
                             bad(
                                 &format!("destinations[{i}].tls.{key}"),
                                 format!("{}: {e}", self.resolve(file).display()),
@@ -1014,11 +1068,8 @@ impl Config {
             if store.access_key_id.is_some() != store.secret_access_key.is_some() {
                 bad("object_store", "access_key_id and secret_access_key go together".into());
             }
-            if store.timeout_secs == 0 {
-                bad("object_store.timeout_secs", "must be at least 1".into());
-            }
             if let Some(file) = &store.ca_file {
-                if let Err(e) = std::fs::metadata(self.resolve(file)) {
+                if let Err(e) = read_named_file(&self.resolve(file), TEXT_FILE_LIMIT) {
                     bad("object_store.ca_file", format!("{}: {e}", self.resolve(file).display()));
                 }
             }
@@ -1239,10 +1290,10 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "object_store.timeout_secs",
                 "object_store.url",
                 "object_store.endpoint",
                 "object_store",
-                "object_store.timeout_secs",
                 "object_store.ca_file"
             ],
             "{e}"
@@ -1257,6 +1308,50 @@ mod tests {
         assert_eq!(store.bucket_and_prefix(), Ok(("pneumotriage", "site-a")));
         assert!(c.spool_is_shared(), "every node reads the bucket");
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    /// Found by an adversarial pass: retry seconds at u64::MAX passed and later panicked a
+    /// delivery worker (a Duration overflow); an aging rule of u64::MAX minutes overflowed too.
+    #[test]
+    fn every_number_is_range_checked_with_its_key() {
+        let e = parse(
+            "[dicom]\naccept_any = true\nidle_timeout_secs = 0\n[http]\nheader_timeout_secs = 100000\n\
+             max_connections = 10\nmax_connections_per_client = 20\n\
+             [priority]\nroutine_aging_minutes = 18446744073709551615\n\
+             [[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\nport = 104\n\
+             retry_max_secs = 18446744073709551615\nsettle_secs = 999999999\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "dicom.idle_timeout_secs",
+            "http.header_timeout_secs",
+            "http.max_connections_per_client",
+            "priority.routine_aging_minutes",
+            "destinations[0].retry_max_secs",
+            "destinations[0].settle_secs",
+        ] {
+            assert!(keys.contains(&key), "{key} not in {keys:?}");
+        }
+        assert!(e.to_string().contains("18446744073709551615 is out of range (1 to 86400 seconds)"), "{e}");
+        // every default is within its range
+        let c = Config::embedded_default().unwrap();
+        for (key, value, range, _) in c.numbers() {
+            assert!(range.contains(&value), "{key} = {value}");
+        }
+    }
+
+    #[test]
+    fn a_named_file_must_be_a_regular_file_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let special = read_named_file(Path::new("/dev/zero"), TEXT_FILE_LIMIT).unwrap_err().to_string();
+        assert!(special.contains("special file"), "{special}");
+        let directory = read_named_file(dir.path(), TEXT_FILE_LIMIT).unwrap_err().to_string();
+        assert!(directory.contains("a directory"), "{directory}");
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'x'; 2048]).unwrap();
+        assert!(read_named_file(&big, 1024).unwrap_err().to_string().contains("larger than 1024 bytes"));
+        assert_eq!(read_named_file(&big, 4096).unwrap().len(), 2048);
     }
 
     #[test]

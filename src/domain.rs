@@ -238,6 +238,16 @@ spelt_enum! {
     }
 }
 
+/// Text from outside the node (a peer's data set, an HTTP request) as the node keeps it.
+///
+/// PostgreSQL's text cannot hold U+0000 and SQLite's can, so the same value was stored on one
+/// backend and refused on the other (and a refusal looked like a database outage). The one rule
+/// on both: every NUL character becomes U+FFFD, which shows that something unreadable was there.
+/// Padding is the caller's to trim (DICOM pads with NUL and spaces) before this is applied.
+pub fn storable_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 /// The header attributes the node keeps for an instance (read without touching pixel data).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceHeader {

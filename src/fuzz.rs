@@ -1,6 +1,6 @@
 //! Fuzzing entry points: arbitrary bytes through each path that bytes from the network reach
-//! (a DICOM peer's, an HL7 receiver's ACK, a FHIR server's or webhook endpoint's answer),
-//! exactly as the node runs it. `fuzz/` drives them with libFuzzer for long runs (coverage
+//! (a DICOM peer's, an HL7 receiver's ACK, a FHIR server's or webhook endpoint's answer, an HTTP
+//! client's request) and through the configuration loader, exactly as the node runs them. `fuzz/` drives them with libFuzzer for long runs (coverage
 //! guided, memory limited); the tests below replay the committed corpus and run a short,
 //! deterministic mutation round on every `cargo test`, so that no target rots and every crash
 //! ever found stays fixed (its input is kept in `fuzz/corpus/<target>/`).
@@ -20,25 +20,29 @@ use crate::{imaging, scan};
 pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 8] = [
     ("pdu", pdu_stream),
     ("command", command_set),
     ("dataset", dataset),
     ("pixels", pixels),
     ("mllp", mllp_reply),
     ("http", http_answer),
+    ("request", http_request),
+    ("config", config_file),
 ];
 
 /// How many mutated inputs each target runs on `cargo test` (about five seconds each on a
 /// 2-core machine): a count, not a time, so that every run tries the same inputs.
 #[cfg(test)]
-const QUICK_RUNS: [(&str, u64); 6] = [
+const QUICK_RUNS: [(&str, u64); 8] = [
     ("pdu", 200_000),
     ("command", 2_000_000),
     ("dataset", 40_000),
     ("pixels", 30_000),
     ("mllp", 1_000_000),
     ("http", 1_000_000),
+    ("request", 10_000),
+    ("config", 100_000),
 ];
 
 /// The pixel budget the `pixels` target decodes within (small, so that a run is fast).
@@ -73,6 +77,67 @@ pub fn http_answer(data: &[u8]) {
         _ => return,
     };
     let _ = http::classify(status, body, Some("https://fhir.example.org/next"));
+}
+
+/// A configuration file: parsed and checked as `serve` loads it. Relative paths resolve under
+/// a directory that does not exist; absolute ones (`/dev/zero`, a FIFO) are read as any named
+/// file is, within its bound.
+pub fn config_file(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let base = std::path::PathBuf::from("/nonexistent/pneumotriage-fuzz");
+    if let Ok(config) = crate::config::Config::parse(&text, "fuzz.toml", base, crate::config::Uses::Everything) {
+        let _ = (config.summary(), config.database_url(), config.lease(), config.dicom.max_dataset_bytes());
+    }
+}
+
+/// What the HTTP side is fuzzed against: a runtime and the router over an empty database.
+struct HttpBench {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+}
+
+fn http_bench() -> &'static HttpBench {
+    static BENCH: std::sync::OnceLock<HttpBench> = std::sync::OnceLock::new();
+    BENCH.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let dir = std::env::temp_dir().join(format!("pneumotriage-fuzz-http-{}", std::process::id()));
+        let router = runtime.block_on(async {
+            let config = crate::config::Config::embedded_default().expect("the embedded default is valid");
+            let url = format!("sqlite://{}/fuzz.db", dir.display());
+            let store = crate::store::Store::connect(&url, 2, "fuzz").await.expect("an SQLite file in the temp dir");
+            store.migrate().await.expect("the schema");
+            let (spool, _) = crate::spool::Spool::open(&dir.join("spool"), "fuzz", 0, 1 << 20).expect("a spool");
+            let state = crate::http::AppState::new(&config, store, std::sync::Arc::new(spool), Default::default());
+            crate::http::router(state)
+        });
+        HttpBench { runtime, router }
+    })
+}
+
+/// What an HTTP client sends: the bytes of one connection, served by hyper and the router
+/// (request parsing, routing, extractors, handlers) over an empty database. Whatever comes
+/// back must be an HTTP/1.x answer, and the connection must end.
+pub fn http_request(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bench = http_bench();
+    bench.runtime.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = hyper_util::service::TowerToHyperService::new(bench.router.clone());
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let exchange = async {
+            let _ = client.write_all(data).await;
+            let _ = client.shutdown().await;
+            let mut answer = Vec::new();
+            let _ = client.read_to_end(&mut answer).await;
+            answer
+        };
+        let both = async { tokio::join!(connection, exchange) };
+        let (_, answer) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("a connection's bytes are answered and the connection ends");
+        assert!(answer.is_empty() || answer.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&answer));
+    });
 }
 
 /// A byte stream from a peer, read PDU by PDU by the SCP's upper layer until it fails or ends.
@@ -302,5 +367,15 @@ mod tests {
     #[test]
     fn fuzz_http_answer() {
         run("http");
+    }
+
+    #[test]
+    fn fuzz_http_request() {
+        run("request");
+    }
+
+    #[test]
+    fn fuzz_config_file() {
+        run("config");
     }
 }

@@ -52,8 +52,11 @@ pub enum Refusal {
     /// The node cannot keep anything now (disk below its floor or failing, database down, data
     /// set over the size limit); the sender may try again later.
     OutOfResources(String),
-    /// The data set cannot be parsed, or lacks what identifies it.
+    /// The data set cannot be parsed, lacks what identifies it, or holds values the node
+    /// cannot keep: the same bytes would fail again.
     Unreadable(String),
+    /// The data set is larger than `dicom.max_dataset_mb`: the same bytes would fail again.
+    TooLarge(String),
     /// The data set is not what its command or presentation context says it is.
     Mismatch(String),
     /// A SOP class this node does not accept.
@@ -68,6 +71,7 @@ impl Refusal {
         match self {
             Refusal::OutOfResources(r)
             | Refusal::Unreadable(r)
+            | Refusal::TooLarge(r)
             | Refusal::Mismatch(r)
             | Refusal::UnsupportedClass(r)
             | Refusal::UnsupportedOperation(r) => r,
@@ -82,7 +86,7 @@ impl Outcome {
             Outcome::Stored { .. } => "stored",
             Outcome::Duplicate { .. } => "duplicate",
             Outcome::Refused(Refusal::OutOfResources(_)) => "out_of_resources",
-            Outcome::Refused(Refusal::Unreadable(_)) => "failed",
+            Outcome::Refused(Refusal::Unreadable(_) | Refusal::TooLarge(_)) => "failed",
             Outcome::Refused(_) => "refused",
         }
     }
@@ -111,6 +115,16 @@ pub struct Ingest {
 
 fn out_of_resources(reason: impl Into<String>) -> Outcome {
     Outcome::Refused(Refusal::OutOfResources(reason.into()))
+}
+
+/// A database failure: the values' fault when the database refused them (they would fail again,
+/// so the sender must not be told to retry), else an outage to wait out.
+fn database_failed(e: StoreError) -> Outcome {
+    if e.is_data_error() {
+        Outcome::Refused(Refusal::Unreadable(format!("the database cannot keep its values: {e}")))
+    } else {
+        out_of_resources(format!("database unavailable: {e}"))
+    }
 }
 
 impl Ingest {
@@ -148,7 +162,7 @@ impl Ingest {
         let _guard = self.lock_for(&sop_instance_uid).lock().await;
         let previous = match self.store.latest_version(&sop_instance_uid).await {
             Ok(p) => p,
-            Err(e) => return out_of_resources(format!("database unavailable: {e}")),
+            Err(e) => return database_failed(e),
         };
         // the previous version, which proves a retry's bytes the same, may be in the bucket only
         if let Some(prev) = &previous {
@@ -171,7 +185,8 @@ impl Ingest {
                 return Outcome::Duplicate { version };
             }
             Ok(Err(refusal)) => return refusal,
-            Err(e) => return out_of_resources(format!("storage task failed: {e}")),
+            // a panic on these bytes would come again with them
+            Err(e) => return Outcome::Refused(Refusal::Unreadable(format!("the data set could not be kept: {e}"))),
         };
         // with an object store, the bucket's copy is the durable one
         if let Err(e) = self.spool.upload(&relative).await {
@@ -194,7 +209,7 @@ impl Ingest {
             Ok(recorded) => Outcome::Stored { version, instance_id: recorded.instance_id },
             Err(e) => {
                 self.discard(&new.path);
-                out_of_resources(format!("database unavailable: {e}"))
+                database_failed(e)
             }
         }
     }

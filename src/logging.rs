@@ -55,6 +55,18 @@ impl<W: Write> Write for Escaping<W> {
     }
 }
 
+/// A peer's bytes as the node repeats them (in a log line, an error kept in the database, a
+/// command's output): decoded lossily (invalid UTF-8 becomes U+FFFD), controls escaped, and cut
+/// to `max_chars` characters with an ellipsis.
+pub fn peer_text(bytes: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let escaped = escape_controls(&text);
+    match escaped.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped.into_owned(),
+    }
+}
+
 /// `text` with every control character but tab written as `\xNN` (or `\u{NN}` above 0xFF).
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() && c != '\t') {
@@ -82,5 +94,11 @@ mod tests {
         out.write_all(b"peer_ae=EVIL\n2026-11-28 INFO forged\x1b[2J\x07\tok\n").unwrap();
         assert_eq!(String::from_utf8(out.0).unwrap(), "peer_ae=EVIL\\x0A2026-11-28 INFO forged\\x1B[2J\\x07\tok\n");
         assert_eq!(escape_controls("plain"), "plain");
+    }
+
+    #[test]
+    fn peer_bytes_are_repeated_as_valid_escaped_text() {
+        assert_eq!(peer_text(b"MSA|\xff\xfeAA\x00|1\r", 100), "MSA|\u{FFFD}\u{FFFD}AA\\x00|1\\x0D");
+        assert_eq!(peer_text("ab\u{e9}cd".as_bytes(), 3), "ab\u{e9}…");
     }
 }

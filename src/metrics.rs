@@ -32,6 +32,7 @@ pub struct Metrics {
     input_mean: Family<Labels, Histogram>,
     input_deviation: Family<Labels, Histogram>,
     object_store_seconds: Family<Labels, Histogram>,
+    http_refused: Family<Labels, Counter>,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -95,7 +96,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Time per object-store operation (upload, fetch), by operation and outcome",
         object_store_seconds.clone(),
     );
+    let http_refused = Family::<Labels, Counter>::default();
+    registry.register(
+        "http_connections_refused",
+        "HTTP connections closed unserved because a connection limit was reached, by limit",
+        http_refused.clone(),
+    );
     Metrics {
+        http_refused,
         registry,
         associations,
         instances,
@@ -123,6 +131,11 @@ pub fn association(accepted: bool) {
 pub fn instance(outcome: &'static str, took: Duration) {
     METRICS.instances.get_or_create(&vec![("outcome", outcome.into())]).inc();
     stage("receive", took);
+}
+
+/// An HTTP connection closed unserved, and the limit it met.
+pub fn http_connection_refused(limit: crate::http::listener::Refused) {
+    METRICS.http_refused.get_or_create(&vec![("limit", limit.as_str().into())]).inc();
 }
 
 /// An image the pipeline did not analyse, and the rule why.

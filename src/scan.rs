@@ -134,8 +134,9 @@ impl Scanned {
         self.values.iter().rev().find(|(t, _)| *t == tag).map(|(_, v)| v.as_slice())
     }
 
-    /// A kept text value, decoded with the data set's Specific Character Set and trimmed of
-    /// padding; `None` when absent or empty. Multi-valued texts keep their backslashes.
+    /// A kept text value, decoded with the data set's Specific Character Set, trimmed of
+    /// padding and with any NUL inside replaced ([`crate::domain::storable_text`]); `None` when
+    /// absent or empty. Multi-valued texts keep their backslashes.
     pub fn text(&self, tag: Tag) -> Option<String> {
         let raw = self.raw(tag)?;
         let charset = self
@@ -148,7 +149,7 @@ impl Scanned {
             })
             .unwrap_or_default();
         let text = charset.decode(raw).unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
-        let text = text.trim_matches(|c: char| c == '\0' || c == ' ').to_string();
+        let text = crate::domain::storable_text(text.trim_matches(|c: char| c == '\0' || c == ' '));
         (!text.is_empty()).then_some(text)
     }
 
@@ -205,12 +206,19 @@ pub fn scan_file(path: &Path, max_inflated: u64) -> Result<Scanned, ScanError> {
     let mut scanned = match encoding_of(&transfer_syntax)? {
         Encoding::DeflatedExplicit => {
             let inflated = flate2::read::DeflateDecoder::new(file).take(max_inflated.saturating_add(1));
-            let mut input = Streamed { reader: BufReader::new(inflated), read: 0 };
+            let mut input = Streamed { reader: BufReader::new(inflated) };
             let scanned = walk(&mut input, max_inflated.saturating_add(1), true);
-            if input.read > max_inflated {
+            // the bound was reached: whatever the walk made of the cut, the data set is too large
+            if input.reader.get_ref().limit() == 0 {
                 return Err(ScanError::InflatesTooFar { limit: max_inflated });
             }
-            scanned
+            // the decoder's refusal of a corrupt stream is the data's fault, not the disk's
+            scanned.map_err(|e| match e {
+                ScanError::Io(io) if matches!(io.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData) => {
+                    ScanError::Malformed(format!("the deflated data set cannot be inflated: {io}"))
+                }
+                other => other,
+            })
         }
         encoding => {
             let mut input = Seekable { reader: file };
@@ -297,6 +305,11 @@ pub fn scan_bytes(data: &[u8], transfer_syntax: &str) -> Result<Scanned, ScanErr
 trait Input {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()>;
     fn skip(&mut self, n: u64) -> io::Result<()>;
+    /// Whether every byte has been read. Only a stream whose length is not known beforehand (an
+    /// inflating decoder) can tell the data set's end this way; the others end at their length.
+    fn exhausted(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 struct Seekable {
@@ -318,19 +331,17 @@ impl Input for Seekable {
 /// A stream that can only be read forward (an inflating decoder): skipping reads.
 struct Streamed<R> {
     reader: R,
-    read: u64,
 }
 
-impl<R: Read> Input for Streamed<R> {
+impl<R: io::BufRead> Input for Streamed<R> {
+    fn exhausted(&mut self) -> io::Result<bool> {
+        Ok(self.reader.fill_buf()?.is_empty())
+    }
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.reader.read_exact(buf)?;
-        self.read += buf.len() as u64;
-        Ok(())
+        self.reader.read_exact(buf)
     }
     fn skip(&mut self, n: u64) -> io::Result<()> {
-        let copied = io::copy(&mut (&mut self.reader).take(n), &mut io::sink())?;
-        self.read += copied;
-        if copied < n {
+        if io::copy(&mut (&mut self.reader).take(n), &mut io::sink())? < n {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
@@ -403,6 +414,10 @@ fn walk(input: &mut dyn Input, total: u64, explicit_vr: bool) -> Result<Scanned,
                 }
                 continue;
             }
+        }
+        // an inflated data set's length is known only once the stream ends, between two elements
+        if here.top && input.exhausted().map_err(eof_as("the deflated data set"))? {
+            return Ok(scanned);
         }
         let available = here.end.unwrap_or(total).saturating_sub(pos).min(total.saturating_sub(pos));
         if available == 0 {
@@ -723,6 +738,63 @@ mod tests {
         assert!(read.element_opt(Tag(0x0009, 0x1010)).unwrap().is_none());
         assert_eq!(read.element(tags::ROWS).unwrap().to_int::<u16>().unwrap(), 2);
         assert_eq!(&*read.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap(), &[1, 2, 3, 4]);
+    }
+
+    /// A deflated Part-10 file as dcmtk and pydicom write it: the file meta group in the clear,
+    /// the data set after it raw-deflated (PS3.5 A.5).
+    fn deflated_file(dir: &Path, rows: u16) -> std::path::PathBuf {
+        use dicom_core::{DataElement, PrimitiveValue};
+        use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+        let obj = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.1")),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Doe^Jane")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3")),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![0u8; rows as usize * 64])),
+        ]);
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1")
+            .media_storage_sop_instance_uid("1.2.3.4")
+            .transfer_syntax(uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN);
+        let path = dir.join("deflated.dcm");
+        obj.with_meta(meta).unwrap().write_to_file(&path).unwrap();
+        path
+    }
+
+    /// The walk used to read past the inflated data set's end as if an element followed:
+    /// every deflated C-STORE was refused "the data set ends inside an element header".
+    #[test]
+    fn a_deflated_data_set_is_walked_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = deflated_file(dir.path(), 512);
+        let scanned = scan_file(&path, 1 << 20).unwrap();
+        assert_eq!(scanned.transfer_syntax, uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN);
+        assert_eq!(scanned.text(tags::PATIENT_NAME).as_deref(), Some("Doe^Jane"));
+        assert_eq!(scanned.uint(tags::ROWS), Some(512));
+        assert_eq!(scanned.pixel_data.map(|p| p.length), Some(512 * 64));
+        // inflated, the data set is over 32 KiB: within a smaller bound its pixel data cannot fit
+        let refusal = scan_file(&path, 16 << 10).unwrap_err();
+        assert!(refusal.is_invalid_data(), "{refusal}");
+    }
+
+    #[test]
+    fn a_corrupt_or_cut_deflate_stream_is_the_data_s_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = deflated_file(dir.path(), 512);
+        let bytes = std::fs::read(&path).unwrap();
+        let meta_end = 132 + 12 + u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+        let cut = dir.path().join("cut.dcm");
+        std::fs::write(&cut, &bytes[..meta_end + 40]).unwrap();
+        let refusal = scan_file(&cut, 1 << 20).unwrap_err();
+        assert!(refusal.is_invalid_data(), "{refusal}");
+        let mut corrupt = bytes.clone();
+        for b in &mut corrupt[meta_end..meta_end + 16] {
+            *b = 0xFF;
+        }
+        std::fs::write(&cut, &corrupt).unwrap();
+        let refusal = scan_file(&cut, 1 << 20).unwrap_err();
+        assert!(refusal.is_invalid_data(), "{refusal}");
     }
 
     #[test]

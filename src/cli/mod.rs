@@ -4,6 +4,7 @@
 mod check_config;
 mod evaluate;
 mod infer;
+mod preflight;
 mod queue;
 mod records;
 mod review;

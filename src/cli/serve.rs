@@ -1,7 +1,7 @@
 //! `serve`: the node's start-up and shutdown order, in one place.
 //!
-//! Start-up: the models (a node that cannot analyse says so before it accepts images), the TLS
-//! files, the spool (and its object store), the database and the recovery of an unclean stop,
+//! Start-up: the checks `check-config` runs too ([`super::preflight`]), the models (a node
+//! that cannot analyse says so before it accepts images), the TLS files, the spool (and its object store), the database and the recovery of an unclean stop,
 //! the listeners, the HTTP server, the pipeline and the outbox; then READY=1. Shutdown: one [`Shutdown`] fires on SIGINT
 //! or SIGTERM; the listener stops accepting and drains its associations, the workers finish the
 //! image in hand, the senders the object in hand, the HTTP server its requests; then the
@@ -13,16 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pneumotriage::bucket::Bucket;
 use pneumotriage::config::Config;
 use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::dicom::scp::Scp;
+use pneumotriage::http::listener::ConnectionLimits;
 use pneumotriage::http::{AppState, Readiness};
-use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
 use pneumotriage::inference::Manifest;
 use pneumotriage::ingest::Ingest;
-use pneumotriage::pipeline::{Limits, Models, Pipeline, Shadow};
+use pneumotriage::pipeline::{Limits, Models, Pipeline};
 use pneumotriage::results::OutputSettings;
 use pneumotriage::shutdown::Shutdown;
 use pneumotriage::spool::Spool;
@@ -30,31 +29,31 @@ use pneumotriage::store::{JobScope, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
+use super::preflight::{Checked, ModelsError};
+
 pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     info!(version = env!("CARGO_PKG_VERSION"), config = %config.source, "starting: {}", config.summary());
-    let analyzers = if config.inference.enabled {
-        match tokio::task::block_in_place(|| open_analyzers(&config)) {
+    let checked = match tokio::task::block_in_place(|| super::preflight::check(&config)) {
+        Ok(checked) => checked,
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("error: {problem}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Checked { models, tls_acceptor, bucket } = checked;
+    let analyzers = match models {
+        Some(first) => match tokio::task::block_in_place(|| open_analyzers(&config, first)) {
             Ok(a) => Some(a),
             Err(e) => {
-                eprintln!("error: cannot load the models ([inference] in {}): {e}", config.source);
+                eprintln!("error: {}: {e}", config.source);
                 return Ok(ExitCode::from(2));
             }
-        }
-    } else {
-        warn!("analysis is off (inference.enabled = false): images are received and kept, their jobs wait");
-        None
-    };
-    for i in 0..config.destinations.len() {
-        if let Err(e) = pneumotriage::delivery::target(&config, i) {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    }
-    let tls_acceptor = match pneumotriage::dicom::tls::listener_acceptor(&config) {
-        Ok(acceptor) => acceptor,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
+        },
+        None => {
+            warn!("analysis is off (inference.enabled = false): images are received and kept, their jobs wait");
+            None
         }
     };
 
@@ -69,7 +68,6 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if removed > 0 {
         info!(removed, "removed incomplete temporary files (never acknowledged)");
     }
-    let bucket = Bucket::open(&config).map_err(anyhow::Error::msg)?;
     if let Some(bucket) = &bucket {
         bucket.check(&config.node_name()).await.with_context(|| {
             format!("the object store {} cannot be used (object_store in {})", bucket.url(), config.source)
@@ -97,7 +95,11 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let listener = bind(config.http.bind, "http.bind", &config).await?;
         info!(bind = %listener.local_addr()?, "HTTP ready: /healthz /readyz /metrics /api/studies, worklist at /");
         let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone());
-        Some(tokio::spawn(pneumotriage::http::serve(listener, state, shutdown.clone())))
+        let limits = ConnectionLimits::new(http_connections(&config), config.http.max_connections_per_client);
+        let (http_config, shutdown) = (config.http.clone(), shutdown.clone());
+        Some(tokio::spawn(
+            async move { pneumotriage::http::serve(listener, state, &http_config, limits, shutdown).await },
+        ))
     } else {
         None
     };
@@ -149,10 +151,8 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     }
     outbox.join().await;
     if let Some(http) = http {
-        match http.await {
-            Ok(Err(e)) => warn!(error = %e, "the HTTP server failed"),
-            Err(e) => warn!(error = %e, "the HTTP server panicked"),
-            Ok(Ok(())) => {}
+        if let Err(e) = http.await {
+            warn!(error = %e, "the HTTP server panicked");
         }
     }
     if let Some(watchdog) = watchdog {
@@ -163,26 +163,14 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The models of each inference worker (production's and the shadow versions'), or the reason
-/// they cannot run.
-fn open_analyzers(config: &Config) -> Result<Vec<Models>, AnalyzeError> {
-    let mut workers = Vec::with_capacity(config.inference.workers);
-    for _ in 0..config.inference.workers {
-        let shadows = config
-            .inference
-            .shadow
-            .iter()
-            .map(|s| Ok(Shadow { name: s.name.clone(), analyzer: Analyzer::open_shadow(config, s)? }))
-            .collect::<Result<Vec<_>, AnalyzeError>>()?;
-        workers.push(Models { production: Analyzer::open(config)?, shadows });
-    }
-    // before READY=1: the first image is then as fast as the next
-    let mut warm_up = Duration::ZERO;
-    for models in &mut workers {
-        warm_up += models.production.warm_up()?;
-        for shadow in &mut models.shadows {
-            warm_up += shadow.analyzer.warm_up()?;
-        }
+/// The models of each inference worker (production's and the shadow versions'): the first
+/// worker's as the checks opened them, the others' opened alike; all warmed up.
+fn open_analyzers(config: &Config, (first, mut warm_up): (Models, Duration)) -> Result<Vec<Models>, ModelsError> {
+    let mut workers = vec![first];
+    for _ in 1..config.inference.workers {
+        let (models, took) = super::preflight::open_models(config)?;
+        workers.push(models);
+        warm_up += took;
     }
     let first = &workers[0].production;
     info!(
@@ -262,6 +250,39 @@ async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Res
 
 async fn bind(address: std::net::SocketAddr, key: &str, config: &Config) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {key} = {address} ({})", config.source))
+}
+
+/// Descriptors kept for what is not a connection: the database pool, spool and output files,
+/// the models, the log, the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// `http.max_connections`, or fewer where the process may not open enough files for it beside
+/// everything DICOM needs: when descriptors run short, HTTP is refused first. The soft limit is
+/// raised to the hard one first (systemd's default soft limit is 1024, its hard one far more).
+fn http_connections(config: &Config) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!(error = %e, "cannot raise the open-file limit to its maximum");
+        }
+        limit = getrlimit(Resource::Nofile);
+    }
+    let Some(descriptors) = limit.current else { return config.http.max_connections };
+    // an association holds its socket and a spool file; each sender a socket and a file
+    let senders: usize = config.destinations.iter().map(|d| d.max_associations).sum();
+    let dicom = (config.dicom.max_associations + senders) as u64 * 2 + config.database.max_connections as u64;
+    let left = descriptors.saturating_sub(dicom + RESERVED_DESCRIPTORS) as usize;
+    if left < config.http.max_connections {
+        warn!(
+            open_file_limit = descriptors,
+            http_connections = left,
+            "the open-file limit leaves room for only {left} HTTP connections beside DICOM (http.max_connections = {}); raise LimitNOFILE",
+            config.http.max_connections
+        );
+    }
+    left.min(config.http.max_connections).max(1)
 }
 
 /// Tells systemd (Type=notify) where the node stands; nothing without NOTIFY_SOCKET.

@@ -228,6 +228,14 @@ impl Scp {
                 format!("application context {} not supported", request.application_context_name),
             ));
         }
+        if calling_ae.chars().any(|c| c.is_control() || c == '\\') {
+            return Err(user_reject(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                format!(
+                    "calling AE title {calling_ae:?} holds a control character or a backslash, which no AE title may"
+                ),
+            ));
+        }
         let called = request.called_ae_title.trim();
         if self.config.check_called_ae && called != self.config.ae_title {
             return Err(user_reject(
@@ -303,7 +311,7 @@ fn store_status(outcome: &Outcome) -> u16 {
         Outcome::Stored { .. } | Outcome::Duplicate { .. } => status::SUCCESS,
         Outcome::Refused(Refusal::OutOfResources(_)) => status::OUT_OF_RESOURCES,
         Outcome::Refused(Refusal::Mismatch(_)) => status::DATA_SET_MISMATCH,
-        Outcome::Refused(Refusal::Unreadable(_)) => status::CANNOT_UNDERSTAND,
+        Outcome::Refused(Refusal::Unreadable(_) | Refusal::TooLarge(_)) => status::CANNOT_UNDERSTAND,
         Outcome::Refused(Refusal::UnsupportedClass(_)) => status::SOP_CLASS_NOT_SUPPORTED,
         Outcome::Refused(Refusal::UnsupportedOperation(_)) => status::UNRECOGNIZED_OPERATION,
     }
@@ -501,7 +509,7 @@ impl Association {
             if let Sink::Spool(_) = pending.sink {
                 let reason =
                     format!("data set larger than dicom.max_dataset_mb ({} MiB)", self.scp.config.max_dataset_mb);
-                pending.sink = Sink::Discard(Refusal::OutOfResources(reason));
+                pending.sink = Sink::Discard(Refusal::TooLarge(reason));
             }
         }
         if let Sink::Spool(temp) = &mut pending.sink {
@@ -548,6 +556,11 @@ impl Association {
         let Some(sop_instance) = command.affected_sop_instance_uid.as_deref() else {
             return Sink::Discard(Refusal::Unreadable("the command has no Affected SOP Instance UID".into()));
         };
+        // a UID is digits and dots: anything else (a NUL inside, say) is refused before it
+        // reaches a path or the database
+        if crate::spool::sanitize_uid(sop_instance).is_none() {
+            return Sink::Discard(Refusal::Unreadable("the Affected SOP Instance UID is not a valid UID".into()));
+        }
         if conformance::service_for(sop_class, &self.scp.config).is_none() {
             return Sink::Discard(Refusal::UnsupportedClass("SOP class not supported".into()));
         }

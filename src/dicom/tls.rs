@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::Config;
+use crate::config::{read_named_file, Config, TEXT_FILE_LIMIT};
 
 /// Why a TLS configuration cannot be built from its files.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +46,17 @@ pub fn listener_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcce
         .map_err(|source| ListenerTlsError { config: config.source.clone(), source })
 }
 
+/// A PEM file's bytes, read as every file the configuration names is ([`read_named_file`]).
+fn pem_bytes(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    read_named_file(path, TEXT_FILE_LIMIT)
+        .map_err(|e| TlsSetupError::Pem { path: path.to_path_buf(), source: rustls_pki_types::pem::Error::Io(e) })
+}
+
 /// The certificates of a PEM file (at least one).
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let pem = |source| TlsSetupError::Pem { path: path.to_path_buf(), source };
-    let certs = CertificateDer::pem_file_iter(path).map_err(pem)?.collect::<Result<Vec<_>, _>>().map_err(pem)?;
+    let bytes = pem_bytes(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(pem)?;
     if certs.is_empty() {
         return Err(TlsSetupError::NoCertificate { path: path.to_path_buf() });
     }
@@ -67,7 +74,8 @@ pub fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsSetupError> {
 
 /// The private key of a PEM file.
 pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsSetupError::Pem { path: path.to_path_buf(), source })
+    PrivateKeyDer::from_pem_slice(&pem_bytes(path)?)
+        .map_err(|source| TlsSetupError::Pem { path: path.to_path_buf(), source })
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

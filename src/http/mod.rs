@@ -6,6 +6,7 @@
 //! Errors are JSON: `{"error": "..."}`.
 
 mod api;
+pub mod listener;
 pub mod worklist;
 
 pub use api::status_json;
@@ -52,6 +53,9 @@ pub struct AppState {
     pub scope: JobScope,
     /// The bearer tokens that open the API, each with its person's name (none for `http.token`).
     tokens: Arc<[(String, Caller)]>,
+    /// `http.request_timeout_secs`: a request not answered by then (a body sent slowly, say)
+    /// gets 503 and its connection's place back.
+    request_timeout: Duration,
 }
 
 /// Who a request came from: the name of its token, if it has one (a request extension).
@@ -76,6 +80,7 @@ impl AppState {
                 .map(|t| (t.clone(), Caller::default()))
                 .chain(config.http.tokens.iter().map(|t| (t.token.clone(), Caller { name: Some(t.name.clone()) })))
                 .collect(),
+            request_timeout: Duration::from_secs(config.http.request_timeout_secs),
         }
     }
 }
@@ -117,12 +122,30 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Html(worklist::PAGE) }))
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), within_request_timeout))
         .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in progress.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: Shutdown) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.triggered().await }).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: &crate::config::HttpConfig,
+    limits: Arc<listener::ConnectionLimits>,
+    shutdown: Shutdown,
+) {
+    listener::serve(listener, router(state), config, limits, shutdown).await
+}
+
+async fn within_request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the request was not answered within {:?} (http.request_timeout_secs)", state.request_timeout),
+        )
+        .into_response(),
+    }
 }
 
 async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {

@@ -1,7 +1,6 @@
 //! The model manifest (`models/manifest.toml`, documented in models/README.md): what each ONNX
 //! model is and how to feed it. The node trusts a model file only if its sha256 matches.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -99,7 +98,8 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates a manifest.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        let text =
+            crate::config::read_named_text(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
         let invalid = |message: String| ManifestError::Invalid { path: path.into(), message };
         let mut manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         manifest.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -141,9 +141,7 @@ impl Manifest {
     /// Reads a model file, refusing it unless its sha256 is the manifest's.
     pub fn read_verified(&self, model: &ModelSpec) -> Result<Vec<u8>, ManifestError> {
         let path = self.path_of(model);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
+        let bytes = crate::config::read_named_file(&path, crate::config::MODEL_FILE_LIMIT)
             .map_err(|source| ManifestError::Read { path: path.clone(), source })?;
         let actual = format!("{:x}", Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&model.sha256) {

@@ -69,7 +69,10 @@ pub fn siim_rle(mask: &[bool], width: u32, height: u32) -> String {
 /// The masks of a SIIM-ACR CSV (`ImageId, EncodedPixels`), several rows of one image merged,
 /// in the order ImageIds first appear.
 pub fn read_rle_csv(path: &Path) -> Result<Vec<(String, Vec<String>)>, RleError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RleError::Read { path: path.to_path_buf(), source })?;
+    // SIIM-ACR's own CSV is 2 MB; a bound keeps a wrong path (a device) from filling memory
+    let bytes = crate::config::read_named_file(path, 256 << 20)
+        .map_err(|source| RleError::Read { path: path.to_path_buf(), source })?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut order: Vec<(String, Vec<String>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {

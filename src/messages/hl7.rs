@@ -647,13 +647,9 @@ pub fn parse_ack(reply: &str, control_id: &str) -> Result<(), MessageError> {
     }
 }
 
-/// The start of a peer's text, for an error message.
+/// The start of a peer's text, for an error message: valid, escaped, at most 200 characters.
 fn excerpt(text: &str) -> String {
-    const MAX: usize = 200;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
-    }
+    crate::logging::peer_text(text.as_bytes(), 200)
 }
 
 #[cfg(test)]

@@ -208,7 +208,8 @@ fn tls_config(tls: &HttpTls) -> Result<TlsConfig, HttpSetupError> {
                 tls::certificates(cert_file)?.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
             // ureq takes the key as PEM (its key kinds are private); our loader has read it.
             let key_error = |source| HttpSetupError::Key { path: key_file.clone(), source };
-            let pem = std::fs::read(key_file).map_err(|e| key_error(ureq::Error::Io(e)))?;
+            let pem = crate::config::read_named_file(key_file, crate::config::TEXT_FILE_LIMIT)
+                .map_err(|e| key_error(ureq::Error::Io(e)))?;
             let key = PrivateKey::from_pem(&pem).map_err(key_error)?;
             Some(ClientCert::new_with_certs(&chain, key))
         }
@@ -254,10 +255,7 @@ pub fn classify(status: u16, body: &[u8], location: Option<&str>) -> Result<(), 
 pub fn detail(body: &[u8]) -> String {
     let text = operation_outcome(body).unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut bounded: String = one_line.chars().take(DETAIL_CHARS).collect();
-    if bounded.len() < one_line.len() {
-        bounded.push('…');
-    }
+    let bounded = crate::logging::peer_text(one_line.as_bytes(), DETAIL_CHARS);
     if bounded.is_empty() {
         "(no body)".into()
     } else {

@@ -3,8 +3,8 @@
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Result, Store, StoreError};
-use crate::domain::{EventKind, InstanceHeader, JobState};
+use super::{now_ms, Backend, Result, Store, StoreError};
+use crate::domain::{storable_text, EventKind, InstanceHeader, JobState};
 
 /// The most instances committed in one transaction.
 const MAX_BATCH: usize = 64;
@@ -120,10 +120,11 @@ pub(super) async fn insert_event<'e, E: Executor<'e, Database = Any>>(
     .bind(now_ms())
     .bind(node)
     .bind(e.kind)
-    .bind(e.peer_ae)
+    // peer strings may hold anything (see `storable_text`)
+    .bind(e.peer_ae.map(storable_text))
     .bind(e.peer_address)
-    .bind(e.sop_instance_uid)
-    .bind(e.detail)
+    .bind(e.sop_instance_uid.map(storable_text))
+    .bind(e.detail.map(storable_text))
     .execute(executor)
     .await?;
     Ok(())
@@ -138,9 +139,9 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn spawn(pool: AnyPool, node: String) -> Committer {
+    pub(super) fn spawn(pool: AnyPool, node: String, backend: Backend) -> Committer {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_committer(pool, node, rx));
+        tokio::spawn(run_committer(pool, node, backend, rx));
         Committer { tx }
     }
 
@@ -154,10 +155,11 @@ impl Committer {
 
 /// Takes whatever has queued up since the last commit and commits it in one transaction. If
 /// that transaction fails, each instance is retried alone, so one bad row fails only itself.
-async fn run_committer(pool: AnyPool, node: String, mut rx: mpsc::Receiver<Request>) {
+async fn run_committer(pool: AnyPool, node: String, backend: Backend, mut rx: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let committer = BatchCommitter { pool, node, backend };
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let together = commit_batch(&pool, &node, batch.iter().map(|(new, _)| new)).await;
+        let together = committer.commit(batch.iter().map(|(new, _)| new)).await;
         match together {
             Ok(ids) => {
                 for ((_, reply), id) in batch.drain(..).zip(ids) {
@@ -171,7 +173,7 @@ async fn run_committer(pool: AnyPool, node: String, mut rx: mpsc::Receiver<Reque
             Err(e) => {
                 tracing::debug!(instances = batch.len(), error = %e, "group commit failed; committing one by one");
                 for (new, reply) in batch.drain(..) {
-                    let alone = commit_batch(&pool, &node, std::iter::once(&new)).await;
+                    let alone = committer.commit(std::iter::once(&new)).await;
                     let _ = reply.send(alone.map(|ids| ids[0]));
                 }
             }
@@ -179,18 +181,23 @@ async fn run_committer(pool: AnyPool, node: String, mut rx: mpsc::Receiver<Reque
     }
 }
 
-async fn commit_batch<'a>(
-    pool: &AnyPool,
-    node: &str,
-    instances: impl Iterator<Item = &'a NewInstance>,
-) -> Result<Vec<Recorded>> {
-    let mut tx = pool.begin().await?;
-    let mut ids = Vec::new();
-    for new in instances {
-        ids.push(insert_instance(&mut tx, node, new).await?);
+/// Commits instances' rows in one transaction.
+struct BatchCommitter {
+    pool: AnyPool,
+    node: String,
+    backend: Backend,
+}
+
+impl BatchCommitter {
+    async fn commit<'a>(&self, instances: impl Iterator<Item = &'a NewInstance>) -> Result<Vec<Recorded>> {
+        let mut tx = super::begin_write(&self.pool, self.backend).await?;
+        let mut ids = Vec::new();
+        for new in instances {
+            ids.push(insert_instance(&mut tx, &self.node, new).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
-    tx.commit().await?;
-    Ok(ids)
 }
 
 /// The study, instance, job and event rows of one instance, inside the caller's transaction.
@@ -233,7 +240,7 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
     .bind(&h.modality)
     .bind(&h.body_part)
     .bind(&h.view_position)
-    .bind(&new.calling_ae)
+    .bind(storable_text(&new.calling_ae))
     .bind(&new.peer_address)
     .bind(&new.path)
     .bind(new.size_bytes)

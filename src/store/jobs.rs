@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use sqlx::Acquire;
-
 use sqlx::AnyConnection;
 
 use super::ingest::insert_event;
@@ -198,8 +196,7 @@ impl Store {
     /// all of it. Says of each job whether it was recorded (false: no longer this node's, and
     /// nothing of it written).
     pub async fn record_results(&self, batch: &[Finished<'_>], rules: &[MessageRule]) -> Result<Vec<bool>> {
-        let mut conn = self.pool().acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = now_ms();
         let mut recorded = Vec::with_capacity(batch.len());
         let mut signal = false;
@@ -309,8 +306,7 @@ impl Store {
     /// Ends a job without a result, with its reason (failures also go to the audit trail).
     /// Returns false when the job is no longer this node's.
     pub async fn end_job(&self, job: &ClaimedJob, end: JobEnd, reason: &str) -> Result<bool> {
-        let mut conn = self.pool().acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write().await?;
         let state = match end {
             JobEnd::Skipped => JobState::Skipped,
             JobEnd::Failed | JobEnd::Quarantined => JobState::Failed,
@@ -365,8 +361,7 @@ impl Store {
             "quarantined: the node stopped {quarantine_after} time(s) while analysing this image; \
              it is not analysed again (`pneumotriage requeue` tries once more)"
         );
-        let mut conn = self.pool().acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write().await?;
         let recovered: Vec<(i64, JobState)> = sqlx::query_as(
             "UPDATE jobs SET interruptions = interruptions + 1, \
                  state = CASE WHEN interruptions + 1 >= $1 THEN 'failed' ELSE 'queued' END, \
@@ -455,8 +450,7 @@ impl Store {
     /// An admin's `handover --from A --to B`: the instances node `from` kept are now node `to`'s
     /// (the same spool under a new node name, or moved there). Returns how many.
     pub async fn hand_over_instances(&self, from: &str, to: &str) -> Result<u64> {
-        let mut conn = self.pool().acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done =
             sqlx::query("UPDATE instances SET node = $1 WHERE node = $2").bind(to).bind(from).execute(&mut *tx).await?;
         // the objects made of them are kept in the same data directory

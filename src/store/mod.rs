@@ -44,12 +44,40 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    /// Whether the database refused the values themselves (PostgreSQL's data exceptions, class
+    /// 22; SQLite's too-big and type-mismatch errors): the same values fail again whenever they
+    /// are sent, so the failure is the input's, never an outage to wait out.
+    pub fn is_data_error(&self) -> bool {
+        let StoreError::Sql(sqlx::Error::Database(e)) = self else { return false };
+        let code = e.code().unwrap_or_default();
+        match e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            Some(_) => code.starts_with("22"),
+            None => e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && matches!(&*code, "18" | "20"),
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The statement that opens a transaction that will write, where the default will not do.
+    /// SQLite's default (deferred) transaction takes the write lock only at its first write: one
+    /// that read first then finds another connection writing cannot wait for it (the busy
+    /// timeout does not apply to that upgrade) and fails at once with "database is locked".
+    /// BEGIN IMMEDIATE takes the lock at the start, waiting out the busy timeout for it.
+    pub fn write_begin(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => Some("BEGIN IMMEDIATE"),
+            Backend::Postgres => None,
+        }
+    }
 }
 
 /// The node's database: a pool and the backend it talks to.
@@ -102,7 +130,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { url: redacted, source })?;
-        let committer = ingest::Committer::spawn(pool.clone(), node.to_string());
+        let committer = ingest::Committer::spawn(pool.clone(), node.to_string(), backend);
         Ok(Store {
             pool,
             backend,
@@ -125,6 +153,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Opens a transaction that will write (see [`Backend::write_begin`]).
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        begin_write(&self.pool, self.backend).await
     }
 
     pub fn node(&self) -> &str {
@@ -152,6 +185,14 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Opens a transaction that will write on `pool` (see [`Backend::write_begin`]).
+async fn begin_write(pool: &AnyPool, backend: Backend) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    Ok(match backend.write_begin() {
+        Some(begin) => pool.begin_with(begin).await?,
+        None => pool.begin().await?,
+    })
 }
 
 /// Ensures the SQLite file's directory exists and asks sqlx to create the file.

@@ -48,7 +48,7 @@ impl Store {
     /// Records a batch's shadow results in one transaction; an image already recorded for a
     /// shadow (analysed again after a crash) keeps its first row.
     pub async fn record_shadow_results(&self, rows: &[NewShadowResult]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = now_ms();
         for row in rows {
             let [cn, cv, cs] = &row.classifier;

@@ -36,7 +36,7 @@ impl Store {
         note: Option<&str>,
         reviewer: &str,
     ) -> Result<Option<VerdictRow>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists: Option<(i64,)> =
             sqlx::query_as("SELECT id FROM results WHERE id = $1").bind(result_id).fetch_optional(&mut *tx).await?;
         if exists.is_none() {
@@ -48,7 +48,7 @@ impl Store {
         )
         .bind(result_id)
         .bind(verdict)
-        .bind(note)
+        .bind(note.map(crate::domain::storable_text))
         .bind(reviewer)
         .bind(now_ms())
         .fetch_one(&mut *tx)

@@ -11,6 +11,7 @@ mod common;
 mod cli;
 mod crash;
 mod delivery;
+mod edges;
 mod fhir;
 mod hl7;
 mod hostile;

@@ -203,13 +203,27 @@ impl Setup {
 
     /// Starts a node with the configuration at `config` (see [`Setup::second_node`]).
     pub fn start_config(&self, config: &Path, env: &[(&str, &str)]) -> Node {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_pneumotriage"));
+        serve.args(["serve", "--config"]).arg(config);
+        self.spawn(serve, env)
+    }
+
+    /// Starts the node with at most `limit` open files (soft and hard: it cannot raise them).
+    pub fn start_with_open_file_limit(&self, limit: u32) -> Node {
+        let mut serve = Command::new("sh");
+        serve
+            .args(["-c", &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\"")])
+            .arg(env!("CARGO_BIN_EXE_pneumotriage"))
+            .arg(&self.config_path);
+        self.spawn(serve, &[])
+    }
+
+    fn spawn(&self, mut serve: Command, env: &[(&str, &str)]) -> Node {
         // one log per start: a restarted node does not truncate the log of the one before it
         static STARTS: AtomicU32 = AtomicU32::new(0);
         let log_path = self.dir.path().join(format!("node-{}.log", STARTS.fetch_add(1, Ordering::Relaxed)));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
-            .args(["serve", "--config"])
-            .arg(config)
+        let child = serve
             .env("RUST_LOG", "info,sqlx=warn")
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
