@@ -1,6 +1,6 @@
 //! Ingest benchmark: pneumotriage against dcmtk's `storescp`, in the same run on the same machine.
 //!
-//! Method (design §9): N distinct ~5 MB DX files are sent over loopback by dcmtk's `storescu`
+//! Method (docs/benchmarks.md): N distinct ~5 MB DX files are sent over loopback by dcmtk's `storescu`
 //! (`TCP_NODELAY=1`, 128 KiB PDUs, Explicit VR Little Endian) to each receiver in turn, with one
 //! association (one storescu for all files) and with four concurrent associations (four storescu,
 //! a quarter of the files each). Every scenario gets a fresh receiver and data directory, and the

@@ -1,5 +1,5 @@
 //! End-to-end latency: from the start of an image's C-STORE to the node to its SEG stored at the
-//! destination, on CPU with the demo models (issue 5's benchmark).
+//! destination, on CPU with the demo models (docs/benchmarks.md, "End-to-end latency").
 //!
 //! Method: the node (release build, SQLite, one inference worker, the embedded defaults
 //! otherwise) analyses synthetic 1024x1024 radiographs from models/training's generator with
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use dicom_dictionary_std::tags;
-use pneumotriage::dicom::scu::{self, Peer};
+use pneumotriage::dicom::scu::{self, StoreScp};
 
 mod support;
 use support::{Kids, Mode};
@@ -224,8 +224,8 @@ impl Rig {
         }
     }
 
-    fn peer(&self) -> Peer {
-        Peer {
+    fn peer(&self) -> StoreScp {
+        StoreScp {
             host: "127.0.0.1".into(),
             port: self.node_port,
             called_ae_title: "PNEUMOTRIAGE".into(),
@@ -338,7 +338,7 @@ fn study_of(file: &Path) -> Result<String> {
 }
 
 /// Sends one file to the node; when its C-STORE started.
-fn send(peer: &Peer, file: &(PathBuf, String, String)) -> Result<SystemTime> {
+fn send(peer: &StoreScp, file: &(PathBuf, String, String)) -> Result<SystemTime> {
     let started = SystemTime::now();
     scu::store_file(peer, &file.0, &file.1, &file.2).map_err(|e| anyhow::anyhow!("{}: {e}", file.0.display()))?;
     Ok(started)

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use pneumotriage::config::Config;
-use pneumotriage::inference::analyze::Analyzer;
+use pneumotriage::inference::analyse::Analyser;
 use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role};
 use serde::Deserialize;
@@ -132,23 +132,23 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn analyzer(threads: usize, device: Device) -> Result<Analyzer> {
+fn analyser(threads: usize, device: Device) -> Result<Analyser> {
     let mut config = Config::embedded_default()?;
     config.inference.threads = threads;
     config.inference.device = device;
-    let mut analyzer = Analyzer::open(&config)?;
-    analyzer.segment_always = true;
-    Ok(analyzer)
+    let mut analyser = Analyser::open(&config)?;
+    analyser.segment_always = true;
+    Ok(analyser)
 }
 
 /// The node's figures for one file: a warm-up, then the median of `repeat` runs per stage.
-fn measure(analyzer: &mut Analyzer, file: &Path, repeat: usize) -> Result<Figures> {
+fn measure(analyser: &mut Analyser, file: &Path, repeat: usize) -> Result<Figures> {
     let mut runs = Vec::new();
     for _ in 0..=repeat {
         let started = Instant::now();
         let obj = dicom_object::open_file(file)?;
         let opened = started.elapsed().as_secs_f64() * 1000.0;
-        let a = analyzer.analyze(&obj)?;
+        let a = analyser.analyse(&obj)?;
         let total = started.elapsed().as_secs_f64() * 1000.0;
         let t = &a.timings;
         runs.push((
@@ -192,7 +192,7 @@ fn main() -> Result<()> {
         files.len()
     );
 
-    let mut node = analyzer(threads, device)?;
+    let mut node = analyser(threads, device)?;
     println!("node: {} ({})", node.execution_provider(), node.manifest.notice);
     let ours: Vec<Figures> = files.iter().map(|f| measure(&mut node, f, repeat)).collect::<Result<_>>()?;
     drop(node);

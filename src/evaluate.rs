@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::inference::analyze::Analyzer;
+use crate::inference::analyse::Analyser;
 // The labels' decoder lives with the encoder; named here too, where the set is read.
 use crate::inference::rle::{paint_rle, read_rle_csv, RleError};
 
@@ -85,12 +85,12 @@ fn find_dicoms(root: &Path) -> Result<HashMap<String, PathBuf>, EvaluateError> {
 /// Runs the analysis over every labelled image and computes the metrics. `progress` is told
 /// each ImageId as it is done.
 pub fn evaluate(
-    analyzer: &mut Analyzer,
+    analyser: &mut Analyser,
     images: &Path,
     masks: &Path,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Report, EvaluateError> {
-    analyzer.segment_always = true;
+    analyser.segment_always = true;
     let labels = read_rle_csv(masks).map_err(EvaluateError::Masks)?;
     let files = find_dicoms(images)?;
     let (mut truth_labels, mut scores, mut dices, mut ious, mut kaggle) = (vec![], vec![], vec![], vec![], vec![]);
@@ -102,7 +102,7 @@ pub fn evaluate(
             continue;
         };
         let analysis = match dicom_object::open_file(path) {
-            Ok(obj) => analyzer.analyze(&obj).map_err(|e| e.to_string()),
+            Ok(obj) => analyser.analyse(&obj).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let analysis = match analysis {
@@ -128,7 +128,7 @@ pub fn evaluate(
         }
         kaggle.push(dice(analysis.mask.as_deref().unwrap_or(&empty), &truth));
     }
-    let threshold = analyzer_threshold(analyzer);
+    let threshold = analyser_threshold(analyser);
     Ok(Report {
         images: truth_labels.len(),
         positives: truth_labels.iter().filter(|&&p| p).count(),
@@ -140,12 +140,12 @@ pub fn evaluate(
         mean_dice_positives: mean(&dices),
         mean_iou_positives: mean(&ious),
         kaggle_mean_dice: mean(&kaggle),
-        notice: analyzer.manifest.notice.clone(),
+        notice: analyser.manifest.notice.clone(),
     })
 }
 
-fn analyzer_threshold(analyzer: &Analyzer) -> f32 {
-    analyzer.rules().classifier
+fn analyser_threshold(analyser: &Analyser) -> f32 {
+    analyser.rules().classifier
 }
 
 fn ratio(num: usize, den: usize) -> Option<f64> {

@@ -12,9 +12,9 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use crate::dicom::{dimse, ul};
-use crate::messages::{hl7, http};
-use crate::{imaging, scan};
+use crate::dicom::{dimse, scan, ul};
+use crate::imaging;
+use crate::outbox::{http, mllp};
 
 /// A fuzz target: a name (its corpus folder) and its entry point.
 pub type Target = (&'static str, fn(&[u8]));
@@ -64,8 +64,8 @@ pub const PIXEL_SYNTAXES: [&str; 10] = [
 
 /// What an HL7 receiver answers over MLLP: the frame read within its bound, then the ACK.
 pub fn mllp_reply(data: &[u8]) {
-    if let Ok(reply) = hl7::read_frame(&mut std::io::Cursor::new(data), hl7::MAX_REPLY_BYTES) {
-        let _ = hl7::parse_ack(&String::from_utf8_lossy(&reply), "PT0123456789ABCDEF01");
+    if let Ok(reply) = mllp::read_frame(&mut std::io::Cursor::new(data), mllp::MAX_REPLY_BYTES) {
+        let _ = mllp::parse_ack(&String::from_utf8_lossy(&reply), "PT0123456789ABCDEF01");
     }
 }
 
@@ -177,8 +177,8 @@ pub fn dataset(data: &[u8]) {
     }
     let ts = TransferSyntaxRegistry.get(ts).expect("a registered transfer syntax");
     if let Ok(obj) = InMemDicomObject::read_dataset_with_ts(bytes, ts) {
-        let _ = crate::inference::analyze::not_applicable(&obj);
-        let _ = crate::inference::checks::InputChecks::default().tags(&obj);
+        let _ = crate::inference::analyse::not_applicable(&obj);
+        let _ = crate::config::InputChecks::default().tags(&obj);
     }
 }
 

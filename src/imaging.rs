@@ -9,7 +9,7 @@
 
 use dicom_core::Tag;
 
-use crate::scan::{self, ScanError};
+use crate::dicom::scan::{self, ScanError};
 
 mod codestream;
 use dicom_dictionary_std::tags;
@@ -46,7 +46,7 @@ pub enum ImagingError {
 }
 
 /// Opens a stored data set for analysis, checking it first: its structure within the scan's
-/// limits ([`crate::scan`]), then dicom-rs parses it, leaving out the large values the node does
+/// limits ([`crate::dicom::scan`]), then dicom-rs parses it, leaving out the large values the node does
 /// not use. Call [`check_pixels`] on it before decoding.
 pub fn open_checked(
     path: &std::path::Path,

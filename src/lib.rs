@@ -1,28 +1,69 @@
 //! pneumotriage: a DICOM node that receives chest radiographs, keeps them durably, triages them
-//! for pneumothorax, sends the results back to the PACS and serves a worklist. See README.md, and
-//! docs/architecture.md for the map.
+//! for pneumothorax, sends the results back to the PACS and the RIS, and serves a worklist.
+//! README.md says how to use it; docs/architecture.md draws the flow and its rules.
+//!
+//! # Layout
+//!
+//! The modules follow an image through the node: **receive → keep → analyse → make → send**,
+//! then what people see of it, and what runs all of it.
 
-pub mod bucket;
-pub mod config;
-pub mod delivery;
+// Receive: DICOM on the wire, and TLS for every link.
+/// Upper layer, DIMSE, conformance, the storage SCP, the bounded walk of every data set, the SCU.
 pub mod dicom;
-pub mod domain;
-pub mod evaluate;
-pub mod fuzz;
-pub mod http;
-pub mod imaging;
-pub mod inference;
+/// TLS for the DICOM listener and destinations, MLLP and HTTPS (rustls, PEM files).
+pub mod tls;
+
+// Keep: acknowledge only what is durable.
+/// Received bytes to a durable, recorded instance; start-up recovery.
 pub mod ingest;
-pub mod logging;
-pub mod messages;
-pub mod metrics;
-pub mod pipeline;
-pub mod results;
-pub mod review;
-pub mod scan;
-pub mod shutdown;
+/// Durable files: temporary, fsynced, renamed; paths from sanitized UIDs.
 pub mod spool;
+/// The S3-compatible object store that keeps the durable copy when configured.
+pub mod bucket;
+/// Every SQL statement: instances, jobs, results, the outbox, the worklist (SQLite, PostgreSQL).
 pub mod store;
+
+// Analyse: pixels to a decision.
+/// Checked decoding within a pixel budget, LUTs, MONOCHROME1, resize to the model's input.
+pub mod imaging;
+/// The manifest, ONNX Runtime, the input checks, the decision and priority rules.
+pub mod inference;
+/// The workers: claim a job, analyse, make the objects, record it all in one transaction.
+pub mod pipeline;
+
+// Make: what the analysis becomes for other systems.
+/// The one registry of coded concepts (DICOM, SNOMED CT, LOINC, UCUM, HL7 tables).
+pub mod codes;
+/// The SEG, SR and secondary capture builders and the rendered views (pure).
+pub mod results;
+/// The HL7 v2 ORU, FHIR Bundle and webhook body made from one study's facts (pure).
+pub mod messages;
+
+// Send: the durable outbox.
+/// The senders per destination: C-STORE of objects, messages over MLLP and HTTP(S).
+pub mod outbox;
+
+// Show: what people and monitoring read.
+/// Health, readiness, metrics, the worklist API and page, verdicts (axum on hyper).
+pub mod http;
+/// The process-wide Prometheus registry.
+pub mod metrics;
+/// Shadow-version comparisons and radiologists' verdicts per classifier version.
+pub mod reports;
+/// The models measured on a labelled set (SIIM-ACR layout).
+pub mod evaluate;
+
+// Run: what everything above shares.
+/// The typed configuration, a file per section, each with its defaults and its checks.
+pub mod config;
+/// The vocabulary: priorities, decisions, states, kinds, and a study message's facts.
+pub mod domain;
+/// The one stop signal.
+pub mod shutdown;
+/// Log set-up; peer strings escaped.
+pub mod logging;
+/// Fuzz entry points over every untrusted path (`cargo test` runs a short round).
+pub mod fuzz;
 
 /// The implementation identity the node gives in its associations and in the file meta header
 /// of every file it writes (PS3.7 D.3.3.2); the class UID is under the project's UID root.

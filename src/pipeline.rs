@@ -24,8 +24,8 @@ use rayon::prelude::*;
 
 use crate::bucket::{Area, BucketError};
 use crate::domain::ShadowOutcome;
-use crate::inference::analyze::{Analysis, Analyzer, Preparation};
-use crate::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
+use crate::inference::analyse::{Analyser, Analysis, Preparation};
+use crate::inference::batch::{analyse_images, guarded, read_checked, ReadLimits, Unanalysed};
 use crate::inference::checks::Skip;
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
@@ -38,9 +38,9 @@ pub const MAX_ATTEMPTS: i64 = 4;
 /// queued by other nodes, expired leases).
 const POLL: Duration = Duration::from_secs(2);
 
-/// What became of one job's analysis.
+/// What became of one job's analysis (not a radiologist's verdict on a result: see `reports`).
 #[derive(Debug)]
-pub enum Verdict {
+pub enum JobOutcome {
     Analysed(Box<Analysis>, Vec<MadeObject>),
     Skipped(Skip),
     Failed(String),
@@ -71,7 +71,7 @@ pub struct Limits {
 }
 
 impl Pipeline {
-    /// Starts one inference thread per analyzer. Each claims its own jobs, so a job is `running`
+    /// Starts one inference thread per analyser. Each claims its own jobs, so a job is `running`
     /// only while a worker analyses it: the crash-loop breaker counts exactly the jobs that were
     /// in a worker's hands when the node died.
     pub fn start(
@@ -179,7 +179,7 @@ impl Worker {
         for (job, fetched) in jobs.into_iter().zip(fetched) {
             match fetched {
                 Ok(()) | Err(BucketError::Missing { .. }) => ready.push(job),
-                Err(e) => self.end(&job, Verdict::Transient(format!("cannot fetch the spool file: {e}"))).await,
+                Err(e) => self.end(&job, JobOutcome::Transient(format!("cannot fetch the spool file: {e}"))).await,
             }
         }
         ready
@@ -278,12 +278,12 @@ impl Worker {
 
     /// Records a batch's verdicts: its results (their objects written durably first) in one
     /// transaction, the other endings each in its own. Whether each job's result is recorded.
-    async fn record(&mut self, jobs: &[ClaimedJob], verdicts: Vec<Verdict>) -> Vec<bool> {
+    async fn record(&mut self, jobs: &[ClaimedJob], verdicts: Vec<JobOutcome>) -> Vec<bool> {
         let mut recorded = vec![false; jobs.len()];
         let mut analysed = Vec::new();
         for (job, verdict) in jobs.iter().zip(verdicts) {
             match verdict {
-                Verdict::Analysed(analysis, objects) => analysed.push((job, analysis, objects)),
+                JobOutcome::Analysed(analysis, objects) => analysed.push((job, analysis, objects)),
                 other => self.end(job, other).await,
             }
         }
@@ -357,25 +357,25 @@ impl Worker {
     }
 
     /// Records a job's ending other than a result.
-    async fn end(&mut self, job: &ClaimedJob, verdict: Verdict) {
+    async fn end(&mut self, job: &ClaimedJob, verdict: JobOutcome) {
         let store = self.store.clone();
         match verdict {
-            Verdict::Analysed(..) => unreachable!("results are recorded by the batch"),
-            Verdict::Skipped(Skip { cause, reason }) => {
+            JobOutcome::Analysed(..) => unreachable!("results are recorded by the batch"),
+            JobOutcome::Skipped(Skip { cause, reason }) => {
                 info!(job = job.id, instance = job.instance_id, %cause, %reason, "skipped");
                 crate::metrics::skipped(cause);
                 self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
             }
-            Verdict::Failed(reason) => {
+            JobOutcome::Failed(reason) => {
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
                 self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
             }
-            Verdict::Transient(reason) if job.attempts >= MAX_ATTEMPTS => {
+            JobOutcome::Transient(reason) if job.attempts >= MAX_ATTEMPTS => {
                 let reason = format!("gave up after {} attempts: {reason}", job.attempts);
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
                 self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
             }
-            Verdict::Transient(reason) => {
+            JobOutcome::Transient(reason) => {
                 let delay = Duration::from_secs(5 << (job.attempts.clamp(1, 6) - 1));
                 warn!(job = job.id, attempt = job.attempts, %reason, "analysis will be retried in {delay:?}");
                 self.persist(job, "retry", || store.retry_job(job, &reason, delay)).await;
@@ -483,12 +483,12 @@ async fn upload_objects(settings: &OutputSettings, outputs: &[Vec<NewOutput>]) -
 /// A job's image, read and checked: ready for the models.
 type Image = Box<FileDicomObject<InMemDicomObject>>;
 
-impl From<Unanalysed> for Verdict {
-    fn from(why: Unanalysed) -> Verdict {
+impl From<Unanalysed> for JobOutcome {
+    fn from(why: Unanalysed) -> JobOutcome {
         match why {
-            Unanalysed::Skipped(skip) => Verdict::Skipped(Skip::new(skip.cause, format!("not applicable: {skip}"))),
-            Unanalysed::Failed(reason) => Verdict::Failed(reason),
-            Unanalysed::Transient(reason) => Verdict::Transient(reason),
+            Unanalysed::Skipped(skip) => JobOutcome::Skipped(Skip::new(skip.cause, format!("not applicable: {skip}"))),
+            Unanalysed::Failed(reason) => JobOutcome::Failed(reason),
+            Unanalysed::Transient(reason) => JobOutcome::Transient(reason),
         }
     }
 }
@@ -497,17 +497,17 @@ impl From<Unanalysed> for Verdict {
 /// (`inference::batch`), then makes each one's objects; never panics. A verdict per job, in
 /// order, and the image of each analysed one (the shadow versions see it next).
 pub fn analyse_jobs(
-    analyzer: &mut Analyzer,
+    analyser: &mut Analyser,
     spool: &Spool,
     jobs: &[ClaimedJob],
     outputs: &OutputSettings,
     limits: &Limits,
-) -> (Vec<Verdict>, Vec<Option<Image>>) {
-    let preparation = analyzer.preparation();
+) -> (Vec<JobOutcome>, Vec<Option<Image>>) {
+    let preparation = analyser.preparation();
     let read: Vec<Result<Image, Unanalysed>> =
         jobs.par_iter().map(|job| guarded(|| read_job(&preparation, spool, job, limits))).collect();
     let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
-    let mut analyses = analyze_images(analyzer, &images).into_iter();
+    let mut analyses = analyse_images(analyser, &images).into_iter();
     let outcomes: Vec<Result<(Image, Analysis), Unanalysed>> = read
         .into_iter()
         .map(|read| {
@@ -515,14 +515,14 @@ pub fn analyse_jobs(
             Ok((image, analyses.next().expect("an outcome per image")?))
         })
         .collect();
-    let analyzer = &*analyzer;
+    let analyser = &*analyser;
     outcomes
         .into_par_iter()
         .zip(jobs)
         .map(|(outcome, job)| {
             let made = outcome.and_then(|(image, analysis)| {
-                let made = guarded(|| Ok(make_objects(analyzer, &image, &analysis, outputs, &job.path)))?;
-                Ok((Verdict::Analysed(Box::new(analysis), made), Some(image)))
+                let made = guarded(|| Ok(make_objects(analyser, &image, &analysis, outputs, &job.path)))?;
+                Ok((JobOutcome::Analysed(Box::new(analysis), made), Some(image)))
             });
             made.unwrap_or_else(|why| (why.into(), None))
         })
@@ -532,12 +532,12 @@ pub fn analyse_jobs(
 /// A shadow version ([[inference.shadow]]): its name and its own sessions.
 pub struct Shadow {
     pub name: String,
-    pub analyzer: Analyzer,
+    pub analyser: Analyser,
 }
 
 /// What an inference worker runs: the production models, then each shadow version.
 pub struct Models {
-    pub production: Analyzer,
+    pub production: Analyser,
     pub shadows: Vec<Shadow>,
 }
 
@@ -550,7 +550,7 @@ fn run_shadows(
 ) -> Vec<NewShadowResult> {
     let mut rows = Vec::with_capacity(shadows.len() * jobs.len());
     for shadow in shadows {
-        let outcomes = analyze_images(&mut shadow.analyzer, images);
+        let outcomes = analyse_images(&mut shadow.analyser, images);
         for (job, outcome) in jobs.iter().zip(outcomes) {
             let mut row = NewShadowResult {
                 instance_id: job.instance_id,
@@ -561,8 +561,8 @@ fn run_shadows(
                 priority: None,
                 probability: None,
                 mask_area_px: None,
-                classifier: shadow.analyzer.classifier().identity(),
-                segmenter: shadow.analyzer.segmenter().identity(),
+                classifier: shadow.analyser.classifier().identity(),
+                segmenter: shadow.analyser.segmenter().identity(),
                 inference_ms: None,
             };
             match outcome {
@@ -602,10 +602,10 @@ fn read_job(preparation: &Preparation, spool: &Spool, job: &ClaimedJob, limits: 
 }
 
 /// The result row of an analysis.
-pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
+pub fn new_result(analyser: &Analyser, a: &Analysis) -> NewResult {
     let t = &a.timings;
     NewResult {
-        policy: analyzer.policy(),
+        policy: analyser.policy(),
         decision: a.decision,
         priority: a.priority,
         probability: a.probability as f64,
@@ -614,9 +614,9 @@ pub fn new_result(analyzer: &Analyzer, a: &Analysis) -> NewResult {
         mask_rle: a.mask_rle.clone(),
         mask_area_px: a.mask_area_px as i64,
         mask_area_mm2: a.mask_area_mm2,
-        classifier: analyzer.classifier().identity(),
-        segmenter: analyzer.segmenter().identity(),
-        execution_provider: analyzer.execution_provider(),
+        classifier: analyser.classifier().identity(),
+        segmenter: analyser.segmenter().identity(),
+        execution_provider: analyser.execution_provider(),
         timings_ms: [t.decode_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms],
     }
 }

@@ -20,8 +20,8 @@ use dicom_object::meta::FileMetaTableBuilder;
 use rayon::prelude::*;
 
 use crate::bucket::{Area, Bucket, BucketError};
+use crate::dicom::scan::{self, ScanError};
 use crate::domain::InstanceHeader;
-use crate::scan::{self, ScanError};
 use crate::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Where temporary files live until they are complete and durable.
@@ -147,7 +147,7 @@ impl Spool {
         self.max_dataset_bytes
     }
 
-    /// Walks a Part-10 file's data set within the scan's limits (see [`crate::scan`]; a deflated
+    /// Walks a Part-10 file's data set within the scan's limits (see [`crate::dicom::scan`]; a deflated
     /// data set inflates to at most `dicom.max_dataset_mb`) and takes the attributes the database
     /// needs, and the transfer syntax, from it; never reads pixel data.
     pub fn read_header(&self, path: &Path) -> Result<(InstanceHeader, String), SpoolError> {

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use pneumotriage::config::Config;
-use pneumotriage::inference::analyze::Analyzer;
+use pneumotriage::inference::analyse::Analyser;
 
 /// `pneumotriage evaluate`: the metrics of the models through the node's own code path.
 pub fn evaluate(config: &Config, images: &Path, masks: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
-    let report = pneumotriage::evaluate::evaluate(&mut analyzer, images, masks, |done, total| {
+    let mut analyser = Analyser::open(config).with_context(|| format!("inference in {}", config.source))?;
+    let report = pneumotriage::evaluate::evaluate(&mut analyser, images, masks, |done, total| {
         if done % 50 == 0 || done == total {
             eprintln!("{done}/{total} images");
         }

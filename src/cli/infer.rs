@@ -8,44 +8,44 @@ use std::time::Instant;
 use anyhow::Context;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use pneumotriage::config::Config;
-use pneumotriage::inference::analyze::{Analysis, Analyzer};
-use pneumotriage::inference::batch::{analyze_images, guarded, read_checked, ReadLimits, Unanalysed};
+use pneumotriage::inference::analyse::{Analyser, Analysis};
+use pneumotriage::inference::batch::{analyse_images, guarded, read_checked, ReadLimits, Unanalysed};
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
 use rayon::prelude::*;
 
 /// `pneumotriage infer`: every file through the cascade, a line each.
 pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let mut analyzer = Analyzer::open(config).with_context(|| format!("inference in {}", config.source))?;
-    analyzer.keep_views = out.is_some();
+    let mut analyser = Analyser::open(config).with_context(|| format!("inference in {}", config.source))?;
+    analyser.keep_views = out.is_some();
     let mut outputs = OutputSettings::of(config);
     // for inspection, the secondary capture too, whether or not the node sends it
     outputs.outputs.overlay = true;
     println!(
         "models: {} {} and {} {} on {} ({})",
-        analyzer.classifier().name,
-        analyzer.classifier().version,
-        analyzer.segmenter().name,
-        analyzer.segmenter().version,
-        analyzer.execution_provider(),
-        analyzer.manifest.notice
+        analyser.classifier().name,
+        analyser.classifier().version,
+        analyser.segmenter().name,
+        analyser.segmenter().version,
+        analyser.execution_provider(),
+        analyser.manifest.notice
     );
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let warm_up = analyzer.warm_up().context("warming up the models")?;
+    let warm_up = analyser.warm_up().context("warming up the models")?;
     let files = expand_directories(files)?;
-    let preparation = analyzer.preparation();
+    let preparation = analyser.preparation();
     let limits =
         ReadLimits { max_dataset_bytes: config.dicom.max_dataset_bytes(), max_pixels: config.inference.max_pixels };
     let started = Instant::now();
     let (mut analysed, mut skipped, mut failed) = (0, 0, 0);
     // in batches as the node analyses them: each batch's files read and checked on every core,
     // then prepared and run through the models once for the batch
-    for files in files.chunks(analyzer.batch_size) {
+    for files in files.chunks(analyser.batch_size) {
         let read: Vec<Result<FileDicomObject<InMemDicomObject>, Unanalysed>> =
             files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, limits))).collect();
         let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let mut analyses = analyze_images(&mut analyzer, &images).into_iter();
+        let mut analyses = analyse_images(&mut analyser, &images).into_iter();
         let outcomes: Vec<Outcome> = read
             .into_iter()
             .map(|read| {
@@ -57,7 +57,7 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
         let reports: Vec<Report> = files
             .par_iter()
             .zip(outcomes)
-            .map(|(file, outcome)| report(&analyzer, file, outcome, out.is_some(), &outputs))
+            .map(|(file, outcome)| report(&analyser, file, outcome, out.is_some(), &outputs))
             .collect::<anyhow::Result<_>>()?;
         for (file, report) in files.iter().zip(reports) {
             println!("{}", report.line);
@@ -80,8 +80,8 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
         "{analysed} analysed, {skipped} skipped, {failed} failed in {seconds:.2} s: {:.1} images/s analysed \
          (batches of up to {}, {}; warm-up {} ms)",
         analysed as f64 / seconds.max(1e-9),
-        analyzer.batch_size,
-        analyzer.execution_provider(),
+        analyser.batch_size,
+        analyser.execution_provider(),
         warm_up.as_millis()
     );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -106,7 +106,7 @@ struct Report {
 }
 
 fn report(
-    analyzer: &Analyzer,
+    analyser: &Analyser,
     file: &Path,
     outcome: Outcome,
     with_files: bool,
@@ -134,7 +134,7 @@ fn report(
     let mut files = Vec::new();
     if with_files {
         // the SEG, SR and secondary capture the node would send
-        for made in make_objects(analyzer, &obj, &a, outputs, "") {
+        for made in make_objects(analyser, &obj, &a, outputs, "") {
             files.push((format!("{}.dcm", made.kind), made.bytes));
         }
         if let Some(views) = &a.views {
@@ -143,9 +143,9 @@ fn report(
         }
     }
     let json = serde_json::json!({ "file": file, "result": a, "models": {
-        "classifier": analyzer.classifier().name, "classifier_version": analyzer.classifier().version,
-        "segmenter": analyzer.segmenter().name, "segmenter_version": analyzer.segmenter().version,
-        "execution_provider": analyzer.execution_provider() }, "notice": analyzer.manifest.notice });
+        "classifier": analyser.classifier().name, "classifier_version": analyser.classifier().version,
+        "segmenter": analyser.segmenter().name, "segmenter_version": analyser.segmenter().version,
+        "execution_provider": analyser.execution_provider() }, "notice": analyser.manifest.notice });
     Ok(Report { line, counted: Counted::Analysed, json, files })
 }
 

@@ -7,7 +7,7 @@ mod infer;
 mod preflight;
 mod queue;
 mod records;
-mod review;
+mod reports;
 mod serve;
 
 use std::path::PathBuf;
@@ -172,16 +172,16 @@ pub enum Command {
 pub struct PeriodArgs {
     /// From: a date (2026-11-01), a time (2026-11-01T08:00:00Z) or a time ago (30days); the
     /// first result by default.
-    #[arg(long, value_parser = review::parse_time)]
+    #[arg(long, value_parser = reports::parse_time)]
     since: Option<i64>,
     /// Until (not included), in the same forms; now by default.
-    #[arg(long, value_parser = review::parse_time)]
+    #[arg(long, value_parser = reports::parse_time)]
     until: Option<i64>,
 }
 
-impl From<PeriodArgs> for review::Period {
-    fn from(p: PeriodArgs) -> review::Period {
-        review::Period { since: p.since, until: p.until }
+impl From<PeriodArgs> for reports::Period {
+    fn from(p: PeriodArgs) -> reports::Period {
+        reports::Period { since: p.since, until: p.until }
     }
 }
 
@@ -257,10 +257,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             queue::handover(&connect(&config).await?, &from, to.as_deref(), fail).await
         }
         Command::ShadowReport { shadow, period, json, .. } => {
-            review::shadow_report(&connect(&config).await?, shadow.as_deref(), period.into(), json).await
+            reports::shadow_report(&connect(&config).await?, shadow.as_deref(), period.into(), json).await
         }
         Command::VerdictReport { period, json, .. } => {
-            review::verdict_report(&connect(&config).await?, period.into(), json).await
+            reports::verdict_report(&connect(&config).await?, period.into(), json).await
         }
     }
 }

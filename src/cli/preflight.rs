@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pneumotriage::bucket::Bucket;
 use pneumotriage::config::Config;
-use pneumotriage::inference::analyze::{AnalyzeError, Analyzer};
+use pneumotriage::inference::analyse::{AnalyseError, Analyser};
 use pneumotriage::inference::find_onnxruntime;
 use pneumotriage::pipeline::{Models, Shadow};
 
@@ -48,10 +48,10 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
     };
     problems.extend(
         (0..config.destinations.len())
-            .filter_map(|i| pneumotriage::delivery::target(config, i).err())
+            .filter_map(|i| pneumotriage::outbox::target(config, i).err())
             .map(|e| e.to_string()),
     );
-    let tls_acceptor = pneumotriage::dicom::tls::listener_acceptor(config).map_err(|e| problems.push(e.to_string()));
+    let tls_acceptor = pneumotriage::tls::listener_acceptor(config).map_err(|e| problems.push(e.to_string()));
     let bucket = Bucket::open(config).map_err(|e| problems.push(e));
     sqlx::any::install_default_drivers();
     if let Err(e) = sqlx::any::AnyConnectOptions::from_str(&config.database_url()) {
@@ -72,11 +72,11 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
 #[error("{key}: {source}")]
 pub struct ModelsError {
     pub key: String,
-    pub source: Box<AnalyzeError>,
+    pub source: Box<AnalyseError>,
 }
 
 impl ModelsError {
-    fn of(key: impl Into<String>) -> impl FnOnce(AnalyzeError) -> ModelsError {
+    fn of(key: impl Into<String>) -> impl FnOnce(AnalyseError) -> ModelsError {
         let key = key.into();
         move |e| ModelsError { key, source: Box::new(e) }
     }
@@ -86,22 +86,22 @@ impl ModelsError {
 /// each run once (a warm-up: the first image is then as fast as the next, and a model that loads
 /// but cannot run is caught before the node listens); and how long the warm-up took.
 pub fn open_models(config: &Config) -> Result<(Models, Duration), ModelsError> {
-    let production = Analyzer::open(config).map_err(ModelsError::of("inference.models"))?;
+    let production = Analyser::open(config).map_err(ModelsError::of("inference.models"))?;
     let shadows = config
         .inference
         .shadow
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let analyzer =
-                Analyzer::open_shadow(config, s).map_err(ModelsError::of(format!("inference.shadow[{i}].models")))?;
-            Ok(Shadow { name: s.name.clone(), analyzer })
+            let analyser =
+                Analyser::open_shadow(config, s).map_err(ModelsError::of(format!("inference.shadow[{i}].models")))?;
+            Ok(Shadow { name: s.name.clone(), analyser })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut models = Models { production, shadows };
     let mut warm_up = models.production.warm_up().map_err(ModelsError::of("inference.models"))?;
     for (i, shadow) in models.shadows.iter_mut().enumerate() {
-        warm_up += shadow.analyzer.warm_up().map_err(ModelsError::of(format!("inference.shadow[{i}].models")))?;
+        warm_up += shadow.analyser.warm_up().map_err(ModelsError::of(format!("inference.shadow[{i}].models")))?;
     }
     Ok((models, warm_up))
 }

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pneumotriage::config::Config;
-use pneumotriage::delivery::Outbox;
 use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::http::listener::ConnectionLimits;
 use pneumotriage::http::{AppState, Readiness};
 use pneumotriage::inference::Manifest;
 use pneumotriage::ingest::Ingest;
+use pneumotriage::outbox::Outbox;
 use pneumotriage::pipeline::{Limits, Models, Pipeline};
 use pneumotriage::results::OutputSettings;
 use pneumotriage::shutdown::Shutdown;
@@ -43,8 +43,8 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }
     };
     let Checked { models, tls_acceptor, bucket } = checked;
-    let analyzers = match models {
-        Some(first) => match tokio::task::block_in_place(|| open_analyzers(&config, first)) {
+    let analysers = match models {
+        Some(first) => match tokio::task::block_in_place(|| open_analysers(&config, first)) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("error: {}: {e}", config.source);
@@ -115,12 +115,12 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let scope = JobScope::of(&config);
     // what the models are for, which messages repeat; read from the manifest only when analysis
     // is off here (another node analyses)
-    let notice = match &analyzers {
+    let notice = match &analysers {
         Some(a) => a[0].production.manifest.notice.clone(),
         None => Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default(),
     };
     let pipeline =
-        analyzers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
+        analysers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
     let outbox = Outbox::start(store.clone(), &config, bucket, &notice, &shutdown)?;
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
@@ -165,7 +165,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
 /// The models of each inference worker (production's and the shadow versions'): the first
 /// worker's as the checks opened them, the others' opened alike; all warmed up.
-fn open_analyzers(config: &Config, (first, mut warm_up): (Models, Duration)) -> Result<Vec<Models>, ModelsError> {
+fn open_analysers(config: &Config, (first, mut warm_up): (Models, Duration)) -> Result<Vec<Models>, ModelsError> {
     let mut workers = vec![first];
     for _ in 1..config.inference.workers {
         let (models, took) = super::preflight::open_models(config)?;
@@ -186,7 +186,7 @@ fn open_analyzers(config: &Config, (first, mut warm_up): (Models, Duration)) -> 
         first.manifest.notice
     );
     for shadow in &workers[0].shadows {
-        let a = &shadow.analyzer;
+        let a = &shadow.analyser;
         info!(
             shadow = %shadow.name,
             classifier = %format_args!("{} {}", a.classifier().name, a.classifier().version),

@@ -1,10 +1,11 @@
-//! The network side: the upper layer (`ul`), DIMSE command sets (`dimse`), what we accept
-//! (`conformance`), the storage SCP (`scp`), the SCU that sends results (`scu`) and DICOM TLS
-//! (`tls`).
+//! DICOM on the wire: the upper layer (`ul`), DIMSE command sets (`dimse`), what the node
+//! accepts (`conformance`), the storage SCP (`scp`), the bounded walk that every received data
+//! set passes before anything parses it (`scan`), and the SCU that sends results (`scu`). TLS
+//! is the crate's own (`crate::tls`): MLLP and HTTPS share it.
 
 pub mod conformance;
 pub mod dimse;
+pub mod scan;
 pub mod scp;
 pub mod scu;
-pub mod tls;
 pub mod ul;

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::conformance::{self, AcceptedContext, Service};
 use super::dimse::{self, command_field, status, Command};
-use super::ul::{Connection, Incoming, PData, Pdv, Transport, UlError};
+use super::ul::{ByteStream, Connection, Incoming, PData, Pdv, UlError};
 use crate::config::DicomConfig;
 use crate::domain::EventKind;
 use crate::ingest::{Ingest, Outcome, Received, Refusal};
@@ -121,7 +121,7 @@ impl Scp {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let transport: Box<dyn Transport> = match tls {
+        let stream: Box<dyn ByteStream> = match tls {
             None => Box::new(stream),
             Some(acceptor) => match tokio::time::timeout(self.config.artim_timeout(), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => Box::new(tls),
@@ -137,7 +137,7 @@ impl Scp {
                 }
             },
         };
-        let mut conn = Connection::new(transport, self.config.max_pdu);
+        let mut conn = Connection::new(stream, self.config.max_pdu);
         let request = match tokio::time::timeout(self.config.artim_timeout(), conn.read()).await {
             Ok(Ok(Incoming::Other(Pdu::AssociationRQ(rq)))) => rq,
             Ok(Ok(_)) => {

@@ -31,9 +31,9 @@ pub enum SendError {
     Permanent(String),
 }
 
-/// Where and as whom to send.
+/// The Storage SCP a destination is: where and as whom to send.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub struct StoreScp {
     pub host: String,
     pub port: u16,
     pub called_ae_title: String,
@@ -45,7 +45,12 @@ pub struct Peer {
 
 /// Sends the Part-10 file at `path` (its class and instance given) by C-STORE; Ok on success
 /// or warning statuses.
-pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_instance: &str) -> Result<u16, SendError> {
+pub fn store_file(
+    scp: &StoreScp,
+    path: &std::path::Path,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<u16, SendError> {
     let file = dicom_object::open_file(path)
         .map_err(|e| SendError::Permanent(format!("cannot read {}: {e}", path.display())))?;
     let stored_ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
@@ -57,14 +62,14 @@ pub fn store_file(peer: &Peer, path: &std::path::Path, sop_class: &str, sop_inst
         }
     }
     let options = ClientAssociationOptions::new()
-        .calling_ae_title(peer.calling_ae_title.clone())
-        .called_ae_title(peer.called_ae_title.clone())
+        .calling_ae_title(scp.calling_ae_title.clone())
+        .called_ae_title(scp.called_ae_title.clone())
         .with_presentation_context(sop_class.to_string(), proposed)
-        .connection_timeout(peer.timeout)
-        .read_timeout(peer.timeout)
-        .write_timeout(peer.timeout);
-    let address = (peer.host.as_str(), peer.port);
-    match &peer.tls {
+        .connection_timeout(scp.timeout)
+        .read_timeout(scp.timeout)
+        .write_timeout(scp.timeout);
+    let address = (scp.host.as_str(), scp.port);
+    match &scp.tls {
         // Without TCP_NODELAY the data set's first PDU waits behind the command's until the peer
         // acknowledges it, which a delayed ACK holds back up to 40 ms: per object.
         None => {

@@ -61,19 +61,19 @@ pub enum Incoming {
 }
 
 /// A byte stream under the upper layer: plain TCP, or TLS over it.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 
 /// A connection speaking the DICOM upper layer.
 pub struct Connection {
-    stream: BufReader<Box<dyn Transport>>,
+    stream: BufReader<Box<dyn ByteStream>>,
     /// The largest P-DATA PDU we announced; larger ones abort the association.
     max_pdu: u32,
     write_buf: Vec<u8>,
 }
 
 impl Connection {
-    pub fn new(stream: Box<dyn Transport>, max_pdu: u32) -> Connection {
+    pub fn new(stream: Box<dyn ByteStream>, max_pdu: u32) -> Connection {
         Connection { stream: BufReader::with_capacity(64 * 1024, stream), max_pdu, write_buf: Vec::with_capacity(1024) }
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
-use super::analyze::{Analysis, AnalyzeError, Analyzer, Preparation, Prepared};
+use super::analyse::{AnalyseError, Analyser, Analysis, Preparation, Prepared};
 use super::checks::Skip;
 use crate::domain::SkipCause;
 use crate::imaging::{self, ImagingError};
@@ -25,15 +25,15 @@ pub enum Unanalysed {
     Transient(String),
 }
 
-impl From<AnalyzeError> for Unanalysed {
-    fn from(e: AnalyzeError) -> Unanalysed {
+impl From<AnalyseError> for Unanalysed {
+    fn from(e: AnalyseError) -> Unanalysed {
         match e {
-            AnalyzeError::Imaging(ImagingError::NotGrayscale(why)) => {
+            AnalyseError::Imaging(ImagingError::NotGrayscale(why)) => {
                 Unanalysed::Skipped(Skip::new(SkipCause::Applicability, why))
             }
-            AnalyzeError::Imaging(e) => Unanalysed::Failed(e.to_string()),
-            AnalyzeError::Skipped(skip) => Unanalysed::Skipped(skip),
-            AnalyzeError::Runtime(e) => Unanalysed::Transient(e.to_string()),
+            AnalyseError::Imaging(e) => Unanalysed::Failed(e.to_string()),
+            AnalyseError::Skipped(skip) => Unanalysed::Skipped(skip),
+            AnalyseError::Runtime(e) => Unanalysed::Transient(e.to_string()),
         }
     }
 }
@@ -64,16 +64,16 @@ pub fn read_checked(
     Ok(obj)
 }
 
-/// Checked images through one analyzer's models: prepared on every core, one model run for the
+/// Checked images through one analyser's models: prepared on every core, one model run for the
 /// batch. An image that cannot be decoded leaves the batch before the models and fails alone;
 /// when the models fail (or panic) on a batch of several, each image is tried again alone, so
 /// that the one at fault fails alone. An analysis or the reason there is none, per image, in
 /// order.
-pub fn analyze_images(
-    analyzer: &mut Analyzer,
+pub fn analyse_images(
+    analyser: &mut Analyser,
     images: &[&FileDicomObject<InMemDicomObject>],
 ) -> Vec<Result<Analysis, Unanalysed>> {
-    let preparation = analyzer.preparation();
+    let preparation = analyser.preparation();
     let prepared: Vec<Result<Prepared, Unanalysed>> =
         images.par_iter().map(|image| guarded(|| Ok(preparation.prepare(image)?))).collect();
     let mut out: Vec<Option<Result<Analysis, Unanalysed>>> = Vec::with_capacity(images.len());
@@ -88,7 +88,7 @@ pub fn analyze_images(
             Err(why) => out.push(Some(Err(why))),
         }
     }
-    match guarded(|| Ok(analyzer.analyze_batch(batch)?)) {
+    match guarded(|| Ok(analyser.analyse_batch(batch)?)) {
         Ok(analyses) => {
             for (i, analysis) in indices.into_iter().zip(analyses) {
                 out[i] = Some(Ok(analysis));
@@ -96,7 +96,7 @@ pub fn analyze_images(
         }
         Err(_) if indices.len() > 1 => {
             for i in indices {
-                out[i] = analyze_images(analyzer, &[images[i]]).pop();
+                out[i] = analyse_images(analyser, &[images[i]]).pop();
             }
         }
         Err(why) => {

@@ -5,32 +5,10 @@
 
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use serde::Deserialize;
 
+use crate::config::InputChecks;
 use crate::domain::SkipCause;
 use crate::imaging::DisplayImage;
-
-/// `[inference.checks]`: each check on by default.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InputChecks {
-    /// Skip a patient whose species (Patient Species Description or Code Sequence) is not human.
-    pub species: bool,
-    /// Skip an image whose View Position (PA or AP) its descriptions or its Patient
-    /// Orientation contradict (a lateral).
-    pub view_consistency: bool,
-    /// Skip a patient younger than this many years (Patient's Age, else Patient's Birth Date and
-    /// the Study Date); 0 turns the check off.
-    pub min_age_years: u32,
-    /// Skip a near-constant image (no exposure, saturated) or one whose shape no chest film has.
-    pub image_statistics: bool,
-}
-
-impl Default for InputChecks {
-    fn default() -> Self {
-        InputChecks { species: true, view_consistency: true, min_age_years: 18, image_statistics: true }
-    }
-}
 
 /// SNOMED CT's Homo sapiens, in Patient Species Code Sequence.
 const HOMO_SAPIENS: &str = "337915000";

@@ -1,5 +1,5 @@
 //! The FHIR R4 (4.0.1) form of a [`StudyMessage`]: one `transaction` Bundle, POSTed to the
-//! server's base URL by `messages::http`. This module only builds JSON; it never does I/O.
+//! server's base URL by `outbox::http`. This module only builds JSON; it never does I/O.
 //!
 //! What the Bundle holds (every entry a conditional create, see below):
 //!
@@ -28,40 +28,19 @@
 //! one said. The result on the server: one Observation, DiagnosticReport and Task per study and
 //! priority the study reached.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::{json, Map, Value};
 
-use super::{ModelFacts, StudyMessage};
+use crate::codes::{self, Code};
 use crate::config::FhirSettings;
-use crate::results::codes::{self, Code};
+use crate::domain::{ModelFacts, StudyMessage};
 
-/// FHIR's URIs for the coding schemes the node uses.
-pub const SNOMED_CT: &str = "http://snomed.info/sct";
-pub const LOINC: &str = "http://loinc.org";
-pub const UCUM: &str = "http://unitsofmeasure.org";
-pub const DICOM_DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+/// FHIR's JSON media type, for Content-Type and Accept.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
 /// The identifier system whose values are URIs (here `urn:uuid:`): FHIR's own convention.
 pub const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
 /// The identifier system of DICOM UIDs, written `urn:oid:<uid>`.
 pub const DICOM_UID_SYSTEM: &str = "urn:dicom:uid";
-
-const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
-const IDENTIFIER_TYPE: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
-const DIAGNOSTIC_SERVICE_SECTION: &str = "http://terminology.hl7.org/CodeSystem/v2-0074";
-
-/// A concept from a scheme that `codes` does not list (it holds what the DICOM objects use).
-struct Concept {
-    system: &'static str,
-    code: &'static str,
-    display: &'static str,
-}
-
-/// The report's code: LOINC's generic imaging study (the node does not know the views).
-const DIAGNOSTIC_IMAGING_STUDY: Concept =
-    Concept { system: LOINC, code: "18748-4", display: "Diagnostic imaging study" };
-/// The area component (DICOM CID 7472 "Area Measurements": SCT 42798000).
-const AREA: Concept = Concept { system: SNOMED_CT, code: "42798000", display: "Area" };
 
 /// The transaction Bundle for `msg`, with its priority mapped by `settings`.
 pub fn bundle(msg: &StudyMessage, settings: &FhirSettings) -> Value {
@@ -81,7 +60,7 @@ pub fn bundle(msg: &StudyMessage, settings: &FhirSettings) -> Value {
         "type": "transaction",
         "entry": entries.into_iter().map(Entry::into_json).collect::<Vec<_>>(),
     });
-    if let Some(timestamp) = instant(msg.created_at_ms) {
+    if let Some(timestamp) = super::rfc3339_ms(msg.created_at_ms) {
         bundle["timestamp"] = timestamp.into();
     }
     bundle
@@ -91,8 +70,8 @@ pub fn bundle(msg: &StudyMessage, settings: &FhirSettings) -> Value {
 /// only the status), and the control ID as the request ID for the server's logs.
 pub fn headers(msg: &StudyMessage) -> Vec<(&'static str, String)> {
     vec![
-        ("Content-Type", super::http::FHIR_JSON.to_owned()),
-        ("Accept", super::http::FHIR_JSON.to_owned()),
+        ("Content-Type", FHIR_JSON.to_owned()),
+        ("Accept", FHIR_JSON.to_owned()),
         ("Prefer", "return=minimal".to_owned()),
         ("X-Request-Id", msg.control_id.clone()),
     ]
@@ -136,7 +115,7 @@ pub fn urn_uuid(parts: &[&str]) -> String {
     b.copy_from_slice(&digest.as_ref()[..16]);
     b[6] = (b[6] & 0x0f) | 0x80; // version 8
     b[8] = (b[8] & 0x3f) | 0x80; // variant 10
-    let h = super::webhook::hex(&b);
+    let h = super::hex(&b);
     format!("urn:uuid:{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
@@ -224,12 +203,12 @@ fn observation(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> Entry 
     let f = &msg.finding;
     let mut components = vec![json!({
         "code": codeable(&codes::PROBABILITY),
-        "valueQuantity": { "value": f.probability, "unit": "1", "system": UCUM, "code": "1" },
+        "valueQuantity": quantity(f.probability, "1", &codes::NO_UNITS),
     })];
     if let Some(area) = f.area_mm2 {
         components.push(json!({
-            "code": { "coding": [concept(&AREA)], "text": "Pneumothorax area" },
-            "valueQuantity": { "value": area, "unit": "mm²", "system": UCUM, "code": "mm2" },
+            "code": { "coding": [coding(&codes::AREA)], "text": "Pneumothorax area" },
+            "valueQuantity": quantity(area, "mm²", &codes::SQUARE_MILLIMETRE),
         }));
     }
     let mut notes = Vec::new();
@@ -243,7 +222,7 @@ fn observation(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> Entry 
         "resourceType": "Observation",
         "identifier": [uri_identifier(&ids.observation)],
         "status": "preliminary",
-        "category": [{ "coding": [{ "system": OBSERVATION_CATEGORY, "code": "imaging", "display": "Imaging" }] }],
+        "category": [{ "coding": [coding(&codes::IMAGING)] }],
         "code": codeable(&codes::PNEUMOTHORAX),
         "valueCodeableConcept": codeable(if f.present { &codes::PRESENT } else { &codes::ABSENT }),
         "component": components,
@@ -251,8 +230,8 @@ fn observation(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> Entry 
         "derivedFrom": [imaging_study(msg)],
     });
     set_optional(&mut resource, "subject", subject.cloned());
-    set_optional(&mut resource, "effectiveDateTime", instant(msg.study.observed_at_ms).map(Value::from));
-    set_optional(&mut resource, "issued", instant(msg.created_at_ms).map(Value::from));
+    set_optional(&mut resource, "effectiveDateTime", super::rfc3339_ms(msg.study.observed_at_ms).map(Value::from));
+    set_optional(&mut resource, "issued", super::rfc3339_ms(msg.created_at_ms).map(Value::from));
     if !notes.is_empty() {
         resource["note"] = notes.into();
     }
@@ -278,7 +257,7 @@ fn objects_note(msg: &StudyMessage) -> Option<String> {
 fn diagnostic_report(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> Entry {
     let mut identifiers = vec![uri_identifier(&ids.report)];
     identifiers.extend(accession(msg));
-    let mut code = json!({ "coding": [concept(&DIAGNOSTIC_IMAGING_STUDY)] });
+    let mut code = json!({ "coding": [coding(&codes::DIAGNOSTIC_IMAGING_STUDY)] });
     if let Some(description) = msg.study.description.as_deref().filter(|d| !d.trim().is_empty()) {
         code["text"] = description.trim().into();
     }
@@ -286,7 +265,7 @@ fn diagnostic_report(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> 
         "resourceType": "DiagnosticReport",
         "identifier": identifiers,
         "status": "preliminary",
-        "category": [{ "coding": [{ "system": DIAGNOSTIC_SERVICE_SECTION, "code": "RAD", "display": "Radiology" }] }],
+        "category": [{ "coding": [coding(&codes::RADIOLOGY)] }],
         "code": code,
         "result": [reference(&ids.observation)],
         "imagingStudy": [imaging_study(msg)],
@@ -299,8 +278,8 @@ fn diagnostic_report(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> 
         resource["conclusionCode"] = json!([codeable(&codes::PNEUMOTHORAX)]);
     }
     set_optional(&mut resource, "subject", subject.cloned());
-    set_optional(&mut resource, "effectiveDateTime", instant(msg.study.observed_at_ms).map(Value::from));
-    set_optional(&mut resource, "issued", instant(msg.created_at_ms).map(Value::from));
+    set_optional(&mut resource, "effectiveDateTime", super::rfc3339_ms(msg.study.observed_at_ms).map(Value::from));
+    set_optional(&mut resource, "issued", super::rfc3339_ms(msg.created_at_ms).map(Value::from));
     Entry::by_uri_identifier(&ids.report, &ids.report, resource)
 }
 
@@ -342,7 +321,7 @@ fn task(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>, priority: &str) 
         resource["reasonCode"] = codeable(&codes::PNEUMOTHORAX);
     }
     set_optional(&mut resource, "for", subject.cloned());
-    set_optional(&mut resource, "authoredOn", instant(msg.created_at_ms).map(Value::from));
+    set_optional(&mut resource, "authoredOn", super::rfc3339_ms(msg.created_at_ms).map(Value::from));
     Entry::by_uri_identifier(&ids.task, &ids.task, resource)
 }
 
@@ -350,7 +329,7 @@ fn task(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>, priority: &str) 
 fn accession(msg: &StudyMessage) -> Option<Value> {
     let number = msg.study.accession_number.as_deref().map(str::trim).filter(|a| !a.is_empty())?;
     Some(json!({
-        "type": { "coding": [{ "system": IDENTIFIER_TYPE, "code": "ACSN", "display": "Accession ID" }] },
+        "type": { "coding": [coding(&codes::ACCESSION_ID)] },
         "value": number,
     }))
 }
@@ -383,29 +362,17 @@ fn set_optional(resource: &mut Value, key: &str, value: Option<Value>) {
 }
 
 /// A `codes` concept as a FHIR Coding.
-fn coding(code: &Code) -> Value {
-    let system = match code.scheme {
-        codes::SCT => SNOMED_CT,
-        codes::LN => LOINC,
-        codes::UCUM => UCUM,
-        codes::DCM => DICOM_DCM,
-        other => other,
-    };
-    json!({ "system": system, "code": code.value, "display": code.meaning })
+pub(crate) fn coding(code: &Code) -> Value {
+    json!({ "system": code.fhir_system(), "code": code.value, "display": code.meaning })
 }
 
 fn codeable(code: &Code) -> Value {
     json!({ "coding": [coding(code)], "text": code.meaning })
 }
 
-fn concept(c: &Concept) -> Value {
-    json!({ "system": c.system, "code": c.code, "display": c.display })
-}
-
-/// A time in ms since the epoch as a FHIR instant (UTC, milliseconds); none before 1970.
-fn instant(ms: i64) -> Option<String> {
-    let ms = u64::try_from(ms).ok()?;
-    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+/// A Quantity of `unit` (as people read it), coded by a UCUM concept.
+fn quantity(value: f64, unit: &str, code: &Code) -> Value {
+    json!({ "value": value, "unit": unit, "system": code.fhir_system(), "code": code.value })
 }
 
 /// The identifier system of an Issuer of Patient ID: an OID becomes `urn:oid:`, a URI stays;
@@ -509,7 +476,7 @@ mod tests {
 
     use super::*;
     use crate::domain::Priority;
-    use crate::messages::{FindingFacts, PatientFacts};
+    use crate::domain::{FindingFacts, PatientFacts};
 
     fn entries(bundle: &Value) -> &Vec<Value> {
         bundle["entry"].as_array().expect("a Bundle has entries")
@@ -613,12 +580,12 @@ mod tests {
         assert_eq!(obs["category"][0]["coding"][0]["code"], "imaging");
         assert_eq!(
             obs["code"]["coding"][0],
-            json!({ "system": SNOMED_CT, "code": "36118008", "display": "Pneumothorax" })
+            json!({ "system": "http://snomed.info/sct", "code": "36118008", "display": "Pneumothorax" })
         );
         assert_eq!(obs["valueCodeableConcept"]["coding"][0]["code"], "52101004");
         assert_eq!(
             obs["component"][0]["valueQuantity"],
-            json!({ "value": 0.93, "unit": "1", "system": UCUM, "code": "1" })
+            json!({ "value": 0.93, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1" })
         );
         assert_eq!(obs["component"][1]["valueQuantity"]["value"], 1234.5);
         assert_eq!(obs["component"][1]["valueQuantity"]["code"], "mm2");

@@ -2,148 +2,27 @@
 //! over MLLP (`hl7`), a FHIR R4 transaction Bundle (`fhir`) and a signed JSON webhook
 //! (`webhook`). The unit is the study: a message is made when its priority is first set and each
 //! time it rises, never when it would fall (`store::messages`). Each format is made here from one
-//! [`StudyMessage`], which the sender reads from the database when it sends, so a resend carries
-//! the same control ID and the study as it stands.
+//! [`StudyMessage`](crate::domain::StudyMessage), which the sender reads from the database when
+//! it sends, so a resend carries the same control ID and the study as it stands.
 
 pub mod fhir;
 pub mod hl7;
-pub mod http;
-pub mod transport;
 pub mod webhook;
 
-use crate::domain::Priority;
-
-/// Everything a notification says about one study at one priority.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StudyMessage {
-    /// Stable for (destination, study, priority): a receiver recognises a resend by it. At most
-    /// 20 characters (HL7 MSH-10 is ST of 20), letters and digits only.
-    pub control_id: String,
-    /// When this message row was made (the study's priority was set or raised), ms since epoch.
-    pub created_at_ms: i64,
-    pub priority: Priority,
-    pub study: StudyFacts,
-    pub patient: PatientFacts,
-    pub finding: FindingFacts,
-    /// The classifier, then the segmenter.
-    pub models: Vec<ModelFacts>,
-    /// What the models are for and are not (the manifest's notice: "not for diagnosis ...").
-    pub notice: String,
-    /// The objects the node made for this study (SR and SEG), for the receiver to fetch from
-    /// the PACS.
-    pub objects: Vec<ObjectFacts>,
-    /// The study on the node's worklist page, when `http.public_url` is set.
-    pub link: Option<String>,
+/// A time in ms since the epoch as RFC 3339 in UTC with milliseconds (a FHIR instant, the
+/// webhook's times); none before 1970.
+pub(crate) fn rfc3339_ms(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
+    Some(humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string())
 }
 
-/// The study, from its DICOM attributes.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct StudyFacts {
-    pub study_instance_uid: String,
-    /// The order's number at the RIS: the placer/filler order number in HL7, basedOn in FHIR.
-    pub accession_number: Option<String>,
-    /// Study Description: the procedure.
-    pub description: Option<String>,
-    /// Study Date (DA, YYYYMMDD) as received.
-    pub date: Option<String>,
-    /// When the study's last analysed image was analysed, ms since epoch (observation time).
-    pub observed_at_ms: i64,
-}
-
-/// The patient module of the study's images, as received (DICOM spelling).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PatientFacts {
-    pub id: Option<String>,
-    /// Issuer of Patient ID (0010,0021).
-    pub issuer: Option<String>,
-    /// PN, `Family^Given^Middle^Prefix^Suffix`.
-    pub name: Option<String>,
-    /// DA, YYYYMMDD.
-    pub birth_date: Option<String>,
-    /// CS: M, F or O.
-    pub sex: Option<String>,
-}
-
-/// The finding over the study's analysed images.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FindingFacts {
-    /// Pneumothorax found (SCT 36118008 present) on any analysed image.
-    pub present: bool,
-    /// The highest probability over the study's analysed images, 0..1.
-    pub probability: f64,
-    /// The largest area found, in mm², when the pixel spacing was known.
-    pub area_mm2: Option<f64>,
-}
-
-/// A model that made the finding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelFacts {
-    pub name: String,
-    pub version: String,
-}
-
-/// A DICOM object made for the study.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectFacts {
-    /// "sr" or "seg" (`ObjectKind`'s spelling).
-    pub kind: crate::domain::ObjectKind,
-    pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-}
-
-/// How a receiver answered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MessageError {
-    /// Worth trying again later (no answer, a timeout, AE/CE, HTTP 408/429/5xx).
-    #[error("{0}")]
-    Transient(String),
-    /// The receiver refused it (AR/CR, other HTTP 4xx): failed at once, `retry` sends it again.
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl StudyMessage {
-    /// A message for tests: an urgent positive study with every field set.
-    #[doc(hidden)]
-    pub fn example() -> StudyMessage {
-        use crate::domain::ObjectKind;
-        StudyMessage {
-            control_id: "PT1A2B3C4D5E6F7A8B9C".into(),
-            created_at_ms: 1_764_000_000_000,
-            priority: Priority::Urgent,
-            study: StudyFacts {
-                study_instance_uid: "1.2.826.0.1.3680043.10.1447.9.1".into(),
-                accession_number: Some("ACC0001".into()),
-                description: Some("XR CHEST PA".into()),
-                date: Some("20261128".into()),
-                observed_at_ms: 1_764_000_000_000,
-            },
-            patient: PatientFacts {
-                id: Some("PAT001".into()),
-                issuer: Some("HOSP".into()),
-                name: Some("Müller^Jörg".into()),
-                birth_date: Some("19700101".into()),
-                sex: Some("M".into()),
-            },
-            finding: FindingFacts { present: true, probability: 0.93, area_mm2: Some(1234.5) },
-            models: vec![
-                ModelFacts { name: "pneumothorax-classifier".into(), version: "1.0.0".into() },
-                ModelFacts { name: "pneumothorax-segmenter".into(), version: "1.0.0".into() },
-            ],
-            notice: "Demonstration models: not for diagnosis.".into(),
-            objects: vec![
-                ObjectFacts {
-                    kind: ObjectKind::Sr,
-                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.22".into(),
-                    sop_instance_uid: "1.2.826.0.1.3680043.10.1447.9.2".into(),
-                },
-                ObjectFacts {
-                    kind: ObjectKind::Seg,
-                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.66.4".into(),
-                    sop_instance_uid: "1.2.826.0.1.3680043.10.1447.9.3".into(),
-                },
-            ],
-            link: Some("https://triage.example.org/#study=1.2.826.0.1.3680043.10.1447.9.1".into()),
-        }
+/// Lowercase hexadecimal (the webhook's signature, the FHIR resources' ids).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
+    out
 }

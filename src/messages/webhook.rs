@@ -1,5 +1,5 @@
 //! The webhook form of a [`StudyMessage`]: a small JSON body, signed with HMAC-SHA256, POSTed by
-//! `messages::http`. It carries identifiers only (Study Instance UID, accession number, SOP
+//! `outbox::http`. It carries identifiers only (Study Instance UID, accession number, SOP
 //! Instance UIDs), never the patient's name, ID or birth date: a chat or ticket system on the
 //! other end should not become a store of patient data.
 //!
@@ -29,12 +29,12 @@
 //! bytes with the destination's secret, as GitHub's webhooks do) and `X-Pneumotriage-Message-Id:
 //! <control_id>`, the same on every resend of one message: a receiver deduplicates on it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::StudyMessage;
-use crate::results::codes;
+use crate::codes;
+use crate::domain::StudyMessage;
 
 /// The header that carries the body's signature.
 pub const SIGNATURE_HEADER: &str = "X-Pneumotriage-Signature";
@@ -63,7 +63,7 @@ pub fn body_at(msg: &StudyMessage, sent_at: SystemTime) -> Value {
             "accession_number": msg.study.accession_number,
         },
         "finding": {
-            "system": super::fhir::SNOMED_CT,
+            "system": codes::PNEUMOTHORAX.fhir_system(),
             "code": codes::PNEUMOTHORAX.value,
             "display": codes::PNEUMOTHORAX.meaning,
             "present": f.present,
@@ -78,7 +78,7 @@ pub fn body_at(msg: &StudyMessage, sent_at: SystemTime) -> Value {
         })).collect::<Vec<_>>(),
         "link": msg.link,
         "notice": msg.notice,
-        "created_at": rfc3339_ms(msg.created_at_ms),
+        "created_at": super::rfc3339_ms(msg.created_at_ms),
         "sent_at": humantime::format_rfc3339_millis(sent_at).to_string(),
     })
 }
@@ -91,28 +91,12 @@ pub fn headers(msg: &StudyMessage, secret: &[u8], body: &[u8]) -> Vec<(&'static 
 /// `sha256=<lowercase hex of HMAC-SHA256(secret, body)>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
-}
-
-/// Lowercase hexadecimal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
-}
-
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    let ms = u64::try_from(ms).ok()?;
-    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string())
+    format!("sha256={}", super::hex(ring::hmac::sign(&key, body).as_ref()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

@@ -7,9 +7,9 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::codes;
 use super::common::{instance_reference, seq, text, ObjectUids, ResultsError};
 use super::uid;
+use crate::codes;
 use crate::domain::ObjectKind;
 use crate::inference::ModelSpec;
 

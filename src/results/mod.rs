@@ -1,9 +1,8 @@
 //! What the node makes of an analysis for people and other systems: the rendered views
 //! (`infer --out`, the worklist's overlay and the secondary capture), the DICOM Segmentation,
 //! the structured report and the secondary capture, built from one shared context, with the
-//! codes they use and the UIDs they are given.
+//! UIDs they are given (their codes come from `crate::codes`). It knows nothing of the database.
 
-pub mod codes;
 pub mod common;
 pub mod context;
 pub mod objects;

@@ -13,9 +13,8 @@ use super::context::{Context, Models, Series};
 use super::{sc, seg, sr};
 use crate::bucket::Bucket;
 use crate::config::{Config, OutputsConfig, SrPolicy};
-use crate::domain::{Decision, ObjectKind};
-use crate::inference::analyze::{Analysis, Analyzer};
-use crate::store::MessageRule;
+use crate::domain::{Decision, MessageRule, ObjectKind};
+use crate::inference::analyse::{Analyser, Analysis};
 
 /// What the pipeline makes of a result besides its row (`[outputs]`, `node.uid_root`).
 #[derive(Debug, Clone)]
@@ -83,19 +82,19 @@ impl MadeObject {
 
 /// The objects made of an analysis: the SEG of a positive with a mask (when `outputs.seg`),
 /// the SR (as `outputs.sr` says) and the secondary capture of a positive with a mask (when
-/// `outputs.overlay` and the analyzer kept its views). One that cannot be made is logged and
+/// `outputs.overlay` and the analyser kept its views). One that cannot be made is logged and
 /// left out; the result is recorded all the same.
 pub fn make_objects(
-    analyzer: &Analyzer,
+    analyser: &Analyser,
     source: &InMemDicomObject,
     analysis: &Analysis,
     settings: &OutputSettings,
     source_key: &str,
 ) -> Vec<MadeObject> {
     let models = Models {
-        classifier: analyzer.classifier(),
-        segmenter: analyzer.segmenter(),
-        notice: &analyzer.manifest.notice,
+        classifier: analyser.classifier(),
+        segmenter: analyser.segmenter(),
+        notice: &analyser.manifest.notice,
     };
     let ctx = match Context::new(source, source_key, models, &settings.uid_root, &settings.node_name) {
         Ok(ctx) => ctx,

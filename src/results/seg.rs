@@ -12,9 +12,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
-use super::codes;
 use super::common::{seq, text, us, us_size, Built, ResultsError};
 use super::context::{Context, Series};
+use crate::codes;
 use crate::domain::ObjectKind;
 
 /// The SOP class of the objects made here.

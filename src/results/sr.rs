@@ -11,9 +11,9 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
-use super::codes::{self, Code};
 use super::common::{instance_reference, seq, text, Built, ObjectUids, ResultsError};
 use super::context::{Context, Series};
+use crate::codes::{self, Code};
 use crate::domain::{Decision, ObjectKind, Priority};
 use crate::inference::ModelSpec;
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 
 use super::ingest::insert_event;
-use super::messages::{make_messages, MessageRule};
+use super::messages::make_messages;
 use super::{now_ms, Backend, Event, Result, Store};
 use crate::config::Config;
-use crate::domain::{Decision, EventKind, JobState, ObjectKind, Policy, Priority};
+use crate::domain::{Decision, EventKind, JobState, MessageRule, ObjectKind, Policy, Priority};
 
 /// A job this node has claimed, with what the worker needs to find the instance.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

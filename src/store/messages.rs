@@ -17,19 +17,8 @@ use sqlx::AnyConnection;
 
 use super::deliveries::{finish_sql, requeue_failed_sql, End};
 use super::{now_ms, Backend, Result, Store};
-use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, ObjectKind, Priority};
-use crate::messages::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
-
-/// When a messaging destination is sent a message (from its `[[destinations]]` entry).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageRule {
-    pub destination: String,
-    pub kind: DestinationKind,
-    /// The study priorities that send a message.
-    pub priorities: Vec<Priority>,
-    /// How long a message below urgent waits after the study's last analysed image.
-    pub settle: Duration,
-}
+use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, MessageRule, ObjectKind, Priority};
+use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
 
 /// A message this node has claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]

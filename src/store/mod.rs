@@ -26,7 +26,7 @@ pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
-pub use messages::{control_id, ClaimedMessage, MessageRow, MessageRule};
+pub use messages::{control_id, ClaimedMessage, MessageRow};
 pub use shadow::{NewShadowResult, ShadowPair};
 pub use verdicts::{ReviewedResult, VerdictRow};
 pub use worklist::Counts;
@@ -220,4 +220,87 @@ pub fn now_ms() -> i64 {
 pub fn format_ms(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::domain::*;
+
+    /// Every value the SQL (queries and migrations' CHECK constraints) spells in quotes.
+    fn quoted_in(sql_sources: &[&str]) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for source in sql_sources {
+            let mut rest = *source;
+            while let Some(start) = rest.find('\'') {
+                let after = &rest[start + 1..];
+                let Some(end) = after.find('\'') else { break };
+                let literal = &after[..end];
+                if !literal.is_empty() && literal.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    found.insert(literal.to_string());
+                }
+                rest = &after[end + 1..];
+            }
+        }
+        found
+    }
+
+    /// The states, kinds and priorities the SQL spells are the domain enums' spellings: a typo
+    /// or a state renamed in one place only fails here, not in production.
+    #[test]
+    fn every_value_the_sql_spells_is_a_domain_spelling() {
+        fn spellings<T: Copy + std::fmt::Display>(all: &[T]) -> Vec<String> {
+            all.iter().map(|v| v.to_string()).collect()
+        }
+        let known: BTreeSet<String> = [
+            spellings(Priority::ALL),
+            spellings(Decision::ALL),
+            spellings(ObjectKind::ALL),
+            spellings(DestinationKind::ALL),
+            spellings(JobState::ALL),
+            spellings(SkipCause::ALL),
+            spellings(ShadowOutcome::ALL),
+            spellings(Agreement::ALL),
+            spellings(DeliveryState::ALL),
+            spellings(EventKind::ALL),
+            spellings(Policy::ALL),
+            spellings(StudyState::ALL),
+            spellings(DeliveryProgress::ALL),
+        ]
+        .concat()
+        .into_iter()
+        .collect();
+        let queries = [
+            include_str!("deliveries.rs"),
+            include_str!("ingest.rs"),
+            include_str!("jobs.rs"),
+            include_str!("listing.rs"),
+            include_str!("messages.rs"),
+            include_str!("mod.rs"),
+            include_str!("shadow.rs"),
+            include_str!("verdicts.rs"),
+            include_str!("worklist.rs"),
+        ];
+        let in_queries = quoted_in(&queries);
+        assert!(in_queries.contains("pending") && in_queries.contains("queued"), "{in_queries:?}");
+        let unknown: Vec<&String> = in_queries.iter().filter(|v| !known.contains(*v)).collect();
+        assert!(unknown.is_empty(), "the queries spell values no domain enum has: {unknown:?}");
+
+        let migrations: Vec<String> = ["sqlite", "postgres"]
+            .iter()
+            .flat_map(|backend| {
+                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+                std::fs::read_dir(dir).unwrap().flatten().map(|e| std::fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        let checks: Vec<&str> = migrations
+            .iter()
+            .flat_map(|m| m.split("CHECK (").skip(1).map(|c| c.split(')').next().unwrap_or("")))
+            .collect();
+        let in_checks = quoted_in(&checks);
+        assert!(in_checks.contains("sending"), "{in_checks:?}");
+        let unknown: Vec<&String> = in_checks.iter().filter(|v| !known.contains(*v)).collect();
+        assert!(unknown.is_empty(), "the migrations' CHECK constraints allow values no domain enum has: {unknown:?}");
+    }
 }

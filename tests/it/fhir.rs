@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use pneumotriage::config::FhirSettings;
 use pneumotriage::domain::Priority;
-use pneumotriage::messages::http::{HttpTarget, HttpTls};
-use pneumotriage::messages::{fhir, webhook, FindingFacts, MessageError, PatientFacts, StudyMessage};
+use pneumotriage::domain::{FindingFacts, PatientFacts, StudyMessage};
+use pneumotriage::messages::{fhir, webhook};
+use pneumotriage::outbox::http::{HttpTarget, HttpTls};
+use pneumotriage::outbox::MessageError;
 use serde_json::Value;
 
 use crate::common::{make_certificates, python, tool};

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use pneumotriage::config::Hl7Settings;
 use pneumotriage::domain::Priority;
-use pneumotriage::messages::hl7::{oru_r01, send, Hl7Target};
-use pneumotriage::messages::{MessageError, PatientFacts, StudyMessage};
+use pneumotriage::domain::{PatientFacts, StudyMessage};
+use pneumotriage::messages::hl7::oru_r01;
+use pneumotriage::outbox::mllp::{send, Hl7Target};
+use pneumotriage::outbox::MessageError;
 
 use crate::common::{free_port, make_certificates, python, text, tool};
 
@@ -60,7 +62,7 @@ fn assert_reads_back(msg: &StudyMessage) {
         msg.patient.name.as_deref().unwrap_or("").split('=').next().unwrap_or("").split('^').collect();
     let part = |i: usize| name_parts.get(i).copied().unwrap_or("").trim().to_string();
     let expected_name = [part(0), part(1), part(2), part(4), part(3)];
-    let priority = pneumotriage::results::codes::act_priority(msg.priority).value;
+    let priority = pneumotriage::codes::act_priority(msg.priority).value;
     let uids = |kind| -> Vec<&str> {
         msg.objects.iter().filter(|o| o.kind == kind).map(|o| o.sop_instance_uid.as_str()).collect()
     };
@@ -263,7 +265,7 @@ fn nothing_listening_is_transient() {
 }
 
 fn tls_target(receiver: &Receiver, ca: &Path) -> Hl7Target {
-    let config = pneumotriage::dicom::tls::client_config(ca, None).expect("the CA file is usable");
+    let config = pneumotriage::tls::client_config(ca, None).expect("the CA file is usable");
     Hl7Target { tls: Some((Arc::clone(&config), "localhost".into())), ..receiver.target(Duration::from_secs(5)) }
 }
 

@@ -1,7 +1,7 @@
 //! Hostile input, as an attacker or a buggy modality would send it, to a node run as the admin
 //! runs it (`serve`, analysing what it receives): each refusal gets its answer and a log line,
 //! memory stays bounded, and afterwards the node still answers C-ECHO and analyses the next
-//! valid image. One test per point of issue 11.
+//! valid image: a test per kind of hostile input (edges.rs holds those found later).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

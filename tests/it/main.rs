@@ -18,6 +18,7 @@ mod hostile;
 mod imaging;
 mod infer;
 mod inference;
+mod layout;
 mod messages;
 mod nodes;
 mod operations;

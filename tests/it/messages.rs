@@ -13,8 +13,9 @@ use crate::common::{
 };
 use crate::store::{instance_in_study, result};
 use crate::{fhir, hl7};
+use pneumotriage::domain::MessageRule;
 use pneumotriage::domain::{Decision, DestinationKind, Priority};
-use pneumotriage::store::{control_id, JobScope, MessageRule, Store};
+use pneumotriage::store::{control_id, JobScope, Store};
 
 fn rule(priorities: &[Priority], settle: Duration) -> MessageRule {
     MessageRule { destination: "ris".into(), kind: DestinationKind::Hl7, priorities: priorities.to_vec(), settle }

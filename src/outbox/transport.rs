@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use super::{fhir, hl7, http, webhook, MessageError, StudyMessage};
+use super::{http, mllp, MessageError};
 use crate::config::{Config, Destination, FhirSettings, Hl7Settings};
-use crate::dicom::tls::TlsSetupError;
-use crate::domain::DestinationKind;
+use crate::domain::{DestinationKind, StudyMessage};
+use crate::messages::{fhir, hl7, webhook};
+use crate::tls::TlsSetupError;
 
 /// A messaging destination, ready to send to.
-pub enum Transport {
-    Hl7 { target: hl7::Hl7Target, settings: Hl7Settings },
+pub enum MessageTransport {
+    Hl7 { target: mllp::Hl7Target, settings: Hl7Settings },
     Fhir { target: http::HttpTarget, settings: FhirSettings },
     Webhook { target: http::HttpTarget, secret: Vec<u8> },
 }
@@ -26,21 +27,21 @@ pub enum TransportError {
     NotMessaging,
 }
 
-impl Transport {
+impl MessageTransport {
     /// The transport of a messaging destination (not `dicom`), its TLS files read.
-    pub fn of(config: &Config, d: &Destination) -> Result<Transport, TransportError> {
+    pub fn of(config: &Config, d: &Destination) -> Result<MessageTransport, TransportError> {
         Ok(match d.kind {
             DestinationKind::Hl7 => {
-                let tls = crate::dicom::tls::destination_client(config, d)?;
+                let tls = crate::tls::destination_client(config, d)?;
                 let timeout = Duration::from_secs(d.timeout_secs);
-                let target = hl7::Hl7Target { host: d.host.clone(), port: d.port, tls, timeout };
-                Transport::Hl7 { target, settings: d.hl7.clone().unwrap_or_default() }
+                let target = mllp::Hl7Target { host: d.host.clone(), port: d.port, tls, timeout };
+                MessageTransport::Hl7 { target, settings: d.hl7.clone().unwrap_or_default() }
             }
-            DestinationKind::Fhir => Transport::Fhir {
+            DestinationKind::Fhir => MessageTransport::Fhir {
                 target: http::HttpTarget::for_destination(config, d)?,
                 settings: d.fhir.clone().unwrap_or_default(),
             },
-            DestinationKind::Webhook => Transport::Webhook {
+            DestinationKind::Webhook => MessageTransport::Webhook {
                 target: http::HttpTarget::for_destination(config, d)?,
                 secret: d.webhook.as_ref().map(|w| w.secret.as_bytes().to_vec()).unwrap_or_default(),
             },
@@ -51,14 +52,14 @@ impl Transport {
     /// Makes the message in the destination's format and sends it; the receiver's answer.
     pub fn send(&self, message: &StudyMessage) -> Result<(), MessageError> {
         match self {
-            Transport::Hl7 { target, settings } => {
-                hl7::send(target, &hl7::oru_r01(message, settings), &message.control_id)
+            MessageTransport::Hl7 { target, settings } => {
+                mllp::send(target, &hl7::oru_r01(message, settings), &message.control_id)
             }
-            Transport::Fhir { target, settings } => {
+            MessageTransport::Fhir { target, settings } => {
                 let body = fhir::bundle(message, settings).to_string();
                 target.post_json(None, body.as_bytes(), &fhir::headers(message))
             }
-            Transport::Webhook { target, secret } => {
+            MessageTransport::Webhook { target, secret } => {
                 let body = webhook::body(message).to_string();
                 target.post_json(None, body.as_bytes(), &webhook::headers(message, secret, body.as_bytes()))
             }

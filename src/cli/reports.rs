@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pneumotriage::review::{ShadowComparison, VerdictSummary};
+use pneumotriage::reports::{ShadowComparison, VerdictSummary};
 use pneumotriage::store::{format_ms, now_ms, Store};
 
 use super::print_table;

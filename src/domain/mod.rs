@@ -2,13 +2,20 @@
 //!
 //! Each is an enum with one spelling, the one the database has always stored (TEXT on both
 //! backends), the API returns and the config accepts; `as_str`, `Display`, `FromStr`, serde and
-//! sqlx all go through it, so no other code spells these values.
+//! sqlx all go through it, so no other Rust code spells these values. The SQL does, in its
+//! queries and CHECK constraints: a test (`store::tests`) holds every value it spells to these.
+//! What a message to the RIS or EHR says is here too (`message`): the store reads it, the
+//! encoders write it.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Database};
+
+mod message;
+
+pub use message::{FindingFacts, MessageRule, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
 
 /// A value that is not one of an enum's spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

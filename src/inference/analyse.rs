@@ -7,18 +7,19 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::Serialize;
 
-use super::checks::{InputChecks, InputStatistics, Skip};
+use super::checks::{InputStatistics, Skip};
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
 use super::Role;
+use crate::config::InputChecks;
 use crate::config::{Config, PriorityConfig, ShadowConfig};
 use crate::domain::{Policy, SkipCause};
 use crate::imaging::{self, DisplayImage, Preprocess};
 use rayon::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AnalyzeError {
+pub enum AnalyseError {
     #[error(transparent)]
     Imaging(#[from] imaging::ImagingError),
     /// An input check's reason: the image is not one to analyse.
@@ -60,7 +61,7 @@ pub struct Analysis {
     #[serde(skip)]
     pub views: Option<Views>,
     /// The segmenter's own mask at the source size whatever the classifier said (the
-    /// segmenter's metrics in `evaluate`); only with [`Analyzer::segment_always`].
+    /// segmenter's metrics in `evaluate`); only with [`Analyser::segment_always`].
     #[serde(skip)]
     pub segmenter_mask: Option<Vec<bool>>,
 }
@@ -114,7 +115,7 @@ pub fn not_applicable(obj: &InMemDicomObject) -> Option<String> {
     None
 }
 
-pub struct Analyzer {
+pub struct Analyser {
     pub manifest: Manifest,
     classifier: Model,
     segmenter: Model,
@@ -122,7 +123,7 @@ pub struct Analyzer {
     policy: Policy,
     priority_rules: PriorityConfig,
     tta_hflip: bool,
-    /// `inference.batch_size`: the most images [`Analyzer::analyze_batch`] is given at once.
+    /// `inference.batch_size`: the most images [`Analyser::analyse_batch`] is given at once.
     pub batch_size: usize,
     /// Keep the model input and the displayed image in each [`Analysis`] (`infer --out`).
     pub keep_views: bool,
@@ -133,17 +134,17 @@ pub struct Analyzer {
     pub checks: InputChecks,
 }
 
-impl Analyzer {
+impl Analyser {
     /// The production models: `inference.models` with the configured thresholds.
-    pub fn open(config: &Config) -> Result<Analyzer, AnalyzeError> {
+    pub fn open(config: &Config) -> Result<Analyser, AnalyseError> {
         let i = &config.inference;
-        Analyzer::load(config, &i.models, [i.classifier_threshold, i.mask_threshold], i.min_mask_area_px)
+        Analyser::load(config, &i.models, [i.classifier_threshold, i.mask_threshold], i.min_mask_area_px)
     }
 
     /// A shadow version: its own manifest and thresholds, production's other settings.
-    pub fn open_shadow(config: &Config, shadow: &ShadowConfig) -> Result<Analyzer, AnalyzeError> {
+    pub fn open_shadow(config: &Config, shadow: &ShadowConfig) -> Result<Analyser, AnalyseError> {
         let thresholds = [shadow.classifier_threshold, shadow.mask_threshold];
-        Analyzer::load(config, &shadow.models, thresholds, shadow.min_mask_area_px)
+        Analyser::load(config, &shadow.models, thresholds, shadow.min_mask_area_px)
     }
 
     fn load(
@@ -151,7 +152,7 @@ impl Analyzer {
         models: &std::path::Path,
         [classifier_threshold, mask_threshold]: [Option<f32>; 2],
         min_mask_area_px: Option<u32>,
-    ) -> Result<Analyzer, AnalyzeError> {
+    ) -> Result<Analyser, AnalyseError> {
         let inference = &config.inference;
         let manifest = Manifest::load(&config.resolve(models)).map_err(RuntimeError::from)?;
         let configured = inference.onnxruntime.as_ref().map(|p| config.resolve(p));
@@ -164,7 +165,7 @@ impl Analyzer {
         let classifier = Model::open(&library, &manifest, Role::Classifier, settings)?;
         let segmenter = Model::open(&library, &manifest, Role::Segmenter, settings)?;
         let rules = manifest.thresholds.with_overrides(classifier_threshold, mask_threshold, min_mask_area_px);
-        Ok(Analyzer {
+        Ok(Analyser {
             manifest,
             classifier,
             segmenter,
@@ -204,7 +205,7 @@ impl Analyzer {
     /// Runs both models once on blank images at each batch size an image can meet, so that the
     /// first real image pays neither the session's first-run setup nor, on CUDA, cuDNN's search
     /// for the fastest convolution algorithms (per input shape). Returns the time it took.
-    pub fn warm_up(&mut self) -> Result<std::time::Duration, AnalyzeError> {
+    pub fn warm_up(&mut self) -> Result<std::time::Duration, AnalyseError> {
         let started = Instant::now();
         for model in [&mut self.classifier, &mut self.segmenter] {
             let (c, h, w) = model.input_shape();
@@ -234,16 +235,16 @@ impl Analyzer {
     }
 
     /// One image through the cascade (a batch of one).
-    pub fn analyze(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Analysis, AnalyzeError> {
+    pub fn analyse(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Analysis, AnalyseError> {
         let prepared = self.preparation().prepare(obj)?;
-        Ok(self.analyze_batch(vec![prepared])?.pop().expect("one analysis per prepared image"))
+        Ok(self.analyse_batch(vec![prepared])?.pop().expect("one analysis per prepared image"))
     }
 
     /// Prepared images through the cascade together: one classifier run for the batch, one
     /// segmenter run for those it sends on, then each image's decision and full-size mask.
     /// The results are those of each image alone (the models see the same tensors); each
     /// image's inference time is its share of the batch's.
-    pub fn analyze_batch(&mut self, batch: Vec<Prepared>) -> Result<Vec<Analysis>, AnalyzeError> {
+    pub fn analyse_batch(&mut self, batch: Vec<Prepared>) -> Result<Vec<Analysis>, AnalyseError> {
         let n = batch.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -292,7 +293,7 @@ impl Analyzer {
     }
 }
 
-/// How an image becomes the models' inputs (`Analyzer::preparation`).
+/// How an image becomes the models' inputs (`Analyser::preparation`).
 #[derive(Debug, Clone, Copy)]
 pub struct Preparation {
     classifier: Preprocess,
@@ -319,14 +320,14 @@ impl Preparation {
     }
 
     /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
-    pub fn prepare(&self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Prepared, AnalyzeError> {
+    pub fn prepare(&self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Prepared, AnalyseError> {
         let mut timings = Timings::default();
         let started = Instant::now();
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
         let input = InputStatistics::of(&image);
         if let Some(skip) = self.checks.pixels(&image, input) {
-            return Err(AnalyzeError::Skipped(skip));
+            return Err(AnalyseError::Skipped(skip));
         }
         let stage = Instant::now();
         let classifier_input = imaging::to_tensor(&image, &self.classifier)?;
@@ -337,7 +338,7 @@ impl Preparation {
     }
 }
 
-/// What the per-image end of a batch needs of the analyzer (no sessions: it runs in parallel).
+/// What the per-image end of a batch needs of the analyser (no sessions: it runs in parallel).
 struct Finish<'a> {
     /// How the batch was prepared: what the classifier's input means, whether to keep views.
     preparation: Preparation,
@@ -356,7 +357,7 @@ impl Finish<'_> {
         outcome: decision::Outcome,
         probabilities: Option<Vec<f32>>,
         inference_ms: f64,
-    ) -> Result<Analysis, AnalyzeError> {
+    ) -> Result<Analysis, AnalyseError> {
         let Prepared { image, input, classifier_input, spacing, mut timings, .. } = prepared;
         let classifier = self.preparation.classifier;
         timings.inference_ms = inference_ms;
@@ -412,7 +413,7 @@ impl Finish<'_> {
 
     /// The segmenter's probabilities brought back to the source size with the same filter, then
     /// thresholded (the mask threshold, or the triplet rule's bottom one).
-    fn full_size_mask(&self, probabilities: Vec<f32>, image: &DisplayImage) -> Result<Vec<bool>, AnalyzeError> {
+    fn full_size_mask(&self, probabilities: Vec<f32>, image: &DisplayImage) -> Result<Vec<bool>, AnalyseError> {
         let cut = match self.policy {
             Policy::Cascade => self.rules.mask,
             Policy::Segmentation => self.rules.triplet_bottom,

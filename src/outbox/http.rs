@@ -13,7 +13,7 @@
 //!
 //! The server's certificate is always verified: https needs a CA file, and there is no switch to
 //! turn verification off. The CA and client identity are read and checked with the DICOM
-//! destinations' own `dicom::tls::client_config`, then handed to ureq, whose rustls connector
+//! destinations' own `tls::client_config`, then handed to ureq, whose rustls connector
 //! builds the same configuration (ring, TLS 1.2 and 1.3). Blocking: the outbox runs it on a
 //! blocking thread. Never reads more than [`MAX_RESPONSE_BYTES`] of an answer.
 
@@ -26,10 +26,8 @@ use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 use super::MessageError;
 use crate::config::{Config, Destination};
-use crate::dicom::tls::{self, TlsSetupError};
+use crate::tls::{self, TlsSetupError};
 
-/// The FHIR JSON media type (a Bundle and the OperationOutcome that answers it).
-pub const FHIR_JSON: &str = "application/fhir+json";
 /// The webhook's media type.
 pub const JSON: &str = "application/json";
 /// The most of an answer that is read: an OperationOutcome fits many times over.

@@ -1,8 +1,10 @@
-//! DICOM TLS (PS3.15 BCP 195) for the listener: TLS 1.2 and 1.3 with rustls (ring), the node's
-//! certificate, and optionally client certificates required and checked against a CA.
+//! TLS for every link the node has: the DICOM listener (PS3.15 BCP 195) and the DICOM
+//! destinations, HL7 over MLLP and HTTPS to FHIR servers, webhooks and the object store. TLS 1.2
+//! and 1.3 with rustls (ring); certificates and keys from PEM files, read as every file the
+//! configuration names is (a regular file, within a bound).
 //!
-//! The handshake happens before any DICOM byte is read, so a client without the right
-//! certificate never reaches the association policy.
+//! On the listener the handshake happens before any DICOM byte is read, so a client without
+//! the right certificate never reaches the association policy.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,9 +1,14 @@
-//! The delivery task: sends the objects the pipeline made to their destinations (the outbox
-//! rows of `store::deliveries`), up to `max_associations` C-STOREs at a time per destination,
-//! with exponential backoff and jitter for transient failures and a flag for permanent ones.
-//! Everything it does is a row update, so a restart resumes where it stopped; a delivery left
-//! `sending` by a crash is taken up again when its lease expires (at once for this node, see
-//! `Store::requeue_abandoned_deliveries`).
+//! The outbox: sends what the pipeline made to the destinations, the DICOM objects by C-STORE
+//! (the rows of `store::deliveries`, up to `max_associations` at a time per destination) and the
+//! messages to the RIS and EHR (`store::messages`) over their transports (`transport`: MLLP in
+//! `mllp`, HTTP(S) in `http`), with exponential backoff and jitter for transient failures and a
+//! flag for permanent ones. Everything it does is a row update, so a restart resumes where it
+//! stopped; a delivery left `sending` by a crash is taken up again when its lease expires (at
+//! once for this node, see `Store::requeue_abandoned_deliveries`).
+
+pub mod http;
+pub mod mllp;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +17,11 @@ use tracing::{error, info, warn};
 
 use crate::bucket::{Area, Bucket, BucketError};
 use crate::config::{Config, Destination};
-use crate::dicom::scu::{self, Peer, SendError};
-use crate::dicom::tls::TlsSetupError;
-use crate::messages::transport::{Transport, TransportError};
-use crate::messages::MessageError;
+use crate::dicom::scu::{self, SendError, StoreScp};
 use crate::shutdown::Shutdown;
 use crate::store::{ClaimedDelivery, ClaimedMessage, JobScope, Store};
+use crate::tls::TlsSetupError;
+use transport::{MessageTransport, TransportError};
 
 /// How often the outbox is polled when nothing signals work (retries falling due).
 const POLL: Duration = Duration::from_secs(1);
@@ -38,15 +42,15 @@ impl Outbox {
         bucket: Option<Arc<Bucket>>,
         notice: &str,
         shutdown: &Shutdown,
-    ) -> Result<Outbox, PeerError> {
+    ) -> Result<Outbox, DestinationError> {
         let mut senders = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
             match target(config, i)? {
-                Target::Objects(peer) => {
+                Target::Objects(scp) => {
                     let scope = JobScope::of(config);
                     let destination = d.clone();
                     let (dir, bucket, lease) = (config.outputs_dir(), bucket.clone(), config.lease());
-                    let objects = Arc::new(ObjectSender { destination, peer, dir, bucket, scope, lease });
+                    let objects = Arc::new(ObjectSender { destination, scp, dir, bucket, scope, lease });
                     for _ in 0..d.max_associations {
                         senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
                     }
@@ -74,13 +78,26 @@ impl Outbox {
     }
 }
 
-/// A destination whose TLS files cannot be used.
+/// How a receiver answered a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Worth trying again later (no answer, a timeout, AE/CE, HTTP 408/429/5xx).
+    #[error("{0}")]
+    Transient(String),
+    /// The receiver refused it (AR/CR, other HTTP 4xx): failed at once, `retry` sends it again.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// A destination that cannot be used: the key at fault (`tls` for its files, `url` for its
+/// address) and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{config}: destinations[{index}].tls: {source}")]
-pub struct PeerError {
+#[error("{config}: destinations[{index}].{key}: {source}")]
+pub struct DestinationError {
     /// The configuration file.
     pub config: String,
     pub index: usize,
+    pub key: &'static str,
     #[source]
     pub source: Box<TargetError>,
 }
@@ -94,23 +111,42 @@ pub enum TargetError {
     Transport(#[from] TransportError),
 }
 
+impl TargetError {
+    /// The key of `[[destinations]]` the problem is in.
+    fn key(&self) -> &'static str {
+        use http::HttpSetupError;
+        match self {
+            TargetError::Transport(TransportError::Http(
+                HttpSetupError::Url(_) | HttpSetupError::NoCa(_) | HttpSetupError::TlsWithoutHttps(_),
+            )) => "url",
+            TargetError::Transport(TransportError::NotMessaging) => "kind",
+            _ => "tls",
+        }
+    }
+}
+
 /// How a destination is reached.
 pub enum Target {
     /// A DICOM node, sent the objects by C-STORE.
-    Objects(Peer),
+    Objects(StoreScp),
     /// An HL7, FHIR or webhook receiver, sent a message per study and priority.
-    Messages(Transport),
+    Messages(MessageTransport),
 }
 
 /// How to reach `destinations[i]`, its TLS files read; an error names the file and the key.
-pub fn target(config: &Config, i: usize) -> Result<Target, PeerError> {
+pub fn target(config: &Config, i: usize) -> Result<Target, DestinationError> {
     let d = &config.destinations[i];
-    let error = |source: TargetError| PeerError { config: config.source.clone(), index: i, source: Box::new(source) };
+    let error = |source: TargetError| DestinationError {
+        config: config.source.clone(),
+        index: i,
+        key: source.key(),
+        source: Box::new(source),
+    };
     if d.takes_messages() {
-        return Transport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
+        return MessageTransport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
     }
-    let tls = crate::dicom::tls::destination_client(config, d).map_err(|e| error(e.into()))?;
-    Ok(Target::Objects(Peer {
+    let tls = crate::tls::destination_client(config, d).map_err(|e| error(e.into()))?;
+    Ok(Target::Objects(StoreScp {
         host: d.host.clone(),
         port: d.port,
         called_ae_title: d.ae_title.clone(),
@@ -157,7 +193,7 @@ async fn run<S: Sender>(store: Store, sender: Arc<S>, shutdown: Shutdown) {
 /// Sends the DICOM objects made of results to a DICOM destination.
 struct ObjectSender {
     destination: Destination,
-    peer: Peer,
+    scp: StoreScp,
     dir: std::path::PathBuf,
     /// Where the objects are kept when `dir` only caches them.
     bucket: Option<Arc<Bucket>>,
@@ -175,7 +211,7 @@ impl Sender for ObjectSender {
     }
 
     async fn send(&self, store: &Store, d: ClaimedDelivery) {
-        let (destination, peer, path) = (&self.destination, self.peer.clone(), self.dir.join(&d.path));
+        let (destination, scp, path) = (&self.destination, self.scp.clone(), self.dir.join(&d.path));
         let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
         let started = std::time::Instant::now();
         // an object made on another node is fetched from the bucket first
@@ -187,7 +223,7 @@ impl Sender for ObjectSender {
             None => Ok(()),
         };
         let outcome = match fetched {
-            Ok(()) => tokio::task::spawn_blocking(move || scu::store_file(&peer, &path, &class, &instance))
+            Ok(()) => tokio::task::spawn_blocking(move || scu::store_file(&scp, &path, &class, &instance))
                 .await
                 .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}")))),
             Err(e) => Err(e),
@@ -225,7 +261,7 @@ impl Sender for ObjectSender {
 /// Sends a message per study and priority to an HL7, FHIR or webhook destination.
 struct MessageSender {
     destination: Destination,
-    transport: Arc<Transport>,
+    transport: Arc<MessageTransport>,
     notice: String,
     /// `http.public_url`: messages link to the study's worklist page with it.
     public_url: Option<String>,

@@ -1,12 +1,13 @@
-//! Every coded concept the node writes into a SEG, SR or secondary capture, by name, and the
-//! coding schemes they come from. The codes are the standard's (pydicom's `sr.codedict`,
-//! highdicom) and each is listed in docs/conformance.md: a code changed here changes that list.
+//! The one registry of coded concepts: every code the node writes, into a SEG, SR or
+//! secondary capture, an HL7 message, a FHIR resource or a webhook body, by name, with the
+//! coding schemes they come from and FHIR's URI for each scheme. The codes are the standards'
+//! (pydicom's `sr.codedict`, highdicom, HL7's tables, FHIR's value sets) and each is listed in
+//! docs/conformance.md: a code changed here changes that list. No other module spells a code.
 
-use dicom_core::VR;
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::common::text;
 use crate::domain::Priority;
 
 /// A coded concept: its value, the scheme's designator and its meaning.
@@ -24,11 +25,26 @@ impl Code {
 
     /// The concept as an item of a Code Sequence.
     pub fn item(&self) -> InMemDicomObject {
+        let text = |tag, vr, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
         InMemDicomObject::from_element_iter([
             text(tags::CODE_VALUE, VR::SH, self.value),
             text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, self.scheme),
             text(tags::CODE_MEANING, VR::LO, self.meaning),
         ])
+    }
+
+    /// FHIR's URI of the concept's coding scheme (a designator FHIR has no URI for stays as it is).
+    pub fn fhir_system(&self) -> &'static str {
+        match self.scheme {
+            SCT => "http://snomed.info/sct",
+            LN => "http://loinc.org",
+            UCUM => "http://unitsofmeasure.org",
+            DCM => "http://dicom.nema.org/resources/ontology/DCM",
+            HL7_0203 => "http://terminology.hl7.org/CodeSystem/v2-0203",
+            HL7_0074 => "http://terminology.hl7.org/CodeSystem/v2-0074",
+            FHIR_OBSERVATION_CATEGORY => "http://terminology.hl7.org/CodeSystem/observation-category",
+            other => other,
+        }
     }
 }
 
@@ -39,6 +55,13 @@ pub const UCUM: &str = "UCUM";
 pub const LN: &str = "LN";
 pub const RFC5646: &str = "RFC5646";
 pub const HL7_ACT_PRIORITY: &str = "HL7ActPriority";
+/// HL7 v2 tables, named as HL7 table 0396 names them: 0485 (Extended Priority Codes, where S, A
+/// and R live), 0203 (Identifier Type), 0074 (Diagnostic Service Section ID).
+pub const HL7_0485: &str = "HL70485";
+pub const HL7_0203: &str = "HL70203";
+pub const HL7_0074: &str = "HL70074";
+/// FHIR's own observation-category code system (no designator outside FHIR).
+pub const FHIR_OBSERVATION_CATEGORY: &str = "observation-category";
 
 /// A coding scheme the standard does not name, so an object that uses it declares it (Coding
 /// Scheme Identification Sequence).
@@ -99,6 +122,19 @@ pub const SOURCE_OF_MEASUREMENT: Code = Code::new("121112", DCM, "Source of Meas
 pub const FINDING: Code = Code::new("121071", DCM, "Finding");
 pub const REFERENCED_SEGMENTATION_FRAME: Code = Code::new("121214", DCM, "Referenced Segmentation Frame");
 pub const SOURCE_IMAGE_FOR_SEGMENTATION: Code = Code::new("121233", DCM, "Source Image for Segmentation");
+
+// What the messages to the RIS and EHR say beside the objects' codes.
+/// The area measured (DICOM CID 7472 "Area Measurements").
+pub const AREA: Code = Code::new("42798000", SCT, "Area");
+pub const STUDY: Code = Code::new("113014", DCM, "Study");
+pub const SR_DOCUMENT: Code = Code::new("SR", DCM, "Structured Report Document");
+pub const SEGMENTATION: Code = Code::new("SEG", DCM, "Segmentation");
+/// The FHIR DiagnosticReport's code: LOINC's generic imaging study (the node does not know the views).
+pub const DIAGNOSTIC_IMAGING_STUDY: Code = Code::new("18748-4", LN, "Diagnostic imaging study");
+pub const SQUARE_MILLIMETRE: Code = Code::new("mm2", UCUM, "mm2");
+pub const IMAGING: Code = Code::new("imaging", FHIR_OBSERVATION_CATEGORY, "Imaging");
+pub const RADIOLOGY: Code = Code::new("RAD", HL7_0074, "Radiology");
+pub const ACCESSION_ID: Code = Code::new("ACSN", HL7_0203, "Accession ID");
 
 // HL7 ActPriority.
 pub const STAT: Code = Code::new("S", HL7_ACT_PRIORITY, "stat");
