@@ -226,6 +226,8 @@ impl Installed {
             "/usr/lib/sysusers.d/pneumotriage.conf".into(),
             "/usr/lib/tmpfiles.d/pneumotriage.conf".into(),
             "/usr/share/doc/pneumotriage/README.md".into(),
+            "/usr/share/doc/pneumotriage/configuration.md".into(),
+            "/usr/share/doc/pneumotriage/operations.md".into(),
             "/usr/share/doc/pneumotriage/examples/grafana-dashboard.json".into(),
         ] {
             assert!(Path::new(&path).is_file(), "{path} is not installed");
