@@ -42,7 +42,7 @@ const QUICK_RUNS: [(&str, u64); 8] = [
     ("mllp", 1_000_000),
     ("http", 1_000_000),
     ("request", 10_000),
-    ("config", 100_000),
+    ("config", 30_000),
 ];
 
 /// The pixel budget the `pixels` target decodes within (small, so that a run is fast).
@@ -177,9 +177,18 @@ pub fn dataset(data: &[u8]) {
     }
     let ts = TransferSyntaxRegistry.get(ts).expect("a registered transfer syntax");
     if let Ok(obj) = InMemDicomObject::read_dataset_with_ts(bytes, ts) {
-        let _ = crate::inference::analyse::not_applicable(&obj);
+        let _ = crate::inference::analyse::not_analysable(&obj);
+        let _ = default_selector().decide(&crate::inference::selection::Tags::of(&obj, "FUZZ"));
         let _ = crate::config::InputChecks::default().tags(&obj);
     }
+}
+
+/// The default selection rules, compiled once.
+fn default_selector() -> &'static crate::inference::selection::Selector {
+    static SELECTOR: std::sync::OnceLock<crate::inference::selection::Selector> = std::sync::OnceLock::new();
+    SELECTOR.get_or_init(|| {
+        crate::inference::selection::Selector::new(&Default::default()).expect("the default rules compile")
+    })
 }
 
 /// An image data set (first byte: its transfer syntax in [`PIXEL_SYNTAXES`]): the walk, the

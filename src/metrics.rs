@@ -33,6 +33,7 @@ pub struct Metrics {
     input_deviation: Family<Labels, Histogram>,
     object_store_seconds: Family<Labels, Histogram>,
     http_refused: Family<Labels, Counter>,
+    selection: Family<Labels, Counter>,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -102,7 +103,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "HTTP connections closed unserved because a connection limit was reached, by limit",
         http_refused.clone(),
     );
+    let selection = Family::<Labels, Counter>::default();
+    registry.register(
+        "selection",
+        "Images the selection rules decided, by the rule that decided (none: no rule matched) and whether it selected",
+        selection.clone(),
+    );
     Metrics {
+        selection,
         http_refused,
         registry,
         associations,
@@ -131,6 +139,15 @@ pub fn association(accepted: bool) {
 pub fn instance(outcome: &'static str, took: Duration) {
     METRICS.instances.get_or_create(&vec![("outcome", outcome.into())]).inc();
     stage("receive", took);
+}
+
+/// An image the selection rules decided: the rule (`None`: none matched), and whether it selected.
+pub fn selection(rule: Option<&str>, selected: bool) {
+    let labels = vec![
+        ("rule", rule.unwrap_or("none").to_string()),
+        ("action", if selected { "select" } else { "exclude" }.to_string()),
+    ];
+    METRICS.selection.get_or_create(&labels).inc();
 }
 
 /// An HTTP connection closed unserved, and the limit it met.

@@ -19,13 +19,12 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
-use dicom_object::{FileDicomObject, InMemDicomObject};
 use rayon::prelude::*;
 
 use crate::bucket::{Area, BucketError};
 use crate::domain::ShadowOutcome;
 use crate::inference::analyse::{Analyser, Analysis, Preparation};
-use crate::inference::batch::{analyse_images, guarded, read_checked, ReadLimits, Unanalysed};
+use crate::inference::batch::{analyse_images, guarded, read_checked, Checked, ReadLimits, Unanalysed};
 use crate::inference::checks::Skip;
 use crate::results::{make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
@@ -196,7 +195,7 @@ impl Worker {
             .filter_map(|((job, image), recorded)| image.filter(|_| *recorded).map(|image| (job, image)))
             .unzip();
         let Some(&first) = jobs.first() else { return };
-        let refs: Vec<&FileDicomObject<InMemDicomObject>> = images.iter().map(|image| &**image).collect();
+        let refs: Vec<&Checked> = images.iter().map(|image| &**image).collect();
         let rows = run_shadows(&mut self.models.shadows, &jobs, &refs);
         drop(images);
         let store = self.store.clone();
@@ -481,12 +480,12 @@ async fn upload_objects(settings: &OutputSettings, outputs: &[Vec<NewOutput>]) -
 }
 
 /// A job's image, read and checked: ready for the models.
-type Image = Box<FileDicomObject<InMemDicomObject>>;
+type Image = Box<Checked>;
 
 impl From<Unanalysed> for JobOutcome {
     fn from(why: Unanalysed) -> JobOutcome {
         match why {
-            Unanalysed::Skipped(skip) => JobOutcome::Skipped(Skip::new(skip.cause, format!("not applicable: {skip}"))),
+            Unanalysed::Skipped(skip) => JobOutcome::Skipped(skip),
             Unanalysed::Failed(reason) => JobOutcome::Failed(reason),
             Unanalysed::Transient(reason) => JobOutcome::Transient(reason),
         }
@@ -506,7 +505,7 @@ pub fn analyse_jobs(
     let preparation = analyser.preparation();
     let read: Vec<Result<Image, Unanalysed>> =
         jobs.par_iter().map(|job| guarded(|| read_job(&preparation, spool, job, limits))).collect();
-    let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
+    let images: Vec<&Checked> = read.iter().filter_map(|r| r.as_deref().ok()).collect();
     let mut analyses = analyse_images(analyser, &images).into_iter();
     let outcomes: Vec<Result<(Image, Analysis), Unanalysed>> = read
         .into_iter()
@@ -521,7 +520,7 @@ pub fn analyse_jobs(
         .zip(jobs)
         .map(|(outcome, job)| {
             let made = outcome.and_then(|(image, analysis)| {
-                let made = guarded(|| Ok(make_objects(analyser, &image, &analysis, outputs, &job.path)))?;
+                let made = guarded(|| Ok(make_objects(analyser, &image.image, &analysis, outputs, &job.path)))?;
                 Ok((JobOutcome::Analysed(Box::new(analysis), made), Some(image)))
             });
             made.unwrap_or_else(|why| (why.into(), None))
@@ -543,11 +542,7 @@ pub struct Models {
 
 /// What each shadow version makes of the images production analysed: a row per shadow and
 /// image. A shadow's failure is its own; production's results are already recorded.
-fn run_shadows(
-    shadows: &mut [Shadow],
-    jobs: &[&ClaimedJob],
-    images: &[&FileDicomObject<InMemDicomObject>],
-) -> Vec<NewShadowResult> {
+fn run_shadows(shadows: &mut [Shadow], jobs: &[&ClaimedJob], images: &[&Checked]) -> Vec<NewShadowResult> {
     let mut rows = Vec::with_capacity(shadows.len() * jobs.len());
     for shadow in shadows {
         let outcomes = analyse_images(&mut shadow.analyser, images);
@@ -598,7 +593,7 @@ fn read_job(preparation: &Preparation, spool: &Spool, job: &ClaimedJob, limits: 
         _ => Unanalysed::Transient(format!("cannot read the spool file {}: {e}", job.path)),
     })?;
     let limits = ReadLimits { max_dataset_bytes: limits.max_dataset_bytes, max_pixels: limits.max_pixels };
-    Ok(Box::new(read_checked(preparation, &path, limits)?))
+    Ok(Box::new(read_checked(preparation, &path, &job.calling_ae, limits)?))
 }
 
 /// The result row of an analysis.

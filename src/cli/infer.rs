@@ -9,7 +9,7 @@ use anyhow::Context;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use pneumotriage::config::Config;
 use pneumotriage::inference::analyse::{Analyser, Analysis};
-use pneumotriage::inference::batch::{analyse_images, guarded, read_checked, ReadLimits, Unanalysed};
+use pneumotriage::inference::batch::{analyse_images, guarded, read_checked, Checked, ReadLimits, Unanalysed};
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
 use rayon::prelude::*;
 
@@ -42,15 +42,15 @@ pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::
     // in batches as the node analyses them: each batch's files read and checked on every core,
     // then prepared and run through the models once for the batch
     for files in files.chunks(analyser.batch_size) {
-        let read: Vec<Result<FileDicomObject<InMemDicomObject>, Unanalysed>> =
-            files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, limits))).collect();
-        let images: Vec<&FileDicomObject<InMemDicomObject>> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let read: Vec<Result<Checked, Unanalysed>> =
+            files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, "", limits))).collect();
+        let images: Vec<&Checked> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut analyses = analyse_images(&mut analyser, &images).into_iter();
         let outcomes: Vec<Outcome> = read
             .into_iter()
             .map(|read| {
-                let image = read?;
-                Ok((Box::new(image), Box::new(analyses.next().expect("an outcome per image")?)))
+                let checked = read?;
+                Ok((Box::new(checked.image), Box::new(analyses.next().expect("an outcome per image")?)))
             })
             .collect();
         // each file's line, objects and pictures made on every core, then printed and written in order

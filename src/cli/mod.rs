@@ -3,6 +3,7 @@
 
 mod check_config;
 mod evaluate;
+mod explain;
 mod infer;
 mod preflight;
 mod queue;
@@ -60,6 +61,18 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// DICOM files, or directories to analyse every file under.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Say, for each file, which selection rule selected or excluded it, whether the models can
+    /// take it and which input check would skip it: what the node would do with it, and why.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The calling AE title the files would come from (for rules that name one).
+        #[arg(long, value_name = "AE", default_value = "")]
+        calling_ae: String,
+        /// DICOM files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -192,6 +205,7 @@ impl Command {
             Command::Studies { config, .. }
             | Command::Instances { config, .. }
             | Command::Infer { config, .. }
+            | Command::Explain { config, .. }
             | Command::Evaluate { config, .. }
             | Command::Deliveries { config, .. }
             | Command::Status { config, .. }
@@ -208,7 +222,7 @@ impl Command {
     fn uses(&self) -> Uses {
         match self {
             Command::Serve(_) | Command::CheckConfig(_) => Uses::Everything,
-            Command::Infer { .. } | Command::Evaluate { .. } => Uses::Analysis,
+            Command::Infer { .. } | Command::Evaluate { .. } | Command::Explain { .. } => Uses::Analysis,
             _ => Uses::Records,
         }
     }
@@ -233,6 +247,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(_) => Ok(check_config::check_config(&config)),
         Command::Infer { out, files, .. } => {
             tokio::task::block_in_place(|| infer::infer(&config, out.as_deref(), &files))
+        }
+        Command::Explain { calling_ae, files, .. } => {
+            tokio::task::block_in_place(|| explain::explain(&config, &calling_ae, &files))
         }
         Command::Evaluate { images, masks, json, .. } => {
             tokio::task::block_in_place(|| evaluate::evaluate(&config, &images, &masks, json))

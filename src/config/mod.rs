@@ -14,6 +14,7 @@ mod files;
 mod http;
 mod inference;
 mod node;
+pub mod selection;
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -28,6 +29,7 @@ pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LI
 pub use http::{HttpConfig, NamedToken};
 pub use inference::{InferenceConfig, InputChecks, OutputsConfig, PriorityConfig, ShadowConfig, SrPolicy};
 pub use node::{DatabaseConfig, NodeConfig, ObjectStoreConfig};
+pub use selection::SelectionConfig;
 
 /// The default configuration compiled into the binary, used by `serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/pneumotriage.toml");
@@ -50,6 +52,9 @@ pub struct Config {
     pub priority: PriorityConfig,
     #[serde(default)]
     pub outputs: OutputsConfig,
+    /// `[[selection.rules]]`: which images the models see, by their tags.
+    #[serde(default)]
+    pub selection: SelectionConfig,
     #[serde(default)]
     pub destinations: Vec<Destination>,
     #[serde(default)]
@@ -100,7 +105,7 @@ impl Uses {
     fn covers(self, key: &str) -> bool {
         let sections: &[&str] = match self {
             Uses::Everything => return true,
-            Uses::Analysis => &["inference", "priority", "outputs"],
+            Uses::Analysis => &["inference", "priority", "outputs", "selection"],
             Uses::Records => &["node", "database"],
         };
         // a problem without a key (the file cannot be read or parsed) stops every command
@@ -213,6 +218,7 @@ impl Config {
         self.inference.check(self, &mut report);
         self.priority.check(&mut report);
         self.outputs.check(&mut report);
+        self.selection.check(&mut report);
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             if !names.insert(d.name.as_str()) {
@@ -530,6 +536,9 @@ mod tests {
         token = "t"
         [object_store]
         url = "s3://b"
+        [[selection.rules]]
+        name = "r"
+        action = "select"
     "#;
 
     /// A value as docs/configuration.md writes a default.
@@ -602,6 +611,16 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "docs/configuration.md:\n{}", wrong.join("\n"));
+    }
+
+    /// docs/configuration.md shows the default selection rules as the node has them.
+    #[test]
+    fn the_reference_shows_the_default_selection_rules() {
+        let doc = include_str!("../../docs/configuration.md");
+        assert!(
+            doc.contains(selection::DEFAULT_RULES.trim()),
+            "docs/configuration.md must show selection::DEFAULT_RULES"
+        );
     }
 
     /// The embedded default (config/pneumotriage.toml) sets exactly the code's defaults, and

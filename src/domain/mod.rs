@@ -180,8 +180,11 @@ spelt_enum! {
 spelt_enum! {
     /// Which rule turned an image away before the models (`pneumotriage_skipped_total`).
     pub enum SkipCause {
-        /// Not a frontal chest radiograph the models are for: modality, body part, view,
-        /// frames, not grayscale, too small.
+        /// Excluded by the selection rules (`[[selection.rules]]`): not a frontal chest film by
+        /// its tags.
+        Selection = "selection",
+        /// Selected, but not an image the models can take: several frames, not grayscale, too
+        /// small.
         Applicability = "applicability",
         /// `inference.checks.species`.
         Species = "species",

@@ -26,28 +26,40 @@ const MAX_STUDIES: i64 = 1000;
 pub struct Listed {
     #[serde(flatten)]
     pub study: WorklistStudy,
-    /// Where it is listed: its priority, raised by the aging rule when it has waited long.
-    pub effective_priority: Priority,
+    /// Its priority after the aging rule; none while no image of it has a result (a study the
+    /// models did not analyse has no priority: it is never shown as a negative's).
+    pub effective_priority: Option<Priority>,
+    /// Where it is listed in reading order: its effective priority, or for a study without one
+    /// routine, then review once it has waited `priority.routine_aging_minutes`.
+    pub listed_with: Priority,
     /// Whether the aging rule raised it.
     pub aged: bool,
     /// Since the first image arrived, in seconds.
     pub waiting_secs: i64,
     pub state: StudyState,
     pub delivery: DeliveryProgress,
+    /// Why none of its images was analysed, when none was and none waits: the reason the page
+    /// shows instead of a priority badge.
+    pub not_analysed_reason: Option<String>,
 }
 
 /// A study as listed `now` (ms since the epoch), the aging rule applied.
 pub fn listed(study: WorklistStudy, rules: &PriorityConfig, now: i64) -> Listed {
     let waiting_ms = (now - study.first_received_at).max(0);
     let waited = |minutes: u64| minutes > 0 && waiting_ms >= minutes as i64 * 60_000;
-    let priority = study.priority.unwrap_or(Priority::Routine);
-    let effective_priority = match priority {
+    let effective_priority = study.priority.map(|priority| match priority {
         Priority::Urgent => Priority::Urgent,
         Priority::Review if waited(rules.review_aging_minutes) => Priority::Urgent,
         Priority::Review => Priority::Review,
         Priority::Routine if waited(rules.routine_aging_minutes) => Priority::Review,
         Priority::Routine => Priority::Routine,
-    };
+    });
+    // a study without a result waits as a routine one does, and ages as one does
+    let listed_with = effective_priority.unwrap_or(if waited(rules.routine_aging_minutes) {
+        Priority::Review
+    } else {
+        Priority::Routine
+    });
     let state = if study.jobs_pending > 0 {
         StudyState::Waiting
     } else if study.jobs_quarantined > 0 {
@@ -68,19 +80,23 @@ pub fn listed(study: WorklistStudy, rules: &PriorityConfig, now: i64) -> Listed 
     } else {
         DeliveryProgress::None
     };
+    let not_analysed_reason =
+        (study.results == 0 && study.jobs_pending == 0).then(|| study.unanalysed_reason.clone()).flatten();
     Listed {
-        aged: effective_priority > priority,
+        aged: listed_with > study.priority.unwrap_or(Priority::Routine),
         effective_priority,
+        listed_with,
         waiting_secs: waiting_ms / 1000,
         state,
         delivery,
+        not_analysed_reason,
         study,
     }
 }
 
-/// Reading order: by effective priority (highest first), then the longest waiting first.
+/// Reading order: by where each is listed (highest first), then the longest waiting first.
 pub fn order(studies: &mut [Listed]) {
-    studies.sort_by_key(|s| (std::cmp::Reverse(s.effective_priority), s.study.first_received_at));
+    studies.sort_by_key(|s| (std::cmp::Reverse(s.listed_with), s.study.first_received_at));
 }
 
 fn wanted<T: PartialEq>(filter: &Option<Vec<T>>, value: T) -> bool {
@@ -116,7 +132,7 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
         .await?
         .into_iter()
         .map(|s| listed(s, &state.priority, now))
-        .filter(|s| wanted(&priorities, s.effective_priority) && wanted(&states, s.state))
+        .filter(|s| wanted(&priorities, s.listed_with) && wanted(&states, s.state))
         .collect();
     order(&mut list);
     list.truncate(query.limit.unwrap_or(200));
@@ -305,6 +321,7 @@ mod tests {
             deliveries_delivered: 0,
             deliveries_failed: 0,
             waiting_for_node: None,
+            unanalysed_reason: None,
         }
     }
 
@@ -325,24 +342,49 @@ mod tests {
         .map(|s| listed(s, &rules, now))
         .collect();
         order(&mut list);
-        let got: Vec<(Priority, i64, bool)> =
-            list.iter().map(|s| (s.effective_priority, (now - s.study.first_received_at) / minute, s.aged)).collect();
+        let got: Vec<(Option<Priority>, Priority, i64, bool)> = list
+            .iter()
+            .map(|s| (s.effective_priority, s.listed_with, (now - s.study.first_received_at) / minute, s.aged))
+            .collect();
         assert_eq!(
             got,
             [
-                (Priority::Urgent, 1, false),
-                (Priority::Review, 180, true),
-                (Priority::Review, 30, false),
-                (Priority::Review, 5, false),
-                (Priority::Routine, 10, false),
-                (Priority::Routine, 2, false)
+                (Some(Priority::Urgent), Priority::Urgent, 1, false),
+                (Some(Priority::Review), Priority::Review, 180, true),
+                (Some(Priority::Review), Priority::Review, 30, false),
+                (Some(Priority::Review), Priority::Review, 5, false),
+                (Some(Priority::Routine), Priority::Routine, 10, false),
+                (None, Priority::Routine, 2, false)
             ]
         );
         let off = PriorityConfig { routine_aging_minutes: 0, ..rules };
         assert_eq!(
             listed(study(Some(Priority::Routine), 0), &off, now).effective_priority,
-            Priority::Routine,
+            Some(Priority::Routine),
             "0 turns aging off"
         );
+    }
+
+    /// A study none of whose images the models analysed has no priority, never a negative's
+    /// (routine), says why, and ages as a routine study does.
+    #[test]
+    fn a_study_without_a_result_is_never_listed_as_a_negative() {
+        let rules = PriorityConfig { routine_aging_minutes: 120, ..PriorityConfig::default() };
+        let minute = 60_000;
+        let now = 1_000 * minute;
+        let mut skipped = study(None, now - 10 * minute);
+        skipped.results = 0;
+        skipped.unanalysed_reason = Some("input check: not a human patient".into());
+        let fresh = listed(skipped.clone(), &rules, now);
+        assert_eq!(
+            (fresh.effective_priority, fresh.listed_with, fresh.state),
+            (None, Priority::Routine, StudyState::NotAnalysed)
+        );
+        assert_eq!(fresh.not_analysed_reason.as_deref(), Some("input check: not a human patient"));
+        skipped.first_received_at = now - 200 * minute;
+        let old = listed(skipped, &rules, now);
+        assert_eq!((old.effective_priority, old.listed_with, old.aged), (None, Priority::Review, true));
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json["effective_priority"].is_null(), "{json}");
     }
 }

@@ -1,6 +1,7 @@
 //! One image through the cascade: applicability, pixels, models, decision, and the mask back
 //! at the source image's size. Used by `pneumotriage infer` (and by the pipeline workers).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use dicom_dictionary_std::tags;
@@ -11,6 +12,7 @@ use super::checks::{InputStatistics, Skip};
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
 use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
+use super::selection::{Selection, Selector, Tags};
 use super::Role;
 use crate::config::InputChecks;
 use crate::config::{Config, PriorityConfig, ShadowConfig};
@@ -27,6 +29,9 @@ pub enum AnalyseError {
     Skipped(Skip),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The selection rules cannot be compiled.
+    #[error("{0}")]
+    Selection(String),
 }
 
 /// Milliseconds spent in each stage.
@@ -78,24 +83,12 @@ pub struct Views {
 /// The smallest image analysed, in pixels per side.
 pub const MIN_SIDE: u32 = 64;
 
-/// Why an image is not analysed (docs/architecture.md §4, "Applicability"), or `None` when it is.
-pub fn not_applicable(obj: &InMemDicomObject) -> Option<String> {
+/// Why a selected image is not one the models can take (several frames, not grayscale, too
+/// small), or `None` when it is. Which images are chest films is the selection rules' to say
+/// ([`super::selection`]).
+pub fn not_analysable(obj: &InMemDicomObject) -> Option<String> {
     let text = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_uppercase());
     let number = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
-    match text(tags::MODALITY).as_deref() {
-        Some("CR") | Some("DX") => {}
-        other => return Some(format!("modality {} is not CR or DX", other.unwrap_or("(none)"))),
-    }
-    if let Some(part) = text(tags::BODY_PART_EXAMINED).filter(|s| !s.is_empty()) {
-        if part != "CHEST" {
-            return Some(format!("body part {part} is not CHEST"));
-        }
-    }
-    if let Some(view) = text(tags::VIEW_POSITION).filter(|s| !s.is_empty()) {
-        if view != "PA" && view != "AP" {
-            return Some(format!("view position {view} is not PA or AP"));
-        }
-    }
     if let Some(frames) = text(tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()) {
         if frames > 1 {
             return Some(format!("{frames} frames (one is analysed)"));
@@ -132,6 +125,8 @@ pub struct Analyser {
     pub segment_always: bool,
     /// `inference.checks`.
     pub checks: InputChecks,
+    /// `[[selection.rules]]`, compiled.
+    pub selector: Arc<Selector>,
 }
 
 impl Analyser {
@@ -177,6 +172,7 @@ impl Analyser {
             keep_views: false,
             segment_always: false,
             checks: inference.checks,
+            selector: Arc::new(Selector::new(&config.selection).map_err(AnalyseError::Selection)?),
         })
     }
 
@@ -231,12 +227,15 @@ impl Analyser {
             segmenter: self.segmenter.spec.preprocess(),
             keep_views: self.keep_views,
             checks: self.checks,
+            selector: self.selector.clone(),
         }
     }
 
     /// One image through the cascade (a batch of one).
     pub fn analyse(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Analysis, AnalyseError> {
-        let prepared = self.preparation().prepare(obj)?;
+        let preparation = self.preparation();
+        let selection = preparation.select(obj, "").map_err(AnalyseError::Skipped)?;
+        let prepared = preparation.prepare(obj, &selection)?;
         Ok(self.analyse_batch(vec![prepared])?.pop().expect("one analysis per prepared image"))
     }
 
@@ -294,12 +293,13 @@ impl Analyser {
 }
 
 /// How an image becomes the models' inputs (`Analyser::preparation`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Preparation {
     classifier: Preprocess,
     segmenter: Preprocess,
     keep_views: bool,
     checks: InputChecks,
+    selector: Arc<Selector>,
 }
 
 /// An image decoded and made into the models' inputs, waiting for its batch.
@@ -314,19 +314,40 @@ pub struct Prepared {
 }
 
 impl Preparation {
-    /// Why the image is not analysed (applicability, then the input checks on its tags), or `None`.
-    pub fn not_applicable(&self, obj: &InMemDicomObject) -> Option<Skip> {
-        not_applicable(obj).map(|reason| Skip::new(SkipCause::Applicability, reason)).or_else(|| self.checks.tags(obj))
+    /// Whether the image is one to analyse: selected by the rules (`calling_ae` is where it came
+    /// from; empty offline), one the models can take, and passing the input checks on its tags.
+    /// The selection, or why not.
+    pub fn select(&self, obj: &InMemDicomObject, calling_ae: &str) -> Result<Selection, Skip> {
+        let selection = self.selector.decide(&Tags::of(obj, calling_ae));
+        crate::metrics::selection(selection.rule.as_deref(), selection.selected);
+        if !selection.selected {
+            return Err(Skip::new(SkipCause::Selection, format!("not selected: {}", selection.reason)));
+        }
+        if let Some(why) = not_analysable(obj) {
+            return Err(Skip::new(SkipCause::Applicability, format!("not analysable: {why}")));
+        }
+        self.checks.tags(obj).map_or(Ok(selection), Err)
     }
 
     /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
-    pub fn prepare(&self, obj: &FileDicomObject<InMemDicomObject>) -> Result<Prepared, AnalyseError> {
+    /// Where the tags said too little (`selection.content_decides`), the content checks decide
+    /// whatever `inference.checks.image_statistics` says, and a skip says why they were asked.
+    pub fn prepare(
+        &self,
+        obj: &FileDicomObject<InMemDicomObject>,
+        selection: &Selection,
+    ) -> Result<Prepared, AnalyseError> {
         let mut timings = Timings::default();
         let started = Instant::now();
         let image = imaging::display_image(obj)?;
         timings.decode_ms = ms(started);
         let input = InputStatistics::of(&image);
-        if let Some(skip) = self.checks.pixels(&image, input) {
+        let checks =
+            InputChecks { image_statistics: self.checks.image_statistics || selection.content_decides, ..self.checks };
+        if let Some(mut skip) = checks.pixels(&image, input) {
+            if selection.content_decides {
+                skip.reason = format!("{} ({}: the content checks decide)", skip.reason, selection.reason);
+            }
             return Err(AnalyseError::Skipped(skip));
         }
         let stage = Instant::now();

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::analyse::{AnalyseError, Analyser, Analysis, Preparation, Prepared};
 use super::checks::Skip;
+use super::selection::Selection;
 use crate::domain::SkipCause;
 use crate::imaging::{self, ImagingError};
 
@@ -34,6 +35,7 @@ impl From<AnalyseError> for Unanalysed {
             AnalyseError::Imaging(e) => Unanalysed::Failed(e.to_string()),
             AnalyseError::Skipped(skip) => Unanalysed::Skipped(skip),
             AnalyseError::Runtime(e) => Unanalysed::Transient(e.to_string()),
+            AnalyseError::Selection(e) => Unanalysed::Failed(e),
         }
     }
 }
@@ -45,23 +47,29 @@ pub struct ReadLimits {
     pub max_pixels: u64,
 }
 
+/// An image read and checked, with what the selection rules made of it.
+pub struct Checked {
+    pub image: FileDicomObject<InMemDicomObject>,
+    pub selection: Selection,
+}
+
 /// Reads a DICOM file and checks it: its structure before dicom-rs parses the bytes
-/// (`imaging::open_checked`), then applicability and the input checks on its tags, then its
-/// pixels before a decoder sees them. A file can be as hostile as a peer.
+/// (`imaging::open_checked`), then the selection rules, whether the models can take it and the
+/// input checks on its tags (`calling_ae`: where it came from, empty offline), then its pixels
+/// before a decoder sees them. A file can be as hostile as a peer.
 pub fn read_checked(
     preparation: &Preparation,
     path: &Path,
+    calling_ae: &str,
     limits: ReadLimits,
-) -> Result<FileDicomObject<InMemDicomObject>, Unanalysed> {
-    let obj = imaging::open_checked(path, limits.max_dataset_bytes).map_err(|e| match e {
+) -> Result<Checked, Unanalysed> {
+    let image = imaging::open_checked(path, limits.max_dataset_bytes).map_err(|e| match e {
         ImagingError::Io(e) => Unanalysed::Transient(format!("cannot read {}: {e}", path.display())),
         e => Unanalysed::Failed(e.to_string()),
     })?;
-    if let Some(skip) = preparation.not_applicable(&obj) {
-        return Err(Unanalysed::Skipped(skip));
-    }
-    imaging::check_pixels(&obj, limits.max_pixels).map_err(|e| Unanalysed::Failed(e.to_string()))?;
-    Ok(obj)
+    let selection = preparation.select(&image, calling_ae).map_err(Unanalysed::Skipped)?;
+    imaging::check_pixels(&image, limits.max_pixels).map_err(|e| Unanalysed::Failed(e.to_string()))?;
+    Ok(Checked { image, selection })
 }
 
 /// Checked images through one analyser's models: prepared on every core, one model run for the
@@ -69,13 +77,12 @@ pub fn read_checked(
 /// when the models fail (or panic) on a batch of several, each image is tried again alone, so
 /// that the one at fault fails alone. An analysis or the reason there is none, per image, in
 /// order.
-pub fn analyse_images(
-    analyser: &mut Analyser,
-    images: &[&FileDicomObject<InMemDicomObject>],
-) -> Vec<Result<Analysis, Unanalysed>> {
+pub fn analyse_images(analyser: &mut Analyser, images: &[&Checked]) -> Vec<Result<Analysis, Unanalysed>> {
     let preparation = analyser.preparation();
-    let prepared: Vec<Result<Prepared, Unanalysed>> =
-        images.par_iter().map(|image| guarded(|| Ok(preparation.prepare(image)?))).collect();
+    let prepared: Vec<Result<Prepared, Unanalysed>> = images
+        .par_iter()
+        .map(|checked| guarded(|| Ok(preparation.prepare(&checked.image, &checked.selection)?)))
+        .collect();
     let mut out: Vec<Option<Result<Analysis, Unanalysed>>> = Vec::with_capacity(images.len());
     let (mut indices, mut batch) = (Vec::new(), Vec::new());
     for (i, p) in prepared.into_iter().enumerate() {

@@ -38,9 +38,10 @@ impl InputChecks {
         }
         if self.view_consistency {
             if let Some(view) = text(tags::VIEW_POSITION).filter(|v| v == "PA" || v == "AP") {
+                // not the Study Description: a study of a PA and a lateral ("CHEST PA AND LAT")
+                // names both views on each of its images
                 for (name, tag) in [
                     ("Series Description", tags::SERIES_DESCRIPTION),
-                    ("Study Description", tags::STUDY_DESCRIPTION),
                     ("Protocol Name", tags::PROTOCOL_NAME),
                     ("Image Comments", tags::IMAGE_COMMENTS),
                 ] {

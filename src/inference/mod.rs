@@ -11,6 +11,7 @@ pub mod decision;
 pub mod manifest;
 pub mod rle;
 pub mod runtime;
+pub mod selection;
 
 pub use manifest::{Manifest, ModelSpec, Role};
 pub use runtime::{find_onnxruntime, Model, RuntimeError};

@@ -29,6 +29,8 @@ pub struct ClaimedJob {
     pub path: String,
     pub sop_instance_uid: String,
     pub study_id: i64,
+    /// The calling AE title it came from (the selection rules may name it).
+    pub calling_ae: String,
 }
 
 /// How a job ends without a result.
@@ -167,7 +169,8 @@ impl Store {
             .await?;
         let Some((id, _attempts)) = claimed else { return Ok(None) };
         let job = sqlx::query_as(
-            "SELECT j.id, j.instance_id, j.attempts, j.interruptions, i.path, i.sop_instance_uid, i.study_id \
+            "SELECT j.id, j.instance_id, j.attempts, j.interruptions, i.path, i.sop_instance_uid, i.study_id, \
+                    i.calling_ae \
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.id = $1",
         )
         .bind(id)

@@ -73,6 +73,9 @@ pub struct WorklistStudy {
     /// The other node that keeps images of it still to analyse: with a spool per node, they
     /// wait for that node (`pneumotriage handover` when it is gone).
     pub waiting_for_node: Option<String>,
+    /// Why its latest image that ended without a result has none (skipped or failed, with the
+    /// job's reason): what the worklist shows of a study none of whose images was analysed.
+    pub unanalysed_reason: Option<String>,
 }
 
 /// One instance of a study, with its job and result.
@@ -150,7 +153,10 @@ const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name
           JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'failed') \
           AS deliveries_failed, \
         (SELECT MIN(i.node) FROM jobs j JOIN instances i ON i.id = j.instance_id \
-          WHERE i.study_id = s.id AND j.state IN ('queued', 'running') AND i.node <> $3) AS waiting_for_node \
+          WHERE i.study_id = s.id AND j.state IN ('queued', 'running') AND i.node <> $3) AS waiting_for_node, \
+        (SELECT j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id \
+          WHERE i.study_id = s.id AND j.state IN ('skipped', 'failed') \
+          ORDER BY j.updated_at DESC, j.id DESC LIMIT 1) AS unanalysed_reason \
      FROM studies s";
 
 impl Store {

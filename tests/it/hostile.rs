@@ -156,7 +156,8 @@ fn lying_lengths_allocate_nothing(backend: Backend) {
         ),
         1,
     );
-    // read without its 300 MB value (it has no pixel data, so it is not applicable, not failed)
+    // read without its 300 MB value (it has no pixel data, so the models cannot take it: it is
+    // skipped, not failed)
     let reason = setup.with_store(async |store| {
         let (state, reason): (String, Option<String>) = sqlx::query_as(
             "SELECT j.state, j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id \
@@ -168,7 +169,7 @@ fn lying_lengths_allocate_nothing(backend: Backend) {
         .unwrap();
         format!("{state}: {}", reason.unwrap_or_default())
     });
-    assert!(reason.starts_with("skipped: not applicable"), "{reason}");
+    assert!(reason.starts_with("skipped: not analysable"), "{reason}");
     assert_peak_rss_below(&node, 200, "a 300 MB private element");
     assert_still_serving(&setup);
 }

@@ -45,7 +45,7 @@ fn infer_finds_synthetic_pneumothoraces_and_skips_a_tibia() {
     let report = text(&run);
     assert!(run.status.success(), "{report}");
     assert!(report.contains("demo: synthetic data, not for clinical use"), "{report}");
-    assert!(report.contains("RG3_UNCR.dcm: skipped: body part"), "{report}");
+    assert!(report.contains("RG3_UNCR.dcm: skipped: not selected: no selection rule selects it"), "{report}");
     assert_eq!(
         report.lines().filter(|l| l.contains(".dcm: Positive") || l.contains(".dcm: Negative")).count(),
         10,
@@ -201,19 +201,26 @@ fn a_batch_gives_each_image_what_it_gets_alone() {
     assert!(positives > 0, "some masks were compared");
 }
 
-/// The input checks: deid-data's cat (a DX tagged CHEST and AP, Patient Species Description
-/// "Feline", series "Thorax LAT") and a synthetic frontal radiograph whose series says LAT are
-/// skipped with reasons that name what gave them away; every radiograph of the held-out set
-/// (adults' frontal chests) passes every check.
+/// The selection rules and the input checks: deid-data's cat (a DX tagged CHEST and AP, Patient
+/// Species Description "Feline", series "Thorax LAT") is excluded as a lateral by its series
+/// before any check; re-described as a frontal film it is skipped by the species check; a
+/// synthetic frontal radiograph whose Patient Orientation runs anterior-posterior (a lateral
+/// tagged PA) is skipped by the view check. Each reason names what gave it away; every
+/// radiograph of the held-out set (adults' frontal chests) passes every check.
 #[test]
 fn input_checks_skip_a_cat_and_a_lateral_but_no_held_out_radiograph() {
     use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
     let work = tempfile::tempdir().unwrap();
     let frontal = synthetic_images(&work.path().join("images"), 1, 12).remove(0);
     let mut obj = dicom_object::open_file(&frontal).unwrap();
-    obj.put(DataElement::new(dicom_dictionary_std::tags::SERIES_DESCRIPTION, VR::LO, "CHEST LAT"));
+    obj.put(DataElement::new(tags::PATIENT_ORIENTATION, VR::CS, "A\\F"));
     let lateral = work.path().join("lateral.dcm");
     obj.write_to_file(&lateral).unwrap();
+    let mut cat = dicom_object::open_file(crate::common::deid_cat()).unwrap();
+    cat.put(DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, "Thorax VD"));
+    let frontal_cat = work.path().join("frontal-cat.dcm");
+    cat.write_to_file(&frontal_cat).unwrap();
     let infer = |files: &[&std::path::Path]| {
         let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
             .arg("infer")
@@ -223,18 +230,26 @@ fn input_checks_skip_a_cat_and_a_lateral_but_no_held_out_radiograph() {
             .unwrap();
         (run.status.code(), text(&run))
     };
-    let (code, report) = infer(&[&crate::common::deid_cat(), &lateral, &frontal]);
+    let (code, report) = infer(&[&crate::common::deid_cat(), &frontal_cat, &lateral, &frontal]);
     assert_eq!(code, Some(0), "{report}");
     assert!(
-        report.contains("cat.dcm: skipped: input check: not a human patient (Patient Species Description \"Feline\")"),
+        report.contains(
+            r#"cat.dcm: skipped: not selected: excluded by selection rule "lateral series" (Series Description Thorax LAT)"#
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "frontal-cat.dcm: skipped: input check: not a human patient (Patient Species Description \"Feline\")"
+        ),
         "{report}"
     );
     assert!(
         report.lines().any(|l| l.contains("lateral.dcm: skipped: input check: View Position")
-            && l.ends_with("but Series Description \"CHEST LAT\" says lateral")),
+            && l.contains("but Patient Orientation rows run A (a lateral)")),
         "{report}"
     );
-    assert!(report.contains("1 analysed, 2 skipped, 0 failed"), "{report}");
+    assert!(report.contains("1 analysed, 3 skipped, 0 failed"), "{report}");
 
     // scripts/test generates the held-out set; alone, the test checks 40 of its own
     let heldout = match std::env::var_os("PNEUMOTRIAGE_HELDOUT").map(std::path::PathBuf::from) {
