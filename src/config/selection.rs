@@ -52,11 +52,12 @@ action = "exclude"
 body_part = { matches = 'SPINE|VERTEBR' }
 
 # The chest, as modalities spell it: CHEST and THORAX in any case and compounds, other
-# languages' words for it, the lung, and the abbreviations technologists use.
+# languages' words for it (T.{1,2}RAX also takes TÓRAX, whose accent a CS value cannot hold and
+# readers see as two characters), the lung, and the abbreviations technologists use.
 [[rules]]
 name = "chest"
 action = "select"
-body_part = { matches = 'CHEST|THORA|TORAX|TÓRAX|TORACE|TORAKS|BORST|BRUST|POITRINE|PECHO|LUNG|POUMON|PULM|CXR' }
+body_part = { matches = 'CHEST|THORA|T.{1,2}RAX|TORACE|TORAKS|BORST|BRUST|POITRINE|PECHO|LUNG|POUMON|PULM|CXR' }
 
 # A body part that says nothing, with a description that names the chest.
 [[rules]]

@@ -28,4 +28,5 @@ mod receive;
 mod refusals;
 mod results;
 mod review;
+mod selection;
 mod store;
