@@ -10,8 +10,9 @@ use crate::common;
 use crate::common::{deid_cat, pydicom_data, python, synthetic_images, synthetic_truth, text, tool};
 
 /// `infer --out` with thresholds that give every image a mask, so that real radiographs get a
-/// SEG from the demo models too; the input checks off, for the cat (a real DX, for the encoders'
-/// sake) is not a human adult's frontal chest.
+/// SEG from the demo models too; one selection rule that takes every image and the input checks
+/// off, for the cat (a real DX, for the encoders' sake, in a series named LAT) is not a human
+/// adult's frontal chest.
 fn infer_with_masks(files: &[PathBuf], out: &Path) {
     let config = out.with_extension("toml");
     std::fs::write(
@@ -19,7 +20,8 @@ fn infer_with_masks(files: &[PathBuf], out: &Path) {
         format!(
             "[dicom]\naccept_any = true\n[inference]\nmodels = \"{}/models/manifest.toml\"\n\
              classifier_threshold = 0.0\nmask_threshold = 0.05\nmin_mask_area_px = 0\n\
-             [inference.checks]\nspecies = false\nview_consistency = false\nmin_age_years = 0\n",
+             [inference.checks]\nspecies = false\nview_consistency = false\nmin_age_years = 0\n\
+             [[selection.rules]]\nname = \"every image\"\naction = \"select\"\n",
             env!("CARGO_MANIFEST_DIR")
         ),
     )
