@@ -43,6 +43,7 @@ impl Code {
             HL7_0203 => "http://terminology.hl7.org/CodeSystem/v2-0203",
             HL7_0074 => "http://terminology.hl7.org/CodeSystem/v2-0074",
             FHIR_OBSERVATION_CATEGORY => "http://terminology.hl7.org/CodeSystem/observation-category",
+            FHIR_DATA_ABSENT_REASON => "http://terminology.hl7.org/CodeSystem/data-absent-reason",
             other => other,
         }
     }
@@ -62,6 +63,10 @@ pub const HL7_0203: &str = "HL70203";
 pub const HL7_0074: &str = "HL70074";
 /// FHIR's own observation-category code system (no designator outside FHIR).
 pub const FHIR_OBSERVATION_CATEGORY: &str = "observation-category";
+/// FHIR's data-absent-reason code system: why an Observation has no value.
+pub const FHIR_DATA_ABSENT_REASON: &str = "data-absent-reason";
+/// The UMLS, as DICOM names it (PS3.16 Table 8-1).
+pub const UMLS: &str = "UMLS";
 
 /// A coding scheme the standard does not name, so an object that uses it declares it (Coding
 /// Scheme Identification Sequence).
@@ -88,6 +93,13 @@ pub const PNEUMOTHORAX: Code = Code::new("36118008", SCT, "Pneumothorax");
 pub const MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code = Code::new("49755003", SCT, "Morphologically abnormal structure");
 pub const PRESENT: Code = Code::new("52101004", SCT, "Present");
 pub const ABSENT: Code = Code::new("272519000", SCT, "Absent");
+/// The third value of CID 240 (Present-Absent): an image the node could not analyse.
+pub const UNDETERMINED: Code = Code::new("373068000", SCT, "Undetermined");
+/// TID 1501's free-text evaluation row: why an image was not analysed.
+pub const QUALITATIVE_EVALUATIONS: Code = Code::new("C0034375", UMLS, "Qualitative Evaluations");
+/// FHIR's data-absent-reason for an Observation the node did not make (the analysis was not
+/// performed).
+pub const NOT_PERFORMED: Code = Code::new("not-performed", FHIR_DATA_ABSENT_REASON, "Not Performed");
 
 // Where an object comes from.
 pub const ALGORITHM_FAMILY_AI: Code = Code::new("123110", DCM, "Artificial Intelligence");

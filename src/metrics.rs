@@ -34,6 +34,7 @@ pub struct Metrics {
     object_store_seconds: Family<Labels, Histogram>,
     http_refused: Family<Labels, Counter>,
     selection: Family<Labels, Counter>,
+    not_analysed: Family<Labels, Counter>,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -109,7 +110,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Images the selection rules decided, by the rule that decided (none: no rule matched) and whether it selected",
         selection.clone(),
     );
+    let not_analysed = Family::<Labels, Counter>::default();
+    registry.register(
+        "not_analysed_reports",
+        "Images the selection rules chose and the node reported \"not analysed\", by how their job ended (skipped by an input check, failed, quarantined)",
+        not_analysed.clone(),
+    );
     Metrics {
+        not_analysed,
         selection,
         http_refused,
         registry,
@@ -153,6 +161,11 @@ pub fn selection(rule: Option<&str>, selected: bool) {
 /// An HTTP connection closed unserved, and the limit it met.
 pub fn http_connection_refused(limit: crate::http::listener::Refused) {
     METRICS.http_refused.get_or_create(&vec![("limit", limit.as_str().into())]).inc();
+}
+
+/// An image reported "not analysed", and how its job ended.
+pub fn not_analysed(ending: &'static str) {
+    METRICS.not_analysed.get_or_create(&vec![("ending", ending.into())]).inc();
 }
 
 /// An image the pipeline did not analyse, and the rule why.

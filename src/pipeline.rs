@@ -23,10 +23,12 @@ use rayon::prelude::*;
 
 use crate::bucket::{Area, BucketError};
 use crate::domain::ShadowOutcome;
+use crate::domain::SkipCause;
+use crate::imaging;
 use crate::inference::analyse::{Analyser, Analysis, Preparation};
 use crate::inference::batch::{analyse_images, guarded, read_checked, Checked, ReadLimits, Unanalysed};
 use crate::inference::checks::Skip;
-use crate::results::{make_objects, MadeObject, OutputSettings};
+use crate::results::{make_not_analysed, make_objects, MadeObject, OutputSettings};
 use crate::shutdown::Shutdown;
 use crate::spool::{sanitize_uid, write_all_durably, Spool};
 use crate::store::{ClaimedJob, Finished, JobEnd, JobScope, NewOutput, NewResult, NewShadowResult, Store};
@@ -151,10 +153,13 @@ impl Worker {
                     job.interruptions
                 );
                 error!(job = job.id, instance = job.instance_id, %reason, "job quarantined");
-                let store = self.store.clone();
-                self.runtime
-                    .clone()
-                    .block_on(self.persist(&job, "quarantine", || store.end_job(&job, JobEnd::Quarantined, &reason)));
+                // not opened again: the report goes by message only
+                self.runtime.clone().block_on(self.end_unanalysed(
+                    &job,
+                    JobEnd::Quarantined,
+                    &reason,
+                    Report::Unopened,
+                ));
             }
             let due = self.runtime.clone().block_on(self.fetch_files(due));
             let (verdicts, mut images) =
@@ -291,7 +296,7 @@ impl Worker {
         }
         let objects: Vec<Vec<MadeObject>> =
             analysed.iter_mut().map(|(_, _, objects)| std::mem::take(objects)).collect();
-        let written = match write_objects(&self.outputs, objects) {
+        let written = match write_objects(&self.outputs, objects, false) {
             Ok(outputs) => upload_objects(&self.outputs, &outputs).await.map(|()| outputs),
             Err(e) => Err(e),
         };
@@ -360,19 +365,24 @@ impl Worker {
         let store = self.store.clone();
         match verdict {
             JobOutcome::Analysed(..) => unreachable!("results are recorded by the batch"),
+            JobOutcome::Skipped(Skip { cause: SkipCause::Selection, reason }) => {
+                info!(job = job.id, instance = job.instance_id, %reason, "not selected");
+                crate::metrics::skipped(SkipCause::Selection);
+                self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
+            }
             JobOutcome::Skipped(Skip { cause, reason }) => {
                 info!(job = job.id, instance = job.instance_id, %cause, %reason, "skipped");
                 crate::metrics::skipped(cause);
-                self.persist(job, "skip", || store.end_job(job, JobEnd::Skipped, &reason)).await;
+                self.end_unanalysed(job, JobEnd::Skipped, &reason, Report::Selected).await;
             }
             JobOutcome::Failed(reason) => {
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
-                self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
+                self.end_unanalysed(job, JobEnd::Failed, &reason, Report::IfSelected).await;
             }
             JobOutcome::Transient(reason) if job.attempts >= MAX_ATTEMPTS => {
                 let reason = format!("gave up after {} attempts: {reason}", job.attempts);
                 warn!(job = job.id, instance = job.instance_id, %reason, "analysis failed");
-                self.persist(job, "failure", || store.end_job(job, JobEnd::Failed, &reason)).await;
+                self.end_unanalysed(job, JobEnd::Failed, &reason, Report::IfSelected).await;
             }
             JobOutcome::Transient(reason) => {
                 let delay = Duration::from_secs(5 << (job.attempts.clamp(1, 6) - 1));
@@ -380,6 +390,53 @@ impl Worker {
                 self.persist(job, "retry", || store.retry_job(job, &reason, delay)).await;
             }
         }
+    }
+
+    /// Ends the job of an image the node could not analyse and, when the selection rules chose
+    /// it (or its file cannot say), reports it "not analysed": its SR written and uploaded before
+    /// the rows (as a result's objects are), the notice and the messages with the job's ending.
+    /// Where the SR cannot be written, the report goes by message alone rather than not at all.
+    async fn end_unanalysed(&mut self, job: &ClaimedJob, end: JobEnd, reason: &str, report: Report) {
+        let store = self.store.clone();
+        let Some(objects) = self.not_analysed_objects(job, reason, report) else {
+            self.persist(job, "ending", || store.end_job(job, end, reason)).await;
+            return;
+        };
+        let written = match write_objects(&self.outputs, vec![objects], true) {
+            Ok(outputs) => upload_objects(&self.outputs, &outputs).await.map(|()| outputs),
+            Err(e) => Err(e),
+        };
+        let outputs = written.unwrap_or_else(|e| {
+            warn!(job = job.id, error = %e, "cannot write the \"not analysed\" report; it goes by message only");
+            Vec::new()
+        });
+        let outputs = outputs.into_iter().flatten().collect::<Vec<_>>();
+        crate::metrics::not_analysed(end.as_str());
+        let rules = self.outputs.messages.clone();
+        self.persist(job, "ending", || store.record_not_analysed(job, end, reason, &outputs, &rules)).await;
+    }
+
+    /// The "not analysed" objects of a job's image, or `None` when the selection rules did not
+    /// choose it (no report then). A file that cannot be opened (or `Report::Unopened`) has
+    /// no objects made of it.
+    fn not_analysed_objects(&self, job: &ClaimedJob, reason: &str, report: Report) -> Option<Vec<MadeObject>> {
+        if report == Report::Unopened {
+            return Some(Vec::new());
+        }
+        let path = self.spool.absolute(&job.path);
+        let analyser = &self.models.production;
+        let made = guarded(|| {
+            let image = imaging::open_checked(&path, self.limits.max_dataset_bytes)
+                .map_err(|e| Unanalysed::Failed(e.to_string()))?;
+            if report == Report::IfSelected && !analyser.preparation().selected(&image, &job.calling_ae) {
+                return Ok(None);
+            }
+            Ok(Some(make_not_analysed(analyser, &image, reason, &self.outputs, &job.path)))
+        });
+        made.unwrap_or_else(|why| {
+            debug!(job = job.id, ?why, "the image cannot be opened for its \"not analysed\" report");
+            Some(Vec::new())
+        })
     }
 
     /// Writes what became of a job (see [`Worker::persist_with`]); false from the store means
@@ -429,10 +486,26 @@ impl Worker {
     }
 }
 
+/// Whether a job ended without a result is reported "not analysed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// The selection rules chose it (an input check turned it away after them).
+    Selected,
+    /// It failed, maybe before the rules saw it: asked again of its file.
+    IfSelected,
+    /// Quarantined: it is not opened again, so it is reported with no object of it.
+    Unopened,
+}
+
 /// Writes each result's objects under `dir` (`<study>/<sop instance>.dcm`) durably with two
 /// file-system syncs for the whole batch, not two per object, and describes them for their
-/// rows (one list per result).
-fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Result<Vec<Vec<NewOutput>>, String> {
+/// rows (one list per result; `not_analysed`: "not analysed" reports, which only the
+/// destinations that take them are sent).
+fn write_objects(
+    settings: &OutputSettings,
+    objects: Vec<Vec<MadeObject>>,
+    not_analysed: bool,
+) -> Result<Vec<Vec<NewOutput>>, String> {
     let files: Vec<(String, &[u8])> = objects
         .iter()
         .flatten()
@@ -451,8 +524,8 @@ fn write_objects(settings: &OutputSettings, objects: Vec<Vec<MadeObject>>) -> Re
                     let destinations = settings
                         .destinations
                         .iter()
-                        .filter(|(_, kinds)| kinds.contains(&o.kind))
-                        .map(|(name, _)| name.clone())
+                        .filter(|route| route.takes(o.kind, not_analysed))
+                        .map(|route| route.name.clone())
                         .collect();
                     NewOutput {
                         destinations,

@@ -84,7 +84,7 @@ pub async fn deliveries(store: &Store, failed: bool, json: bool, limit: i64) -> 
                         m.destination.clone(),
                         format!("{} {}", m.kind, m.control_id),
                         m.study_instance_uid.clone(),
-                        m.priority.to_string(),
+                        m.priority.map_or_else(|| "not analysed".to_string(), |p| p.to_string()),
                         m.state.to_string(),
                         m.attempts.to_string(),
                         m.last_error.clone().unwrap_or_default(),

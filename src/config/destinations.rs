@@ -67,6 +67,14 @@ pub struct Destination {
     /// DICOM over TLS (PS3.15 B.9); plain TCP when absent.
     #[serde(default)]
     pub tls: Option<DestinationTls>,
+    /// Whether an image the selection rules chose and the node could not analyse is reported to
+    /// it: a "not analysed" SR (`dicom`, with the SRs), a message saying so (the others).
+    #[serde(default = "yes")]
+    pub not_analysed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// TLS towards a destination. The server's certificate is always verified, against `ca_file`.

@@ -16,6 +16,18 @@ pub struct MessageRule {
     pub priorities: Vec<Priority>,
     /// How long a message below urgent waits after the study's last analysed image.
     pub settle: Duration,
+    /// Whether a study none of whose selected images could be analysed is reported to it.
+    pub not_analysed: bool,
+}
+
+/// What a message says of the study: its priority, or that the node could not analyse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Triage {
+    /// The highest priority of the study's analysed images.
+    Priority(Priority),
+    /// Images of the study were selected for analysis and none could be analysed: why. Never
+    /// a negative: the study has no priority from the node.
+    NotAnalysed(String),
 }
 
 /// Everything a notification says about one study at one priority.
@@ -26,7 +38,7 @@ pub struct StudyMessage {
     pub control_id: String,
     /// When this message row was made (the study's priority was set or raised), ms since epoch.
     pub created_at_ms: i64,
-    pub priority: Priority,
+    pub triage: Triage,
     pub study: StudyFacts,
     pub patient: PatientFacts,
     pub finding: FindingFacts,
@@ -97,13 +109,29 @@ pub struct ObjectFacts {
 }
 
 impl StudyMessage {
+    /// The study's priority, when the message carries one.
+    pub fn priority(&self) -> Option<Priority> {
+        match self.triage {
+            Triage::Priority(p) => Some(p),
+            Triage::NotAnalysed(_) => None,
+        }
+    }
+
+    /// Why the study was not analysed, when the message says so.
+    pub fn not_analysed(&self) -> Option<&str> {
+        match &self.triage {
+            Triage::Priority(_) => None,
+            Triage::NotAnalysed(reason) => Some(reason),
+        }
+    }
+
     /// A message for tests: an urgent positive study with every field set.
     #[doc(hidden)]
     pub fn example() -> StudyMessage {
         StudyMessage {
             control_id: "PT1A2B3C4D5E6F7A8B9C".into(),
             created_at_ms: 1_764_000_000_000,
-            priority: Priority::Urgent,
+            triage: Triage::Priority(Priority::Urgent),
             study: StudyFacts {
                 study_instance_uid: "1.2.826.0.1.3680043.10.1447.9.1".into(),
                 accession_number: Some("ACC0001".into()),

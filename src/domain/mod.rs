@@ -15,7 +15,7 @@ use sqlx::{Any, Database};
 
 mod message;
 
-pub use message::{FindingFacts, MessageRule, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
+pub use message::{FindingFacts, MessageRule, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage, Triage};
 
 /// A value that is not one of an enum's spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

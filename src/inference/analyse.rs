@@ -329,6 +329,12 @@ impl Preparation {
         self.checks.tags(obj).map_or(Ok(selection), Err)
     }
 
+    /// Whether the selection rules choose the image (asked again of an image that failed later;
+    /// not counted in the selection metrics twice).
+    pub fn selected(&self, obj: &InMemDicomObject, calling_ae: &str) -> bool {
+        self.selector.decide(&Tags::of(obj, calling_ae)).selected
+    }
+
     /// Decodes the pixels (Modality LUT, VOI, MONOCHROME1 inverted) and makes each model's input.
     /// Where the tags said too little (`selection.content_decides`), the content checks decide
     /// whatever `inference.checks.image_statistics` says, and a skip says why they were asked.
@@ -344,10 +350,15 @@ impl Preparation {
         let input = InputStatistics::of(&image);
         let checks =
             InputChecks { image_statistics: self.checks.image_statistics || selection.content_decides, ..self.checks };
-        if let Some(mut skip) = checks.pixels(&image, input) {
-            if selection.content_decides {
-                skip.reason = format!("{} ({}: the content checks decide)", skip.reason, selection.reason);
-            }
+        if let Some(skip) = checks.pixels(&image, input) {
+            // Where the content stood in for tags that said too little, it is the selection
+            // that turned the image away: no "not analysed" report for it.
+            let skip = if selection.content_decides {
+                let reason = format!("not selected: {} ({}: the content checks decide)", skip.reason, selection.reason);
+                Skip::new(SkipCause::Selection, reason)
+            } else {
+                skip
+            };
             return Err(AnalyseError::Skipped(skip));
         }
         let stage = Instant::now();

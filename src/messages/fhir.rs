@@ -52,7 +52,7 @@ pub fn bundle(msg: &StudyMessage, settings: &FhirSettings) -> Value {
     entries.push(device(msg, &ids));
     entries.push(observation(msg, &ids, subject.as_ref()));
     entries.push(diagnostic_report(msg, &ids, subject.as_ref()));
-    entries.push(task(msg, &ids, subject.as_ref(), settings.request_priority(msg.priority)));
+    entries.push(task(msg, &ids, subject.as_ref(), msg.priority().map(|p| settings.request_priority(p))));
 
     let mut bundle = json!({
         "resourceType": "Bundle",
@@ -199,7 +199,31 @@ fn model_version(model: &ModelFacts) -> Value {
     json!({ "type": { "text": model.name }, "value": model.version })
 }
 
+/// The finding: a value, or for a study the node did not analyse, status `cancelled` (FHIR:
+/// "the observation is unavailable because the measurement was not started or not completed")
+/// and a data-absent reason instead of a value.
 fn observation(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> Entry {
+    if let Some(reason) = msg.not_analysed() {
+        let mut notes = vec![json!({ "text": format!("Not analysed: {reason}") })];
+        if !msg.notice.is_empty() {
+            notes.push(json!({ "text": msg.notice }));
+        }
+        notes.extend(objects_note(msg).map(|objects| json!({ "text": objects })));
+        let mut resource = json!({
+            "resourceType": "Observation",
+            "identifier": [uri_identifier(&ids.observation)],
+            "status": "cancelled",
+            "category": [{ "coding": [coding(&codes::IMAGING)] }],
+            "code": codeable(&codes::PNEUMOTHORAX),
+            "dataAbsentReason": codeable(&codes::NOT_PERFORMED),
+            "device": reference(&ids.device),
+            "derivedFrom": [imaging_study(msg)],
+            "note": notes,
+        });
+        set_optional(&mut resource, "subject", subject.cloned());
+        set_optional(&mut resource, "issued", super::rfc3339_ms(msg.created_at_ms).map(Value::from));
+        return Entry::by_uri_identifier(&ids.observation, &ids.observation, resource);
+    }
     let f = &msg.finding;
     let mut components = vec![json!({
         "code": codeable(&codes::PROBABILITY),
@@ -261,10 +285,13 @@ fn diagnostic_report(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> 
     if let Some(description) = msg.study.description.as_deref().filter(|d| !d.trim().is_empty()) {
         code["text"] = description.trim().into();
     }
+    // a study the node did not analyse: cancelled ("the report is unavailable because the
+    // measurement was not started or not completed"), never a negative
+    let status = if msg.not_analysed().is_some() { "cancelled" } else { "preliminary" };
     let mut resource = json!({
         "resourceType": "DiagnosticReport",
         "identifier": identifiers,
-        "status": "preliminary",
+        "status": status,
         "category": [{ "coding": [coding(&codes::RADIOLOGY)] }],
         "code": code,
         "result": [reference(&ids.observation)],
@@ -286,6 +313,17 @@ fn diagnostic_report(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>) -> 
 /// One line for a reader who sees only text.
 fn conclusion(msg: &StudyMessage) -> String {
     let f = &msg.finding;
+    let Some(priority) = msg.priority() else {
+        let mut text = format!(
+            "AI triage not done: {}. Read the study as if it had not been triaged.",
+            msg.not_analysed().unwrap_or("not analysed")
+        );
+        if !msg.notice.is_empty() {
+            text.push(' ');
+            text.push_str(&msg.notice);
+        }
+        return text;
+    };
     let mut text = if f.present {
         format!("AI triage (preliminary): pneumothorax suspected, probability {:.2}", f.probability)
     } else {
@@ -294,7 +332,7 @@ fn conclusion(msg: &StudyMessage) -> String {
     if let Some(area) = f.area_mm2 {
         text.push_str(&format!(", area {area:.0} mm²"));
     }
-    text.push_str(&format!(". Worklist priority: {}.", msg.priority));
+    text.push_str(&format!(". Worklist priority: {priority}."));
     if !msg.notice.is_empty() {
         text.push(' ');
         text.push_str(&msg.notice);
@@ -302,18 +340,26 @@ fn conclusion(msg: &StudyMessage) -> String {
     text
 }
 
-fn task(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>, priority: &str) -> Entry {
+/// The worklist item: read the study, at the priority the node set; a study the node did not
+/// analyse gets no priority from it (a reader's worklist keeps its own), only its reason.
+fn task(msg: &StudyMessage, ids: &Ids, subject: Option<&Value>, priority: Option<&str>) -> Entry {
+    let description = match priority {
+        Some(priority) => {
+            format!("Read study {} with priority {priority}: {}", msg.study.study_instance_uid, conclusion(msg))
+        }
+        None => format!("Read study {}: {}", msg.study.study_instance_uid, conclusion(msg)),
+    };
     let mut resource = json!({
         "resourceType": "Task",
         "identifier": [uri_identifier(&ids.task)],
         "status": "requested",
         "intent": "order",
-        "priority": priority,
         "code": { "text": "Review AI triage result" },
-        "description": format!("Read study {} with priority {priority}: {}", msg.study.study_instance_uid, conclusion(msg)),
+        "description": description,
         "focus": reference(&ids.report),
         "requester": reference(&ids.device),
     });
+    set_optional(&mut resource, "priority", priority.map(Value::from));
     if let Some(order) = order(msg) {
         resource["basedOn"] = json!([order]);
     }
@@ -508,7 +554,7 @@ mod tests {
 
     fn routine_negative() -> StudyMessage {
         let mut msg = StudyMessage::example();
-        msg.priority = Priority::Routine;
+        msg.triage = crate::domain::Triage::Priority(Priority::Routine);
         msg.finding = FindingFacts { present: false, probability: 0.04, area_mm2: None };
         msg.study.accession_number = None;
         msg.patient = PatientFacts::default();

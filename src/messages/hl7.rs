@@ -170,8 +170,16 @@ fn priority_code(priority: Priority) -> Code {
 /// The ORU^R01 (v2.5.1, structure ORU_R01) for `msg`: MSH, PID, ORC, OBR, NTE (the notice), TQ1
 /// (the priority), then the OBX observations; segments end with CR. The control ID is the
 /// message's, so a resend is recognisable.
+///
+/// A "not analysed" message carries no priority (OBR-27 empty, no TQ1, no priority
+/// observation); its finding observation says the result cannot be obtained (OBX-11 X, table
+/// 0085, with no value) and a second NTE says why.
 pub fn oru_r01(msg: &StudyMessage, settings: &Hl7Settings) -> String {
-    let mut segments = vec![msh(msg, settings), pid(msg), orc(msg), obr(msg), nte(msg), tq1(msg)];
+    let mut segments = vec![msh(msg, settings), pid(msg), orc(msg), obr(msg), nte(1, &msg.notice)];
+    if let Some(reason) = msg.not_analysed() {
+        segments.push(nte(2, &format!("Not analysed: {reason}")));
+    }
+    segments.extend(msg.priority().map(tq1));
     let observed = dtm(msg.study.observed_at_ms);
     segments.extend(observations(msg).iter().enumerate().map(|(i, o)| obx(i + 1, o, &observed)));
     let mut out = segments.join("\r");
@@ -264,19 +272,25 @@ fn obr(msg: &StudyMessage) -> String {
             (24, "RAD".into()),
             // Preliminary: a device's triage, not a report.
             (25, "P".into()),
-            // TQ.6, the priority, for receivers that still read OBR-27 rather than TQ1.
-            (27, components(&["", "", "", "", "", codes::act_priority(msg.priority).value])),
+            // TQ.6, the priority, for receivers that still read OBR-27 rather than TQ1; none for a
+            // study the node did not analyse
+            (
+                27,
+                msg.priority()
+                    .map(|p| components(&["", "", "", "", "", codes::act_priority(p).value]))
+                    .unwrap_or_default(),
+            ),
         ],
     )
 }
 
-fn nte(msg: &StudyMessage) -> String {
+fn nte(set_id: usize, comment: &str) -> String {
     // Source L: the comment is the filler's (ours).
-    segment("NTE", &[(1, "1".into()), (2, "L".into()), (3, escape(&msg.notice))])
+    segment("NTE", &[(1, set_id.to_string()), (2, "L".into()), (3, escape(comment))])
 }
 
-fn tq1(msg: &StudyMessage) -> String {
-    segment("TQ1", &[(1, "1".into()), (9, coded(&priority_code(msg.priority)))])
+fn tq1(priority: Priority) -> String {
+    segment("TQ1", &[(1, "1".into()), (9, coded(&priority_code(priority)))])
 }
 
 /// One OBX's content.
@@ -291,11 +305,13 @@ struct Observation {
     value: String,
     /// OBX-6, encoded.
     units: Option<String>,
+    /// OBX-11 (table 0085): P, preliminary like the order; X, the result cannot be obtained.
+    status: &'static str,
 }
 
 impl Observation {
     fn new(value_type: &'static str, identifier: Code, value: String) -> Observation {
-        Observation { value_type, identifier, sub_id: None, value, units: None }
+        Observation { value_type, identifier, sub_id: None, value, units: None, status: "P" }
     }
 }
 
@@ -303,6 +319,12 @@ impl Observation {
 /// the objects.
 fn observations(msg: &StudyMessage) -> Vec<Observation> {
     let finding = &msg.finding;
+    let Some(priority) = msg.priority() else {
+        // not analysed: the finding cannot be obtained; no probability, area or priority
+        let mut out = vec![Observation { status: "X", ..Observation::new("CWE", codes::PNEUMOTHORAX, String::new()) }];
+        out.extend(identification(msg));
+        return out;
+    };
     let mut out = vec![Observation::new(
         "CWE",
         codes::PNEUMOTHORAX,
@@ -320,7 +342,15 @@ fn observations(msg: &StudyMessage) -> Vec<Observation> {
             ..Observation::new("NM", codes::AREA, format!("{area:.1}"))
         });
     }
-    out.push(Observation::new("CWE", codes::PRIORITY, coded(&priority_code(msg.priority))));
+    out.push(Observation::new("CWE", codes::PRIORITY, coded(&priority_code(priority))));
+    out.extend(identification(msg));
+    out
+}
+
+/// The observations that identify what the finding is about: the models, the study and the
+/// objects made of it.
+fn identification(msg: &StudyMessage) -> Vec<Observation> {
+    let mut out = Vec::new();
     for (i, model) in msg.models.iter().enumerate() {
         let sub_id = Some(i + 1);
         out.push(Observation { sub_id, ..Observation::new("ST", codes::ALGORITHM_NAME, escape(&model.name)) });
@@ -354,8 +384,7 @@ fn obx(set_id: usize, observation: &Observation, observed: &str) -> String {
             (4, observation.sub_id.map(|s| s.to_string()).unwrap_or_default()),
             (5, observation.value.clone()),
             (6, observation.units.clone().unwrap_or_default()),
-            // Preliminary, like the order's status.
-            (11, "P".into()),
+            (11, observation.status.into()),
             (14, observed.into()),
         ],
     )
@@ -471,7 +500,7 @@ mod tests {
         for (priority, code) in
             [(Priority::Urgent, "S^Stat"), (Priority::Review, "A^ASAP"), (Priority::Routine, "R^Routine")]
         {
-            let msg = StudyMessage { priority, ..StudyMessage::example() };
+            let msg = StudyMessage { triage: crate::domain::Triage::Priority(priority), ..StudyMessage::example() };
             let message = oru_r01(&msg, &settings());
             assert_eq!(field(&message, "TQ1", 9), format!("{code}^HL70485"));
             assert_eq!(field(&message, "OBR", 27), format!("^^^^^{}", &code[..1]));

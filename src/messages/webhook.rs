@@ -11,6 +11,7 @@
 //!   "event": "study.priority",
 //!   "control_id": "PT1A2B3C4D5E6F7A8B9C",
 //!   "priority": "urgent",
+//!   "reason": null,
 //!   "study": { "study_instance_uid": "1.2.826...", "accession_number": "ACC0001" },
 //!   "finding": { "system": "http://snomed.info/sct", "code": "36118008", "display": "Pneumothorax",
 //!                "present": true, "probability": 0.93, "area_mm2": 1234.5 },
@@ -22,6 +23,11 @@
 //!   "sent_at": "2025-11-24T16:00:01.234Z"
 //! }
 //! ```
+//!
+//! A study none of whose images the node could analyse (the selection rules chose them; an input
+//! check, a failure or quarantine stopped them) is sent `"event": "study.not_analysed"`, with
+//! `"priority": null`, `"finding": null` and the `reason` (otherwise `null`): never a negative.
+//! A later result of the study is sent as `study.priority`.
 //!
 //! `accession_number`, `area_mm2` and `link` are `null` when unknown. `created_at` is when the
 //! study's priority was set or raised; `sent_at` is this attempt, so a receiver can refuse stale
@@ -42,6 +48,8 @@ pub const SIGNATURE_HEADER: &str = "X-Pneumotriage-Signature";
 pub const MESSAGE_ID_HEADER: &str = "X-Pneumotriage-Message-Id";
 /// The body's `event`.
 pub const EVENT: &str = "study.priority";
+/// The body's `event` when none of the study's images could be analysed.
+pub const NOT_ANALYSED_EVENT: &str = "study.not_analysed";
 /// The body's `version`.
 pub const VERSION: u32 = 1;
 
@@ -53,23 +61,27 @@ pub fn body(msg: &StudyMessage) -> Value {
 /// The body for `msg`, sent at `sent_at`.
 pub fn body_at(msg: &StudyMessage, sent_at: SystemTime) -> Value {
     let f = &msg.finding;
-    json!({
-        "version": VERSION,
-        "event": EVENT,
-        "control_id": msg.control_id,
-        "priority": msg.priority.as_str(),
-        "study": {
-            "study_instance_uid": msg.study.study_instance_uid,
-            "accession_number": msg.study.accession_number,
-        },
-        "finding": {
+    let finding = msg.priority().map(|_| {
+        json!({
             "system": codes::PNEUMOTHORAX.fhir_system(),
             "code": codes::PNEUMOTHORAX.value,
             "display": codes::PNEUMOTHORAX.meaning,
             "present": f.present,
             "probability": f.probability,
             "area_mm2": f.area_mm2,
+        })
+    });
+    json!({
+        "version": VERSION,
+        "event": if msg.not_analysed().is_some() { NOT_ANALYSED_EVENT } else { EVENT },
+        "control_id": msg.control_id,
+        "priority": msg.priority().map(|p| p.as_str()),
+        "reason": msg.not_analysed(),
+        "study": {
+            "study_instance_uid": msg.study.study_instance_uid,
+            "accession_number": msg.study.accession_number,
         },
+        "finding": finding,
         "models": msg.models.iter().map(|m| json!({ "name": m.name, "version": m.version })).collect::<Vec<_>>(),
         "objects": msg.objects.iter().map(|o| json!({
             "kind": o.kind.as_str(),
@@ -135,6 +147,18 @@ mod tests {
         for private in ["Müller", "PAT001", "19700101"] {
             assert!(!text.contains(private), "{private} in {text}");
         }
+    }
+
+    #[test]
+    fn a_study_not_analysed_is_its_own_event_with_a_reason_and_no_finding() {
+        let reason = "image unsuitable: Patient Age 012Y is under 18 years";
+        let msg = StudyMessage { triage: crate::domain::Triage::NotAnalysed(reason.into()), ..StudyMessage::example() };
+        let body = body(&msg);
+        assert_eq!(body["event"], NOT_ANALYSED_EVENT);
+        assert_eq!(body["reason"], reason);
+        assert!(body["priority"].is_null() && body["finding"].is_null(), "{body}");
+        assert_eq!(body["study"]["study_instance_uid"], msg.study.study_instance_uid);
+        assert!(super::body(&StudyMessage::example())["reason"].is_null());
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl Sender for MessageSender {
                     destination = %m.destination,
                     kind = %m.kind,
                     control_id = %m.control_id,
-                    priority = %m.priority,
+                    priority = %m.priority.map_or_else(|| "not analysed".to_string(), |p| p.to_string()),
                     attempt = m.attempts,
                     "message delivered"
                 );
@@ -362,6 +362,7 @@ mod tests {
             objects: vec![],
             priorities: vec![],
             settle_secs: 0,
+            not_analysed: true,
             hl7: None,
             fhir: None,
             webhook: None,

@@ -14,4 +14,4 @@ pub mod uid;
 
 pub use common::{Built, ObjectUids, ResultsError};
 pub use context::{dicom_now, Context, Models, Series};
-pub use objects::{make_objects, MadeObject, OutputSettings};
+pub use objects::{make_not_analysed, make_objects, MadeObject, ObjectRoute, OutputSettings};

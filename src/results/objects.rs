@@ -28,8 +28,9 @@ pub struct OutputSettings {
     pub dir: PathBuf,
     /// The object store that keeps the durable copy of the outputs, if any (`[object_store]`).
     pub bucket: Option<Arc<Bucket>>,
-    /// Each DICOM destination's name and the kinds of objects it takes.
-    pub destinations: Vec<(String, Vec<ObjectKind>)>,
+    /// Each DICOM destination's name, the kinds of objects it takes, and whether it takes the
+    /// "not analysed" reports.
+    pub destinations: Vec<ObjectRoute>,
     /// When each messaging destination (HL7, FHIR, webhook) is sent a message.
     pub messages: Vec<MessageRule>,
 }
@@ -47,7 +48,7 @@ impl OutputSettings {
                 .destinations
                 .iter()
                 .filter(|d| !d.takes_messages())
-                .map(|d| (d.name.clone(), d.objects.clone()))
+                .map(|d| ObjectRoute { name: d.name.clone(), kinds: d.objects.clone(), not_analysed: d.not_analysed })
                 .collect(),
             messages: config
                 .destinations
@@ -58,9 +59,26 @@ impl OutputSettings {
                     kind: d.kind,
                     priorities: d.priorities.clone(),
                     settle: std::time::Duration::from_secs(d.settle_secs),
+                    not_analysed: d.not_analysed,
                 })
                 .collect(),
         }
+    }
+}
+
+/// Where a DICOM destination takes objects.
+#[derive(Debug, Clone)]
+pub struct ObjectRoute {
+    pub name: String,
+    pub kinds: Vec<ObjectKind>,
+    /// It takes the "not analysed" reports (SRs) too.
+    pub not_analysed: bool,
+}
+
+impl ObjectRoute {
+    /// Whether an object of `kind` goes there (`not_analysed`: a "not analysed" report).
+    pub fn takes(&self, kind: ObjectKind, not_analysed: bool) -> bool {
+        self.kinds.contains(&kind) && (!not_analysed || self.not_analysed)
     }
 }
 
@@ -91,17 +109,8 @@ pub fn make_objects(
     settings: &OutputSettings,
     source_key: &str,
 ) -> Vec<MadeObject> {
-    let models = Models {
-        classifier: analyser.classifier(),
-        segmenter: analyser.segmenter(),
-        notice: &analyser.manifest.notice,
-    };
-    let ctx = match Context::new(source, source_key, models, &settings.uid_root, &settings.node_name) {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            warn!(error = %e, "no objects for this result");
-            return Vec::new();
-        }
+    let Some(ctx) = context(analyser, source, settings, source_key, "no objects for this result") else {
+        return Vec::new();
     };
     let outputs = &settings.outputs;
     let mut made = Vec::new();
@@ -128,6 +137,46 @@ pub fn make_objects(
         made.extend(encoded(ObjectKind::Overlay, sc::build(&ctx, series, display, mask, analysis.probability)));
     }
     made
+}
+
+/// The "not analysed" report of an image the selection rules chose and the node could not
+/// analyse: an SR saying why, unless `outputs.sr = "none"` (the reports are SRs, so a site that
+/// makes none makes none of these either). Empty, logged, when the source lacks what identifies it.
+pub fn make_not_analysed(
+    analyser: &Analyser,
+    source: &InMemDicomObject,
+    reason: &str,
+    settings: &OutputSettings,
+    source_key: &str,
+) -> Vec<MadeObject> {
+    if settings.outputs.sr == SrPolicy::None {
+        return Vec::new();
+    }
+    let Some(ctx) = context(analyser, source, settings, source_key, "no \"not analysed\" report for this image") else {
+        return Vec::new();
+    };
+    let outputs = &settings.outputs;
+    let series = Series { number: outputs.sr_series_number, description: &outputs.sr_series_description };
+    encoded(ObjectKind::Sr, sr::build_not_analysed(&ctx, series, reason)).into_iter().collect()
+}
+
+/// What every object made of `source` shares; `None`, logged with `what_is_lost`, when the
+/// source lacks what identifies it.
+fn context<'a>(
+    analyser: &'a Analyser,
+    source: &'a InMemDicomObject,
+    settings: &'a OutputSettings,
+    source_key: &'a str,
+    what_is_lost: &str,
+) -> Option<Context<'a>> {
+    let models = Models {
+        classifier: analyser.classifier(),
+        segmenter: analyser.segmenter(),
+        notice: &analyser.manifest.notice,
+    };
+    Context::new(source, source_key, models, &settings.uid_root, &settings.node_name)
+        .map_err(|e| warn!(error = %e, "{what_is_lost}"))
+        .ok()
 }
 
 /// A built object as bytes; `None`, logged, when it could not be built or encoded.

@@ -187,7 +187,6 @@ fn algorithm(model: &ModelSpec) -> [InMemDicomObject; 3] {
 pub fn build(ctx: &Context, series: Series, finding: Finding, seg: Option<&ObjectUids>) -> Result<Built, ResultsError> {
     let source = &ctx.source;
     let (source_class, source_instance) = (source.sop_class_uid.as_str(), source.sop_instance_uid.as_str());
-    let source_series = source.series_instance_uid()?;
     let (c, s) = (ctx.models.classifier, ctx.models.segmenter);
     let derived = |role: &str| ctx.derive_uid(ObjectKind::Sr, role);
     let present = finding.decision != Decision::Negative;
@@ -248,6 +247,23 @@ pub fn build(ctx: &Context, series: Series, finding: Finding, seg: Option<&Objec
         ));
     }
 
+    report(ctx, series, groups, seg, "instance")
+}
+
+/// The document around the measurement `groups`: observation context, the TID 1500 root, the
+/// HL7 ActPriority scheme's declaration and the evidence (the source, and the SEG when there is
+/// one). `instance_role` derives the SOP Instance UID: a "not analysed" report of an image is
+/// another instance than its result's report.
+fn report(
+    ctx: &Context,
+    series: Series,
+    groups: Vec<InMemDicomObject>,
+    seg: Option<&ObjectUids>,
+    instance_role: &str,
+) -> Result<Built, ResultsError> {
+    let source = &ctx.source;
+    let (source_class, source_instance) = (source.sop_class_uid.as_str(), source.sop_instance_uid.as_str());
+    let source_series = source.series_instance_uid()?;
     let content = vec![
         code_item(Relationship::HasConceptMod, codes::LANGUAGE_OF_CONTENT, codes::ENGLISH_US),
         code_item(Relationship::HasObsContext, codes::OBSERVER_TYPE, codes::DEVICE),
@@ -259,7 +275,11 @@ pub fn build(ctx: &Context, series: Series, finding: Finding, seg: Option<&Objec
         container(Some(Relationship::Contains), codes::IMAGING_MEASUREMENTS, None, groups),
     ];
 
-    let (mut obj, uids) = ctx.new_object(ObjectKind::Sr, COMPREHENSIVE_3D_SR, "SR", series);
+    let (mut obj, mut uids) = ctx.new_object(ObjectKind::Sr, COMPREHENSIVE_3D_SR, "SR", series);
+    if instance_role != "instance" {
+        uids.sop_instance_uid = ctx.derive_uid(ObjectKind::Sr, instance_role);
+        obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.sop_instance_uid));
+    }
     for element in [
         seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]),
         seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
@@ -301,6 +321,29 @@ pub fn build(ctx: &Context, series: Series, finding: Finding, seg: Option<&Objec
     obj.put(seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]));
 
     Built::new(obj, uids)
+}
+
+/// The report of an image the selection rules chose and the node could not analyse: TID 1500
+/// with one measurement group whose finding, Pneumothorax, is Undetermined (CID 240's third
+/// value: never Absent) and whose free-text evaluation says why; no probability, no priority.
+pub fn build_not_analysed(ctx: &Context, series: Series, reason: &str) -> Result<Built, ResultsError> {
+    let source = &ctx.source;
+    let (source_class, source_instance) = (source.sop_class_uid.as_str(), source.sop_instance_uid.as_str());
+    let mut group = vec![
+        text_item(Relationship::HasObsContext, codes::TRACKING_IDENTIFIER, "pneumothorax classification"),
+        uidref_item(
+            Relationship::HasObsContext,
+            codes::TRACKING_UNIQUE_IDENTIFIER,
+            &ctx.derive_uid(ObjectKind::Sr, "not analysed tracking a"),
+        ),
+    ];
+    group.extend(algorithm(ctx.models.classifier));
+    group.push(code_item(Relationship::Contains, codes::PNEUMOTHORAX, codes::UNDETERMINED));
+    group.push(text_item(Relationship::Contains, codes::QUALITATIVE_EVALUATIONS, &format!("not analysed: {reason}")));
+    group.push(image_item(codes::SOURCE_OF_MEASUREMENT, source_class, source_instance, None));
+    let groups =
+        vec![container(Some(Relationship::Contains), codes::MEASUREMENT_GROUP, Some(TID_MEASUREMENT_GROUP), group)];
+    report(ctx, series, groups, None, "not analysed instance")
 }
 
 #[cfg(test)]

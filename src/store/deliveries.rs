@@ -127,24 +127,26 @@ impl Store {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
         };
+        // One transaction, as for jobs: a claim whose read is lost is rolled back.
+        let mut tx = self.begin_write().await?;
         let claimed: Option<(i64,)> = sqlx::query_as(sql)
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(destination)
             .bind(i64::from(scope == JobScope::AnySpool))
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
         let Some((id,)) = claimed else { return Ok(None) };
-        Ok(Some(
-            sqlx::query_as(
-                "SELECT d.id, d.destination, d.attempts, o.kind, o.sop_class_uid, o.sop_instance_uid, o.path \
-                 FROM deliveries d JOIN outputs o ON o.id = d.output_id WHERE d.id = $1",
-            )
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?,
-        ))
+        let claimed = sqlx::query_as(
+            "SELECT d.id, d.destination, d.attempts, o.kind, o.sop_class_uid, o.sop_instance_uid, o.path \
+             FROM deliveries d JOIN outputs o ON o.id = d.output_id WHERE d.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(claimed))
     }
 
     /// The destination stored the object.

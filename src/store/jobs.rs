@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 
 use super::ingest::insert_event;
-use super::messages::make_messages;
+use super::messages::{make_messages, not_analysed_control_id};
 use super::{now_ms, Backend, Event, Result, Store};
 use crate::config::Config;
 use crate::domain::{Decision, EventKind, JobState, MessageRule, ObjectKind, Policy, Priority};
@@ -43,6 +43,16 @@ pub enum JobEnd {
     /// The node stopped too often while analysing it: failed, and marked so that the worklist
     /// says why (see [`Store::recover_interrupted_jobs`]).
     Quarantined,
+}
+
+impl JobEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobEnd::Skipped => "skipped",
+            JobEnd::Failed => "failed",
+            JobEnd::Quarantined => "quarantined",
+        }
+    }
 }
 
 /// What start-up recovery did with the jobs a stopped node had left running.
@@ -160,12 +170,15 @@ impl Store {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
         };
+        // One transaction: a connection lost between the claim and its read rolls the claim
+        // back, rather than leaving the job this node's, unknown to it, until the lease expires.
+        let mut tx = self.begin_write().await?;
         let claimed: Option<(i64, i64)> = sqlx::query_as(sql)
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(i64::from(scope == JobScope::AnySpool))
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
         let Some((id, _attempts)) = claimed else { return Ok(None) };
         let job = sqlx::query_as(
@@ -174,8 +187,9 @@ impl Store {
              FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.id = $1",
         )
         .bind(id)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(Some(job))
     }
 
@@ -264,34 +278,7 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        for output in outputs.iter() {
-            let (output_id,): (i64,) = sqlx::query_as(
-                "INSERT INTO outputs (result_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, created_at, \
-                                      node) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            )
-            .bind(result_id)
-            .bind(output.kind)
-            .bind(&output.sop_class_uid)
-            .bind(&output.sop_instance_uid)
-            .bind(&output.path)
-            .bind(output.size_bytes)
-            .bind(now)
-            .bind(self.node())
-            .fetch_one(&mut *tx)
-            .await?;
-            for destination in &output.destinations {
-                sqlx::query(
-                    "INSERT INTO deliveries (output_id, destination, state, next_attempt_at, created_at, updated_at) \
-                     VALUES ($1, $2, 'pending', $3, $3, $3)",
-                )
-                .bind(output_id)
-                .bind(destination)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        insert_outputs(&mut *tx, self.node(), Source::Result(result_id), outputs, now).await?;
         // the study's priority around the result decides the messages (read only when some
         // destination takes messages)
         let messages = if rules.is_empty() {
@@ -310,11 +297,26 @@ impl Store {
     /// Returns false when the job is no longer this node's.
     pub async fn end_job(&self, job: &ClaimedJob, end: JobEnd, reason: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        if !self.end_job_in(&mut tx, job, end, reason, now_ms()).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The ending of [`Store::end_job`], inside the caller's transaction.
+    async fn end_job_in(
+        &self,
+        tx: &mut AnyConnection,
+        job: &ClaimedJob,
+        end: JobEnd,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
         let state = match end {
             JobEnd::Skipped => JobState::Skipped,
             JobEnd::Failed | JobEnd::Quarantined => JobState::Failed,
         };
-        let now = now_ms();
         if !finish(&mut *tx, self.node(), job.id, state, Some(reason), now).await? {
             return Ok(false);
         }
@@ -330,7 +332,77 @@ impl Store {
             let event = Event::new(kind).instance(&job.sop_instance_uid).detail(reason);
             insert_event(&mut *tx, self.node(), &event).await?;
         }
+        Ok(true)
+    }
+
+    /// Ends the job of an image the selection rules chose and the node could not analyse, and
+    /// reports it, in one transaction: the job's ending (as [`Store::end_job`]), a notice with
+    /// the reason, the rows of its "not analysed" objects (`outputs`, written already) with
+    /// their deliveries, and, while the study has no result, a "not analysed" message for each
+    /// messaging destination that takes one (due after its settling wait, so that a result of
+    /// another image of the study supersedes it). An image reported before (analysed again after
+    /// a `requeue`) is not reported twice. False when the job is no longer this node's.
+    pub async fn record_not_analysed(
+        &self,
+        job: &ClaimedJob,
+        end: JobEnd,
+        reason: &str,
+        outputs: &[NewOutput],
+        rules: &[MessageRule],
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        if !self.end_job_in(&mut tx, job, end, reason, now).await? {
+            return Ok(false);
+        }
+        let reported: Option<(i64,)> = sqlx::query_as("SELECT id FROM notices WHERE instance_id = $1")
+            .bind(job.instance_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if reported.is_some() {
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let (notice_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO notices (instance_id, job_id, reason, node, created_at) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id",
+        )
+        .bind(job.instance_id)
+        .bind(job.id)
+        .bind(reason)
+        .bind(self.node())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_outputs(&mut tx, self.node(), Source::Notice(notice_id), outputs, now).await?;
+        let (study_uid,): (String,) = sqlx::query_as("SELECT study_instance_uid FROM studies WHERE id = $1")
+            .bind(job.study_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut messages = 0;
+        for rule in rules.iter().filter(|r| r.not_analysed) {
+            messages += sqlx::query(
+                "INSERT INTO messages (study_id, destination, kind, priority, control_id, state, next_attempt_at, \
+                                       created_at, updated_at) \
+                 SELECT $1, $2, $3, NULL, $4, 'pending', $5, $6, $6 \
+                 WHERE NOT EXISTS (SELECT 1 FROM results r JOIN instances i ON i.id = r.instance_id \
+                                   WHERE i.study_id = $1) \
+                 ON CONFLICT (study_id, destination) WHERE priority IS NULL DO NOTHING",
+            )
+            .bind(job.study_id)
+            .bind(&rule.destination)
+            .bind(rule.kind)
+            .bind(not_analysed_control_id(&rule.destination, &study_uid))
+            .bind(now + rule.settle.as_millis() as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         tx.commit().await?;
+        if messages > 0 || outputs.iter().any(|o| !o.destinations.is_empty()) {
+            self.signal_deliveries();
+        }
         Ok(true)
     }
 
@@ -512,6 +584,58 @@ impl Store {
 }
 
 /// Moves a job this node holds to a final state; false when it is not (or no longer) ours.
+/// What an object is made of: a result, or a notice (a "not analysed" report).
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Result(i64),
+    Notice(i64),
+}
+
+/// The rows of objects written under `<data_dir>/outputs`, and a delivery for each of their
+/// destinations, inside the caller's transaction.
+async fn insert_outputs(
+    conn: &mut AnyConnection,
+    node: &str,
+    source: Source,
+    outputs: &[NewOutput],
+    now: i64,
+) -> Result<()> {
+    let (result_id, notice_id) = match source {
+        Source::Result(id) => (Some(id), None),
+        Source::Notice(id) => (None, Some(id)),
+    };
+    for output in outputs {
+        let (output_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO outputs (result_id, notice_id, kind, sop_class_uid, sop_instance_uid, path, size_bytes, \
+                                  created_at, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(result_id)
+        .bind(notice_id)
+        .bind(output.kind)
+        .bind(&output.sop_class_uid)
+        .bind(&output.sop_instance_uid)
+        .bind(&output.path)
+        .bind(output.size_bytes)
+        .bind(now)
+        .bind(node)
+        .fetch_one(&mut *conn)
+        .await?;
+        for destination in &output.destinations {
+            sqlx::query(
+                "INSERT INTO deliveries (output_id, destination, state, next_attempt_at, created_at, updated_at) \
+                 VALUES ($1, $2, 'pending', $3, $3, $3)",
+            )
+            .bind(output_id)
+            .bind(destination)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 async fn finish<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     executor: E,
     node: &str,

@@ -18,7 +18,7 @@ use sqlx::AnyConnection;
 use super::deliveries::{finish_sql, requeue_failed_sql, End};
 use super::{now_ms, Backend, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, MessageRule, ObjectKind, Priority};
-use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage};
+use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage, Triage};
 
 /// A message this node has claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -26,7 +26,8 @@ pub struct ClaimedMessage {
     pub id: i64,
     pub destination: String,
     pub kind: DestinationKind,
-    pub priority: Priority,
+    /// None: the study's "not analysed" message.
+    pub priority: Option<Priority>,
     pub control_id: String,
     /// Counting this one.
     pub attempts: i64,
@@ -40,7 +41,8 @@ pub struct MessageRow {
     pub id: i64,
     pub destination: String,
     pub kind: DestinationKind,
-    pub priority: Priority,
+    /// None: the study's "not analysed" message.
+    pub priority: Option<Priority>,
     pub control_id: String,
     pub study_instance_uid: String,
     pub state: DeliveryState,
@@ -55,7 +57,16 @@ pub struct MessageRow {
 /// The control ID of the message for (destination, study, priority): "PT" and 18 hex digits of
 /// their SHA-256, 20 characters (HL7 MSH-10 is at most 20).
 pub fn control_id(destination: &str, study_instance_uid: &str, priority: Priority) -> String {
-    let digest = Sha256::digest(format!("{destination}\n{study_instance_uid}\n{priority}"));
+    hashed_id(destination, study_instance_uid, priority.as_str())
+}
+
+/// The control ID of a study's "not analysed" message to `destination`, in the same form.
+pub fn not_analysed_control_id(destination: &str, study_instance_uid: &str) -> String {
+    hashed_id(destination, study_instance_uid, "not analysed")
+}
+
+fn hashed_id(destination: &str, study_instance_uid: &str, subject: &str) -> String {
+    let digest = Sha256::digest(format!("{destination}\n{study_instance_uid}\n{subject}"));
     let hex: String = digest.iter().take(9).map(|b| format!("{b:02X}")).collect();
     format!("PT{hex}")
 }
@@ -90,7 +101,24 @@ pub(super) async fn make_messages(
         .bind(&rule.destination)
         .execute(&mut *conn)
         .await?;
-        let Some(priority) = raised.filter(|p| rule.priorities.contains(p)) else { continue };
+        // A result supersedes the study's "not analysed" message: not sent if not sent yet, and
+        // where it was, the result follows whatever priorities the destination takes.
+        sqlx::query(
+            "DELETE FROM messages WHERE study_id = $1 AND destination = $2 AND priority IS NULL \
+               AND state = 'pending' AND attempts = 0",
+        )
+        .bind(study_id)
+        .bind(&rule.destination)
+        .execute(&mut *conn)
+        .await?;
+        let (told_not_analysed,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages WHERE study_id = $1 AND destination = $2 AND priority IS NULL",
+        )
+        .bind(study_id)
+        .bind(&rule.destination)
+        .fetch_one(&mut *conn)
+        .await?;
+        let Some(priority) = raised.filter(|p| rule.priorities.contains(p) || told_not_analysed > 0) else { continue };
         // Not tried yet and now outranked: the higher message says it all.
         sqlx::query(
             "DELETE FROM messages WHERE study_id = $1 AND destination = $2 AND state = 'pending' AND attempts = 0",
@@ -176,23 +204,25 @@ impl Store {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
         };
+        // One transaction, as for jobs: a claim whose read is lost is rolled back.
+        let mut tx = self.begin_write().await?;
         let claimed: Option<(i64,)> = sqlx::query_as(sql)
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(destination)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
         let Some((id,)) = claimed else { return Ok(None) };
-        Ok(Some(
-            sqlx::query_as(
-                "SELECT id, destination, kind, priority, control_id, attempts, study_id, created_at \
-                 FROM messages WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?,
-        ))
+        let claimed = sqlx::query_as(
+            "SELECT id, destination, kind, priority, control_id, attempts, study_id, created_at \
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(claimed))
     }
 
     /// What a claimed message says: the study as it stands now (its images analysed so far, the
@@ -217,12 +247,26 @@ impl Store {
         .await?;
         let objects: Vec<(ObjectKind, String, String)> = sqlx::query_as(
             "SELECT o.kind, o.sop_class_uid, o.sop_instance_uid FROM outputs o \
-             JOIN results r ON r.id = o.result_id JOIN instances i ON i.id = r.instance_id \
+             LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
+             JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) \
              WHERE i.study_id = $1 AND o.kind IN ('sr', 'seg') ORDER BY o.id",
         )
         .bind(m.study_id)
         .fetch_all(self.pool())
         .await?;
+        let triage = match m.priority {
+            Some(priority) => Triage::Priority(priority),
+            None => {
+                let reason: Option<(String,)> = sqlx::query_as(
+                    "SELECT n.reason FROM notices n JOIN instances i ON i.id = n.instance_id \
+                     WHERE i.study_id = $1 ORDER BY n.id DESC LIMIT 1",
+                )
+                .bind(m.study_id)
+                .fetch_optional(self.pool())
+                .await?;
+                Triage::NotAnalysed(reason.map_or_else(|| "not analysed".to_string(), |(r,)| r))
+            }
+        };
 
         let mut models: Vec<ModelFacts> = Vec::new();
         for r in &results {
@@ -242,7 +286,7 @@ impl Store {
         Ok(StudyMessage {
             control_id: m.control_id.clone(),
             created_at_ms: m.created_at,
-            priority: m.priority,
+            triage,
             study: StudyFacts {
                 observed_at_ms: results.iter().map(|r| r.created_at).max().unwrap_or(m.created_at),
                 study_instance_uid: study.study_instance_uid,
@@ -292,10 +336,9 @@ impl Store {
         delay_ms: i64,
         event: EventKind,
     ) -> Result<bool> {
-        let detail = format!(
-            "{} message {} ({}) to {} (attempt {})",
-            m.kind, m.control_id, m.priority, m.destination, m.attempts
-        );
+        let subject = m.priority.map_or_else(|| "not analysed".to_string(), |p| p.to_string());
+        let detail =
+            format!("{} message {} ({subject}) to {} (attempt {})", m.kind, m.control_id, m.destination, m.attempts);
         self.finish_claimed(FINISH_MESSAGE, m.id, End { state, error, delay_ms, event, detail }).await
     }
 

@@ -26,7 +26,7 @@ pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
 pub use listing::{InstanceRow, StudyRow};
-pub use messages::{control_id, ClaimedMessage, MessageRow};
+pub use messages::{control_id, not_analysed_control_id, ClaimedMessage, MessageRow};
 pub use shadow::{NewShadowResult, ShadowPair};
 pub use verdicts::{ReviewedResult, VerdictRow};
 pub use worklist::Counts;

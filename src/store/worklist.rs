@@ -143,14 +143,17 @@ const STUDIES: &str = "SELECT s.study_instance_uid, s.patient_id, s.patient_name
           WHERE i.study_id = s.id AND j.quarantined_at IS NOT NULL) AS jobs_quarantined, \
         (SELECT COUNT(*) FROM results r JOIN instances i ON i.id = r.instance_id \
           WHERE i.study_id = s.id) AS results, \
-        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
-          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state IN ('pending', 'sending')) \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id \
+          LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
+          JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) WHERE i.study_id = s.id AND d.state IN ('pending', 'sending')) \
           AS deliveries_pending, \
-        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
-          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'delivered') \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id \
+          LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
+          JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) WHERE i.study_id = s.id AND d.state = 'delivered') \
           AS deliveries_delivered, \
-        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id JOIN results r ON r.id = o.result_id \
-          JOIN instances i ON i.id = r.instance_id WHERE i.study_id = s.id AND d.state = 'failed') \
+        (SELECT COUNT(*) FROM deliveries d JOIN outputs o ON o.id = d.output_id \
+          LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
+          JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) WHERE i.study_id = s.id AND d.state = 'failed') \
           AS deliveries_failed, \
         (SELECT MIN(i.node) FROM jobs j JOIN instances i ON i.id = j.instance_id \
           WHERE i.study_id = s.id AND j.state IN ('queued', 'running') AND i.node <> $3) AS waiting_for_node, \
@@ -207,7 +210,8 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT i.sop_instance_uid AS source_sop_instance_uid, o.kind, o.sop_instance_uid, d.destination, \
                     d.state, d.attempts, d.last_error, d.delivered_at \
-             FROM outputs o JOIN results r ON r.id = o.result_id JOIN instances i ON i.id = r.instance_id \
+             FROM outputs o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
+             JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) \
              JOIN studies s ON s.id = i.study_id LEFT JOIN deliveries d ON d.output_id = o.id \
              WHERE s.study_instance_uid = $1 ORDER BY o.id, d.id",
         )

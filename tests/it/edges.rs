@@ -250,7 +250,11 @@ fn garbage_hl7_replies_are_kept_and_logged_as_valid_text(backend: Backend) {
     assert!(storescu(setup.port, &[], &[files[0].as_path()]).status.success());
     setup.wait_count("SELECT COUNT(*) FROM messages WHERE attempts >= 2 AND last_error LIKE '%GARBAGE%'", 1);
     // Between attempts or in the next one, never given up.
-    assert_eq!(setup.count("SELECT COUNT(*) FROM messages WHERE state IN ('pending', 'sending')"), 1, "retried, not given up");
+    assert_eq!(
+        setup.count("SELECT COUNT(*) FROM messages WHERE state IN ('pending', 'sending')"),
+        1,
+        "retried, not given up"
+    );
     node.wait_for_log("GARBAGE");
     let log = std::fs::read(&node.log_path).unwrap();
     let log = String::from_utf8(log).expect("the node's log is valid UTF-8");

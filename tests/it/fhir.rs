@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pneumotriage::config::FhirSettings;
-use pneumotriage::domain::Priority;
 use pneumotriage::domain::{FindingFacts, PatientFacts, StudyMessage};
+use pneumotriage::domain::{Priority, Triage};
 use pneumotriage::messages::{fhir, webhook};
 use pneumotriage::outbox::http::{HttpTarget, HttpTls};
 use pneumotriage::outbox::MessageError;
@@ -133,7 +133,7 @@ fn the_example_bundle_is_valid_fhir_r4() {
 #[test]
 fn a_routine_negative_without_area_accession_or_patient_is_valid_fhir_r4() {
     let mut msg = StudyMessage::example();
-    msg.priority = Priority::Routine;
+    msg.triage = Triage::Priority(Priority::Routine);
     msg.finding = FindingFacts { present: false, probability: 0.04, area_mm2: None };
     msg.study.accession_number = None;
     msg.study.description = None;
@@ -145,6 +145,33 @@ fn a_routine_negative_without_area_accession_or_patient_is_valid_fhir_r4() {
     assert_eq!(verdict["fields"]["observation_value"], "272519000");
     assert_eq!(verdict["fields"]["observation_components"], 1);
     assert_eq!(verdict["fields"]["task_priority"], "routine");
+}
+
+/// A study the node did not analyse: Observation and DiagnosticReport `cancelled`, no value but a
+/// data-absent reason (not-performed) and a note saying why, a Task with no priority of its own.
+#[test]
+fn a_not_analysed_study_is_valid_fhir_r4_cancelled_with_a_reason() {
+    let reason = "image unsuitable: Patient Age 012Y is under 18 years";
+    let mut msg = StudyMessage { triage: Triage::NotAnalysed(reason.into()), ..StudyMessage::example() };
+    msg.finding = FindingFacts { present: false, probability: 0.0, area_mm2: None };
+    msg.models.clear();
+    msg.objects.retain(|o| o.kind == pneumotriage::domain::ObjectKind::Sr);
+    let verdict = check_message(&msg);
+    assert_eq!(verdict["entries"], serde_json::json!(["Patient", "Device", "Observation", "DiagnosticReport", "Task"]));
+    let f = &verdict["fields"];
+    assert_eq!(f["observation_code"], "36118008");
+    assert_eq!(f["observation_status"], "cancelled");
+    assert_eq!(f["observation_value"], Value::Null);
+    assert_eq!(f["observation_components"], 0);
+    assert_eq!(f["observation_absent"], "not-performed");
+    assert_eq!(f["observation_notes"][0], format!("Not analysed: {reason}"));
+    assert_eq!(f["report_status"], "cancelled");
+    assert_eq!(f["task_priority"], Value::Null);
+    // An analysed study stays preliminary with a value.
+    let analysed = check_message(&StudyMessage::example());
+    assert_eq!(analysed["fields"]["observation_status"], "preliminary");
+    assert_eq!(analysed["fields"]["report_status"], "preliminary");
+    assert_eq!(analysed["fields"]["observation_absent"], Value::Null);
 }
 
 #[test]

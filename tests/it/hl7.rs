@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pneumotriage::config::Hl7Settings;
-use pneumotriage::domain::Priority;
 use pneumotriage::domain::{PatientFacts, StudyMessage};
+use pneumotriage::domain::{Priority, Triage};
 use pneumotriage::messages::hl7::oru_r01;
 use pneumotriage::outbox::mllp::{send, Hl7Target};
 use pneumotriage::outbox::MessageError;
@@ -62,7 +62,7 @@ fn assert_reads_back(msg: &StudyMessage) {
         msg.patient.name.as_deref().unwrap_or("").split('=').next().unwrap_or("").split('^').collect();
     let part = |i: usize| name_parts.get(i).copied().unwrap_or("").trim().to_string();
     let expected_name = [part(0), part(1), part(2), part(4), part(3)];
-    let priority = pneumotriage::codes::act_priority(msg.priority).value;
+    let priority = pneumotriage::codes::act_priority(msg.priority().expect("a priority")).value;
     let uids = |kind| -> Vec<&str> {
         msg.objects.iter().filter(|o| o.kind == kind).map(|o| o.sop_instance_uid.as_str()).collect()
     };
@@ -102,7 +102,7 @@ fn example_message_is_valid_and_both_parsers_read_the_study_message() {
 #[test]
 fn every_priority_is_valid_and_reads_back() {
     for priority in [Priority::Urgent, Priority::Review, Priority::Routine] {
-        assert_reads_back(&StudyMessage { priority, ..StudyMessage::example() });
+        assert_reads_back(&StudyMessage { triage: Triage::Priority(priority), ..StudyMessage::example() });
     }
 }
 
@@ -125,7 +125,7 @@ fn hostile_values_parse_back_equal() {
 
 #[test]
 fn a_negative_study_without_optional_values_is_valid() {
-    let mut msg = StudyMessage { priority: Priority::Routine, ..StudyMessage::example() };
+    let mut msg = StudyMessage { triage: Triage::Priority(Priority::Routine), ..StudyMessage::example() };
     msg.finding.present = false;
     msg.finding.probability = 0.02;
     msg.finding.area_mm2 = None;
@@ -141,6 +141,41 @@ fn a_negative_study_without_optional_values_is_valid() {
     assert_eq!(check.hl7apy["area"], serde_json::Value::Null);
     assert_eq!(check.hl7apy["sex"], "U");
     assert_eq!(check.hl7apy["seg_uids"], serde_json::json!([]));
+}
+
+/// A study the node did not analyse: valid, the finding's observation says the result cannot be
+/// obtained (OBX-11 X) with no value, no priority anywhere, a second NTE says why, and the SR that
+/// says the same is referenced.
+#[test]
+fn a_not_analysed_study_is_valid_and_says_why_without_a_priority() {
+    let reason = "image unsuitable: Patient Age 012Y is under 18 years";
+    let mut msg = StudyMessage { triage: Triage::NotAnalysed(reason.into()), ..StudyMessage::example() };
+    msg.finding.present = false;
+    msg.finding.probability = 0.0;
+    msg.finding.area_mm2 = None;
+    msg.models.clear();
+    msg.objects.retain(|o| o.kind == pneumotriage::domain::ObjectKind::Sr);
+    let message = oru_r01(&msg, &settings());
+    let check = check(&message);
+    assert!(check.valid, "hl7apy: {}\n{}", check.errors, message.replace('\r', "\n"));
+    assert_eq!(check.hl7apy, check.python_hl7, "the parsers disagree");
+    let read = &check.hl7apy;
+    assert_eq!(read["finding"], "");
+    assert_eq!(read["finding_status"], "X");
+    assert_eq!(read["probability"], serde_json::Value::Null);
+    assert_eq!(read["area"], serde_json::Value::Null);
+    assert_eq!(read["priority_obx"], serde_json::Value::Null);
+    assert_eq!(read["priority_tq1"], "");
+    assert_eq!(read["priority_obr27"], "");
+    assert_eq!(read["notes"], serde_json::json!([msg.notice, format!("Not analysed: {reason}")]));
+    assert_eq!(read["study_uid"], msg.study.study_instance_uid.as_str());
+    assert_eq!(read["sr_uids"], serde_json::json!([msg.objects[0].sop_instance_uid]));
+    // An analysed study's finding stays preliminary, like the order.
+    assert_eq!(check_finding_status(&StudyMessage::example()), "P");
+}
+
+fn check_finding_status(msg: &StudyMessage) -> String {
+    check(&oru_r01(msg, &settings())).hl7apy["finding_status"].as_str().unwrap_or_default().to_string()
 }
 
 /// `mllp_receiver.py`, running until dropped.

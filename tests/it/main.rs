@@ -21,6 +21,7 @@ mod inference;
 mod layout;
 mod messages;
 mod nodes;
+mod not_analysed;
 mod operations;
 mod package;
 mod pipeline;

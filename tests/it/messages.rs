@@ -15,10 +15,16 @@ use crate::store::{instance_in_study, result};
 use crate::{fhir, hl7};
 use pneumotriage::domain::MessageRule;
 use pneumotriage::domain::{Decision, DestinationKind, Priority};
-use pneumotriage::store::{control_id, JobScope, Store};
+use pneumotriage::store::{control_id, JobEnd, JobScope, Store};
 
 fn rule(priorities: &[Priority], settle: Duration) -> MessageRule {
-    MessageRule { destination: "ris".into(), kind: DestinationKind::Hl7, priorities: priorities.to_vec(), settle }
+    MessageRule {
+        destination: "ris".into(),
+        kind: DestinationKind::Hl7,
+        priorities: priorities.to_vec(),
+        settle,
+        not_analysed: true,
+    }
 }
 
 /// Receives an image of `study` and records its result at `priority`, as the pipeline does.
@@ -52,7 +58,7 @@ fn an_urgent_pa_then_a_routine_lateral_give_one_urgent_message(backend: Backend)
         analyse(store, "1.2.40", "1.2.40.1", Priority::Urgent, &rules).await;
         analyse(store, "1.2.40", "1.2.40.2", Priority::Routine, &rules).await;
         let m = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("urgent goes at once");
-        assert_eq!(m.priority, Priority::Urgent);
+        assert_eq!(m.priority, Some(Priority::Urgent));
         assert_eq!(m.control_id, control_id("ris", "1.2.40", Priority::Urgent));
         assert_eq!(m.control_id.len(), 20, "fits HL7 MSH-10");
     });
@@ -71,7 +77,7 @@ fn review_then_urgent_give_two_messages(backend: Backend) {
         // a third image at review raises nothing
         analyse(store, "1.2.41", "1.2.41.3", Priority::Review, &rules).await;
         let urgent = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("urgent is due");
-        assert_eq!(urgent.priority, Priority::Urgent);
+        assert_eq!(urgent.priority, Some(Priority::Urgent));
         assert_ne!(urgent.control_id, review.control_id);
     });
     assert_eq!(messages(&setup), [pair("review", "delivered"), pair("urgent", "sending")]);
@@ -86,7 +92,7 @@ fn a_settling_message_gives_way_to_a_higher_one(backend: Backend) {
         assert!(store.claim_message("ris", Duration::from_secs(60)).await.unwrap().is_none(), "review settles");
         analyse(store, "1.2.42", "1.2.42.2", Priority::Urgent, &rules).await;
         let m = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("urgent goes at once");
-        assert_eq!(m.priority, Priority::Urgent);
+        assert_eq!(m.priority, Some(Priority::Urgent));
     });
     assert_eq!(messages(&setup), [pair("urgent", "sending")], "the untried review message is superseded");
 }
@@ -122,12 +128,94 @@ fn only_the_destinations_priorities_send_a_message(backend: Backend) {
     assert_eq!(messages(&setup), [pair("urgent", "pending")]);
 }
 
+/// Receives an image of `study` that the node could not analyse, and reports it as the pipeline
+/// does.
+async fn not_analysed(store: &Store, study: &str, uid: &str, rules: &[MessageRule]) {
+    store.record_instance(&instance_in_study(study, uid, 1)).await.unwrap();
+    let job = store.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap().expect("a job");
+    let reason = "input check: patient age 12.0 years is below inference.checks.min_age_years (18)";
+    assert!(store.record_not_analysed(&job, JobEnd::Skipped, reason, &[], rules).await.unwrap());
+}
+
+/// (priority or "not analysed", state) of every message, oldest first.
+fn messages_with_notices(setup: &Setup) -> Vec<(String, String)> {
+    setup.with_store(async |store| {
+        let rows: Vec<(Option<String>, String)> =
+            sqlx::query_as("SELECT priority, state FROM messages ORDER BY id").fetch_all(store.pool()).await.unwrap();
+        rows.into_iter().map(|(p, s)| (p.unwrap_or_else(|| "not analysed".into()), s)).collect()
+    })
+}
+
+/// A study none of whose images could be analysed gets one "not analysed" message per
+/// destination, after the settling wait; a result of another of its images, arriving within it,
+/// supersedes it (never sent), and once the study has a result no such message is made.
+fn a_result_within_the_settling_supersedes_the_not_analysed_message(backend: Backend) {
+    let setup = Setup::new(backend);
+    let rules = [rule(Priority::ALL, Duration::from_secs(30))];
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        not_analysed(store, "1.2.50", "1.2.50.1", &rules).await;
+        not_analysed(store, "1.2.50", "1.2.50.2", &rules).await;
+        assert!(store.claim_message("ris", Duration::from_secs(60)).await.unwrap().is_none(), "settling");
+    });
+    assert_eq!(messages_with_notices(&setup), [pair("not analysed", "pending")], "one per study and destination");
+    setup.with_store(async |store| {
+        analyse(store, "1.2.50", "1.2.50.3", Priority::Urgent, &rules).await;
+        // the study has a result now: a later unanalysable image reports nothing more
+        not_analysed(store, "1.2.50", "1.2.50.4", &rules).await;
+    });
+    assert_eq!(messages_with_notices(&setup), [pair("urgent", "pending")]);
+}
+
+/// Once a "not analysed" message was sent, the study's result follows it even at a priority the
+/// destination does not otherwise take, so that the receiver is never left with "not analysed";
+/// the message names the same study under its own control ID.
+fn a_result_after_a_sent_not_analysed_message_follows_it_whatever_the_priorities(backend: Backend) {
+    let setup = Setup::new(backend);
+    let rules = [rule(&[Priority::Urgent], Duration::ZERO)];
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        not_analysed(store, "1.2.51", "1.2.51.1", &rules).await;
+        let told = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("due at once");
+        assert_eq!(told.priority, None);
+        assert_eq!(told.control_id, pneumotriage::store::not_analysed_control_id("ris", "1.2.51"));
+        let said = store.study_message(&told, "").await.unwrap();
+        assert_eq!(
+            said.not_analysed(),
+            Some("input check: patient age 12.0 years is below inference.checks.min_age_years (18)")
+        );
+        assert!(store.message_done(&told).await.unwrap());
+        analyse(store, "1.2.51", "1.2.51.2", Priority::Routine, &rules).await;
+        // another study's routine result is still not sent to this destination
+        analyse(store, "1.2.52", "1.2.52.1", Priority::Routine, &rules).await;
+        let result = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("the result follows");
+        assert_eq!(result.priority, Some(Priority::Routine));
+        assert_ne!(result.control_id, told.control_id);
+        assert_eq!(store.study_message(&result, "").await.unwrap().priority(), Some(Priority::Routine));
+    });
+    assert_eq!(messages_with_notices(&setup), [pair("not analysed", "delivered"), pair("routine", "sending")]);
+}
+
+/// A destination with `not_analysed = false` gets no such message.
+fn a_destination_can_decline_not_analysed_messages(backend: Backend) {
+    let setup = Setup::new(backend);
+    let rules = [MessageRule { not_analysed: false, ..rule(Priority::ALL, Duration::ZERO) }];
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        not_analysed(store, "1.2.53", "1.2.53.1", &rules).await;
+    });
+    assert_eq!(messages_with_notices(&setup), []);
+}
+
 on_both_backends!(
     an_urgent_pa_then_a_routine_lateral_give_one_urgent_message,
     review_then_urgent_give_two_messages,
     a_settling_message_gives_way_to_a_higher_one,
     another_image_of_the_study_extends_the_settling,
     only_the_destinations_priorities_send_a_message,
+    a_result_within_the_settling_supersedes_the_not_analysed_message,
+    a_result_after_a_sent_not_analysed_message_follows_it_whatever_the_priorities,
+    a_destination_can_decline_not_analysed_messages,
     a_positive_and_a_negative_image_give_one_valid_urgent_oru
 );
 
@@ -206,7 +294,7 @@ fn keep_artifact(name: &str, bytes: &[u8]) {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < deadline, "{what}");

@@ -219,18 +219,7 @@ fn the_worklist_page_lists_studies_in_priority_order() {
         .collect();
 
     let page = format!("http://127.0.0.1:{}/", setup.http_port);
-    let chromium = |args: &[&str], url: &str| {
-        let profile = work.path().join("chromium-profile");
-        let out = Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(args)
-            .arg(url)
-            .output()
-            .expect("Debian's chromium runs (scripts/test installs it)");
-        assert!(out.status.success(), "chromium {args:?}: {}", text(&out));
-        out
-    };
+    let chromium = |args: &[&str], url: &str| common::chromium(work.path(), args, url);
     let dom = String::from_utf8(chromium(&["--dump-dom"], &page).stdout).unwrap();
     let body = dom.split("<tbody id=\"rows\">").nth(1).and_then(|b| b.split("</tbody>").next()).unwrap_or("");
     let rows: Vec<&str> = body.split("data-uid=\"").skip(1).map(|rest| &rest[..rest.find('"').unwrap()]).collect();

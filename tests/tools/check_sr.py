@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reads the node's structured report (TID 1500) with highdicom and prints what it says as JSON:
-finding present, probability, priority code, the source image and SEG it references, and the
+finding present, probability, priority code, the free-text evaluations, the source image and SEG it references, and the
 models (name, version, sha256) of each measurement group.
 
 Usage: check_sr.py REPORT.dcm...
@@ -15,6 +15,8 @@ from pydicom.sr.codedict import codes
 PRIORITY_CONCEPT = codes.SCT.Priority          # (260870009, SCT)
 PRESENCE_CONCEPT = codes.SCT.Pneumothorax      # (36118008, SCT)
 PROBABILITY_CONCEPT = codes.DCM.Probability    # (122157, DCM)
+# TID 1501's free-text qualitative evaluation (where a "not analysed" report says why)
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def _code(c):
@@ -66,6 +68,8 @@ def parse(path):
             value == codes.SCT.Present if value in (codes.SCT.Present, codes.SCT.Absent) else None
         )
         result["finding_code"] = _code(value)
+        texts = find_content_items(grp[0], name=QUALITATIVE_EVALUATIONS, value_type=hd.sr.ValueTypeValues.TEXT)
+        result["evaluation_text"] = [t.value for t in texts]
         meas = grp.get_measurements(name=PROBABILITY_CONCEPT)
         if meas:
             result["probability"] = float(meas[0].value)

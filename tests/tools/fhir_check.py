@@ -54,6 +54,10 @@ def fields(resources):
             None,
         ),
         "task_priority": task.get("priority"),
+        "observation_status": observation.get("status"),
+        "observation_absent": observation.get("dataAbsentReason", {}).get("coding", [{}])[0].get("code"),
+        "observation_notes": [n.get("text") for n in observation.get("note", [])],
+        "report_status": report.get("status"),
     }
 
 

@@ -10,8 +10,8 @@ it; python-hl7 parses it too. Prints one JSON object:
 
 FIELDS: control_id, patient_id, issuer, name ([family, given, middle, suffix, prefix]),
 birth_date, sex, placer, filler, procedure, priority_obr27, priority_tq1, priority_obx,
-finding, probability, area, models ([[name, version], ...]), study_uid, sr_uids, seg_uids,
-notice; every value unescaped. Exits 1 when hl7apy finds the message invalid, 2 when a parser
+finding, finding_status (its OBX-11), probability, area, models ([[name, version], ...]),
+study_uid, sr_uids, seg_uids, notice (the first NTE), notes (every NTE); every value unescaped. Exits 1 when hl7apy finds the message invalid, 2 when a parser
 cannot read it at all.
 """
 
@@ -57,12 +57,15 @@ def apy(leaf) -> str:
 
 
 def observations_from(rows):
-    """FIELDS from the observation rows: (identifier code, sub-id, OBX-5's components unescaped)."""
-    out = {"finding": None, "probability": None, "area": None, "priority_obx": None, "study_uid": None}
+    """FIELDS from the observation rows: (identifier code, sub-id, OBX-5's components unescaped,
+    OBX-11)."""
+    out = {"finding": None, "finding_status": None, "probability": None, "area": None, "priority_obx": None, "study_uid": None}
     models, srs, segs = {}, [], []
-    for code, sub_id, value in rows:
+    for code, sub_id, value, status in rows:
         if code == "36118008":
-            out["finding"] = value[0]
+            # No value where the result could not be obtained (OBX-11 X).
+            out["finding"] = value[0] if value else ""
+            out["finding_status"] = status
         elif code == "122157":
             out["probability"] = float(value[0])
         elif code == "42798000":
@@ -84,6 +87,14 @@ def observations_from(rows):
     return out
 
 
+def absent_as_empty(read) -> str:
+    """What read() returns, or "" where the segment is absent (hl7apy raises for it)."""
+    try:
+        return read()
+    except (KeyError, IndexError, AttributeError):
+        return ""
+
+
 def with_hl7apy(text: str):
     errors = []
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
@@ -98,7 +109,7 @@ def with_hl7apy(text: str):
     obr = order.obr
     name = pid.pid_5
     rows = [
-        (g.obx.obx_3.ce_1.value, g.obx.obx_4.to_er7(), [apy(c) for c in g.obx.obx_5.children])
+        (g.obx.obx_3.ce_1.value, g.obx.obx_4.to_er7(), [apy(c) for c in g.obx.obx_5.children], g.obx.obx_11.to_er7())
         for g in order.oru_r01_observation
     ]
     fields = {
@@ -112,8 +123,9 @@ def with_hl7apy(text: str):
         "filler": apy(obr.obr_3.ei_1),
         "procedure": apy(obr.obr_4.ce_2),
         "priority_obr27": obr.obr_27.tq_6.to_er7(),
-        "priority_tq1": order.oru_r01_timing_qty.tq1.tq1_9.cwe_1.to_er7(),
+        "priority_tq1": absent_as_empty(lambda: order.oru_r01_timing_qty.tq1.tq1_9.cwe_1.to_er7()),
         "notice": apy(order.nte.nte_3),
+        "notes": [apy(c.nte_3) for c in order.children if c.name == "NTE"],
     }
     fields.update(observations_from(rows))
     return fields, errors
@@ -123,10 +135,11 @@ def with_python_hl7(text: str):
     message = hl7.parse(text)
 
     def get(segment, field, component=1, repeat=1):
-        # extract_field unescapes; it raises for a component of a field that has none.
+        # extract_field unescapes; it raises for a component of a field that has none, and for
+        # a segment the message has not (TQ1 where there is no priority).
         try:
             return message.extract_field(segment, 1, field, repeat, component) or ""
-        except IndexError:
+        except (IndexError, KeyError):
             return ""
 
     def value(obx):
@@ -134,7 +147,10 @@ def with_python_hl7(text: str):
             return []
         return [message.unescape(str(c)) for c in obx[5][0]] if isinstance(obx[5][0], hl7.Repetition) else [message.unescape(str(obx[5][0]))]
 
-    rows = [(str(obx[3][0][0]), str(obx[4]) if len(obx) > 4 else "", value(obx)) for obx in message.segments("OBX")]
+    rows = [
+        (str(obx[3][0][0]), str(obx[4]) if len(obx) > 4 else "", value(obx), str(obx[11]) if len(obx) > 11 else "")
+        for obx in message.segments("OBX")
+    ]
     fields = {
         "control_id": get("MSH", 10),
         "patient_id": get("PID", 3),
@@ -148,6 +164,7 @@ def with_python_hl7(text: str):
         "priority_obr27": get("OBR", 27, 6),
         "priority_tq1": get("TQ1", 9),
         "notice": get("NTE", 3),
+        "notes": [message.unescape(str(s[3])) for s in message.segments("NTE")],
     }
     fields.update(observations_from(rows))
     return fields

@@ -494,6 +494,20 @@ pub fn http_request(
     Ok((status, head, response[split + 4..].to_vec()))
 }
 
+/// Headless Chromium with its profile under `dir`, on `url` (with `--dump-dom` or
+/// `--screenshot=FILE` among `args`), asserting success.
+pub fn chromium(dir: &Path, args: &[&str], url: &str) -> Output {
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"])
+        .arg(format!("--user-data-dir={}", dir.join("chromium-profile").display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("Debian's chromium runs (scripts/test installs it)");
+    assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 /// Runs a command-line tool, asserting success.
 pub fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));

@@ -159,6 +159,20 @@ impl Orthanc {
         instances
     }
 
+    /// The stored file of the instance with this SOP Instance UID, as Orthanc keeps it.
+    pub fn file(&self, sop_instance_uid: &str) -> Vec<u8> {
+        let found = self.post("/tools/lookup", sop_instance_uid);
+        let id = found.as_array().unwrap().iter().find(|r| r["Type"] == "Instance").expect("Orthanc has the instance")
+            ["ID"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, _, body) = super::http_request(self.http_port, "GET", &format!("/instances/{id}/file"), &[], "")
+            .unwrap_or_else(|e| panic!("Orthanc GET /instances/{id}/file: {e}"));
+        assert_eq!(status, 200, "Orthanc GET /instances/{id}/file");
+        body
+    }
+
     /// Polls until the study has at least `n` instances or `timeout` passes; returns what is there.
     pub fn wait_for_instances(&self, study_instance_uid: &str, n: usize, timeout: Duration) -> Vec<StoredInstance> {
         let deadline = Instant::now() + timeout;
