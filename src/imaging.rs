@@ -12,11 +12,13 @@ use dicom_core::Tag;
 use crate::dicom::scan::{self, ScanError};
 
 mod codestream;
+mod mask;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+pub use mask::mask_at_size;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImagingError {

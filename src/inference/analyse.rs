@@ -405,8 +405,13 @@ impl Finish<'_> {
             }
             _ => None,
         };
-        let segmenter_mask = full.clone().filter(|_| self.segment_always && segmenter_has_mask);
-        let mask = full.filter(|_| outcome.mask.is_some());
+        // one full-size mask serves both where both are wanted; a copy only then
+        let (mask, segmenter_mask) = match (outcome.mask.is_some(), self.segment_always && segmenter_has_mask) {
+            (true, true) => (full.clone(), full),
+            (true, false) => (full, None),
+            (false, true) => (None, full),
+            (false, false) => (None, None),
+        };
         let mask_area_px = mask.as_ref().map_or(0, |m| m.iter().filter(|&&b| b).count());
         let mask_rle =
             mask.as_ref().map_or_else(|| "-1".to_string(), |m| super::rle::siim_rle(m, image.width, image.height));
@@ -451,8 +456,7 @@ impl Finish<'_> {
             Policy::Segmentation => self.rules.triplet_bottom,
         };
         let small = DisplayImage { width: self.segmenter.width, height: self.segmenter.height, pixels: probabilities };
-        let big = imaging::resize(&small, image.width, image.height)?;
-        Ok(big.pixels.iter().map(|&v| v >= cut).collect())
+        Ok(imaging::mask_at_size(&small, image.width, image.height, cut)?)
     }
 }
 
