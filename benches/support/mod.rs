@@ -44,6 +44,7 @@ impl Mode {
     }
 
     /// A positive integer from the environment, else `full`, or `quick` in the quick mode.
+    #[allow(dead_code)] // the growth bench reads a list of sizes
     pub fn env_usize(self, name: &str, full: usize, quick: usize) -> Result<usize> {
         match std::env::var(name) {
             Ok(v) => v.parse().ok().filter(|&n| n > 0).with_context(|| format!("{name}={v} is not a positive integer")),

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use super::deliveries::{finish_sql, requeue_failed_sql, End};
-use super::{now_ms, Backend, Result, Store};
+use super::{now_ms, study_outputs, Backend, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, MessageRule, ObjectKind, Priority};
 use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage, Triage};
 
@@ -245,12 +245,11 @@ impl Store {
         .bind(m.study_id)
         .fetch_all(self.pool())
         .await?;
-        let objects: Vec<(ObjectKind, String, String)> = sqlx::query_as(
-            "SELECT o.kind, o.sop_class_uid, o.sop_instance_uid FROM outputs o \
-             LEFT JOIN results r ON r.id = o.result_id LEFT JOIN notices n ON n.id = o.notice_id \
-             JOIN instances i ON i.id = COALESCE(r.instance_id, n.instance_id) \
-             WHERE i.study_id = $1 AND o.kind IN ('sr', 'seg') ORDER BY o.id",
-        )
+        let objects: Vec<(ObjectKind, String, String)> = sqlx::query_as(concat!(
+            "SELECT so.kind, so.sop_class_uid, so.sop_instance_uid FROM ",
+            study_outputs!("$1"),
+            " so WHERE so.kind IN ('sr', 'seg') ORDER BY so.id"
+        ))
         .bind(m.study_id)
         .fetch_all(self.pool())
         .await?;

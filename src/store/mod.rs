@@ -22,6 +22,29 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
+/// The outputs made of the images of the study whose id is `$study` (an SQL expression), as a
+/// table: every column of `outputs` and the source image's SOP Instance UID (`source_uid`). An
+/// output comes of a result or of a "not analysed" notice: one join chain each, from the
+/// study's instances through indexes (a join on either column would read every output). The
+/// CROSS JOINs fix SQLite's order (it never reorders them; PostgreSQL does as it likes).
+macro_rules! study_outputs {
+    ($study:literal) => {
+        concat!(
+            "(SELECT o.*, i.sop_instance_uid AS source_uid \
+              FROM instances i CROSS JOIN results r CROSS JOIN outputs o \
+              WHERE i.study_id = ",
+            $study,
+            " AND r.instance_id = i.id AND o.result_id = r.id \
+             UNION ALL SELECT o.*, i.sop_instance_uid AS source_uid \
+              FROM instances i CROSS JOIN notices n CROSS JOIN outputs o \
+              WHERE i.study_id = ",
+            $study,
+            " AND n.instance_id = i.id AND o.notice_id = n.id)"
+        )
+    };
+}
+pub(crate) use study_outputs;
+
 pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
