@@ -23,10 +23,11 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 /// The outputs made of the images of the study whose id is `$study` (an SQL expression), as a
-/// table: every column of `outputs` and the source image's SOP Instance UID (`source_uid`). An
-/// output comes of a result or of a "not analysed" notice: one join chain each, from the
-/// study's instances through indexes (a join on either column would read every output). The
-/// CROSS JOINs fix SQLite's order (it never reorders them; PostgreSQL does as it likes).
+/// table: every column of `outputs` and the SOP Instance UID of the source image (`source_uid`).
+/// An output comes of a result or of a "not analysed" notice: one join chain each, from the
+/// instances of the study through indexes (a join on either column would read every output).
+/// The CROSS JOINs fix the order for SQLite, which never reorders them; PostgreSQL does as it
+/// likes. (No apostrophes here: the test below pairs quotes across this file.)
 macro_rules! study_outputs {
     ($study:literal) => {
         concat!(
