@@ -168,6 +168,33 @@ impl Bucket {
         }
     }
 
+    /// Deletes `relative` of `area` (retention); one that is gone already counts as deleted.
+    pub async fn delete(&self, area: Area, relative: &str) -> Result<(), BucketError> {
+        let key = area.key(relative)?;
+        match self.store.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BucketError::Other { key: key.to_string(), message: e.to_string() }),
+        }
+    }
+
+    /// Every object of `area`: its path (as the rows spell it) and its age.
+    pub async fn list(&self, area: Area) -> Result<Vec<(String, Duration)>, BucketError> {
+        let folder = area.key("x")?.parts().next().map(|p| p.as_ref().to_string()).unwrap_or_default();
+        let prefix = Key::from(folder.as_str());
+        let fail = |e: object_store::Error| BucketError::Other { key: prefix.to_string(), message: e.to_string() };
+        let mut listing = self.store.list(Some(&prefix));
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(fail)?;
+            let Some(relative) = meta.location.as_ref().strip_prefix(&format!("{folder}/")).map(str::to_string) else {
+                continue;
+            };
+            let age = std::time::SystemTime::now().duration_since(meta.last_modified.into()).unwrap_or_default();
+            out.push((relative, age));
+        }
+        Ok(out)
+    }
+
     /// Copies `relative` of `area` to `local` unless it is there already (a file is renamed into
     /// place whole, so one that exists is complete).
     pub async fn fetch(&self, area: Area, relative: &str, local: &Path) -> Result<(), BucketError> {

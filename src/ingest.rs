@@ -276,7 +276,9 @@ impl Ingest {
         Ok(report)
     }
 
-    async fn register_orphan(&self, relative: &str, analysed: &impl Fn(&str) -> bool) -> Result<(), String> {
+    /// Commits the rows of a spool file that has none (a crash between rename and commit, or
+    /// an object another node uploaded and never committed), as recovery does.
+    pub async fn register_orphan(&self, relative: &str, analysed: &impl Fn(&str) -> bool) -> Result<(), String> {
         let absolute = self.spool.absolute(relative);
         let spool = self.spool.clone();
         let (header, size, ts) = tokio::task::spawn_blocking(move || {
@@ -345,7 +347,9 @@ fn make_durable(
     }
     let version = match previous {
         None => 1,
-        // a previous file that cannot be read (removed by retention) cannot prove sameness
+        // a released file proves nothing (it may be gone, or about to be swept): the image is
+        // received again, and analysed again as a new version
+        Some(prev) if prev.released => prev.version + 1,
         Some(prev) => match spool::same_content(&spool.absolute(&prev.path), temp.path()) {
             Ok(true) => return Ok(Durable::Duplicate { version: prev.version }),
             _ => prev.version + 1,

@@ -22,6 +22,8 @@ pub mod spool;
 pub mod bucket;
 /// Every SQL statement: instances, jobs, results, the outbox, the worklist (SQLite, PostgreSQL).
 pub mod store;
+/// Deleting what nothing needs any more: time rules, disk pressure, sweeps of leftover files.
+pub mod retention;
 
 // Analyse: pixels to a decision.
 /// Checked decoding within a pixel budget, LUTs, MONOCHROME1, resize to the model's input.

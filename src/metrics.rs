@@ -35,6 +35,14 @@ pub struct Metrics {
     http_refused: Family<Labels, Counter>,
     selection: Family<Labels, Counter>,
     not_analysed: Family<Labels, Counter>,
+    pruned_files: Family<Labels, Counter>,
+    pruned_bytes: Family<Labels, Counter>,
+    swept_files: Family<Labels, Counter>,
+    kept_files: Family<Labels, Gauge>,
+    kept_bytes: Family<Labels, Gauge>,
+    oldest_kept_seconds: Family<Labels, Gauge>,
+    disk_free_bytes: Gauge,
+    disk_pressure: Gauge,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -116,7 +124,51 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Images the selection rules chose and the node reported \"not analysed\", by how their job ended (skipped by an input check, failed, quarantined)",
         not_analysed.clone(),
     );
+    let pruned_files = Family::<Labels, Counter>::default();
+    registry.register(
+        "pruned_files",
+        "Files retention deleted, by area (spool, outputs) and why (age, disk_pressure)",
+        pruned_files.clone(),
+    );
+    let pruned_bytes = Family::<Labels, Counter>::default();
+    registry.register("pruned_bytes", "Bytes of the files retention deleted, by area and why", pruned_bytes.clone());
+    let swept_files = Family::<Labels, Counter>::default();
+    registry.register(
+        "swept_files",
+        "Leftover files the sweeps removed or registered, by kind (released, orphan_registered, orphan_removed, temporary, fetch)",
+        swept_files.clone(),
+    );
+    let kept_files = Family::<Labels, Gauge>::default();
+    registry.register(
+        "kept_files",
+        "Files kept, by area (spool, outputs), at the last pruning round",
+        kept_files.clone(),
+    );
+    let kept_bytes = Family::<Labels, Gauge>::default();
+    registry.register("kept_bytes", "Bytes kept, by area, at the last pruning round", kept_bytes.clone());
+    let oldest_kept_seconds = Family::<Labels, Gauge>::default();
+    registry.register(
+        "oldest_kept_seconds",
+        "Age of the oldest file kept, by area, at the last pruning round",
+        oldest_kept_seconds.clone(),
+    );
+    let disk_free_bytes = Gauge::default();
+    registry.register("disk_free_bytes", "Free space of the spool's file system", disk_free_bytes.clone());
+    let disk_pressure = Gauge::default();
+    registry.register(
+        "disk_pressure",
+        "1 while free space is below retention.free_target_mb (oldest finished items are deleted early), 2 while nothing finished is left to delete",
+        disk_pressure.clone(),
+    );
     Metrics {
+        pruned_files,
+        pruned_bytes,
+        swept_files,
+        kept_files,
+        kept_bytes,
+        oldest_kept_seconds,
+        disk_free_bytes,
+        disk_pressure,
         not_analysed,
         selection,
         http_refused,
@@ -166,6 +218,33 @@ pub fn http_connection_refused(limit: crate::http::listener::Refused) {
 /// An image reported "not analysed", and how its job ended.
 pub fn not_analysed(ending: &'static str) {
     METRICS.not_analysed.get_or_create(&vec![("ending", ending.into())]).inc();
+}
+
+/// Files retention deleted from `area` (`spool`, `outputs`), and why (`age`, `disk_pressure`).
+pub fn pruned(area: &'static str, why: &'static str, files: u64, bytes: u64) {
+    let labels = vec![("area", area.into()), ("why", why.into())];
+    METRICS.pruned_files.get_or_create(&labels).inc_by(files);
+    METRICS.pruned_bytes.get_or_create(&labels).inc_by(bytes);
+}
+
+/// Leftover files a sweep dealt with, by kind.
+pub fn swept(kind: &'static str, files: u64) {
+    METRICS.swept_files.get_or_create(&vec![("kind", kind.into())]).inc_by(files);
+}
+
+/// What `area` keeps: files, bytes, and the age of its oldest file.
+pub fn kept(area: &'static str, files: i64, bytes: i64, oldest: Duration) {
+    let labels = vec![("area", area.into())];
+    METRICS.kept_files.get_or_create(&labels).set(files);
+    METRICS.kept_bytes.get_or_create(&labels).set(bytes);
+    METRICS.oldest_kept_seconds.get_or_create(&labels).set(oldest.as_secs() as i64);
+}
+
+/// The spool's free space, and where it stands against the target (0 fine, 1 under pressure,
+/// 2 under pressure with nothing finished left to delete).
+pub fn disk(free_bytes: u64, pressure: i64) {
+    METRICS.disk_free_bytes.set(free_bytes.min(i64::MAX as u64) as i64);
+    METRICS.disk_pressure.set(pressure);
 }
 
 /// An image the pipeline did not analyse, and the rule why.

@@ -106,9 +106,15 @@ impl Spool {
                 }
             }
         }
+        Ok((Spool::attach(root, node, min_free_bytes, max_dataset_bytes)?, removed))
+    }
+
+    /// The spool at `root` as it is, its temporary files left alone: for a command run beside a
+    /// node that may be receiving (`prune`).
+    pub fn attach(root: &Path, node: &str, min_free_bytes: u64, max_dataset_bytes: u64) -> Result<Spool, SpoolError> {
         let root = root.canonicalize().map_err(io_err(root))?;
         let tmp = root.join(TMP_DIR).join(node_folder(node));
-        Ok((Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0), bucket: None }, removed))
+        Ok(Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0), bucket: None })
     }
 
     /// The spool with its durable copy in `bucket` (the directory becomes a cache).
@@ -195,9 +201,27 @@ impl Spool {
 
     /// Whether the spool's file system has more free space than the configured floor.
     pub fn has_room(&self) -> Result<bool, SpoolError> {
+        Ok(self.free_bytes()? > self.min_free_bytes)
+    }
+
+    /// The free space of the spool's file system, in bytes (what an unprivileged writer may use).
+    pub fn free_bytes(&self) -> Result<u64, SpoolError> {
         let st = rustix::fs::statvfs(&self.root)
             .map_err(|e| SpoolError::Io { path: self.root.clone(), source: e.into() })?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize) > self.min_free_bytes)
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// This node's temporary files that no receive in progress holds: those a process before
+    /// this one left (their names start with its process ID), as paths.
+    pub fn stale_temporaries(&self) -> Vec<PathBuf> {
+        let ours = format!("{}-", std::process::id());
+        let Ok(entries) = fs::read_dir(&self.tmp) else { return Vec::new() };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(TMP_SUFFIX) && !name.starts_with(&ours))
+            .map(|name| self.tmp.join(name))
+            .collect()
     }
 
     /// Starts a new file with a Part-10 preamble and file meta header for the given identity.
@@ -232,7 +256,14 @@ impl Spool {
         let dir = target.parent().expect("spool paths have a study directory");
         let created_dir = !dir.exists();
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        fs::rename(&temp.path, &target).map_err(io_err(&target))?;
+        if let Err(e) = fs::rename(&temp.path, &target) {
+            // the sweep may have removed the study's folder, found empty, in between: once more
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(io_err(&target)(e));
+            }
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            fs::rename(&temp.path, &target).map_err(io_err(&target))?;
+        }
         temp.file = None;
         temp.path = PathBuf::new();
         sync_dir(dir)?;
@@ -256,25 +287,59 @@ impl Spool {
 
     /// Every complete instance file in the spool, as paths relative to its root.
     pub fn list(&self) -> Result<Vec<String>, SpoolError> {
-        let mut out = Vec::new();
-        for study in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
-            let study = study.map_err(io_err(&self.root))?;
-            let name = study.file_name().to_string_lossy().into_owned();
-            if name == TMP_DIR || !study.file_type().map_err(io_err(&study.path()))?.is_dir() {
-                continue;
-            }
-            for file in fs::read_dir(study.path()).map_err(io_err(&study.path()))? {
-                let file = file.map_err(io_err(&study.path()))?;
-                let file_name = file.file_name().to_string_lossy().into_owned();
-                if file_name.ends_with(".dcm") {
-                    out.push(format!("{name}/{file_name}"));
-                }
-            }
-        }
+        let mut out: Vec<String> =
+            files_by_study(&self.root)?.into_iter().filter(|f| f.is_instance()).map(|f| f.relative).collect();
         out.sort();
         Ok(out)
     }
 }
+
+/// A file found in a folder of study folders (the spool, the outputs).
+#[derive(Debug, Clone)]
+pub struct FoundFile {
+    /// `<study>/<name>`.
+    pub relative: String,
+    /// How long ago it was last written.
+    pub age: std::time::Duration,
+}
+
+impl FoundFile {
+    /// A complete object (`.dcm`), not a temporary or a fetch in progress.
+    pub fn is_instance(&self) -> bool {
+        self.relative.ends_with(".dcm")
+    }
+}
+
+/// Every file in the study folders under `root` (`<study>/<file>`; the spool's `tmp/` left
+/// out), and removes study folders found empty for an hour (what retention left).
+pub fn files_by_study(root: &Path) -> Result<Vec<FoundFile>, SpoolError> {
+    let mut out = Vec::new();
+    for study in fs::read_dir(root).map_err(io_err(root))? {
+        let study = study.map_err(io_err(root))?;
+        let name = study.file_name().to_string_lossy().into_owned();
+        if name == TMP_DIR || !study.file_type().map_err(io_err(&study.path()))?.is_dir() {
+            continue;
+        }
+        let before = out.len();
+        for file in fs::read_dir(study.path()).map_err(io_err(&study.path()))? {
+            let file = file.map_err(io_err(&study.path()))?;
+            let age = file.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
+            out.push(FoundFile {
+                relative: format!("{name}/{}", file.file_name().to_string_lossy()),
+                age: age.unwrap_or_default(),
+            });
+        }
+        let idle = study.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
+        if out.len() == before && idle.is_ok_and(|idle| idle >= EMPTY_FOLDER_AGE) {
+            // fails harmlessly if a file arrived meanwhile; `place` tries again if it lost it
+            let _ = fs::remove_dir(study.path());
+        }
+    }
+    Ok(out)
+}
+
+/// A study folder empty for this long is removed by the sweep.
+const EMPTY_FOLDER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl TempInstance {
     /// Appends received data set bytes.

@@ -6,6 +6,7 @@ mod evaluate;
 mod explain;
 mod infer;
 mod preflight;
+mod prune;
 mod queue;
 mod records;
 mod reports;
@@ -136,6 +137,15 @@ pub enum Command {
         #[arg(long)]
         fail: bool,
     },
+    /// Delete what retention lets go now ([retention]), sweep leftover files; with --dry-run,
+    /// list what would be deleted and why, deleting nothing. A running node does this itself
+    /// every retention.interval_secs.
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Summarise the node's work: analysis queue, results by priority, deliveries by state.
     Status {
         #[command(flatten)]
@@ -212,6 +222,7 @@ impl Command {
             | Command::Retry { config, .. }
             | Command::Requeue { config, .. }
             | Command::Handover { config, .. }
+            | Command::Prune { config, .. }
             | Command::ShadowReport { config, .. }
             | Command::VerdictReport { config, .. } => config,
         }
@@ -221,7 +232,7 @@ impl Command {
     /// an offline analysis does not need the network's settings.
     fn uses(&self) -> Uses {
         match self {
-            Command::Serve(_) | Command::CheckConfig(_) => Uses::Everything,
+            Command::Serve(_) | Command::CheckConfig(_) | Command::Prune { .. } => Uses::Everything,
             Command::Infer { .. } | Command::Evaluate { .. } | Command::Explain { .. } => Uses::Analysis,
             _ => Uses::Records,
         }
@@ -273,6 +284,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Handover { from, to, fail, .. } => {
             queue::handover(&connect(&config).await?, &from, to.as_deref(), fail).await
         }
+        Command::Prune { dry_run, .. } => prune::prune(&config, connect(&config).await?, dry_run).await,
         Command::ShadowReport { shadow, period, json, .. } => {
             reports::shadow_report(&connect(&config).await?, shadow.as_deref(), period.into(), json).await
         }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use pneumotriage::store::Store;
+use pneumotriage::store::{Requeue, Store};
 
 /// A delivery as `deliveries` lists it: an object's (`12`) or a message's (`m12`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub async fn retry(store: &Store, id: Option<DeliveryId>) -> anyhow::Result<Exit
                 DeliveryId::Object(n) => n.to_string(),
                 DeliveryId::Message(n) => format!("m{n}"),
             };
-            eprintln!("error: delivery {id} is not a failed delivery");
+            eprintln!("error: delivery {id} is not a failed delivery, or retention released what it sends");
             return Ok(ExitCode::FAILURE);
         }
     }
@@ -46,12 +46,19 @@ pub async fn retry(store: &Store, id: Option<DeliveryId>) -> anyhow::Result<Exit
 }
 
 pub async fn requeue(store: &Store, instance: i64) -> anyhow::Result<ExitCode> {
-    if store.requeue_failed_job(instance).await? {
-        println!("instance {instance} re-queued; a running node analyses it within seconds");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("error: instance {instance} has no failed analysis job");
-        Ok(ExitCode::FAILURE)
+    match store.requeue_failed_job(instance).await? {
+        Requeue::Queued => {
+            println!("instance {instance} re-queued; a running node analyses it within seconds");
+            Ok(ExitCode::SUCCESS)
+        }
+        Requeue::NotFailed => {
+            eprintln!("error: instance {instance} has no failed analysis job");
+            Ok(ExitCode::FAILURE)
+        }
+        Requeue::Released => {
+            eprintln!("error: instance {instance} was released by retention (retention.investigation_days): its image is no longer kept; send it again to analyse it");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use pneumotriage::ingest::Ingest;
 use pneumotriage::outbox::Outbox;
 use pneumotriage::pipeline::{Limits, Models, Pipeline};
 use pneumotriage::results::OutputSettings;
+use pneumotriage::retention::Retention;
 use pneumotriage::shutdown::Shutdown;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{JobScope, Store};
@@ -120,8 +121,11 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         None => Manifest::load(&config.resolve(&config.inference.models)).map(|m| m.notice).unwrap_or_default(),
     };
     let pipeline =
-        analysers.map(|a| Pipeline::start(store.clone(), spool, a, outputs, limits, scope, shutdown.clone()));
-    let outbox = Outbox::start(store.clone(), &config, bucket, &notice, &shutdown)?;
+        analysers.map(|a| Pipeline::start(store.clone(), spool.clone(), a, outputs, limits, scope, shutdown.clone()));
+    let outbox = Outbox::start(store.clone(), &config, bucket.clone(), &notice, &shutdown)?;
+    let retention =
+        Retention::new(&config, store.clone(), ingest.clone(), spool.clone(), bucket, super::prune::analysed(&config))
+            .start(shutdown.clone());
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
     info!(
@@ -150,6 +154,9 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         pipeline.join().await;
     }
     outbox.join().await;
+    if let Err(e) = retention.await {
+        warn!(error = %e, "retention panicked");
+    }
     if let Some(http) = http {
         if let Err(e) = http.await {
             warn!(error = %e, "the HTTP server panicked");

@@ -14,6 +14,7 @@ mod files;
 mod http;
 mod inference;
 mod node;
+mod retention;
 pub mod selection;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LI
 pub use http::{HttpConfig, NamedToken};
 pub use inference::{InferenceConfig, InputChecks, OutputsConfig, PriorityConfig, ShadowConfig, SrPolicy};
 pub use node::{DatabaseConfig, NodeConfig, ObjectStoreConfig};
+pub use retention::RetentionConfig;
 pub use selection::SelectionConfig;
 
 /// The default configuration compiled into the binary, used by `serve` without `--config`.
@@ -57,6 +59,9 @@ pub struct Config {
     pub selection: SelectionConfig,
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// `[retention]`: when received images and the objects made of them are deleted.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     #[serde(default)]
     pub http: HttpConfig,
     /// `[object_store]`: received instances and the objects made of them are kept in an
@@ -106,7 +111,7 @@ impl Uses {
         let sections: &[&str] = match self {
             Uses::Everything => return true,
             Uses::Analysis => &["inference", "priority", "outputs", "selection"],
-            Uses::Records => &["node", "database"],
+            Uses::Records => &["node", "database", "retention"],
         };
         // a problem without a key (the file cannot be read or parsed) stops every command
         key.is_empty() || sections.iter().any(|s| key.split(['.', '[']).next() == Some(s))
@@ -194,6 +199,7 @@ impl Config {
         numbers.extend(self.inference.numbers());
         numbers.extend(self.priority.numbers());
         numbers.extend(self.http.numbers());
+        numbers.extend(self.retention.numbers());
         for (i, d) in self.destinations.iter().enumerate() {
             numbers.extend(d.numbers(i));
         }
@@ -219,6 +225,7 @@ impl Config {
         self.priority.check(&mut report);
         self.outputs.check(&mut report);
         self.selection.check(&mut report);
+        self.retention.check(self.node.min_free_disk_mb, &mut report);
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             if !names.insert(d.name.as_str()) {

@@ -245,6 +245,10 @@ spelt_enum! {
         DeliveryDeferred = "delivery_deferred",
         DeliveryFailed = "delivery_failed",
         DeliveriesRequeued = "deliveries_requeued",
+        FilesReleased = "files_released",
+        DiskPressure = "disk_pressure",
+        PatientDataRemoved = "patient_data_removed",
+        LeftoversSwept = "leftovers_swept",
     }
 }
 

@@ -155,7 +155,8 @@ pub async fn study(State(state): State<AppState>, Path(uid): Path<String>) -> Re
 }
 
 fn instance_json(i: StudyInstance, outputs: &mut HashMap<String, Vec<serde_json::Value>>) -> serde_json::Value {
-    let overlay = i.decision.is_some().then(|| format!("/api/instances/{}/overlay.png", i.sop_instance_uid));
+    let drawable = i.decision.is_some() && i.released_at.is_none();
+    let overlay = drawable.then(|| format!("/api/instances/{}/overlay.png", i.sop_instance_uid));
     let objects = outputs.remove(&i.sop_instance_uid).unwrap_or_default();
     let mut value = json!(i);
     value["overlay_url"] = json!(overlay);
@@ -217,6 +218,13 @@ pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> 
     let Some(source) = state.store.overlay_source(&uid).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such instance"));
     };
+    if let Some(at) = source.released_at {
+        let message = format!(
+            "the image was released by retention on {} (retention.images_days): its result stays, its pixels are no longer kept here",
+            crate::store::format_ms(at)
+        );
+        return Err(ApiError::new(StatusCode::GONE, message));
+    }
     // an image another node received may be in the object store only
     state.spool.fetch(&source.path).await.map_err(|e| match e {
         BucketError::Missing { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
@@ -322,6 +330,8 @@ mod tests {
             deliveries_failed: 0,
             waiting_for_node: None,
             unanalysed_reason: None,
+            images_released: 0,
+            patient_data_removed_at: None,
         }
     }
 

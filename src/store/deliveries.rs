@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{now_ms, Backend, Event, JobScope, Result, Store};
+use super::{Backend, Event, JobScope, Result, Store};
 use crate::domain::{DeliveryState, EventKind, ObjectKind};
 
 /// A delivery this node has claimed, with what the sender needs.
@@ -82,14 +82,16 @@ macro_rules! finish_sql {
         )
     };
 }
-/// Puts an outbox table's failed rows (all, or the one with id `$2`) back in the queue.
+/// Puts an outbox table's failed rows (all, or the one with id `$2`) back in the queue, those
+/// that `$kept` (a condition) says still have what they send.
 macro_rules! requeue_failed_sql {
-    ($table:literal) => {
+    ($table:literal, $kept:literal) => {
         concat!(
             "UPDATE ",
             $table,
             " SET state = 'pending', next_attempt_at = $1, updated_at = $1 \
-             WHERE state = 'failed' AND ($2 IS NULL OR id = $2)"
+             WHERE state = 'failed' AND ($2 IS NULL OR id = $2) AND ",
+            $kept
         )
     };
 }
@@ -109,7 +111,12 @@ macro_rules! requeue_abandoned_sql {
 pub(super) use {finish_sql, requeue_failed_sql};
 
 const FINISH_DELIVERY: &str = finish_sql!("deliveries");
-const REQUEUE_FAILED_DELIVERIES: &str = requeue_failed_sql!("deliveries");
+const REQUEUE_FAILED_DELIVERIES: &str =
+    requeue_failed_sql!("deliveries", "output_id IN (SELECT id FROM outputs WHERE released_at IS NULL)");
+/// Takes the row locks of the objects whose failed deliveries are re-queued, as pruning does
+/// when it marks them released: one of the two waits for the other and sees what it did.
+const LOCK_FAILED_OUTPUTS: &str = "UPDATE outputs SET released_at = NULL WHERE released_at IS NULL AND id IN \
+     (SELECT output_id FROM deliveries WHERE state = 'failed' AND ($1 IS NULL OR id = $1))";
 const REQUEUE_ABANDONED_DELIVERIES: &str = requeue_abandoned_sql!("deliveries");
 const REQUEUE_ABANDONED_MESSAGES: &str = requeue_abandoned_sql!("messages");
 
@@ -122,7 +129,7 @@ impl Store {
         lease: Duration,
         scope: JobScope,
     ) -> Result<Option<ClaimedDelivery>> {
-        let now = now_ms();
+        let now = self.now();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
@@ -187,7 +194,7 @@ impl Store {
     /// Ends a claimed outbox row (`sql`: [`FINISH_DELIVERY`] or `FINISH_MESSAGE`) if it is
     /// still this node's, and records the event.
     pub(super) async fn finish_claimed(&self, sql: &'static str, id: i64, end: End<'_>) -> Result<bool> {
-        let now = now_ms();
+        let now = self.now();
         let done = sqlx::query(sql)
             .bind(end.state)
             .bind(end.error)
@@ -239,26 +246,40 @@ impl Store {
     /// Puts failed deliveries back in the queue (one by id, or all): an admin's `retry`.
     /// Returns how many were re-queued.
     pub async fn requeue_failed_deliveries(&self, id: Option<i64>) -> Result<u64> {
-        self.requeue_failed(REQUEUE_FAILED_DELIVERIES, id, "delivery ", "deliveries").await
+        self.requeue_failed(Some(LOCK_FAILED_OUTPUTS), REQUEUE_FAILED_DELIVERIES, id, "delivery ", "deliveries").await
     }
 
     /// Puts failed rows of an outbox table back in the queue (`sql`: [`REQUEUE_FAILED_DELIVERIES`]
     /// or `REQUEUE_FAILED_MESSAGES`) and records it; `one` prefixes an ID, `all` names the rows.
-    pub(super) async fn requeue_failed(&self, sql: &'static str, id: Option<i64>, one: &str, all: &str) -> Result<u64> {
-        let n = sqlx::query(sql).bind(now_ms()).bind(id).execute(self.pool()).await?.rows_affected();
+    /// `lock` first takes the row locks of what the rows send.
+    pub(super) async fn requeue_failed(
+        &self,
+        lock: Option<&'static str>,
+        sql: &'static str,
+        id: Option<i64>,
+        one: &str,
+        all: &str,
+    ) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = lock {
+            sqlx::query(lock).bind(id).execute(&mut *tx).await?;
+        }
+        let n = sqlx::query(sql).bind(self.now()).bind(id).execute(&mut *tx).await?.rows_affected();
         if n > 0 {
             let detail = match id {
                 Some(id) => format!("{one}{id} re-queued"),
                 None => format!("{n} failed {all} re-queued"),
             };
-            self.record_event(&Event::new(EventKind::DeliveriesRequeued).detail(&detail)).await?;
+            let event = Event::new(EventKind::DeliveriesRequeued).detail(&detail);
+            super::ingest::insert_event(&mut *tx, self.node(), self.now(), &event).await?;
         }
+        tx.commit().await?;
         Ok(n)
     }
 
     /// Puts back the rows of an outbox table left `sending` by this node or under an expired
     /// lease (`sql`: [`REQUEUE_ABANDONED_DELIVERIES`] or `REQUEUE_ABANDONED_MESSAGES`).
     pub(super) async fn requeue_abandoned(&self, sql: &'static str) -> Result<u64> {
-        Ok(sqlx::query(sql).bind(now_ms()).bind(self.node()).execute(self.pool()).await?.rows_affected())
+        Ok(sqlx::query(sql).bind(self.now()).bind(self.node()).execute(self.pool()).await?.rows_affected())
     }
 }

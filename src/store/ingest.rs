@@ -3,7 +3,7 @@
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Backend, Result, Store, StoreError};
+use super::{Backend, Clock, Result, Store, StoreError};
 use crate::domain::{storable_text, EventKind, InstanceHeader, JobState};
 
 /// The most instances committed in one transaction.
@@ -31,6 +31,8 @@ pub struct NewInstance {
 pub struct PreviousVersion {
     pub version: i64,
     pub path: String,
+    /// Retention let its file go (a crash may have left it on disk, to be swept).
+    pub released: bool,
 }
 
 /// The ids of the rows written for a new instance.
@@ -71,13 +73,14 @@ impl<'a> Event<'a> {
 impl Store {
     /// The newest version stored under this SOP Instance UID, if any.
     pub async fn latest_version(&self, sop_instance_uid: &str) -> Result<Option<PreviousVersion>> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT version, path FROM instances WHERE sop_instance_uid = $1 ORDER BY version DESC LIMIT 1",
+        let row: Option<(i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT version, path, released_at FROM instances WHERE sop_instance_uid = $1 \
+             ORDER BY version DESC LIMIT 1",
         )
         .bind(sop_instance_uid)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(version, path)| PreviousVersion { version, path }))
+        Ok(row.map(|(version, path, released_at)| PreviousVersion { version, path, released: released_at.is_some() }))
     }
 
     /// Commits the study, instance, job and event rows of a received instance. Instances that
@@ -92,7 +95,7 @@ impl Store {
 
     /// Appends to the audit trail.
     pub async fn record_event(&self, event: &Event<'_>) -> Result<()> {
-        insert_event(self.pool(), &self.node, event).await
+        insert_event(self.pool(), &self.node, self.now(), event).await
     }
 
     /// Every spool path the database knows, for start-up reconciliation.
@@ -111,13 +114,14 @@ impl Store {
 pub(super) async fn insert_event<'e, E: Executor<'e, Database = Any>>(
     executor: E,
     node: &str,
+    at: i64,
     e: &Event<'_>,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (at, node, kind, peer_ae, peer_address, sop_instance_uid, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(now_ms())
+    .bind(at)
     .bind(node)
     .bind(e.kind)
     // peer strings may hold anything (see `storable_text`)
@@ -139,9 +143,9 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn spawn(pool: AnyPool, node: String, backend: Backend) -> Committer {
+    pub(super) fn spawn(pool: AnyPool, node: String, backend: Backend, clock: Clock) -> Committer {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_committer(pool, node, backend, rx));
+        tokio::spawn(run_committer(pool, node, backend, clock, rx));
         Committer { tx }
     }
 
@@ -155,9 +159,9 @@ impl Committer {
 
 /// Takes whatever has queued up since the last commit and commits it in one transaction. If
 /// that transaction fails, each instance is retried alone, so one bad row fails only itself.
-async fn run_committer(pool: AnyPool, node: String, backend: Backend, mut rx: mpsc::Receiver<Request>) {
+async fn run_committer(pool: AnyPool, node: String, backend: Backend, clock: Clock, mut rx: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    let committer = BatchCommitter { pool, node, backend };
+    let committer = BatchCommitter { pool, node, backend, clock };
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let together = committer.commit(batch.iter().map(|(new, _)| new)).await;
         match together {
@@ -186,6 +190,7 @@ struct BatchCommitter {
     pool: AnyPool,
     node: String,
     backend: Backend,
+    clock: Clock,
 }
 
 impl BatchCommitter {
@@ -193,7 +198,7 @@ impl BatchCommitter {
         let mut tx = super::begin_write(&self.pool, self.backend).await?;
         let mut ids = Vec::new();
         for new in instances {
-            ids.push(insert_instance(&mut tx, &self.node, new).await?);
+            ids.push(insert_instance(&mut tx, &self.node, self.clock.now_ms(), new).await?);
         }
         tx.commit().await?;
         Ok(ids)
@@ -201,8 +206,8 @@ impl BatchCommitter {
 }
 
 /// The study, instance, job and event rows of one instance, inside the caller's transaction.
-async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance) -> Result<Recorded> {
-    let now = now_ms();
+/// A study whose patient attributes retention removed takes them again from a new image.
+async fn insert_instance(conn: &mut AnyConnection, node: &str, now: i64, new: &NewInstance) -> Result<Recorded> {
     let h = &new.header;
     let (study_id,): (i64,) = sqlx::query_as(
         "INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number, study_date, \
@@ -210,7 +215,18 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
                               issuer_of_patient_id, patient_birth_date, patient_sex) \
          VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9, $10) \
          ON CONFLICT (study_instance_uid) DO UPDATE SET \
-             instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at \
+             instance_count = studies.instance_count + 1, last_received_at = excluded.last_received_at, \
+             patient_id = CASE WHEN studies.patient_data_removed_at IS NULL THEN studies.patient_id \
+                 ELSE excluded.patient_id END, \
+             patient_name = CASE WHEN studies.patient_data_removed_at IS NULL THEN studies.patient_name \
+                 ELSE excluded.patient_name END, \
+             issuer_of_patient_id = CASE WHEN studies.patient_data_removed_at IS NULL \
+                 THEN studies.issuer_of_patient_id ELSE excluded.issuer_of_patient_id END, \
+             patient_birth_date = CASE WHEN studies.patient_data_removed_at IS NULL \
+                 THEN studies.patient_birth_date ELSE excluded.patient_birth_date END, \
+             patient_sex = CASE WHEN studies.patient_data_removed_at IS NULL THEN studies.patient_sex \
+                 ELSE excluded.patient_sex END, \
+             patient_data_removed_at = NULL \
          RETURNING id",
     )
     .bind(&h.study_instance_uid)
@@ -264,6 +280,6 @@ async fn insert_instance(conn: &mut AnyConnection, node: &str, new: &NewInstance
         .peer(&new.calling_ae, &new.peer_address)
         .instance(&h.sop_instance_uid)
         .detail(&detail);
-    insert_event(&mut *conn, node, &event).await?;
+    insert_event(&mut *conn, node, now, &event).await?;
     Ok(Recorded { instance_id, job_id })
 }

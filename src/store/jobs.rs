@@ -11,7 +11,7 @@ use sqlx::AnyConnection;
 
 use super::ingest::insert_event;
 use super::messages::{make_messages, not_analysed_control_id};
-use super::{now_ms, Backend, Event, Result, Store};
+use super::{Backend, Event, Result, Store};
 use crate::config::Config;
 use crate::domain::{Decision, EventKind, JobState, MessageRule, ObjectKind, Policy, Priority};
 
@@ -125,6 +125,16 @@ macro_rules! claim_sql {
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE OF j SKIP LOCKED");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
+/// What an admin's `requeue` of an analysis did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    Queued,
+    /// The instance has no failed job.
+    NotFailed,
+    /// Retention let the image go: there is nothing left to analyse.
+    Released,
+}
+
 /// Which jobs a node may claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobScope {
@@ -165,7 +175,7 @@ impl Store {
     /// Claims the oldest job that is due (queued, or running under an expired lease) within
     /// `scope`, for `lease`.
     pub async fn claim_job(&self, lease: Duration, scope: JobScope) -> Result<Option<ClaimedJob>> {
-        let now = now_ms();
+        let now = self.now();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
@@ -214,7 +224,7 @@ impl Store {
     /// nothing of it written).
     pub async fn record_results(&self, batch: &[Finished<'_>], rules: &[MessageRule]) -> Result<Vec<bool>> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
+        let now = self.now();
         let mut recorded = Vec::with_capacity(batch.len());
         let mut signal = false;
         for finished in batch {
@@ -297,7 +307,7 @@ impl Store {
     /// Returns false when the job is no longer this node's.
     pub async fn end_job(&self, job: &ClaimedJob, end: JobEnd, reason: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        if !self.end_job_in(&mut tx, job, end, reason, now_ms()).await? {
+        if !self.end_job_in(&mut tx, job, end, reason, self.now()).await? {
             return Ok(false);
         }
         tx.commit().await?;
@@ -330,7 +340,7 @@ impl Store {
         if end != JobEnd::Skipped {
             let kind = if end == JobEnd::Quarantined { EventKind::JobQuarantined } else { EventKind::AnalysisFailed };
             let event = Event::new(kind).instance(&job.sop_instance_uid).detail(reason);
-            insert_event(&mut *tx, self.node(), &event).await?;
+            insert_event(&mut *tx, self.node(), self.now(), &event).await?;
         }
         Ok(true)
     }
@@ -351,7 +361,7 @@ impl Store {
         rules: &[MessageRule],
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
+        let now = self.now();
         if !self.end_job_in(&mut tx, job, end, reason, now).await? {
             return Ok(false);
         }
@@ -408,7 +418,7 @@ impl Store {
 
     /// Puts a job back in the queue after a transient error, not to be claimed before `delay`.
     pub async fn retry_job(&self, job: &ClaimedJob, reason: &str, delay: Duration) -> Result<bool> {
-        let now = now_ms();
+        let now = self.now();
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', reason = $1, not_before = $2, claimed_by = NULL, \
                  lease_expires_at = NULL, updated_at = $3 \
@@ -430,7 +440,7 @@ impl Store {
     /// `job_quarantined`), so that an image that kills the node cannot do so at every restart;
     /// the others are re-queued.
     pub async fn recover_interrupted_jobs(&self, quarantine_after: u32) -> Result<InterruptedJobs> {
-        let now = now_ms();
+        let now = self.now();
         let limit = i64::from(quarantine_after);
         let reason = format!(
             "quarantined: the node stopped {quarantine_after} time(s) while analysing this image; \
@@ -466,12 +476,13 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let event = Event::new(EventKind::JobQuarantined).instance(&sop).detail(&reason);
-            insert_event(&mut *tx, self.node(), &event).await?;
+            insert_event(&mut *tx, self.node(), self.now(), &event).await?;
             report.quarantined.push(sop);
         }
         if report.requeued > 0 {
             let detail = format!("{} job(s) left running were re-queued", report.requeued);
-            insert_event(&mut *tx, self.node(), &Event::new(EventKind::JobsRequeued).detail(&detail)).await?;
+            insert_event(&mut *tx, self.node(), self.now(), &Event::new(EventKind::JobsRequeued).detail(&detail))
+                .await?;
         }
         tx.commit().await?;
         Ok(report)
@@ -484,7 +495,7 @@ impl Store {
             "UPDATE jobs SET state = 'queued', claimed_by = NULL, lease_expires_at = NULL, updated_at = $1 \
              WHERE state = 'running' AND claimed_by = $2",
         )
-        .bind(now_ms())
+        .bind(self.now())
         .bind(self.node())
         .execute(self.pool())
         .await?;
@@ -492,22 +503,40 @@ impl Store {
     }
 
     /// An admin's second chance for an instance whose job failed (or was quarantined): queued
-    /// again, its interruptions forgotten. Returns false when its job is not failed.
-    pub async fn requeue_failed_job(&self, instance_id: i64) -> Result<bool> {
+    /// again, its interruptions forgotten, unless retention let its image go.
+    pub async fn requeue_failed_job(&self, instance_id: i64) -> Result<Requeue> {
+        let mut tx = self.begin_write().await?;
+        // the instance row first: pruning marks it in its transaction, so one of the two waits
+        // for the other and sees what it did
+        let kept = sqlx::query("UPDATE instances SET released_at = NULL WHERE id = $1 AND released_at IS NULL")
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !kept {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM instances WHERE id = $1")
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Ok(if exists.is_some() { Requeue::Released } else { Requeue::NotFailed });
+        }
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', reason = NULL, interruptions = 0, quarantined_at = NULL, \
                  not_before = NULL, attempts = 0, updated_at = $1 WHERE instance_id = $2 AND state = 'failed'",
         )
-        .bind(now_ms())
+        .bind(self.now())
         .bind(instance_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
-            let detail = format!("the analysis of instance {instance_id} re-queued by an admin");
-            self.record_event(&Event::new(EventKind::JobRequeued).detail(&detail)).await?;
-            self.jobs_queued().notify_one();
+        if done.rows_affected() == 0 {
+            return Ok(Requeue::NotFailed);
         }
-        Ok(done.rows_affected() == 1)
+        let detail = format!("the analysis of instance {instance_id} re-queued by an admin");
+        insert_event(&mut *tx, self.node(), self.now(), &Event::new(EventKind::JobRequeued).detail(&detail)).await?;
+        tx.commit().await?;
+        self.jobs_queued().notify_one();
+        Ok(Requeue::Queued)
     }
 
     /// Unfinished jobs whose instances another node keeps, by node: they wait for that node.
@@ -551,7 +580,7 @@ impl Store {
                AND instance_id IN (SELECT id FROM instances WHERE node = $3)",
         )
         .bind(&reason)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(from)
         .execute(self.pool())
         .await?;
@@ -563,7 +592,7 @@ impl Store {
              WHERE state IN ('pending', 'sending') AND output_id IN (SELECT id FROM outputs WHERE node = $3)",
         )
         .bind(&unsent)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(from)
         .execute(self.pool())
         .await?;

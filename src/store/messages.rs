@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use super::deliveries::{finish_sql, requeue_failed_sql, End};
-use super::{now_ms, study_outputs, Backend, Result, Store};
+use super::{study_outputs, Backend, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, MessageRule, ObjectKind, Priority};
 use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage, Triage};
 
@@ -166,7 +166,8 @@ macro_rules! claim_sql {
 
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
 const FINISH_MESSAGE: &str = finish_sql!("messages");
-const REQUEUE_FAILED_MESSAGES: &str = requeue_failed_sql!("messages");
+const REQUEUE_FAILED_MESSAGES: &str =
+    requeue_failed_sql!("messages", "study_id IN (SELECT id FROM studies WHERE patient_data_removed_at IS NULL)");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// The study's attributes a message carries.
@@ -199,7 +200,7 @@ struct ImageResult {
 impl Store {
     /// Claims the message to `destination` that has been due longest, for `lease`.
     pub async fn claim_message(&self, destination: &str, lease: Duration) -> Result<Option<ClaimedMessage>> {
-        let now = now_ms();
+        let now = self.now();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
             Backend::Sqlite => CLAIM_SQLITE,
@@ -360,6 +361,6 @@ impl Store {
 
     /// Puts failed messages back in the queue (one by id, or all): an admin's `retry`.
     pub async fn requeue_failed_messages(&self, id: Option<i64>) -> Result<u64> {
-        self.requeue_failed(REQUEUE_FAILED_MESSAGES, id, "message m", "messages").await
+        self.requeue_failed(None, REQUEUE_FAILED_MESSAGES, id, "message m", "messages").await
     }
 }

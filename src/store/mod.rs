@@ -9,6 +9,7 @@ mod ingest;
 mod jobs;
 mod listing;
 mod messages;
+mod retention;
 mod shadow;
 mod verdicts;
 pub mod worklist;
@@ -48,9 +49,10 @@ pub(crate) use study_outputs;
 
 pub use deliveries::{ClaimedDelivery, DeliveryRow};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
-pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult};
+pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult, Requeue};
 pub use listing::{InstanceRow, StudyRow};
 pub use messages::{control_id, not_analysed_control_id, ClaimedMessage, MessageRow};
+pub use retention::{Cutoffs, FileRows, Kept, Releasable};
 pub use shadow::{NewShadowResult, ShadowPair};
 pub use verdicts::{ReviewedResult, VerdictRow};
 pub use worklist::Counts;
@@ -111,6 +113,8 @@ pub struct Store {
     backend: Backend,
     /// Written into events and job claims, so that a shared database says which node did what.
     node: String,
+    /// The time every row is stamped with.
+    clock: Clock,
     /// Received instances go through one committer task, which commits concurrent arrivals
     /// in one transaction (group commit): one fsync for several instances, and no writers
     /// queueing on SQLite's lock.
@@ -154,11 +158,13 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { url: redacted, source })?;
-        let committer = ingest::Committer::spawn(pool.clone(), node.to_string(), backend);
+        let clock = Clock::default();
+        let committer = ingest::Committer::spawn(pool.clone(), node.to_string(), backend, clock.clone());
         Ok(Store {
             pool,
             backend,
             node: node.to_string(),
+            clock,
             committer,
             jobs_queued: Arc::new(Notify::new()),
             deliveries_queued: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -186,6 +192,16 @@ impl Store {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The time, in milliseconds since the epoch, that this store stamps rows with.
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The store's clock: a simulation of weeks of work advances it (see [`Clock::advance`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Notified (`notify_one`) when this node queues a job for analysis.
@@ -236,6 +252,25 @@ fn prepare_sqlite_url(url: &str) -> std::io::Result<String> {
 }
 
 /// Milliseconds since the Unix epoch: the time format of every table.
+/// The time a store stamps its rows with: the system's, moved forward by what a simulation
+/// advanced it (retention is tested over months of records in seconds this way). Clones share
+/// the offset; a node never advances it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves this clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

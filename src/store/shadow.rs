@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{now_ms, Result, Store};
+use super::{Result, Store};
 use crate::domain::{Decision, Priority, ShadowOutcome};
 
 /// What one shadow version made of one image.
@@ -49,7 +49,7 @@ impl Store {
     /// shadow (analysed again after a crash) keeps its first row.
     pub async fn record_shadow_results(&self, rows: &[NewShadowResult]) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
+        let now = self.now();
         for row in rows {
             let [cn, cv, cs] = &row.classifier;
             let [sn, sv, ss] = &row.segmenter;

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{now_ms, Result, Store};
+use super::{Result, Store};
 use crate::domain::{Agreement, Decision};
 
 /// A verdict as recorded.
@@ -50,7 +50,7 @@ impl Store {
         .bind(verdict)
         .bind(note.map(crate::domain::storable_text))
         .bind(reviewer)
-        .bind(now_ms())
+        .bind(self.now())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

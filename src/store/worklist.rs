@@ -76,6 +76,10 @@ pub struct WorklistStudy {
     /// Why its latest image that ended without a result has none (skipped or failed, with the
     /// job's reason): what the worklist shows of a study none of whose images was analysed.
     pub unanalysed_reason: Option<String>,
+    /// Its images whose files retention let go (rows, results and deliveries stay).
+    pub images_released: i64,
+    /// When retention removed its patient attributes (`retention.patient_data_days`).
+    pub patient_data_removed_at: Option<i64>,
 }
 
 /// One instance of a study, with its job and result.
@@ -104,6 +108,8 @@ pub struct StudyInstance {
     pub verdict_note: Option<String>,
     pub verdict_by: Option<String>,
     pub verdict_at: Option<i64>,
+    /// When retention let the image go (its row and result stay; its overlay cannot be drawn).
+    pub released_at: Option<i64>,
 }
 
 /// An object made of a study's result and one of its deliveries.
@@ -128,6 +134,7 @@ pub struct OverlaySource {
     pub mask_rle: Option<String>,
     pub width: Option<i64>,
     pub height: Option<i64>,
+    pub released_at: Option<i64>,
 }
 
 /// How many deliveries of the objects made of study `s`'s images are in `$state` (an SQL
@@ -180,7 +187,10 @@ const STUDIES: &str = concat!(
           WHERE i.study_id = s.id AND j.state IN ('queued', 'running') AND i.node <> $3) AS waiting_for_node, \
         (SELECT j.reason FROM jobs j JOIN instances i ON i.id = j.instance_id \
           WHERE i.study_id = s.id AND j.state IN ('skipped', 'failed') \
-          ORDER BY j.updated_at DESC, j.id DESC LIMIT 1) AS unanalysed_reason \
+          ORDER BY j.updated_at DESC, j.id DESC LIMIT 1) AS unanalysed_reason, \
+        (SELECT COUNT(*) FROM instances i WHERE i.study_id = s.id AND i.released_at IS NOT NULL) \
+          AS images_released, \
+        s.patient_data_removed_at \
      FROM studies s"
 );
 
@@ -221,7 +231,7 @@ impl Store {
                     r.classifier_name || ' ' || r.classifier_version AS classifier, \
                     r.segmenter_name || ' ' || r.segmenter_version AS segmenter, r.created_at AS analysed_at, \
                     r.id AS result_id, v.verdict, v.note AS verdict_note, v.reviewer AS verdict_by, \
-                    v.created_at AS verdict_at \
+                    v.created_at AS verdict_at, i.released_at \
              FROM instances i JOIN studies s ON s.id = i.study_id LEFT JOIN jobs j ON j.instance_id = i.id \
              LEFT JOIN results r ON r.instance_id = i.id \
              LEFT JOIN verdicts v ON v.id = (SELECT MAX(l.id) FROM verdicts l WHERE l.result_id = r.id) \
@@ -249,7 +259,7 @@ impl Store {
     /// The spool file and mask of the latest version of an instance.
     pub async fn overlay_source(&self, sop_instance_uid: &str) -> Result<Option<OverlaySource>> {
         Ok(sqlx::query_as(
-            "SELECT i.path, r.mask_rle, r.width, r.height FROM instances i LEFT JOIN results r ON r.instance_id = i.id \
+            "SELECT i.path, r.mask_rle, r.width, r.height, i.released_at FROM instances i LEFT JOIN results r ON r.instance_id = i.id \
              WHERE i.sop_instance_uid = $1 ORDER BY i.version DESC LIMIT 1",
         )
         .bind(sop_instance_uid)

@@ -26,6 +26,7 @@ mod operations;
 mod package;
 mod pipeline;
 mod receive;
+mod retention;
 mod refusals;
 mod results;
 mod review;

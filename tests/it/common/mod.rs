@@ -50,7 +50,7 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    fn create(backend: Backend, dir: &Path) -> TestDb {
+    pub fn create(backend: Backend, dir: &Path) -> TestDb {
         match backend {
             Backend::Sqlite => {
                 TestDb { url: format!("sqlite://{}/db/pneumotriage.db", dir.display()), postgres_name: None }

@@ -1,0 +1,333 @@
+//! Retention: which received images and made objects may be let go, marking them released
+//! before their files are removed, and the removal of patient attributes from old studies.
+//!
+//! An image may go once its job ended (done; or skipped, failed or quarantined, kept longer
+//! for investigation) and every delivery of the objects made from it, and every message of its
+//! study, ended before the cut-off. An object may go once each of its deliveries ended before
+//! its cut-off. Rows are kept: a released row is the record of what was received and said.
+//!
+//! Marking and removing are two steps. The mark commits first; a crash before the file is gone
+//! leaves a released row beside a file that the next sweep removes ([`Store::spool_rows`]). An
+//! admin who re-queues a job or a delivery takes the row lock of the instance or object first
+//! (see `jobs::requeue_failed_job`), and pruning checks again after taking its own, so that one
+//! of the two always sees the other.
+
+use std::collections::HashMap;
+
+use super::{JobScope, Result, Store};
+
+/// When things ended for them to be let go now: items that ended before these times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Images whose analysis is done.
+    pub analysed: i64,
+    /// Images that were skipped, failed or quarantined.
+    pub investigated: i64,
+    /// Objects the node made.
+    pub outputs: i64,
+}
+
+impl Cutoffs {
+    /// Everything finished, whatever its age: what disk pressure lets go, oldest first.
+    pub fn everything_finished(now: i64) -> Cutoffs {
+        Cutoffs { analysed: now + 1, investigated: now + 1, outputs: now + 1 }
+    }
+}
+
+/// A file pruning may delete (or did mark released), and why.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Releasable {
+    pub id: i64,
+    /// Relative to the spool (images) or the outputs folder (objects).
+    pub path: String,
+    pub size_bytes: i64,
+    /// The job's state (images) or the object's kind (objects).
+    pub what: String,
+    /// When it was received (images) or made (objects), ms since the epoch.
+    pub since: i64,
+    /// When what it waited for ended, ms since the epoch.
+    pub ended_at: i64,
+}
+
+/// The conditions on `instances i` joined with its job `j` that let an image go, for the
+/// cut-offs `$1` (analysed) and `$2` (investigated); `released_at` is checked by the caller.
+/// The deliveries of what was made from it are found through its result or notice (one index
+/// chain each); the messages of its study through their study. (No apostrophes in this file:
+/// a store test pairs quotes across it.)
+macro_rules! image_may_go {
+    () => {
+        "((j.state = 'done' AND j.updated_at < $1) OR (j.state IN ('skipped', 'failed') AND j.updated_at < $2)) \
+         AND NOT EXISTS (SELECT 1 FROM results r CROSS JOIN outputs o CROSS JOIN deliveries d \
+             WHERE r.instance_id = i.id AND o.result_id = r.id AND d.output_id = o.id \
+               AND (d.state IN ('pending', 'sending') \
+                    OR d.updated_at >= CASE WHEN j.state = 'done' THEN $1 ELSE $2 END)) \
+         AND NOT EXISTS (SELECT 1 FROM notices n CROSS JOIN outputs o CROSS JOIN deliveries d \
+             WHERE n.instance_id = i.id AND o.notice_id = n.id AND d.output_id = o.id \
+               AND (d.state IN ('pending', 'sending') \
+                    OR d.updated_at >= CASE WHEN j.state = 'done' THEN $1 ELSE $2 END)) \
+         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.study_id = i.study_id \
+               AND (m.state IN ('pending', 'sending') \
+                    OR m.updated_at >= CASE WHEN j.state = 'done' THEN $1 ELSE $2 END))"
+    };
+}
+
+/// The images that may go, oldest received first: `$3` any node (1) or only `$4` own and
+/// unassigned ones, at most `$5`.
+macro_rules! images_that_may_go {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM instances i CROSS JOIN jobs j \
+             WHERE i.released_at IS NULL AND j.instance_id = i.id \
+               AND ($3 = 1 OR i.node IS NULL OR i.node = $4) AND ",
+            image_may_go!(),
+            " ORDER BY i.received_at, i.id LIMIT $5"
+        )
+    };
+}
+
+/// The conditions on `outputs o` that let an object go, for the cut-off `$1`.
+macro_rules! output_may_go {
+    () => {
+        "o.created_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.output_id = o.id \
+             AND (d.state IN ('pending', 'sending') OR d.updated_at >= $1))"
+    };
+}
+
+macro_rules! outputs_that_may_go {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM outputs o WHERE o.released_at IS NULL AND ($2 = 1 OR o.node IS NULL OR o.node = $3) AND ",
+            output_may_go!(),
+            " ORDER BY o.created_at, o.id LIMIT $4"
+        )
+    };
+}
+
+const RELEASE_IMAGES: &str = concat!(
+    "UPDATE instances SET released_at = $6 WHERE released_at IS NULL AND id IN (",
+    images_that_may_go!("i.id"),
+    ") RETURNING id, path, size_bytes"
+);
+
+const RELEASE_OUTPUTS: &str = concat!(
+    "UPDATE outputs SET released_at = $5 WHERE released_at IS NULL AND id IN (",
+    outputs_that_may_go!("o.id"),
+    ") RETURNING id, path, size_bytes"
+);
+
+/// `$1, $2, ...` from `first` on, `n` of them: the only text built at run time in these
+/// statements, so that every value still travels as a bound parameter.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// What the database says of files found on disk or in the bucket.
+#[derive(Debug, Default)]
+pub struct FileRows {
+    /// Paths with a row, and whether that row says released.
+    pub released: HashMap<String, bool>,
+}
+
+impl FileRows {
+    /// Whether `path` has a row, and whether the row says its file was released.
+    pub fn of(&self, path: &str) -> Option<bool> {
+        self.released.get(path).copied()
+    }
+}
+
+/// Bytes and files still kept, and the oldest of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub files: i64,
+    pub bytes: i64,
+    /// When the oldest kept one was received or made (ms since the epoch).
+    pub oldest: Option<i64>,
+}
+
+impl Store {
+    /// The images that may go for `cut` (what `prune --dry-run` lists), at most `limit`.
+    pub async fn images_that_may_go(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<Releasable>> {
+        const SQL: &str = images_that_may_go!(
+            "i.id, i.path, i.size_bytes, j.state AS what, i.received_at AS since, j.updated_at AS ended_at"
+        );
+        Ok(sqlx::query_as(SQL)
+            .bind(cut.analysed)
+            .bind(cut.investigated)
+            .bind(i64::from(scope == JobScope::AnySpool))
+            .bind(self.node())
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// The objects that may go for `cut`, at most `limit`.
+    pub async fn outputs_that_may_go(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<Releasable>> {
+        const SQL: &str = outputs_that_may_go!(
+            "o.id, o.path, o.size_bytes, o.kind AS what, o.created_at AS since, \
+             COALESCE((SELECT MAX(d.updated_at) FROM deliveries d WHERE d.output_id = o.id), o.created_at) AS ended_at"
+        );
+        Ok(sqlx::query_as(SQL)
+            .bind(cut.outputs)
+            .bind(i64::from(scope == JobScope::AnySpool))
+            .bind(self.node())
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Marks released up to `limit` images that may go, oldest first, and returns them: their
+    /// files are to be removed next. One transaction; checked again under the rows' locks.
+    pub async fn release_images(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<(i64, String, i64)>> {
+        let mut tx = self.begin_write().await?;
+        let mut released: Vec<(i64, String, i64)> = sqlx::query_as(RELEASE_IMAGES)
+            .bind(cut.analysed)
+            .bind(cut.investigated)
+            .bind(i64::from(scope == JobScope::AnySpool))
+            .bind(self.node())
+            .bind(limit)
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+        if !released.is_empty() {
+            // a fresh statement sees what a re-queue committed while this one waited for a lock
+            let sql = format!(
+                "SELECT i.id FROM instances i CROSS JOIN jobs j WHERE i.id IN ({}) AND j.instance_id = i.id AND NOT ({})",
+                placeholders(3, released.len()),
+                image_may_go!()
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(cut.analysed)
+                .bind(cut.investigated);
+            for (id, _, _) in &released {
+                query = query.bind(*id);
+            }
+            let stale: Vec<i64> = query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
+            if !stale.is_empty() {
+                let sql =
+                    format!("UPDATE instances SET released_at = NULL WHERE id IN ({})", placeholders(1, stale.len()));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in &stale {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+                released.retain(|(id, _, _)| !stale.contains(id));
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// Marks released up to `limit` objects that may go, oldest first, and returns them.
+    pub async fn release_outputs(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<(i64, String, i64)>> {
+        let mut tx = self.begin_write().await?;
+        let mut released: Vec<(i64, String, i64)> = sqlx::query_as(RELEASE_OUTPUTS)
+            .bind(cut.outputs)
+            .bind(i64::from(scope == JobScope::AnySpool))
+            .bind(self.node())
+            .bind(limit)
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+        if !released.is_empty() {
+            let sql = format!(
+                "SELECT o.id FROM outputs o WHERE o.id IN ({}) AND NOT ({})",
+                placeholders(2, released.len()),
+                output_may_go!()
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str())).bind(cut.outputs);
+            for (id, _, _) in &released {
+                query = query.bind(*id);
+            }
+            let stale: Vec<i64> = query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
+            if !stale.is_empty() {
+                let sql =
+                    format!("UPDATE outputs SET released_at = NULL WHERE id IN ({})", placeholders(1, stale.len()));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in &stale {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+                released.retain(|(id, _, _)| !stale.contains(id));
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// Removes the patient attributes of up to `limit` studies whose last image arrived before
+    /// `before` and whose messages have all ended (a message reads them when it is sent).
+    /// Returns how many studies.
+    pub async fn remove_patient_data(&self, before: i64, limit: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE studies SET patient_id = NULL, patient_name = NULL, issuer_of_patient_id = NULL, \
+                 patient_birth_date = NULL, patient_sex = NULL, patient_data_removed_at = $2 \
+             WHERE id IN (SELECT s.id FROM studies s WHERE s.patient_data_removed_at IS NULL \
+                            AND s.last_received_at < $1 \
+                            AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.study_id = s.id \
+                                              AND m.state IN ('pending', 'sending')) \
+                          ORDER BY s.last_received_at LIMIT $3)",
+        )
+        .bind(before)
+        .bind(self.now())
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The rows of the spool paths `paths`: whether each has one and whether it was released.
+    pub async fn spool_rows(&self, paths: &[String]) -> Result<FileRows> {
+        self.file_rows("instances", paths).await
+    }
+
+    /// The rows of the output paths `paths`.
+    pub async fn output_rows(&self, paths: &[String]) -> Result<FileRows> {
+        self.file_rows("outputs", paths).await
+    }
+
+    async fn file_rows(&self, table: &str, paths: &[String]) -> Result<FileRows> {
+        let mut rows = FileRows::default();
+        for chunk in paths.chunks(500) {
+            let sql = format!(
+                "SELECT path, CAST(CASE WHEN released_at IS NULL THEN 0 ELSE 1 END AS BIGINT) FROM {table} \
+                 WHERE path IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql.as_str()));
+            for path in chunk {
+                query = query.bind(path);
+            }
+            for (path, released) in query.fetch_all(self.pool()).await? {
+                // an output path may have rows of several versions: kept if any is kept
+                let entry = rows.released.entry(path).or_insert(true);
+                *entry &= released == 1;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The received images still kept, and the objects still kept.
+    pub async fn kept(&self) -> Result<(Kept, Kept)> {
+        let images: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(size_bytes) AS BIGINT), MIN(received_at) FROM instances \
+             WHERE released_at IS NULL",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let outputs: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(size_bytes) AS BIGINT), MIN(created_at) FROM outputs \
+                 WHERE released_at IS NULL",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let kept =
+            |(files, bytes, oldest): (i64, Option<i64>, Option<i64>)| Kept { files, bytes: bytes.unwrap_or(0), oldest };
+        Ok((kept(images), kept(outputs)))
+    }
+}

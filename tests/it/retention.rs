@@ -1,0 +1,343 @@
+//! Retention: months of a site's work simulated in seconds on the store's clock (images,
+//! results, objects, deliveries and messages as the node writes them, one destination down for
+//! three days), pruning each simulated day; kill -9 during pruning; disk pressure on a small
+//! real file system; what `prune --dry-run` says; a released image on the worklist and API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{self, Backend, TestDb};
+use pneumotriage::config::{Config, Uses};
+use pneumotriage::domain::{DestinationKind, EventKind, InstanceHeader, MessageRule, ObjectKind, Priority};
+use pneumotriage::ingest::Ingest;
+use pneumotriage::retention::Retention;
+use pneumotriage::spool::Spool;
+use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewOutput, Store};
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// The destination that is down on days [`DOWN`].
+const ARCHIVE: &str = "archive";
+const DOWN: std::ops::Range<u32> = 40..43;
+
+/// A simulated site: the node's store, spool and outputs, its retention, and a day counter.
+struct Site {
+    store: Store,
+    retention: Retention,
+    spool: PathBuf,
+    outputs: PathBuf,
+    bucket: Option<Arc<pneumotriage::bucket::Bucket>>,
+    day: u32,
+    image: u64,
+}
+
+/// The bytes of a "small image": pruning never reads them, only their size counts.
+const IMAGE_BYTES: usize = 6000;
+const OBJECT_BYTES: usize = 1500;
+
+impl Site {
+    async fn open(db: &TestDb, data: &Path, extra: &str) -> Site {
+        let text = format!(
+            "[node]\ndata_dir = \"{}\"\nname = \"sim\"\nmin_free_disk_mb = 1\n[dicom]\naccept_any = true\n\
+             [database]\nurl = \"{}\"\n[retention]\npatient_data_days = 60\nbatch = 50\n\
+             free_target_mb = 2\n{extra}",
+            data.display(),
+            db.url
+        );
+        let config = Config::parse(&text, "simulation.toml", data.to_path_buf(), Uses::Everything).unwrap();
+        let store = Store::connect(&db.url, 4, "sim").await.unwrap();
+        store.migrate().await.unwrap();
+        let (spool, _) = Spool::open(&config.spool_dir(), "sim", 1 << 20, 1 << 30).unwrap();
+        let bucket = pneumotriage::bucket::Bucket::open(&config).unwrap();
+        let spool = Arc::new(spool.with_bucket(bucket.clone()));
+        let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
+        let retention =
+            Retention::new(&config, store.clone(), ingest, spool.clone(), bucket.clone(), Box::new(|_| true));
+        std::fs::create_dir_all(config.outputs_dir()).unwrap();
+        let (spool, outputs) = (spool.root().to_path_buf(), config.outputs_dir());
+        Site { store, retention, spool, outputs, bucket, day: 0, image: 0 }
+    }
+
+    fn rules() -> Vec<MessageRule> {
+        vec![MessageRule {
+            destination: "ris".into(),
+            kind: DestinationKind::Webhook,
+            priorities: vec![Priority::Urgent, Priority::Review],
+            settle: Duration::ZERO,
+            not_analysed: false,
+        }]
+    }
+
+    /// One day: `n` images received, analysed (one in 20 skipped, one in 50 failed), their
+    /// objects made and sent to the PACS and the archive (down on [`DOWN`]), their messages
+    /// sent; then the clock moves on a day and retention runs.
+    async fn day(&mut self, n: u64, bucket: Option<&pneumotriage::bucket::Bucket>) {
+        let study_day = self.day;
+        for _ in 0..n {
+            self.image += 1;
+            let (study, sop) =
+                (format!("1.2.826.0.1.{study_day}.{}", self.image / 2), format!("1.2.826.1.{}", self.image));
+            let path = format!("{study}/{sop}.dcm");
+            let file = self.spool.join(&path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, vec![0u8; IMAGE_BYTES]).unwrap();
+            if let Some(bucket) = bucket {
+                bucket.upload(pneumotriage::bucket::Area::Spool, &path, &file).await.unwrap();
+            }
+            let new = NewInstance {
+                header: InstanceHeader {
+                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(),
+                    sop_instance_uid: sop.clone(),
+                    study_instance_uid: study.clone(),
+                    patient_name: Some(format!("Patient^{}", self.image)),
+                    patient_id: Some(format!("P{}", self.image)),
+                    ..Default::default()
+                },
+                version: 1,
+                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                calling_ae: "MODALITY".into(),
+                peer_address: "10.0.0.7:4000".into(),
+                path,
+                size_bytes: IMAGE_BYTES as i64,
+                skip_reason: None,
+                event_kind: EventKind::InstanceStored,
+            };
+            self.store.record_instance(&new).await.unwrap();
+        }
+        let rules = Site::rules();
+        while let Some(job) = self.store.claim_job(Duration::from_secs(300), JobScope::OwnSpool).await.unwrap() {
+            match job.instance_id % 50 {
+                7 => assert!(self.store.end_job(&job, JobEnd::Failed, "corrupt pixel data").await.unwrap()),
+                n if n % 20 == 3 => assert!(self.store.end_job(&job, JobEnd::Skipped, "lateral view").await.unwrap()),
+                _ => {
+                    let mut result = crate::store::result();
+                    result.priority = if job.instance_id % 3 == 0 { Priority::Urgent } else { Priority::Routine };
+                    let outputs: Vec<NewOutput> = [(ObjectKind::Seg, "seg"), (ObjectKind::Sr, "sr")]
+                        .into_iter()
+                        .map(|(kind, name)| {
+                            let path = format!("{}/{}.{name}.dcm", job.study_id, job.sop_instance_uid);
+                            let file = self.outputs.join(&path);
+                            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                            std::fs::write(&file, vec![1u8; OBJECT_BYTES]).unwrap();
+                            NewOutput {
+                                kind,
+                                sop_class_uid: "1.2.840.10008.5.1.4.1.1.66.4".into(),
+                                sop_instance_uid: format!(
+                                    "{}.{name}",
+                                    job.sop_instance_uid.replace("1.2.826.1", "2.25")
+                                ),
+                                path,
+                                size_bytes: OBJECT_BYTES as i64,
+                                destinations: vec!["pacs".into(), ARCHIVE.into()],
+                            }
+                        })
+                        .collect();
+                    assert!(self.store.record_result(&job, &result, &outputs, &rules).await.unwrap());
+                }
+            }
+        }
+        let lease = Duration::from_secs(300);
+        while let Some(d) = self.store.claim_delivery("pacs", lease, JobScope::OwnSpool).await.unwrap() {
+            assert!(self.store.delivery_done(&d).await.unwrap());
+        }
+        let archive_down = DOWN.contains(&self.day);
+        let mut deferred = Vec::new();
+        while let Some(d) = self.store.claim_delivery(ARCHIVE, lease, JobScope::OwnSpool).await.unwrap() {
+            if archive_down {
+                deferred.push(d);
+            } else {
+                assert!(self.store.delivery_done(&d).await.unwrap());
+            }
+        }
+        for d in deferred {
+            // due again only once the simulated day has passed
+            assert!(self.store.delivery_retry(&d, "connection refused", DAY / 2).await.unwrap());
+        }
+        while let Some(m) = self.store.claim_message("ris", lease).await.unwrap() {
+            assert!(self.store.message_done(&m).await.unwrap());
+        }
+        self.store.clock().advance(DAY);
+        self.day += 1;
+        let pruned = self.retention.prune().await.unwrap();
+        assert!(!pruned.nothing_left && pruned.under_pressure.files == 0, "no disk pressure here: {pruned:?}");
+        self.retention.sweep(true).await.unwrap();
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(self.store.pool()).await.unwrap();
+        n
+    }
+
+    /// Nothing was released before its job, and every delivery and message made from it, had
+    /// ended and its time had passed; every kept row has its file, no released one has.
+    async fn check_invariants(&self) {
+        let days = |n: i64| n * DAY.as_millis() as i64;
+        let (week, month, two_days) = (days(7), days(30), days(2));
+        let early = format!(
+            "SELECT COUNT(*) FROM instances i JOIN jobs j ON j.instance_id = i.id WHERE i.released_at IS NOT NULL AND ( \
+               j.state NOT IN ('done', 'skipped', 'failed') \
+               OR (j.state = 'done' AND i.released_at < j.updated_at + {week}) \
+               OR (j.state <> 'done' AND i.released_at < j.updated_at + {month}) \
+               OR EXISTS (SELECT 1 FROM results r JOIN outputs o ON o.result_id = r.id \
+                          JOIN deliveries d ON d.output_id = o.id WHERE r.instance_id = i.id \
+                            AND (d.state IN ('pending', 'sending') OR i.released_at < d.updated_at + {week})) \
+               OR EXISTS (SELECT 1 FROM messages m WHERE m.study_id = i.study_id \
+                            AND (m.state IN ('pending', 'sending') OR i.released_at < m.updated_at + {week})))"
+        );
+        assert_eq!(self.count(&early).await, 0, "an image was released too early (day {})", self.day);
+        let early_objects = format!(
+            "SELECT COUNT(*) FROM outputs o WHERE o.released_at IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries d \
+               WHERE d.output_id = o.id AND (d.state IN ('pending', 'sending') OR o.released_at < d.updated_at + {two_days}))"
+        );
+        assert_eq!(self.count(&early_objects).await, 0, "an object was released too early (day {})", self.day);
+        let store = self.store.clone();
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT path, released_at FROM instances").fetch_all(store.pool()).await.unwrap();
+        for (path, released) in rows {
+            assert_eq!(self.spool.join(&path).exists(), released.is_none(), "{path} on day {}", self.day);
+        }
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT path, released_at FROM outputs").fetch_all(store.pool()).await.unwrap();
+        for (path, released) in rows {
+            assert_eq!(self.outputs.join(&path).exists(), released.is_none(), "{path} on day {}", self.day);
+        }
+    }
+}
+
+/// Bytes and files under `dir`.
+fn disk_use(dir: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                let (b, f) = disk_use(&e.path());
+                bytes += b;
+                files += f;
+            } else {
+                bytes += meta.len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// The database of a simulation: on PostgreSQL, commits that do not wait for the disk (what is
+/// tested is which rows and files go when, not durability; months of rows take seconds).
+fn simulation_db(backend: Backend, dir: &Path) -> TestDb {
+    let db = TestDb::create(backend, dir);
+    if backend == Backend::Postgres {
+        let name = db.url.rsplit('/').next().unwrap();
+        common::psql(&format!("ALTER DATABASE {name} SET synchronous_commit = off"));
+    }
+    db
+}
+
+fn images_per_day() -> u64 {
+    std::env::var("RETENTION_SIM_IMAGES_PER_DAY").ok().and_then(|n| n.parse().ok()).unwrap_or(50)
+}
+
+fn one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early(backend: Backend) {
+    // the SQLite file and the spool on tmpfs: a simulated day is hundreds of commits
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let db = simulation_db(backend, dir.path());
+    let per_day = images_per_day();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut site = Site::open(&db, dir.path(), "").await;
+        let mut table = vec![format!("| day | images kept | objects kept | spool MiB | outputs MiB |")];
+        let mut by_day = Vec::new();
+        let started = std::time::Instant::now();
+        while site.day < 120 {
+            site.day(per_day, None).await;
+            let (spool_bytes, _) = disk_use(&site.spool);
+            let (outputs_bytes, _) = disk_use(&site.outputs);
+            let kept = site.count("SELECT COUNT(*) FROM instances WHERE released_at IS NULL").await;
+            let objects = site.count("SELECT COUNT(*) FROM outputs WHERE released_at IS NULL").await;
+            by_day.push((kept, objects, spool_bytes + outputs_bytes));
+            if site.day % 10 == 0 || (38..=52).contains(&site.day) {
+                table.push(format!(
+                    "| {} | {kept} | {objects} | {:.2} | {:.2} |",
+                    site.day,
+                    spool_bytes as f64 / 1048576.0,
+                    outputs_bytes as f64 / 1048576.0
+                ));
+                site.check_invariants().await;
+            }
+            if site.day == 49 {
+                // the images of the days the archive was down went out on day 43: kept until day 50
+                let kept_for_archive = site
+                    .count(&format!(
+                        "SELECT COUNT(*) FROM instances i JOIN jobs j ON j.instance_id = i.id \
+                         WHERE j.state = 'done' AND i.released_at IS NULL AND i.path LIKE '1.2.826.0.1.{}.%'",
+                        DOWN.start
+                    ))
+                    .await;
+                assert!(kept_for_archive > 0, "the images waiting for the archive are kept");
+            }
+        }
+        eprintln!("simulated 120 days of {per_day} images a day on {backend:?} in {:.1?}", started.elapsed());
+        eprintln!("{}", table.join("\n"));
+        site.check_invariants().await;
+        // a steady state: a week's images (plus the month of skipped and failed ones) and two
+        // days' objects, the same from day 60 to day 120
+        let (kept_60, objects_60, bytes_60) = by_day[59];
+        let (kept_120, objects_120, bytes_120) = by_day[119];
+        let near = |a: i64, b: i64| (a - b).abs() * 10 <= a.max(b);
+        assert!(near(kept_60, kept_120) && near(objects_60, objects_120), "{:?} vs {:?}", by_day[59], by_day[119]);
+        assert!((bytes_60 as f64 / bytes_120 as f64 - 1.0).abs() < 0.1, "{bytes_60} vs {bytes_120}");
+        let expected = per_day as i64 * 7;
+        assert!(kept_120 >= expected && kept_120 <= expected * 2, "{kept_120} images kept, a week is {expected}");
+        let received = site.count("SELECT COUNT(*) FROM instances").await;
+        assert_eq!(received, per_day as i64 * 120, "every row stays");
+        // patient attributes leave after 60 days; the record of what was said stays
+        let named_old = site
+            .count("SELECT COUNT(*) FROM studies WHERE patient_name IS NOT NULL AND study_instance_uid LIKE '1.2.826.0.1.5.%'")
+            .await;
+        assert_eq!(named_old, 0, "the patient attributes of day 5 are gone after 60 days");
+        let named_recent = site
+            .count("SELECT COUNT(*) FROM studies WHERE patient_name IS NOT NULL AND study_instance_uid LIKE '1.2.826.0.1.110.%'")
+            .await;
+        assert!(named_recent > 0, "recent studies keep their patient attributes");
+        assert_eq!(site.count("SELECT COUNT(*) FROM results").await, site.count("SELECT COUNT(*) FROM jobs WHERE state = 'done'").await);
+        site.store.close().await;
+    });
+}
+
+on_both_backends!(one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early);
+
+#[test]
+fn with_an_object_store_released_objects_leave_the_bucket() {
+    let s3 = crate::common::s3::S3::start();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let db = simulation_db(Backend::Sqlite, dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut site = Site::open(&db, dir.path(), &s3.config("sim")).await;
+        let bucket = site.bucket.clone().expect("the site keeps its files in the bucket");
+        while site.day < 12 {
+            site.day(20, Some(&bucket)).await;
+        }
+        site.check_invariants().await;
+        let kept: Vec<(String,)> = sqlx::query_as("SELECT path FROM instances WHERE released_at IS NULL")
+            .fetch_all(site.store.pool())
+            .await
+            .unwrap();
+        let released: Vec<(String,)> = sqlx::query_as("SELECT path FROM instances WHERE released_at IS NOT NULL")
+            .fetch_all(site.store.pool())
+            .await
+            .unwrap();
+        assert!(!kept.is_empty() && !released.is_empty());
+        let keys = s3.keys("sim/spool/");
+        for (path,) in &kept {
+            assert!(keys.contains(&format!("sim/spool/{path}")), "{path} is kept in the bucket");
+        }
+        for (path,) in &released {
+            assert!(!keys.contains(&format!("sim/spool/{path}")), "{path} left the bucket");
+        }
+        assert_eq!(keys.len(), kept.len());
+        site.store.close().await;
+    });
+}
