@@ -16,6 +16,8 @@ use pneumotriage::spool::Spool;
 use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewOutput, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// The simulations' `[retention]`: the defaults, with patient attributes kept 60 days.
+const SIMULATION: &str = "patient_data_days = 60\nbatch = 50\n";
 /// The destination that is down on days [`DOWN`].
 const ARCHIVE: &str = "archive";
 const DOWN: std::ops::Range<u32> = 40..43;
@@ -36,14 +38,18 @@ const IMAGE_BYTES: usize = 6000;
 const OBJECT_BYTES: usize = 1500;
 
 impl Site {
+    /// A site keeping its files under `data`; `extra` is added to `[retention]` (and may open
+    /// sections of its own). The configuration is written to `data/pneumotriage.toml` too.
     async fn open(db: &TestDb, data: &Path, extra: &str) -> Site {
         let text = format!(
             "[node]\ndata_dir = \"{}\"\nname = \"sim\"\nmin_free_disk_mb = 1\n[dicom]\naccept_any = true\n\
-             [database]\nurl = \"{}\"\n[retention]\npatient_data_days = 60\nbatch = 50\n\
-             free_target_mb = 2\n{extra}",
+             [inference]\nmodels = \"{}/models/manifest.toml\"\n\
+             [database]\nurl = \"{}\"\n[retention]\nfree_target_mb = 2\n{extra}",
             data.display(),
+            env!("CARGO_MANIFEST_DIR"),
             db.url
         );
+        std::fs::write(data.join("pneumotriage.toml"), &text).unwrap();
         let config = Config::parse(&text, "simulation.toml", data.to_path_buf(), Uses::Everything).unwrap();
         let store = Store::connect(&db.url, 4, "sim").await.unwrap();
         store.migrate().await.unwrap();
@@ -68,10 +74,20 @@ impl Site {
         }]
     }
 
-    /// One day: `n` images received, analysed (one in 20 skipped, one in 50 failed), their
-    /// objects made and sent to the PACS and the archive (down on [`DOWN`]), their messages
-    /// sent; then the clock moves on a day and retention runs.
+    /// One day: `n` images received, analysed, sent ([`Site::work`]); then the clock moves on
+    /// a day and retention runs.
     async fn day(&mut self, n: u64, bucket: Option<&pneumotriage::bucket::Bucket>) {
+        self.receive(n, bucket).await;
+        self.work().await;
+        self.store.clock().advance(DAY);
+        self.day += 1;
+        let pruned = self.retention.prune().await.unwrap();
+        assert!(!pruned.nothing_left && pruned.under_pressure.files == 0, "no disk pressure here: {pruned:?}");
+        self.retention.sweep(true).await.unwrap();
+    }
+
+    /// `n` images received: their files in the spool (and the bucket), their rows committed.
+    async fn receive(&mut self, n: u64, bucket: Option<&pneumotriage::bucket::Bucket>) {
         let study_day = self.day;
         for _ in 0..n {
             self.image += 1;
@@ -104,6 +120,11 @@ impl Site {
             };
             self.store.record_instance(&new).await.unwrap();
         }
+    }
+
+    /// The queued images analysed (one in 20 skipped, one in 50 failed), their objects made and
+    /// sent to the PACS and the archive (down on [`DOWN`]), their messages sent.
+    async fn work(&mut self) {
         let rules = Site::rules();
         while let Some(job) = self.store.claim_job(Duration::from_secs(300), JobScope::OwnSpool).await.unwrap() {
             match job.instance_id % 50 {
@@ -156,11 +177,6 @@ impl Site {
         while let Some(m) = self.store.claim_message("ris", lease).await.unwrap() {
             assert!(self.store.message_done(&m).await.unwrap());
         }
-        self.store.clock().advance(DAY);
-        self.day += 1;
-        let pruned = self.retention.prune().await.unwrap();
-        assert!(!pruned.nothing_left && pruned.under_pressure.files == 0, "no disk pressure here: {pruned:?}");
-        self.retention.sweep(true).await.unwrap();
     }
 
     async fn count(&self, sql: &str) -> i64 {
@@ -246,7 +262,7 @@ fn one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early(backen
     let per_day = images_per_day();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let mut site = Site::open(&db, dir.path(), "").await;
+        let mut site = Site::open(&db, dir.path(), SIMULATION).await;
         let mut table = vec![format!("| day | images kept | objects kept | spool MiB | outputs MiB |")];
         let mut by_day = Vec::new();
         let started = std::time::Instant::now();
@@ -315,7 +331,7 @@ fn with_an_object_store_released_objects_leave_the_bucket() {
     let db = simulation_db(Backend::Sqlite, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let mut site = Site::open(&db, dir.path(), &s3.config("sim")).await;
+        let mut site = Site::open(&db, dir.path(), &format!("{SIMULATION}{}", s3.config("sim"))).await;
         let bucket = site.bucket.clone().expect("the site keeps its files in the bucket");
         while site.day < 12 {
             site.day(20, Some(&bucket)).await;
@@ -340,4 +356,94 @@ fn with_an_object_store_released_objects_leave_the_bucket() {
         assert_eq!(keys.len(), kept.len());
         site.store.close().await;
     });
+}
+
+/// kill -9 while `prune` deletes, five times: no row of a kept image or object without its
+/// file, nothing unfinished touched; then a round to its end leaves no file of a released row.
+#[test]
+fn kill_nine_during_pruning_leaves_no_dangling_row_and_loses_nothing_unfinished() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(Backend::Sqlite, dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let extra = "images_days = 0\noutputs_days = 0\ninvestigation_days = 0\nbatch = 4\ninterval_secs = 1\n";
+    let site = rt.block_on(async {
+        let mut site = Site::open(&db, dir.path(), extra).await;
+        // finished work to delete, then work still to do: the archive down, jobs still queued
+        site.receive(2500, None).await;
+        site.work().await;
+        site.day = DOWN.start;
+        site.receive(100, None).await;
+        site.work().await;
+        site.receive(50, None).await;
+        site
+    });
+    let config = dir.path().join("pneumotriage.toml");
+    let unfinished = |site: &Site| {
+        rt.block_on(site.count(
+            "SELECT COUNT(*) FROM instances i JOIN jobs j ON j.instance_id = i.id WHERE j.state = 'queued' \
+             OR EXISTS (SELECT 1 FROM results r JOIN outputs o ON o.result_id = r.id JOIN deliveries d \
+                        ON d.output_id = o.id WHERE r.instance_id = i.id AND d.state = 'pending')",
+        ))
+    };
+    let waiting = unfinished(&site);
+    assert!(waiting > 130, "the archive's analysed images and 50 queued ones wait: {waiting}");
+    let mut interrupted = Vec::new();
+    let released_now = || rt.block_on(site.count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL"));
+    let mut released = 0;
+    for i in 0..5 {
+        let mut prune = std::process::Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .args(["prune", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // killed once it has released a few more batches: mid-round, at a different point each time
+        let target = released + 40 + 37 * i;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while released_now() < target && prune.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "prune made no progress");
+        }
+        let finished = prune.try_wait().unwrap().is_some();
+        prune.kill().ok();
+        prune.wait().unwrap();
+        released = released_now();
+        let after_ms = target;
+        // every kept row has its file; files of released rows may wait for the next sweep
+        let store = site.store.clone();
+        let rows: Vec<(String, Option<i64>)> =
+            rt.block_on(sqlx::query_as("SELECT path, released_at FROM instances").fetch_all(store.pool())).unwrap();
+        let mut leftovers = 0;
+        for (path, released_at) in &rows {
+            let exists = site.spool.join(path).exists();
+            assert!(exists || released_at.is_some(), "kill {i}: {path} is kept but its file is gone");
+            leftovers += usize::from(exists && released_at.is_some());
+        }
+        let objects: Vec<(String, Option<i64>)> =
+            rt.block_on(sqlx::query_as("SELECT path, released_at FROM outputs").fetch_all(store.pool())).unwrap();
+        for (path, released_at) in &objects {
+            assert!(site.outputs.join(path).exists() || released_at.is_some(), "kill {i}: object {path} lost");
+        }
+        assert_eq!(unfinished(&site), waiting, "kill {i}: unfinished work untouched");
+        interrupted.push((after_ms, finished, released, leftovers));
+    }
+    eprintln!("(killed at, prune had finished, images released, files of released rows left): {interrupted:?}");
+    assert!(interrupted.iter().all(|(_, finished, _, _)| !finished), "every kill landed mid-round");
+    // a round to its end: every file of a released row swept, nothing unfinished released
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+        .args(["prune", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let store = site.store.clone();
+    let rows: Vec<(String, Option<i64>)> =
+        rt.block_on(sqlx::query_as("SELECT path, released_at FROM instances").fetch_all(store.pool())).unwrap();
+    let kept = rows.iter().filter(|(_, r)| r.is_none()).count();
+    for (path, released_at) in &rows {
+        assert_eq!(site.spool.join(path).exists(), released_at.is_none(), "{path}");
+    }
+    assert_eq!(kept as i64, waiting + rt.block_on(site.count("SELECT COUNT(*) FROM jobs WHERE state = 'running'")));
+    assert_eq!(unfinished(&site), waiting);
+    rt.block_on(site.store.close());
 }
