@@ -8,6 +8,7 @@
 //! beside a file, which the next sweep removes; never a row pointing at a missing file.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ pub struct Retention {
     scope: JobScope,
     /// Whether a SOP class is analysed (an orphan registered gets a job, or is stored only).
     analysed: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// The last round found free space below the target and nothing finished to delete.
+    starved: AtomicBool,
 }
 
 /// The two folders retention deletes from.
@@ -139,6 +142,7 @@ impl Retention {
             target_mb: config.retention.free_target_mb(config.node.min_free_disk_mb),
             scope: JobScope::of(config),
             analysed,
+            starved: AtomicBool::new(false),
         }
     }
 
@@ -171,14 +175,13 @@ impl Retention {
         let mut pressure = 0;
         while self.free_bytes()? < target {
             pressure = 1;
-            // oldest first, a batch at a time, until there is room again or nothing finished is left
+            // a batch at a time, until there is room again or nothing finished is left: objects
+            // already delivered first (the PACS has them), then the oldest finished images
             let cut = Cutoffs::everything_finished(self.store.now());
-            let images = self.release_batch(Folder::Spool, &cut, "disk_pressure").await?;
-            let freed = if images.files > 0 {
-                images
-            } else {
-                self.release_batch(Folder::Outputs, &cut, "disk_pressure").await?
-            };
+            let need = target.saturating_sub(self.free_bytes()?);
+            let objects = self.release_to_free(Folder::Outputs, &cut, need).await?;
+            let freed =
+                if objects.files > 0 { objects } else { self.release_to_free(Folder::Spool, &cut, need).await? };
             if freed.files == 0 {
                 pressure = 2;
                 pruned.nothing_left = true;
@@ -188,7 +191,10 @@ impl Retention {
         }
         let free = self.free_bytes()?;
         crate::metrics::disk(free, pressure);
-        if pruned.under_pressure.files > 0 || pruned.nothing_left {
+        // said when something went early, or when the node first runs out of things to delete
+        let was_starved = self.starved.swap(pruned.nothing_left, Ordering::Relaxed);
+        let newly_starved = pruned.nothing_left && !was_starved;
+        if pruned.under_pressure.files > 0 || newly_starved {
             let detail = format!(
                 "free space {} MiB below retention.free_target_mb {}: deleted {} finished files early ({} MiB){}",
                 free >> 20,
@@ -260,11 +266,43 @@ impl Retention {
         }
     }
 
+    /// Releases the oldest items that may go, as few as free `need` bytes (at most a batch).
+    async fn release_to_free(&self, folder: Folder, cut: &Cutoffs, need: u64) -> Result<Freed, RetentionError> {
+        let candidates = match folder {
+            Folder::Spool => self.store.images_that_may_go(cut, self.scope, self.batch()).await?,
+            Folder::Outputs => self.store.outputs_that_may_go(cut, self.scope, self.batch()).await?,
+        };
+        let mut enough = 0u64;
+        let n = candidates
+            .iter()
+            .take_while(|c| {
+                let more = enough < need;
+                enough += c.size_bytes.max(0) as u64;
+                more
+            })
+            .count();
+        if n == 0 {
+            return Ok(Freed::default());
+        }
+        self.release(folder, cut, n as i64, "disk_pressure").await
+    }
+
     /// Marks one batch released, then removes its files.
     async fn release_batch(&self, folder: Folder, cut: &Cutoffs, why: &'static str) -> Result<Freed, RetentionError> {
+        self.release(folder, cut, self.batch(), why).await
+    }
+
+    /// Marks up to `limit` items released, oldest first, then removes their files.
+    async fn release(
+        &self,
+        folder: Folder,
+        cut: &Cutoffs,
+        limit: i64,
+        why: &'static str,
+    ) -> Result<Freed, RetentionError> {
         let released = match folder {
-            Folder::Spool => self.store.release_images(cut, self.scope, self.batch()).await?,
-            Folder::Outputs => self.store.release_outputs(cut, self.scope, self.batch()).await?,
+            Folder::Spool => self.store.release_images(cut, self.scope, limit).await?,
+            Folder::Outputs => self.store.release_outputs(cut, self.scope, limit).await?,
         };
         let mut freed = Freed::default();
         for (_, path, size) in &released {
@@ -423,14 +461,21 @@ impl Retention {
         let every = Duration::from_secs(self.rules.interval_secs);
         tokio::spawn(async move {
             loop {
-                if let Err(e) = self.prune().await {
-                    warn!(error = %e, "pruning failed; it runs again in {every:?}");
-                }
+                // with nothing finished left to delete, a receive's wake-up would find nothing either
+                let starved = match self.prune().await {
+                    Ok(pruned) => pruned.nothing_left,
+                    Err(e) => {
+                        warn!(error = %e, "pruning failed; it runs again in {every:?}");
+                        false
+                    }
+                };
                 if let Err(e) = self.sweep(true).await {
                     warn!(error = %e, "the sweep failed; it runs again in {every:?}");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
+                    // a receive found free space below the target
+                    _ = self.spool.pressure().notified(), if !starved => {}
                     _ = shutdown.triggered() => return,
                 }
             }

@@ -57,6 +57,10 @@ pub struct Spool {
     counter: AtomicU64,
     /// Where the durable copy is kept, when not here.
     bucket: Option<Arc<Bucket>>,
+    /// Free space retention keeps (`retention.free_target_mb`): below it, receiving wakes the
+    /// pruning at once rather than at its next interval. 0: none.
+    free_target_bytes: u64,
+    pressure: tokio::sync::Notify,
 }
 
 /// A file being received; removed on drop unless it was placed into the spool.
@@ -114,12 +118,32 @@ impl Spool {
     pub fn attach(root: &Path, node: &str, min_free_bytes: u64, max_dataset_bytes: u64) -> Result<Spool, SpoolError> {
         let root = root.canonicalize().map_err(io_err(root))?;
         let tmp = root.join(TMP_DIR).join(node_folder(node));
-        Ok(Spool { root, tmp, min_free_bytes, max_dataset_bytes, counter: AtomicU64::new(0), bucket: None })
+        Ok(Spool {
+            root,
+            tmp,
+            min_free_bytes,
+            max_dataset_bytes,
+            counter: AtomicU64::new(0),
+            bucket: None,
+            free_target_bytes: 0,
+            pressure: tokio::sync::Notify::new(),
+        })
     }
 
     /// The spool with its durable copy in `bucket` (the directory becomes a cache).
     pub fn with_bucket(self, bucket: Option<Arc<Bucket>>) -> Spool {
         Spool { bucket, ..self }
+    }
+
+    /// The spool that wakes [`Spool::pressure`] when a receive finds less free space than this.
+    pub fn with_free_target(self, free_target_bytes: u64) -> Spool {
+        Spool { free_target_bytes, ..self }
+    }
+
+    /// Woken when a receive finds free space below the target: retention deletes the oldest
+    /// finished items now, before the floor is reached.
+    pub fn pressure(&self) -> &tokio::sync::Notify {
+        &self.pressure
     }
 
     /// Stores a placed file in the bucket, if there is one; a no-op otherwise (the file is
@@ -201,7 +225,11 @@ impl Spool {
 
     /// Whether the spool's file system has more free space than the configured floor.
     pub fn has_room(&self) -> Result<bool, SpoolError> {
-        Ok(self.free_bytes()? > self.min_free_bytes)
+        let free = self.free_bytes()?;
+        if free < self.free_target_bytes {
+            self.pressure.notify_one();
+        }
+        Ok(free > self.min_free_bytes)
     }
 
     /// The free space of the spool's file system, in bytes (what an unprivileged writer may use).

@@ -76,7 +76,8 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         info!(url = %bucket.url(), "instances and outputs are kept in the object store; data_dir caches them");
     }
     let store = super::connect(&config).await?;
-    let spool = Arc::new(spool.with_bucket(bucket.clone()));
+    let free_target = config.retention.free_target_mb(config.node.min_free_disk_mb).saturating_mul(1 << 20);
+    let spool = Arc::new(spool.with_bucket(bucket.clone()).with_free_target(free_target));
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
     recover(&config, &ingest, &store).await?;
 

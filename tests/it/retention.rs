@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{self, Backend, TestDb};
+use crate::common::{self, Backend, Setup, TestDb};
 use pneumotriage::config::{Config, Uses};
 use pneumotriage::domain::{DestinationKind, EventKind, InstanceHeader, MessageRule, ObjectKind, Priority};
 use pneumotriage::ingest::Ingest;
@@ -446,4 +446,87 @@ fn kill_nine_during_pruning_leaves_no_dangling_row_and_loses_nothing_unfinished(
     assert_eq!(kept as i64, waiting + rt.block_on(site.count("SELECT COUNT(*) FROM jobs WHERE state = 'running'")));
     assert_eq!(unfinished(&site), waiting);
     rt.block_on(site.store.close());
+}
+
+/// A tmpfs of `mib` MiB mounted at `path` while it lives: a small real file system to fill.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out =
+            common::run("mount", &["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "the disk pressure test mounts a tmpfs (it runs as root): {}",
+            common::text(&out)
+        );
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A node on a 48 MiB file system, refusing at 8 MiB free and keeping 20 MiB free: with the
+/// default (long) retention, the disk fills to the target, the oldest finished images go, and
+/// no C-STORE is refused while finished ones remain; with only unfinished ones (analysis off),
+/// 0xA700 as before, and the log says that nothing finished was left to delete.
+#[test]
+fn disk_pressure_deletes_the_oldest_finished_images_before_refusing() {
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    let _disk = Tmpfs::mount(&setup.dir.path().join("var"), 48);
+    setup.tail = "[retention]\nfree_target_mb = 20\ninterval_secs = 1\n".into();
+    setup.write_config("min_free_disk_mb = 8", "", common::DEFAULT_PEERS);
+    let images = common::synthetic_images(&setup.dir.path().join("images"), 40, 31);
+    let node = setup.start();
+    let done = "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('queued', 'running')";
+    for (i, image) in images.iter().enumerate() {
+        let out = common::storescu(setup.port, &[], &[image]);
+        assert!(out.status.success(), "image {i} refused while finished images remain: {}", common::text(&out));
+        setup.wait_count(done, i as i64 + 1);
+    }
+    let released = setup.count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL");
+    let kept = setup.count("SELECT COUNT(*) FROM instances WHERE released_at IS NULL");
+    eprintln!("40 images of about 2 MiB on 48 MiB: {released} released under pressure, {kept} kept");
+    eprintln!("{}", common::text(&common::run("df", &["-k", setup.dir.path().join("var").to_str().unwrap()])));
+    assert!(released >= 15 && kept >= 5, "{released} released, {kept} kept");
+    // the oldest went first
+    let newest_released = setup.count("SELECT MAX(id) FROM instances WHERE released_at IS NOT NULL");
+    let oldest_kept = setup.count("SELECT MIN(id) FROM instances WHERE released_at IS NULL");
+    assert!(newest_released < oldest_kept, "released up to {newest_released}, kept from {oldest_kept}");
+    assert!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'disk_pressure'") > 0);
+    let (_, _, metrics) = common::http_request(setup.http_port, "GET", "/metrics", &[], "").unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("pneumotriage_pruned_files_total{area=\"spool\",why=\"disk_pressure\"}"), "{metrics}");
+    drop(node);
+
+    // only unfinished images: analysis off, so each one waits; refused at the floor as before
+    setup.inference = format!("{}enabled = false\n", setup.inference);
+    setup.write_config("min_free_disk_mb = 8", "", common::DEFAULT_PEERS);
+    let node = setup.start();
+    let more = common::synthetic_images(&setup.dir.path().join("more"), 30, 32);
+    let mut refused = None;
+    for (i, image) in more.iter().enumerate() {
+        let out = common::storescu(setup.port, &[], &[image]);
+        if !out.status.success() {
+            assert!(common::text(&out).contains("Refused: OutOfResources"), "{}", common::text(&out));
+            refused = Some(i);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = refused.expect("with nothing finished left, the disk fills and C-STORE is refused");
+    eprintln!("analysis off: refused at image {refused} of the second batch");
+    node.wait_for_log("nothing finished is left to delete");
+    let finished_kept = setup.count(
+        "SELECT COUNT(*) FROM instances i JOIN jobs j ON j.instance_id = i.id \
+         WHERE j.state = 'done' AND i.released_at IS NULL",
+    );
+    assert_eq!(finished_kept, 0, "every finished image went before the first refusal");
+    let waiting = setup.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'");
+    assert_eq!(waiting, refused as i64, "every image received is kept, waiting for analysis");
 }
