@@ -241,6 +241,7 @@ impl Retention {
             self.store.record_event(&Event::new(EventKind::FilesReleased).detail(&detail)).await?;
         }
         self.report_kept().await?;
+        self.store.fold_tallies().await?;
         Ok(pruned)
     }
 

@@ -337,6 +337,7 @@ mod tests {
             include_str!("listing.rs"),
             include_str!("messages.rs"),
             include_str!("mod.rs"),
+            include_str!("retention.rs"),
             include_str!("shadow.rs"),
             include_str!("verdicts.rs"),
             include_str!("worklist.rs"),

@@ -267,32 +267,67 @@ impl Store {
         .await?)
     }
 
-    /// The node's work by state and priority, for `status` and `/metrics`: one snapshot of the
-    /// database, so that a scrape never sees a result's messages without its deliveries.
+    /// The node's work by state and priority, for `status` and `/metrics`: read from the
+    /// tallies the database keeps as rows change (migration 0012), a few rows whatever the
+    /// history, in one statement (one snapshot: a scrape never sees a result's messages
+    /// without its deliveries).
     pub async fn counts(&self) -> Result<Counts> {
-        let mut tx = self.pool().begin().await?;
-        if self.backend() == Backend::Postgres {
-            // SQLite's read transaction is one snapshot already (WAL)
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT subject, kind, state, CAST(SUM(n) AS BIGINT) FROM \
+                 (SELECT subject, kind, state, n FROM tallies \
+                  UNION ALL SELECT subject, kind, state, n FROM tally_changes) t \
+             GROUP BY subject, kind, state ORDER BY subject, kind, state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut counts = Counts::default();
+        for (subject, kind, state, n) in rows.into_iter().filter(|row| row.3 != 0) {
+            let unknown = || sqlx::Error::Decode(format!("tally of {subject}: unknown {kind} {state}").into());
+            match subject.as_str() {
+                "jobs" => counts.jobs.push((state.parse().map_err(|_| unknown())?, n)),
+                "results" => counts.results.push((state.parse().map_err(|_| unknown())?, n)),
+                "deliveries" => counts.deliveries.push((state.parse().map_err(|_| unknown())?, n)),
+                "messages" => counts.messages.push((
+                    kind.parse().map_err(|_| unknown())?,
+                    state.parse().map_err(|_| unknown())?,
+                    n,
+                )),
+                _ => {}
+            }
         }
-        let counts = Counts {
-            jobs: sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-                .fetch_all(&mut *tx)
-                .await?,
-            results: sqlx::query_as("SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority")
-                .fetch_all(&mut *tx)
-                .await?,
-            deliveries: sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")
-                .fetch_all(&mut *tx)
-                .await?,
-            messages: sqlx::query_as(
-                "SELECT kind, state, COUNT(*) FROM messages GROUP BY kind, state ORDER BY kind, state",
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        };
-        tx.commit().await?;
         Ok(counts)
+    }
+
+    /// Folds the changes the triggers appended into the tallies (retention does it every round),
+    /// so that counting reads a few rows. PostgreSQL deletes and adds in one statement: a change
+    /// committed meanwhile is either folded or left for the next time, never lost.
+    pub async fn fold_tallies(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        match self.backend() {
+            Backend::Postgres => {
+                sqlx::query(
+                    "WITH folded AS (DELETE FROM tally_changes RETURNING subject, kind, state, n) \
+                     INSERT INTO tallies (subject, kind, state, n) \
+                     SELECT subject, kind, state, SUM(n) FROM folded GROUP BY subject, kind, state \
+                     ON CONFLICT (subject, kind, state) DO UPDATE SET n = tallies.n + excluded.n",
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            Backend::Sqlite => {
+                // one writer at a time: nothing is appended between these two statements
+                sqlx::query(
+                    "INSERT INTO tallies (subject, kind, state, n) \
+                     SELECT subject, kind, state, SUM(n) FROM tally_changes WHERE true GROUP BY subject, kind, state \
+                     ON CONFLICT (subject, kind, state) DO UPDATE SET n = tallies.n + excluded.n",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM tally_changes").execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The decisions of each classifier version's first `n` results ("name version", decision,

@@ -207,6 +207,26 @@ impl Site {
                WHERE d.output_id = o.id AND (d.state IN ('pending', 'sending') OR o.released_at < d.updated_at + {two_days}))"
         );
         assert_eq!(self.count(&early_objects).await, 0, "an object was released too early (day {})", self.day);
+        // the tallies kept by triggers agree with counting every row
+        let counts = self.store.counts().await.unwrap();
+        let by_state = |sql: &'static str| async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(self.store.pool()).await.unwrap();
+            rows
+        };
+        use pneumotriage::store::worklist::by_name as named;
+        assert_eq!(
+            named(&counts.jobs),
+            by_state("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state").await
+        );
+        assert_eq!(
+            named(&counts.deliveries),
+            by_state("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state").await
+        );
+        assert_eq!(
+            named(&counts.results),
+            by_state("SELECT priority, COUNT(*) FROM results GROUP BY priority ORDER BY priority").await
+        );
+        assert_eq!(counts.messages.iter().map(|m| m.2).sum::<i64>(), self.count("SELECT COUNT(*) FROM messages").await);
         let store = self.store.clone();
         let rows: Vec<(String, Option<i64>)> =
             sqlx::query_as("SELECT path, released_at FROM instances").fetch_all(store.pool()).await.unwrap();
@@ -321,8 +341,6 @@ fn one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early(backen
         site.store.close().await;
     });
 }
-
-on_both_backends!(one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early);
 
 #[test]
 fn with_an_object_store_released_objects_leave_the_bucket() {
@@ -530,3 +548,75 @@ fn disk_pressure_deletes_the_oldest_finished_images_before_refusing() {
     let waiting = setup.count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'");
     assert_eq!(waiting, refused as i64, "every image received is kept, waiting for analysis");
 }
+
+/// What an admin and a radiologist see of released images, on a node that analysed real ones:
+/// `prune --dry-run` lists them and why, deleting nothing; `prune` deletes them; the worklist
+/// keeps the study and its result, the overlay answers 410 Gone, `requeue` says why not, and
+/// the same image sent again is kept and analysed again as a new version.
+fn released_images_stay_on_the_worklist_and_say_so(backend: Backend) {
+    let mut setup = Setup::analysing(backend, "");
+    // the node's own rounds wait an hour: the commands below do the pruning
+    setup.tail = "[retention]\nimages_days = 0\noutputs_days = 0\ninterval_secs = 3600\n".into();
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let images = common::synthetic_images(&setup.dir.path().join("images"), 3, 77);
+    let _node = setup.start();
+    let refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+    assert!(common::storescu(setup.port, &[], &refs).status.success());
+    setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'done'", 3);
+    let objects = setup.count("SELECT COUNT(*) FROM outputs");
+
+    let dry = setup.cli(&["prune", "--dry-run"]);
+    let said = common::text(&dry);
+    eprintln!("pneumotriage prune --dry-run:\n{said}");
+    assert!(dry.status.success(), "{said}");
+    assert!(said.contains(&format!("would delete 3 images and {objects} objects")), "{said}");
+    assert!(said.contains("analysed; it and its deliveries and messages ended"), "{said}");
+    assert_eq!(
+        setup.count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL"),
+        0,
+        "a dry run deletes nothing"
+    );
+    assert_eq!(setup.spool_files().iter().filter(|f| f.ends_with(".dcm")).count(), 3);
+
+    let pruned = setup.cli(&["prune"]);
+    eprintln!("pneumotriage prune:\n{}", common::text(&pruned));
+    assert!(common::text(&pruned).contains(&format!("deleted 3 images")), "{}", common::text(&pruned));
+    assert_eq!(setup.spool_files().iter().filter(|f| f.ends_with(".dcm")).count(), 0);
+    assert_eq!(setup.count("SELECT COUNT(*) FROM outputs WHERE released_at IS NULL"), 0);
+
+    let uid = common::study_instance_uid(&images[0]);
+    let (status, _, body) = common::http_request(setup.http_port, "GET", "/api/studies", &[], "").unwrap();
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let study = listed["studies"].as_array().unwrap().iter().find(|s| s["study_instance_uid"] == uid.as_str()).unwrap();
+    assert_eq!(study["images_released"], 1, "{study}");
+    assert_eq!(study["state"], "analysed", "the result stays: {study}");
+    let (_, _, body) = common::http_request(setup.http_port, "GET", &format!("/api/studies/{uid}"), &[], "").unwrap();
+    let detail: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let instance = &detail["instances"][0];
+    assert!(instance["released_at"].is_i64() && instance["overlay_url"].is_null(), "{instance}");
+    assert!(instance["decision"].is_string(), "the result stays: {instance}");
+    let sop = common::sop_instance_uid(&images[0]);
+    let (status, _, body) =
+        common::http_request(setup.http_port, "GET", &format!("/api/instances/{sop}/overlay.png"), &[], "").unwrap();
+    assert_eq!(status, 410, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("released by retention"));
+
+    let id = setup.count(&format!("SELECT id FROM instances WHERE sop_instance_uid = '{sop}'"));
+    let requeue = setup.cli(&["requeue", &id.to_string()]);
+    assert!(
+        !requeue.status.success() && common::text(&requeue).contains("released by retention"),
+        "{}",
+        common::text(&requeue)
+    );
+
+    // sent again: kept as version 2 and analysed again
+    assert!(common::storescu(setup.port, &[], &[&images[0]]).status.success());
+    setup.wait_count(&format!("SELECT COUNT(*) FROM instances WHERE sop_instance_uid = '{sop}' AND version = 2"), 1);
+    setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'done'", 4);
+}
+
+on_both_backends!(
+    one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early,
+    released_images_stay_on_the_worklist_and_say_so
+);
