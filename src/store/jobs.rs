@@ -603,13 +603,6 @@ impl Store {
         }
         Ok(n)
     }
-
-    /// Counts jobs by state, for `status` and tests.
-    pub async fn job_counts(&self) -> Result<Vec<(JobState, i64)>> {
-        Ok(sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-            .fetch_all(self.pool())
-            .await?)
-    }
 }
 
 /// Moves a job this node holds to a final state; false when it is not (or no longer) ours.

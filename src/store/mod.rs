@@ -52,7 +52,7 @@ pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult, Requeue};
 pub use listing::{InstanceRow, StudyRow};
 pub use messages::{control_id, not_analysed_control_id, ClaimedMessage, MessageRow};
-pub use retention::{Cutoffs, FileRows, Kept, Releasable};
+pub use retention::{Cutoffs, FileRows, Kept, Releasable, Released};
 pub use shadow::{NewShadowResult, ShadowPair};
 pub use verdicts::{ReviewedResult, VerdictRow};
 pub use worklist::Counts;

@@ -125,6 +125,43 @@ fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// A row marked released, whose file is to be removed: its id, path and size in bytes.
+pub type Released = (i64, String, i64);
+
+/// Unmarks the rows of `table` just marked released that `recheck` (a query of the ids in
+/// `{ids}` that may not go, after binding `cutoffs`) names, and returns the others. A fresh
+/// statement: it sees what a re-queue committed while the marking waited for a row lock.
+async fn unmark_stale(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    table: &str,
+    recheck: &str,
+    cutoffs: &[i64],
+    mut released: Vec<Released>,
+) -> Result<Vec<Released>> {
+    if released.is_empty() {
+        return Ok(released);
+    }
+    let sql = recheck.replace("{ids}", &placeholders(cutoffs.len() + 1, released.len()));
+    let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str()));
+    for cutoff in cutoffs {
+        query = query.bind(*cutoff);
+    }
+    for (id, _, _) in &released {
+        query = query.bind(*id);
+    }
+    let stale: Vec<i64> = query.fetch_all(&mut **tx).await?.into_iter().map(|(id,)| id).collect();
+    if !stale.is_empty() {
+        let sql = format!("UPDATE {table} SET released_at = NULL WHERE id IN ({})", placeholders(1, stale.len()));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for id in &stale {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+        released.retain(|(id, _, _)| !stale.contains(id));
+    }
+    Ok(released)
+}
+
 /// What the database says of files found on disk or in the bucket.
 #[derive(Debug, Default)]
 pub struct FileRows {
@@ -181,9 +218,9 @@ impl Store {
 
     /// Marks released up to `limit` images that may go, oldest first, and returns them: their
     /// files are to be removed next. One transaction; checked again under the rows' locks.
-    pub async fn release_images(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<(i64, String, i64)>> {
+    pub async fn release_images(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<Released>> {
         let mut tx = self.begin_write().await?;
-        let mut released: Vec<(i64, String, i64)> = sqlx::query_as(RELEASE_IMAGES)
+        let released = sqlx::query_as(RELEASE_IMAGES)
             .bind(cut.analysed)
             .bind(cut.investigated)
             .bind(i64::from(scope == JobScope::AnySpool))
@@ -192,39 +229,20 @@ impl Store {
             .bind(self.now())
             .fetch_all(&mut *tx)
             .await?;
-        if !released.is_empty() {
-            // a fresh statement sees what a re-queue committed while this one waited for a lock
-            let sql = format!(
-                "SELECT i.id FROM instances i CROSS JOIN jobs j WHERE i.id IN ({}) AND j.instance_id = i.id AND NOT ({})",
-                placeholders(3, released.len()),
-                image_may_go!()
-            );
-            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(cut.analysed)
-                .bind(cut.investigated);
-            for (id, _, _) in &released {
-                query = query.bind(*id);
-            }
-            let stale: Vec<i64> = query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
-            if !stale.is_empty() {
-                let sql =
-                    format!("UPDATE instances SET released_at = NULL WHERE id IN ({})", placeholders(1, stale.len()));
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for id in &stale {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut *tx).await?;
-                released.retain(|(id, _, _)| !stale.contains(id));
-            }
-        }
+        let recheck = concat!(
+            "SELECT i.id FROM instances i CROSS JOIN jobs j WHERE i.id IN ({ids}) AND j.instance_id = i.id AND NOT (",
+            image_may_go!(),
+            ")"
+        );
+        let released = unmark_stale(&mut tx, "instances", recheck, &[cut.analysed, cut.investigated], released).await?;
         tx.commit().await?;
         Ok(released)
     }
 
     /// Marks released up to `limit` objects that may go, oldest first, and returns them.
-    pub async fn release_outputs(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<(i64, String, i64)>> {
+    pub async fn release_outputs(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<Released>> {
         let mut tx = self.begin_write().await?;
-        let mut released: Vec<(i64, String, i64)> = sqlx::query_as(RELEASE_OUTPUTS)
+        let released = sqlx::query_as(RELEASE_OUTPUTS)
             .bind(cut.outputs)
             .bind(i64::from(scope == JobScope::AnySpool))
             .bind(self.node())
@@ -232,28 +250,8 @@ impl Store {
             .bind(self.now())
             .fetch_all(&mut *tx)
             .await?;
-        if !released.is_empty() {
-            let sql = format!(
-                "SELECT o.id FROM outputs o WHERE o.id IN ({}) AND NOT ({})",
-                placeholders(2, released.len()),
-                output_may_go!()
-            );
-            let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str())).bind(cut.outputs);
-            for (id, _, _) in &released {
-                query = query.bind(*id);
-            }
-            let stale: Vec<i64> = query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
-            if !stale.is_empty() {
-                let sql =
-                    format!("UPDATE outputs SET released_at = NULL WHERE id IN ({})", placeholders(1, stale.len()));
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for id in &stale {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut *tx).await?;
-                released.retain(|(id, _, _)| !stale.contains(id));
-            }
-        }
+        let recheck = concat!("SELECT o.id FROM outputs o WHERE o.id IN ({ids}) AND NOT (", output_may_go!(), ")");
+        let released = unmark_stale(&mut tx, "outputs", recheck, &[cut.outputs], released).await?;
         tx.commit().await?;
         Ok(released)
     }
