@@ -111,7 +111,7 @@ impl Uses {
         let sections: &[&str] = match self {
             Uses::Everything => return true,
             Uses::Analysis => &["inference", "priority", "outputs", "selection"],
-            Uses::Records => &["node", "database", "retention"],
+            Uses::Records => &["node", "database"],
         };
         // a problem without a key (the file cannot be read or parsed) stops every command
         key.is_empty() || sections.iter().any(|s| key.split(['.', '[']).next() == Some(s))
