@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pneumotriage::config::{Config, Uses};
+use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::store::Store;
 
 #[derive(Parser)]
@@ -301,6 +302,13 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
         .with_context(|| format!("database.url in {}", config.source))?;
     store.migrate().await?;
     Ok(store)
+}
+
+/// Whether a SOP class is analysed under this configuration (an orphan registered by recovery
+/// or a sweep gets a job, or is stored only).
+pub fn analysed(config: &Config) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+    let dicom = config.dicom.clone();
+    Box::new(move |class| conformance::service_for(class, &dicom) == Some(Service::Analysed))
 }
 
 /// Prints rows as left-aligned columns.

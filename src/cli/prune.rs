@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use pneumotriage::bucket::Bucket;
 use pneumotriage::config::Config;
-use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::ingest::Ingest;
 use pneumotriage::retention::Retention;
 use pneumotriage::spool::Spool;
@@ -91,11 +90,5 @@ async fn open(config: &Config, store: Store) -> anyhow::Result<Retention> {
     let bucket = Bucket::open(config).map_err(anyhow::Error::msg)?;
     let spool = Arc::new(spool.with_bucket(bucket.clone()));
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
-    Ok(Retention::new(config, store, ingest, spool, bucket, analysed(config)))
-}
-
-/// Whether a SOP class is analysed under this configuration.
-pub fn analysed(config: &Config) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
-    let dicom = config.dicom.clone();
-    Box::new(move |class| conformance::service_for(class, &dicom) == Some(Service::Analysed))
+    Ok(Retention::new(config, store, ingest, spool, bucket, super::analysed(config)))
 }

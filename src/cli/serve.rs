@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pneumotriage::config::Config;
-use pneumotriage::dicom::conformance::{self, Service};
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::http::listener::ConnectionLimits;
 use pneumotriage::http::{AppState, Readiness};
@@ -125,7 +124,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         analysers.map(|a| Pipeline::start(store.clone(), spool.clone(), a, outputs, limits, scope, shutdown.clone()));
     let outbox = Outbox::start(store.clone(), &config, bucket.clone(), &notice, &shutdown)?;
     let retention =
-        Retention::new(&config, store.clone(), ingest.clone(), spool.clone(), bucket, super::prune::analysed(&config))
+        Retention::new(&config, store.clone(), ingest.clone(), spool.clone(), bucket, super::analysed(&config))
             .start(shutdown.clone());
 
     let address = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
@@ -213,11 +212,11 @@ const SHARED_ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
 
 async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Result<()> {
     let quarantine_after = config.inference.quarantine_after;
-    let analysed = |class: &str| conformance::service_for(class, &config.dicom) == Some(Service::Analysed);
+    let analysed = super::analysed(config);
     // On a shared spool, a file without rows may be one another node is committing right now
     // (with an object store, the local spool is this node's alone).
     let orphan_min_age = if config.node.shared_spool { SHARED_ORPHAN_MIN_AGE } else { Duration::ZERO };
-    let recovery = ingest.recover(analysed, quarantine_after, orphan_min_age).await.context("start-up recovery")?;
+    let recovery = ingest.recover(&*analysed, quarantine_after, orphan_min_age).await.context("start-up recovery")?;
     if recovery.left > 0 {
         info!(
             files = recovery.left,
