@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use tokio::sync::Notify;
 
 /// The outputs made of the images of the study whose id is `$study` (an SQL expression), as a
@@ -66,6 +66,8 @@ pub enum StoreError {
     Connect { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database migration left rows whose references point nowhere: {0}")]
+    MigrationBrokeReferences(String),
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
 }
@@ -173,11 +175,37 @@ impl Store {
 
     /// Brings the schema up to date; safe to run at every start.
     pub async fn migrate(&self) -> Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&self.pool).await?;
+        if self.backend == Backend::Postgres {
+            POSTGRES_MIGRATIONS.run(&self.pool).await?;
+            return Ok(());
+        }
+        // SQLite changes a column only by making its table again, and dropping the old table
+        // with foreign keys enforced deletes its rows first, which the rows that point at them
+        // count as violations that the new table cannot take back: a database with records
+        // could not be upgraded. So, as SQLite's documentation prescribes, the migrations run
+        // with foreign keys off, on a connection of their own (closed after, never returned to
+        // the pool so), and every reference is checked once they are done.
+        let mut conn = self.pool.acquire().await?.detach();
+        conn.execute("PRAGMA foreign_keys = OFF").await?;
+        SQLITE_MIGRATIONS.run(&mut conn).await?;
+        let dangling = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut conn).await?;
+        let described: Vec<String> = dangling
+            .iter()
+            .take(5)
+            .map(|row| {
+                let table: String = row.try_get(0).unwrap_or_default();
+                let parent: String = row.try_get(2).unwrap_or_default();
+                format!("{table} -> {parent}")
+            })
+            .collect();
+        let _ = conn.close().await;
+        if !dangling.is_empty() {
+            return Err(StoreError::MigrationBrokeReferences(format!(
+                "{} rows, e.g. {}",
+                dangling.len(),
+                described.join(", ")
+            )));
+        }
         Ok(())
     }
 

@@ -32,3 +32,4 @@ mod results;
 mod review;
 mod selection;
 mod store;
+mod upgrade;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{free_port, http_request, storescu, synthetic_positive, text, Backend, Setup};
 
-const CONFIG: &str = "/etc/pneumotriage/pneumotriage.toml";
-const DATA: &str = "/var/lib/pneumotriage";
+pub(crate) const CONFIG: &str = "/etc/pneumotriage/pneumotriage.toml";
+pub(crate) const DATA: &str = "/var/lib/pneumotriage";
 /// Present while a pneumotriage installed by this test is on the machine: a later run may then
 /// purge a leftover of a crashed one, and never an installation that an admin made.
 const MARKER: &str = "/var/lib/pneumotriage-package-test";
@@ -151,7 +151,7 @@ fn receives_and_analyses_as_its_user(installed: &Installed, work: &Path) {
 
 /// The package, built by scripts/package in a copy of the files git knows of (committed or
 /// not, ignored ones left out), as a fresh clone with the working tree's changes would be.
-fn build_from_clean_copy(work: &Path) -> PathBuf {
+pub(crate) fn build_from_clean_copy(work: &Path) -> PathBuf {
     let listed = must(Command::new("git").arg("-C").arg(repo("")).args([
         "ls-files",
         "-z",
@@ -190,13 +190,13 @@ fn build_from_clean_copy(work: &Path) -> PathBuf {
 /// This test's hold on the machine's pneumotriage installation, from before `dpkg -i` to after
 /// the purge: dropping it purges the package, deletes the data and the user this test made,
 /// whether the test passed or not.
-struct Installed {
-    uid: u32,
+pub(crate) struct Installed {
+    pub(crate) uid: u32,
     user_existed: bool,
 }
 
 impl Installed {
-    fn claim() -> Installed {
+    pub(crate) fn claim() -> Installed {
         let ours = Path::new(MARKER).exists();
         if !package_status().is_empty() || Path::new(DATA).exists() {
             assert!(
@@ -212,7 +212,7 @@ impl Installed {
 
     /// What dpkg -i must have put in place: the files, the user, the data directory and the
     /// configuration's owners.
-    fn check_layout(&mut self) {
+    pub(crate) fn check_layout(&mut self) {
         let version = fs::read_to_string(repo("tests/requirements.txt"))
             .unwrap()
             .lines()
@@ -243,7 +243,7 @@ impl Installed {
     }
 
     /// `command` to be run as the service's user and group, as the unit runs the node.
-    fn as_user<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+    pub(crate) fn as_user<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         let gid = fs::metadata(DATA).unwrap().gid();
         packaged(command).uid(self.uid).gid(gid).env("HOME", DATA).env("USER", "pneumotriage")
     }
@@ -262,7 +262,7 @@ impl Drop for Installed {
 
 /// `command` without the test environment's pointer to ONNX Runtime (scripts/test sets one at
 /// the .venv's), so that the packaged node loads the packaged library, as under systemd.
-fn packaged(command: &mut Command) -> &mut Command {
+pub(crate) fn packaged(command: &mut Command) -> &mut Command {
     command.env_remove("ORT_DYLIB_PATH")
 }
 
@@ -284,38 +284,38 @@ fn package_status() -> String {
     }
 }
 
-fn user_id() -> Option<u32> {
+pub(crate) fn user_id() -> Option<u32> {
     let out = Command::new("id").args(["-u", "pneumotriage"]).stderr(Stdio::null()).output().ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// An exclusive lock for the whole machine, held while the returned file is open: another
 /// test process on this machine waits here rather than installing over this one.
-fn machine_lock() -> fs::File {
+pub(crate) fn machine_lock() -> fs::File {
     fs::create_dir_all(Path::new(LOCK).parent().unwrap()).unwrap();
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK).unwrap();
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
     file
 }
 
-fn must(command: &mut Command) -> Output {
+pub(crate) fn must(command: &mut Command) -> Output {
     let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(out.status.success(), "{command:?}: {}\n{}", out.status, text(&out));
     out
 }
 
 /// The packaged node, killed if the test ends early.
-struct RunningNode {
-    child: Child,
-    log_path: PathBuf,
+pub(crate) struct RunningNode {
+    pub(crate) child: Child,
+    pub(crate) log_path: PathBuf,
 }
 
 impl RunningNode {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    fn wait_for(&mut self, needle: &str) {
+    pub(crate) fn wait_for(&mut self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.log().contains(needle) {
             if let Some(status) = self.child.try_wait().unwrap() {
