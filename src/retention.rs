@@ -28,6 +28,8 @@ pub const COMMIT_WINDOW: Duration = Duration::from_secs(600);
 /// A temporary file (an output being written, an object being fetched) older than this was
 /// left by a process that stopped.
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+/// A local copy written (or fetched) more recently than this may be being read: it stays.
+const RECENTLY_WRITTEN: Duration = Duration::from_secs(60);
 
 /// What one pruning round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub struct Pruned {
     pub outputs: Freed,
     /// Of those, deleted early because free space was below the target.
     pub under_pressure: Freed,
+    /// Local copies of finished items removed while the bucket keeps them (above
+    /// `object_store.cache_mb`, or to make room before anything is deleted early).
+    pub evicted: Freed,
     /// Studies whose patient attributes were removed.
     pub patient_data: u64,
     /// Free space stayed below the target with nothing finished left to delete.
@@ -93,6 +98,8 @@ pub struct Retention {
     rules: RetentionConfig,
     /// `retention.free_target_mb`, or what it defaults to.
     target_mb: u64,
+    /// `object_store.cache_mb` in bytes, with a bucket: the size the local copies are kept under.
+    cache_bytes: Option<u64>,
     scope: JobScope,
     /// Whether a SOP class is analysed (an orphan registered gets a job, or is stored only).
     analysed: Box<dyn Fn(&str) -> bool + Send + Sync>,
@@ -103,8 +110,8 @@ pub struct Retention {
 /// The two folders retention deletes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Folder {
-    Spool,
-    Outputs,
+    Spool = 0,
+    Outputs = 1,
 }
 
 impl Folder {
@@ -140,6 +147,7 @@ impl Retention {
             bucket,
             rules: config.retention.clone(),
             target_mb: config.retention.free_target_mb(config.node.min_free_disk_mb),
+            cache_bytes: config.object_store.as_ref().map(|o| o.cache_mb.saturating_mul(1 << 20)),
             scope: JobScope::of(config),
             analysed,
             starved: AtomicBool::new(false),
@@ -171,10 +179,22 @@ impl Retention {
         let cut = self.cutoffs(self.store.now());
         pruned.images = self.release_all(Folder::Spool, &cut, "age").await?;
         pruned.outputs = self.release_all(Folder::Outputs, &cut, "age").await?;
+        if let Some(limit) = self.cache_bytes {
+            pruned.evicted = self.evict_local_copies(Some(limit), 0, "above object_store.cache_mb").await?;
+        }
         let target = self.target_mb.saturating_mul(1 << 20);
         let mut pressure = 0;
         while self.free_bytes()? < target {
             pressure = 1;
+            // local copies the bucket keeps go first: nothing is lost
+            if self.cache_bytes.is_some() {
+                let need = target.saturating_sub(self.free_bytes()?);
+                let evicted = self.evict_local_copies(None, need, "to make room").await?;
+                if evicted.files > 0 {
+                    pruned.evicted.add(evicted);
+                    continue;
+                }
+            }
             // a batch at a time, until there is room again or nothing finished is left: objects
             // already delivered first (the PACS has them), then the oldest finished images
             let cut = Cutoffs::everything_finished(self.store.now());
@@ -313,6 +333,73 @@ impl Retention {
         }
         crate::metrics::pruned(folder.name(), why, freed.files, freed.bytes);
         Ok(freed)
+    }
+
+    /// With a bucket, the local copies are a cache. Removes the copies of finished items (the
+    /// bucket keeps them; whoever needs one fetches it again), least recently written first,
+    /// until they take at most `limit` bytes and `need` bytes are freed; never a copy written in
+    /// the last minute, which may be being read.
+    async fn evict_local_copies(
+        &self,
+        limit: Option<u64>,
+        need: u64,
+        why: &'static str,
+    ) -> Result<Freed, RetentionError> {
+        let mut copies = Vec::new();
+        for folder in [Folder::Spool, Folder::Outputs] {
+            let root = self.local(folder, "");
+            if root.exists() {
+                let files = tokio::task::block_in_place(|| spool::files_by_study(&root))
+                    .map_err(|e| RetentionError::Files(e.to_string()))?;
+                copies.extend(files.into_iter().filter(|f| f.is_instance()).map(|f| (folder, f)));
+            }
+        }
+        let total: u64 = copies.iter().map(|(_, f)| f.size_bytes).sum();
+        let to_free = need.max(limit.map_or(0, |limit| total.saturating_sub(limit)));
+        if to_free == 0 {
+            return Ok(Freed::default());
+        }
+        copies.retain(|(_, f)| f.age >= RECENTLY_WRITTEN);
+        copies.sort_by(|a, b| b.1.age.cmp(&a.1.age));
+        let paths = |folder: Folder| -> Vec<String> {
+            copies.iter().filter(|(f, _)| *f == folder).map(|(_, c)| c.relative.clone()).collect()
+        };
+        let finished_images = self.store.finished_images(&paths(Folder::Spool)).await?;
+        let finished_outputs = self.store.finished_outputs(&paths(Folder::Outputs)).await?;
+        let mut freed = [Freed::default(), Freed::default()];
+        for (folder, copy) in &copies {
+            if freed.iter().map(|f| f.bytes).sum::<u64>() >= to_free {
+                break;
+            }
+            let finished = match folder {
+                Folder::Spool => &finished_images,
+                Folder::Outputs => &finished_outputs,
+            };
+            if finished.contains(&copy.relative) && std::fs::remove_file(self.local(*folder, &copy.relative)).is_ok() {
+                let freed = &mut freed[*folder as usize];
+                freed.files += 1;
+                freed.bytes += copy.size_bytes;
+            }
+        }
+        for folder in [Folder::Spool, Folder::Outputs] {
+            let f = freed[folder as usize];
+            // a local copy, not the item: counted apart from what pruning let go
+            crate::metrics::pruned(folder.name(), "cache", f.files, f.bytes);
+        }
+        let [images, objects] = freed;
+        if images.files + objects.files > 0 {
+            info!(
+                images = images.files,
+                objects = objects.files,
+                "removed the local copies of {} images and {} objects ({} MiB) that the object store keeps, \
+                 least recently written first ({})",
+                images.files,
+                objects.files,
+                (images.bytes + objects.bytes) >> 20,
+                why
+            );
+        }
+        Ok(Freed { files: images.files + objects.files, bytes: images.bytes + objects.bytes })
     }
 
     /// Removes a released file here and in the bucket. A failure is logged and left to the

@@ -329,6 +329,7 @@ pub struct FoundFile {
     pub relative: String,
     /// How long ago it was last written.
     pub age: std::time::Duration,
+    pub size_bytes: u64,
 }
 
 impl FoundFile {
@@ -351,10 +352,12 @@ pub fn files_by_study(root: &Path) -> Result<Vec<FoundFile>, SpoolError> {
         let before = out.len();
         for file in fs::read_dir(study.path()).map_err(io_err(&study.path()))? {
             let file = file.map_err(io_err(&study.path()))?;
-            let age = file.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
+            let metadata = file.metadata().ok();
+            let age = metadata.as_ref().and_then(|m| m.modified().ok()).map(|t| t.elapsed().unwrap_or_default());
             out.push(FoundFile {
                 relative: format!("{name}/{}", file.file_name().to_string_lossy()),
                 age: age.unwrap_or_default(),
+                size_bytes: metadata.map_or(0, |m| m.len()),
             });
         }
         let idle = study.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());

@@ -78,6 +78,11 @@ pub struct ObjectStoreConfig {
     /// is then refused with Out of Resources and its sender retries).
     #[serde(default = "default_object_store_timeout")]
     pub timeout_secs: u64,
+    /// The node's local copies (its data directory) are a cache of the bucket: above this many
+    /// MiB, the copies of finished items are removed, least recently written first (the bucket
+    /// keeps them; whoever needs one fetches it again). 0 keeps no copy once its work ended.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
 }
 
 fn default_region() -> String {
@@ -86,6 +91,11 @@ fn default_region() -> String {
 
 fn default_object_store_timeout() -> u64 {
     20
+}
+
+/// 20 GiB: a few days of a busy site's images.
+fn default_cache_mb() -> u64 {
+    20 * 1024
 }
 
 impl fmt::Debug for ObjectStoreConfig {
@@ -99,6 +109,7 @@ impl fmt::Debug for ObjectStoreConfig {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
             .field("ca_file", &self.ca_file)
             .field("timeout_secs", &self.timeout_secs)
+            .field("cache_mb", &self.cache_mb)
             .finish()
     }
 }
@@ -158,7 +169,10 @@ impl DatabaseConfig {
 
 impl ObjectStoreConfig {
     pub(super) fn numbers(&self) -> Vec<Number> {
-        vec![Number::new("object_store.timeout_secs", self.timeout_secs, 1..=3600, "seconds")]
+        vec![
+            Number::new("object_store.timeout_secs", self.timeout_secs, 1..=3600, "seconds"),
+            Number::new("object_store.cache_mb", self.cache_mb, 0..=1 << 30, "MiB"),
+        ]
     }
 
     pub(super) fn check(&self, config: &Config, report: &mut Report) {

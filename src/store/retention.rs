@@ -12,7 +12,7 @@
 //! (see `jobs::requeue_failed_job`), and pruning checks again after taking its own, so that one
 //! of the two always sees the other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{JobScope, Result, Store};
 
@@ -308,6 +308,49 @@ impl Store {
             }
         }
         Ok(rows)
+    }
+
+    /// Of the spool paths `paths`, those of images whose work has ended (as disk pressure
+    /// judges it: the job and everything made from the image ended), so that a local copy may
+    /// go while the bucket keeps the image.
+    pub async fn finished_images(&self, paths: &[String]) -> Result<HashSet<String>> {
+        let head = concat!(
+            "SELECT i.path FROM instances i CROSS JOIN jobs j \
+             WHERE j.instance_id = i.id AND i.released_at IS NULL AND ",
+            image_may_go!(),
+            " AND i.path IN ("
+        );
+        let cut = Cutoffs::everything_finished(self.now());
+        self.finished(head, &[cut.analysed, cut.investigated], paths).await
+    }
+
+    /// Of the output paths `paths`, those of objects whose deliveries have all ended.
+    pub async fn finished_outputs(&self, paths: &[String]) -> Result<HashSet<String>> {
+        let head = concat!(
+            "SELECT o.path FROM outputs o WHERE o.released_at IS NULL AND ",
+            output_may_go!(),
+            " AND o.path IN ("
+        );
+        let cut = Cutoffs::everything_finished(self.now());
+        self.finished(head, &[cut.outputs], paths).await
+    }
+
+    /// The paths `head` (a query ending in `IN (`, its parameters the `cutoffs` first) selects
+    /// among `paths`.
+    async fn finished(&self, head: &str, cutoffs: &[i64], paths: &[String]) -> Result<HashSet<String>> {
+        let mut finished = HashSet::new();
+        for chunk in paths.chunks(500) {
+            let sql = format!("{head}{})", placeholders(cutoffs.len() + 1, chunk.len()));
+            let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql.as_str()));
+            for cutoff in cutoffs {
+                query = query.bind(*cutoff);
+            }
+            for path in chunk {
+                query = query.bind(path);
+            }
+            finished.extend(query.fetch_all(self.pool()).await?.into_iter().map(|(p,)| p));
+        }
+        Ok(finished)
     }
 
     /// The received images still kept, and the objects still kept.

@@ -126,6 +126,7 @@ impl Site {
     /// sent to the PACS and the archive (down on [`DOWN`]), their messages sent.
     async fn work(&mut self) {
         let rules = Site::rules();
+        let mut made = Vec::new();
         while let Some(job) = self.store.claim_job(Duration::from_secs(300), JobScope::OwnSpool).await.unwrap() {
             match job.instance_id % 50 {
                 7 => assert!(self.store.end_job(&job, JobEnd::Failed, "corrupt pixel data").await.unwrap()),
@@ -140,6 +141,7 @@ impl Site {
                             let file = self.outputs.join(&path);
                             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
                             std::fs::write(&file, vec![1u8; OBJECT_BYTES]).unwrap();
+                            made.push(path.clone());
                             NewOutput {
                                 kind,
                                 sop_class_uid: "1.2.840.10008.5.1.4.1.1.66.4".into(),
@@ -155,6 +157,13 @@ impl Site {
                         .collect();
                     assert!(self.store.record_result(&job, &result, &outputs, &rules).await.unwrap());
                 }
+            }
+        }
+        // as the node does, with a bucket: the objects are uploaded before their rows (here,
+        // just after: nothing reads them in between)
+        if let Some(bucket) = &self.bucket {
+            for path in &made {
+                bucket.upload(pneumotriage::bucket::Area::Outputs, path, &self.outputs.join(path)).await.unwrap();
             }
         }
         let lease = Duration::from_secs(300);
@@ -372,6 +381,58 @@ fn with_an_object_store_released_objects_leave_the_bucket() {
             assert!(!keys.contains(&format!("sim/spool/{path}")), "{path} left the bucket");
         }
         assert_eq!(keys.len(), kept.len());
+        site.store.close().await;
+    });
+}
+
+/// With an object store, the node's local copies are a cache: with `cache_mb = 0` a round
+/// removes the copies of finished images and delivered objects (none written in the last
+/// minute), keeps those of images still to analyse, releases nothing and deletes nothing from
+/// the bucket; an evicted image comes back with a fetch, and the sweep finds nothing to do.
+#[test]
+fn with_an_object_store_local_copies_are_a_cache_with_a_size_limit() {
+    let s3 = crate::common::s3::S3::start();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let db = simulation_db(Backend::Sqlite, dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let config = format!("{SIMULATION}{}cache_mb = 0\n", s3.config("cache"));
+        let mut site = Site::open(&db, dir.path(), &config).await;
+        let bucket = site.bucket.clone().expect("the site keeps its files in the bucket");
+        site.receive(10, Some(&bucket)).await;
+        site.work().await;
+        let objects = site.count("SELECT COUNT(*) FROM outputs").await as usize;
+        assert!(objects >= 10, "{objects} objects made");
+        // written two minutes ago; then three images arrive, not yet analysed
+        let aged = std::process::Command::new("find")
+            .args([&site.spool, &site.outputs])
+            .args(["-type", "f", "-exec", "touch", "-d", "2 minutes ago", "{}", "+"])
+            .status()
+            .unwrap();
+        assert!(aged.success());
+        site.receive(3, Some(&bucket)).await;
+
+        let pruned = site.retention.prune().await.unwrap();
+        assert_eq!(pruned.evicted.files as usize, 10 + objects, "{pruned:?}");
+        assert_eq!((pruned.images.files, pruned.outputs.files, pruned.under_pressure.files), (0, 0, 0), "{pruned:?}");
+        let (_, spool_files) = disk_use(&site.spool);
+        let (_, output_files) = disk_use(&site.outputs);
+        assert_eq!((spool_files, output_files), (3, 0), "only the copies of the images still to analyse stay");
+        assert_eq!(site.count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL").await, 0);
+        assert_eq!(site.count("SELECT COUNT(*) FROM outputs WHERE released_at IS NOT NULL").await, 0);
+        assert_eq!(s3.keys("cache/spool/").len(), 13, "the bucket keeps every image");
+        assert_eq!(s3.keys("cache/outputs/").len(), objects, "the bucket keeps every object");
+
+        let (path,): (String,) = sqlx::query_as("SELECT path FROM instances ORDER BY id LIMIT 1")
+            .fetch_one(site.store.pool())
+            .await
+            .unwrap();
+        let local = site.spool.join(&path);
+        assert!(!local.exists());
+        bucket.fetch(pneumotriage::bucket::Area::Spool, &path, &local).await.unwrap();
+        assert_eq!(std::fs::metadata(&local).unwrap().len(), IMAGE_BYTES as u64);
+        let swept = site.retention.sweep(true).await.unwrap();
+        assert_eq!(swept.total(), 0, "{swept:?}");
         site.store.close().await;
     });
 }
