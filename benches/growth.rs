@@ -7,8 +7,8 @@
 //! shifted and unique UIDs suffixed, until it holds the number of studies asked for; the copies
 //! are received later, as new studies are. Then, median of 5: one worklist page (the 1000 most
 //! recent studies with their states, what `/api/studies` reads), the counts `/metrics` and
-//! `status` read, and a job claim with nothing due (what every worker does between images), on an
-//! empty database and on the grown one.
+//! `status` read, and the claims of a job, a delivery and a message with nothing due (what every
+//! worker and sender does between items), on an empty database and on the grown one.
 //!
 //! Run: `cargo bench --bench growth`. Environment: `GROWTH_BENCH_STUDIES` (comma-separated sizes,
 //! default `200000`), `GROWTH_BENCH_POSTGRES` (`0` to leave PostgreSQL out; its admin URL is the
@@ -90,7 +90,7 @@ fn output(kind: ObjectKind, uid: &str) -> NewOutput {
 }
 
 /// Ten studies as the node records them: nine analysed (one urgent, two review, six routine),
-/// one not analysed.
+/// one not analysed; their objects delivered and their messages sent.
 async fn record_templates(store: &Store) -> Result<()> {
     let rules = [MessageRule {
         destination: "ris".into(),
@@ -117,6 +117,14 @@ async fn record_templates(store: &Store) -> Result<()> {
             _ => Priority::Routine,
         };
         store.record_result(&job, &result(priority), &outputs, &rules).await?;
+    }
+    // sent, as nearly all of a year's are
+    let lease = Duration::from_secs(60);
+    while let Some(delivery) = store.claim_delivery("pacs", lease, JobScope::AnySpool).await? {
+        store.delivery_done(&delivery).await?;
+    }
+    while let Some(message) = store.claim_message("ris", lease).await? {
+        store.message_done(&message).await?;
     }
     Ok(())
 }
@@ -204,14 +212,20 @@ struct Figures {
     worklist_ms: f64,
     counts_ms: f64,
     claim_ms: f64,
+    /// Claims of a delivery to the PACS and of a message to the RIS, with nothing due.
+    delivery_claim_ms: f64,
+    message_claim_ms: f64,
 }
 
 async fn measure(store: &Store) -> Result<Figures> {
     let page_ms = median_ms(|| store.worklist(None, 50, JobScope::AnySpool)).await?;
     let worklist_ms = median_ms(|| store.worklist(None, 1000, JobScope::AnySpool)).await?;
     let counts_ms = median_ms(|| store.counts()).await?;
-    let claim_ms = median_ms(|| store.claim_job(Duration::from_secs(60), JobScope::AnySpool)).await?;
-    Ok(Figures { page_ms, worklist_ms, counts_ms, claim_ms })
+    let lease = Duration::from_secs(60);
+    let claim_ms = median_ms(|| store.claim_job(lease, JobScope::AnySpool)).await?;
+    let delivery_claim_ms = median_ms(|| store.claim_delivery("pacs", lease, JobScope::AnySpool)).await?;
+    let message_claim_ms = median_ms(|| store.claim_message("ris", lease)).await?;
+    Ok(Figures { page_ms, worklist_ms, counts_ms, claim_ms, delivery_claim_ms, message_claim_ms })
 }
 
 async fn run(label: &str, url: &str, sizes: &[usize]) -> Result<()> {
@@ -239,15 +253,20 @@ async fn run(label: &str, url: &str, sizes: &[usize]) -> Result<()> {
         let grown = measure(&store).await?;
         println!(
             "{label:<10} {studies:>9} studies (grown in {grown_s:.0} s): page of 50 {:.1} ms, of 1000 {:.1} ms, \
-             counts {:.1} ms, job claim {:.2} ms (empty database: {:.1} / {:.1} / {:.1} / {:.2} ms)",
+             counts {:.1} ms, claims of a job {:.2} ms, a delivery {:.2} ms, a message {:.2} ms \
+             (empty database: {:.1} / {:.1} / {:.1} / {:.2} / {:.2} / {:.2} ms)",
             grown.page_ms,
             grown.worklist_ms,
             grown.counts_ms,
             grown.claim_ms,
+            grown.delivery_claim_ms,
+            grown.message_claim_ms,
             empty.page_ms,
             empty.worklist_ms,
             empty.counts_ms,
-            empty.claim_ms
+            empty.claim_ms,
+            empty.delivery_claim_ms,
+            empty.message_claim_ms
         );
     }
     store.close().await;
