@@ -43,6 +43,7 @@ pub struct Metrics {
     oldest_kept_seconds: Family<Labels, Gauge>,
     disk_free_bytes: Gauge,
     disk_pressure: Gauge,
+    cache_bytes: Gauge,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -154,6 +155,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     let disk_free_bytes = Gauge::default();
     registry.register("disk_free_bytes", "Free space of the spool's file system", disk_free_bytes.clone());
+    let cache_bytes = Gauge::default();
+    registry.register(
+        "cache_bytes",
+        "Bytes of the local copies of object-store items under data_dir, at the last pruning round (0 without an object store)",
+        cache_bytes.clone(),
+    );
     let disk_pressure = Gauge::default();
     registry.register(
         "disk_pressure",
@@ -169,6 +176,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         oldest_kept_seconds,
         disk_free_bytes,
         disk_pressure,
+        cache_bytes,
         not_analysed,
         selection,
         http_refused,
@@ -245,6 +253,11 @@ pub fn kept(area: &'static str, files: i64, bytes: i64, oldest: Duration) {
 pub fn disk(free_bytes: u64, pressure: i64) {
     METRICS.disk_free_bytes.set(free_bytes.min(i64::MAX as u64) as i64);
     METRICS.disk_pressure.set(pressure);
+}
+
+/// What the local copies of the object store's items take, after a round's eviction.
+pub fn cache(bytes: u64) {
+    METRICS.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
 }
 
 /// An image the pipeline did not analyse, and the rule why.

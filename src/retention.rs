@@ -357,6 +357,7 @@ impl Retention {
         let total: u64 = copies.iter().map(|(_, f)| f.size_bytes).sum();
         let to_free = need.max(limit.map_or(0, |limit| total.saturating_sub(limit)));
         if to_free == 0 {
+            crate::metrics::cache(total);
             return Ok(Freed::default());
         }
         copies.retain(|(_, f)| f.age >= RECENTLY_WRITTEN);
@@ -387,6 +388,7 @@ impl Retention {
             crate::metrics::pruned(folder.name(), "cache", f.files, f.bytes);
         }
         let [images, objects] = freed;
+        crate::metrics::cache(total.saturating_sub(images.bytes + objects.bytes));
         if images.files + objects.files > 0 {
             info!(
                 images = images.files,
