@@ -361,7 +361,7 @@ impl Retention {
             return Ok(Freed::default());
         }
         copies.retain(|(_, f)| f.age >= RECENTLY_WRITTEN);
-        copies.sort_by(|a, b| b.1.age.cmp(&a.1.age));
+        copies.sort_by_key(|(_, copy)| std::cmp::Reverse(copy.age));
         let paths = |folder: Folder| -> Vec<String> {
             copies.iter().filter(|(f, _)| *f == folder).map(|(_, c)| c.relative.clone()).collect()
         };
