@@ -31,7 +31,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,7 +40,7 @@ use dicom_dictionary_std::tags;
 use pneumotriage::dicom::scu::{self, StoreScp};
 
 mod support;
-use support::{Kids, Mode};
+use support::{free_port, spawn_listening, wait_listening, Kids, Mode};
 
 // The tests' rule for which Python runs the tools (PNEUMOTRIAGE_PYTHON, else .venv, else python3).
 #[path = "../tests/it/common/python.rs"]
@@ -71,22 +70,6 @@ fn tuning() -> String {
         .collect()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited ({status}); its log:\n{}", fs::read_to_string(log).unwrap_or_default());
-        }
-        ensure!(Instant::now() < deadline, "{what} is not listening after 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 impl Rig {
     fn start(workers: usize) -> Result<Rig> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -95,15 +78,12 @@ impl Rig {
         fs::create_dir(&inbox)?;
         let (node_port, pacs_port) = (free_port()?, free_port()?);
         let pacs_log = dir.path().join("storescp.log");
-        let mut pacs = Command::new(STORESCP)
-            .args(["--fork", "-aet", "PACS", "-od"])
-            .arg(&inbox)
-            .arg(pacs_port.to_string())
-            .stdout(fs::File::create(&pacs_log)?)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting storescp")?;
-        wait_listening(pacs_port, &mut pacs, "storescp", &pacs_log)?;
+        let pacs = spawn_listening(
+            Command::new(STORESCP).args(["--fork", "-aet", "PACS", "-od"]).arg(&inbox).arg(pacs_port.to_string()),
+            pacs_port,
+            "storescp",
+            &pacs_log,
+        )?;
         let messages = dir.path().join("ris");
         let (ris, ris_port) = mllp_receiver(&messages)?;
         let config = dir.path().join("pneumotriage.toml");

@@ -19,18 +19,17 @@
 //! and the growth per image over the second half, and asserts nothing about memory.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
 mod support;
-use support::{Kids, Mode};
+use support::{free_port, spawn_listening, wait_listening, Kids, Mode};
 
 #[path = "../tests/it/common/python.rs"]
 mod python;
@@ -48,22 +47,6 @@ const PER_ASSOCIATION: usize = 50;
 /// Above this many waiting jobs the sender pauses.
 const MAX_WAITING: i64 = 200;
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited ({status}); its log:\n{}", fs::read_to_string(log).unwrap_or_default());
-        }
-        ensure!(Instant::now() < deadline, "{what} is not listening after 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// The node and its PACS, in a temporary directory.
 struct Rig {
     kids: Kids,
@@ -77,14 +60,12 @@ impl Rig {
         let dir = tempfile::Builder::new().prefix("soak-bench-").tempdir()?;
         let (node_port, pacs_port) = (free_port()?, free_port()?);
         let pacs_log = dir.path().join("storescp.log");
-        let mut pacs = Command::new(STORESCP)
-            .args(["--fork", "--ignore", "-aet", "PACS"])
-            .arg(pacs_port.to_string())
-            .stdout(fs::File::create(&pacs_log)?)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting storescp")?;
-        wait_listening(pacs_port, &mut pacs, "storescp", &pacs_log)?;
+        let pacs = spawn_listening(
+            Command::new(STORESCP).args(["--fork", "--ignore", "-aet", "PACS"]).arg(pacs_port.to_string()),
+            pacs_port,
+            "storescp",
+            &pacs_log,
+        )?;
         let config = dir.path().join("pneumotriage.toml");
         fs::write(
             &config,
@@ -249,8 +230,18 @@ fn main() -> Result<()> {
     };
     let waiting = || count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')");
 
-    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() * 1_000_000;
     let started = Instant::now();
+    let take_sample = |sent: usize| -> Result<Sample> {
+        Ok(Sample {
+            at: started.elapsed(),
+            sent,
+            analysed: count("SELECT COUNT(*) FROM results")?,
+            waiting: waiting()?,
+            spool_files: rig.spool_files(),
+            rss_mib: rig.rss_mib()?,
+        })
+    };
+    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() * 1_000_000;
     let mut samples: Vec<Sample> = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut sent = 0usize;
@@ -264,14 +255,7 @@ fn main() -> Result<()> {
     );
     while started.elapsed() < duration {
         if started.elapsed() >= next_sample {
-            let sample = Sample {
-                at: started.elapsed(),
-                sent,
-                analysed: count("SELECT COUNT(*) FROM results")?,
-                waiting: waiting()?,
-                spool_files: rig.spool_files(),
-                rss_mib: rig.rss_mib()?,
-            };
+            let sample = take_sample(sent)?;
             println!(
                 "{:>8.1} {:>10} {:>9} {:>8} {:>12} {:>9.1}",
                 sample.at.as_secs_f64() / 60.0,
@@ -301,14 +285,7 @@ fn main() -> Result<()> {
         }
         assoc.release().context("releasing")?;
     }
-    let end = Sample {
-        at: started.elapsed(),
-        sent,
-        analysed: count("SELECT COUNT(*) FROM results")?,
-        waiting: waiting()?,
-        spool_files: rig.spool_files(),
-        rss_mib: rig.rss_mib()?,
-    };
+    let end = take_sample(sent)?;
     let released =
         format!("{} images released", count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL")?);
     runtime.block_on(store.close());

@@ -1,8 +1,11 @@
 //! What the benchmarks that run processes share.
 
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Child;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// Child processes, killed and reaped when dropped (also on errors), so that none outlives the run.
 #[allow(dead_code)] // the pipeline bench starts no process of its own
@@ -52,4 +55,36 @@ impl Mode {
             Err(_) => Ok(full),
         }
     }
+}
+
+/// A free TCP port on the loopback interface.
+#[allow(dead_code)] // for the benches that start processes
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `child` (`what`, logging to `log`) listens on `port`; its log if it exits first.
+#[allow(dead_code)] // for the benches that start processes
+pub fn wait_listening(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        ensure!(Instant::now() < deadline, "{what} is not listening after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Starts `command` (`what`), its output in `log`, and waits until it listens on `port`.
+#[allow(dead_code)] // for the benches that start processes
+pub fn spawn_listening(command: &mut std::process::Command, port: u16, what: &str, log: &Path) -> Result<Child> {
+    let mut child = command
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    wait_listening(port, &mut child, what, log)?;
+    Ok(child)
 }

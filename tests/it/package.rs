@@ -98,21 +98,7 @@ fn receives_and_analyses_as_its_user(installed: &Installed, work: &Path) {
     fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(dir.join("pneumotriage.toml"), copy).unwrap();
 
-    let log_path = dir.join("node.log");
-    let log = fs::File::create(&log_path).unwrap();
-    let mut node = RunningNode {
-        child: installed
-            .as_user(
-                Command::new("/usr/bin/pneumotriage").args(["serve", "--config"]).arg(dir.join("pneumotriage.toml")),
-            )
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-        log_path,
-    };
-    node.wait_for("DICOM listener ready");
+    let mut node = RunningNode::start(installed, &dir.join("pneumotriage.toml"), dir.join("node.log"));
 
     let image = synthetic_positive(&work.join("images"));
     let sent = storescu(port, &[], &[&image]);
@@ -311,6 +297,24 @@ pub(crate) struct RunningNode {
 }
 
 impl RunningNode {
+    /// `/usr/bin/pneumotriage serve` as the service's user with `config`, logging to `log_path`,
+    /// once its DICOM listener is ready.
+    pub(crate) fn start(installed: &Installed, config: &Path, log_path: PathBuf) -> RunningNode {
+        let log = fs::File::create(&log_path).unwrap();
+        let mut node = RunningNode {
+            child: installed
+                .as_user(Command::new("/usr/bin/pneumotriage").args(["serve", "--config"]).arg(config))
+                .env("RUST_LOG", "info,sqlx=warn")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+            log_path,
+        };
+        node.wait_for("DICOM listener ready");
+        node
+    }
+
     pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }

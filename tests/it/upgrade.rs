@@ -172,19 +172,7 @@ struct Records {
 impl Site {
     fn start(&self, installed: &Installed, work: &Path, release: &str) -> StartedNode {
         let log_path = work.join(format!("{release}-{:?}.log", self.backend));
-        let log = fs::File::create(&log_path).unwrap();
-        let mut node = RunningNode {
-            child: installed
-                .as_user(Command::new("/usr/bin/pneumotriage").args(["serve", "--config"]).arg(&self.config))
-                .env("RUST_LOG", "info,sqlx=warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-            log_path,
-        };
-        node.wait_for("DICOM listener ready");
-        StartedNode(node)
+        StartedNode(RunningNode::start(installed, &self.config, log_path))
     }
 
     /// Rows of one query, `|`-separated, as the service's user (SQLite's journal files stay its).
