@@ -41,10 +41,12 @@ impl Site {
     /// A site keeping its files under `data`; `extra` is added to `[retention]` (and may open
     /// sections of its own). The configuration is written to `data/pneumotriage.toml` too.
     async fn open(db: &TestDb, data: &Path, extra: &str) -> Site {
+        // 2 MiB free is always there: no disk pressure, unless `extra` sets another target
+        let target = if extra.contains("free_target_mb") { "" } else { "free_target_mb = 2\n" };
         let text = format!(
             "[node]\ndata_dir = \"{}\"\nname = \"sim\"\nmin_free_disk_mb = 1\n[dicom]\naccept_any = true\n\
              [inference]\nmodels = \"{}/models/manifest.toml\"\n\
-             [database]\nurl = \"{}\"\n[retention]\nfree_target_mb = 2\n{extra}",
+             [database]\nurl = \"{}\"\n[retention]\n{target}{extra}",
             data.display(),
             env!("CARGO_MANIFEST_DIR"),
             db.url
@@ -404,12 +406,7 @@ fn with_an_object_store_local_copies_are_a_cache_with_a_size_limit() {
         let objects = site.count("SELECT COUNT(*) FROM outputs").await as usize;
         assert!(objects >= 10, "{objects} objects made");
         // written two minutes ago; then three images arrive, not yet analysed
-        let aged = std::process::Command::new("find")
-            .args([&site.spool, &site.outputs])
-            .args(["-type", "f", "-exec", "touch", "-d", "2 minutes ago", "{}", "+"])
-            .status()
-            .unwrap();
-        assert!(aged.success());
+        age_files(&[&site.spool, &site.outputs]);
         site.receive(3, Some(&bucket)).await;
 
         let pruned = site.retention.prune().await.unwrap();
@@ -435,6 +432,48 @@ fn with_an_object_store_local_copies_are_a_cache_with_a_size_limit() {
         assert_eq!(swept.total(), 0, "{swept:?}");
         site.store.close().await;
     });
+}
+
+/// With an object store and free space below the target (1 PiB here), the local copies of
+/// finished items go first, all of them, and only then are finished items deleted early (from
+/// the bucket too): none of the released ones had a local copy left to delete.
+#[test]
+fn under_disk_pressure_local_copies_go_before_anything_is_deleted_early() {
+    let s3 = crate::common::s3::S3::start();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let db = simulation_db(Backend::Sqlite, dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let config = format!("{SIMULATION}free_target_mb = {}\n{}", 1u64 << 30, s3.config("pressure"));
+        let mut site = Site::open(&db, dir.path(), &config).await;
+        let bucket = site.bucket.clone().expect("the site keeps its files in the bucket");
+        site.receive(10, Some(&bucket)).await;
+        site.work().await;
+        let objects = site.count("SELECT COUNT(*) FROM outputs").await;
+        age_files(&[&site.spool, &site.outputs]);
+        site.receive(3, Some(&bucket)).await;
+
+        let pruned = site.retention.prune().await.unwrap();
+        let finished = 10 + objects as u64;
+        assert_eq!(pruned.evicted.files, finished, "every finished local copy went first: {pruned:?}");
+        assert_eq!(pruned.under_pressure.files, finished, "then every finished item: {pruned:?}");
+        assert!(pruned.nothing_left, "{pruned:?}");
+        assert_eq!(s3.keys("pressure/spool/").len(), 3, "the images still to analyse stay in the bucket");
+        assert!(s3.keys("pressure/outputs/").is_empty());
+        assert_eq!(disk_use(&site.spool).1, 3);
+        site.store.close().await;
+    });
+}
+
+/// Sets the modification time of every file under `dirs` two minutes back: written before the
+/// minute in which retention leaves a local copy alone.
+fn age_files(dirs: &[&Path]) {
+    let aged = std::process::Command::new("find")
+        .args(dirs)
+        .args(["-type", "f", "-exec", "touch", "-d", "2 minutes ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
 }
 
 /// kill -9 while `prune` deletes, five times: no row of a kept image or object without its
