@@ -182,7 +182,7 @@ impl Store {
         // SQLite changes a column only by making its table again, and dropping the old table
         // with foreign keys enforced deletes its rows first, which the rows that point at them
         // count as violations that the new table cannot take back: a database with records
-        // could not be upgraded. So, as SQLite's documentation prescribes, the migrations run
+        // could not be upgraded. So, as the SQLite documentation prescribes, the migrations run
         // with foreign keys off, on a connection of their own (closed after, never returned to
         // the pool so), and every reference is checked once they are done.
         let mut conn = self.pool.acquire().await?.detach();
