@@ -347,7 +347,7 @@ impl Retention {
     ) -> Result<Freed, RetentionError> {
         let mut copies = Vec::new();
         for folder in [Folder::Spool, Folder::Outputs] {
-            let root = self.local(folder, "");
+            let root = self.root(folder);
             if root.exists() {
                 let files = tokio::task::block_in_place(|| spool::files_by_study(&root))
                     .map_err(|e| RetentionError::Files(e.to_string()))?;
@@ -421,9 +421,13 @@ impl Retention {
     }
 
     fn local(&self, folder: Folder, relative: &str) -> PathBuf {
+        self.root(folder).join(relative)
+    }
+
+    fn root(&self, folder: Folder) -> PathBuf {
         match folder {
-            Folder::Spool => self.spool.absolute(relative),
-            Folder::Outputs => self.outputs_dir.join(relative),
+            Folder::Spool => self.spool.root().to_path_buf(),
+            Folder::Outputs => self.outputs_dir.clone(),
         }
     }
 
@@ -454,10 +458,7 @@ impl Retention {
             }
         }
         for folder in [Folder::Spool, Folder::Outputs] {
-            let root = match folder {
-                Folder::Spool => self.spool.root().to_path_buf(),
-                Folder::Outputs => self.outputs_dir.clone(),
-            };
+            let root = self.root(folder);
             if !root.exists() {
                 continue;
             }
