@@ -121,10 +121,10 @@ async fn record_templates(store: &Store) -> Result<()> {
     // sent, as nearly all of a year's are
     let lease = Duration::from_secs(60);
     while let Some(delivery) = store.claim_delivery("pacs", lease, JobScope::AnySpool).await? {
-        store.delivery_done(&delivery).await?;
+        store.delivery_done(&delivery, pneumotriage::audit::Peer { ae_title: "PACS", address: "127.0.0.1" }).await?;
     }
     while let Some(message) = store.claim_message("ris", lease).await? {
-        store.message_done(&message).await?;
+        store.message_done(&message, "127.0.0.1:2575").await?;
     }
     Ok(())
 }

@@ -64,6 +64,8 @@ enum Receiver {
     Pneumotriage,
     /// pneumotriage with its spool in an object store.
     PneumotriageS3,
+    /// pneumotriage with its audit trail on (a file repository, fsynced: the costliest local one).
+    PneumotriageAudited,
     /// storescp as it runs by default: one process, one association at a time.
     Storescp,
     /// storescp --fork: one process per association.
@@ -75,6 +77,7 @@ impl Receiver {
         match self {
             Receiver::Pneumotriage => "pneumotriage",
             Receiver::PneumotriageS3 => "pneumotriage s3",
+            Receiver::PneumotriageAudited => "pneumotriage audit",
             Receiver::Storescp => "storescp",
             Receiver::StorescpFork => "storescp --fork",
         }
@@ -83,9 +86,9 @@ impl Receiver {
     /// The receivers compared for a number of concurrent associations.
     fn for_scenario(associations: usize) -> &'static [Receiver] {
         if associations == 1 {
-            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::PneumotriageS3]
+            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::PneumotriageS3, Receiver::PneumotriageAudited]
         } else {
-            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::StorescpFork]
+            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::StorescpFork, Receiver::PneumotriageAudited]
         }
     }
 }
@@ -109,14 +112,20 @@ impl Server {
         let log = fs::File::create(dir.path().join("server.log"))?;
         let s3 = (kind == Receiver::PneumotriageS3).then(s3::S3::start);
         let mut cmd = match kind {
-            Receiver::Pneumotriage | Receiver::PneumotriageS3 => {
+            Receiver::Pneumotriage | Receiver::PneumotriageS3 | Receiver::PneumotriageAudited => {
                 let data_dir = dir.path().join("var").display().to_string();
+                let audit = if kind == Receiver::PneumotriageAudited {
+                    let path = dir.path().join("audit.log").display().to_string();
+                    format!("[[audit.repositories]]\nname = \"file\"\ntransport = \"file\"\npath = {path:?}\n")
+                } else {
+                    String::new()
+                };
                 fs::write(
                     &config,
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
                          bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
-                         [http]\nenabled = false\n\n[inference]\nenabled = false\n\n{}",
+                         [http]\nenabled = false\n\n[inference]\nenabled = false\n\n{}{audit}",
                         s3.as_ref().map(|s3| s3.config("bench")).unwrap_or_default()
                     ),
                 )?;
@@ -182,7 +191,7 @@ impl Server {
         }
         Ok(match self.kind {
             Receiver::Storescp | Receiver::StorescpFork => fs::read_dir(self.dir.path().join("out"))?.count(),
-            Receiver::Pneumotriage | Receiver::PneumotriageS3 => {
+            Receiver::Pneumotriage | Receiver::PneumotriageS3 | Receiver::PneumotriageAudited => {
                 let out = Command::new(PNEUMOTRIAGE)
                     .args(["instances", "--json", "--limit", "1000000", "--config"])
                     .arg(&self.config)
@@ -246,9 +255,16 @@ fn run_once(kind: Receiver, associations: usize, files: &[PathBuf]) -> Result<Ru
         .with_context(|| format!("sending to {}; its log:\n{}", kind.name(), server.log()))?;
     let synced = Instant::now();
     Command::new("sync").status()?;
-    let ours = matches!(kind, Receiver::Pneumotriage | Receiver::PneumotriageS3);
+    let ours = !matches!(kind, Receiver::Storescp | Receiver::StorescpFork);
     let durable = if ours { transfer } else { transfer + synced.elapsed() };
     let peak_rss_mib = if kind == Receiver::StorescpFork { None } else { Some(server.peak_rss_mib()?) };
+    if kind == Receiver::PneumotriageAudited {
+        // the records of the associations, written as each ended (before the node is killed)
+        std::thread::sleep(Duration::from_millis(500));
+        let records = fs::read_to_string(server.dir.path().join("audit.log")).unwrap_or_default().lines().count();
+        ensure!(records > 0, "auditing was on and no audit record was written; its log:\n{}", server.log());
+        eprintln!("  {}: {records} audit records in its repository", kind.name());
+    }
     let kept = server.stop_and_count()?;
     let problems = server.problems();
     for line in problems.iter().take(5) {
@@ -378,6 +394,9 @@ fn main() -> Result<()> {
         }
         if let Some(&(_, s3, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageS3.name()) {
             println!("  {associations} assoc: object-store spool / local spool {:.2}", s3 / ours);
+        }
+        if let Some(&(_, audited, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageAudited.name()) {
+            println!("  {associations} assoc: auditing on / off {:.2}", audited / ours);
         }
     }
     Ok(())

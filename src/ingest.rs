@@ -39,7 +39,7 @@ pub struct Received {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// New instance (or new version of one) committed.
-    Stored { version: i64, instance_id: i64 },
+    Stored { version: i64, instance_id: i64, header: Box<InstanceHeader> },
     /// The same bytes were already stored under this UID: nothing new to do.
     Duplicate { version: i64 },
     /// Not stored.
@@ -153,6 +153,14 @@ impl Ingest {
         }
     }
 
+    /// Records an audit event; a database outage is logged, not fatal (the record is lost,
+    /// and the log line says what it would have said).
+    pub async fn audit(&self, event: &crate::audit::AuditEvent<'_>) {
+        if let Err(e) = self.store.audit(event).await {
+            tracing::warn!(audit = event.label(), error = %e, "could not record an audit event");
+        }
+    }
+
     /// Makes a received instance durable, or says why not.
     pub async fn commit(&self, received: Received) -> Outcome {
         let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, analysed } =
@@ -206,7 +214,9 @@ impl Ingest {
             event_kind: EventKind::InstanceStored,
         };
         match self.store.record_instance(&new).await {
-            Ok(recorded) => Outcome::Stored { version, instance_id: recorded.instance_id },
+            Ok(recorded) => {
+                Outcome::Stored { version, instance_id: recorded.instance_id, header: Box::new(new.header) }
+            }
             Err(e) => {
                 self.discard(&new.path);
                 database_failed(e)

@@ -60,6 +60,8 @@ pub mod evaluate;
 pub mod config;
 /// The vocabulary: priorities, decisions, states, kinds, and a study message's facts.
 pub mod domain;
+/// IHE ATNA audit records (DICOM PS3.15 A.5) and the repositories they are sent to.
+pub mod audit;
 /// The one stop signal.
 pub mod shutdown;
 /// Log set-up; peer strings escaped.

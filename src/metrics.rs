@@ -44,6 +44,9 @@ pub struct Metrics {
     disk_free_bytes: Gauge,
     disk_pressure: Gauge,
     cache_bytes: Gauge,
+    audit_sent: Family<Labels, Counter>,
+    audit_failures: Family<Labels, Counter>,
+    audit_dropped: Family<Labels, Counter>,
 }
 
 /// How many results of each classifier version make its drift baseline
@@ -167,7 +170,28 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 while free space is below retention.free_target_mb (oldest finished items are deleted early), 2 while nothing finished is left to delete",
         disk_pressure.clone(),
     );
+    let audit_sent = Family::<Labels, Counter>::default();
+    registry.register(
+        "audit_records_sent",
+        "Audit records sent to each repository (over TLS, a record sent again after a broken connection counts again)",
+        audit_sent.clone(),
+    );
+    let audit_failures = Family::<Labels, Counter>::default();
+    registry.register(
+        "audit_send_failures",
+        "Attempts to reach an audit repository that failed, by repository",
+        audit_failures.clone(),
+    );
+    let audit_dropped = Family::<Labels, Counter>::default();
+    registry.register(
+        "audit_dropped",
+        "Audit records dropped unsent because more than audit.max_backlog waited, by repository",
+        audit_dropped.clone(),
+    );
     Metrics {
+        audit_sent,
+        audit_failures,
+        audit_dropped,
         pruned_files,
         pruned_bytes,
         swept_files,
@@ -258,6 +282,29 @@ pub fn disk(free_bytes: u64, pressure: i64) {
 /// What the local copies of the object store's items take, after a round's eviction.
 pub fn cache(bytes: u64) {
     METRICS.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
+}
+
+/// A repository's audit counters, at 0 until something happens (so that alerts see them).
+pub fn audit_repository(repository: &str) {
+    let labels = vec![("repository", repository.to_string())];
+    METRICS.audit_sent.get_or_create(&labels).inc_by(0);
+    METRICS.audit_failures.get_or_create(&labels).inc_by(0);
+    METRICS.audit_dropped.get_or_create(&labels).inc_by(0);
+}
+
+/// Audit records sent to `repository`.
+pub fn audit_sent(repository: &str, records: u64) {
+    METRICS.audit_sent.get_or_create(&vec![("repository", repository.to_string())]).inc_by(records);
+}
+
+/// A failed attempt to reach `repository`.
+pub fn audit_send_failed(repository: &str) {
+    METRICS.audit_failures.get_or_create(&vec![("repository", repository.to_string())]).inc();
+}
+
+/// Audit records dropped above the backlog limit.
+pub fn audit_dropped(repository: &str, records: u64) {
+    METRICS.audit_dropped.get_or_create(&vec![("repository", repository.to_string())]).inc_by(records);
 }
 
 /// An image the pipeline did not analyse, and the rule why.

@@ -299,7 +299,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 async fn connect(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url(), config.database.max_connections, &config.node_name())
         .await
-        .with_context(|| format!("database.url in {}", config.source))?;
+        .with_context(|| format!("database.url in {}", config.source))?
+        .with_auditor(pneumotriage::audit::Auditor::of(config));
     store.migrate().await?;
     Ok(store)
 }

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use pneumotriage::audit::{AuditEvent, User};
 use pneumotriage::domain::{DeliveryState, JobState, Priority};
 use pneumotriage::store::{format_ms, Store};
 
@@ -9,6 +10,12 @@ use super::print_table;
 
 pub async fn studies(store: &Store, json: bool, limit: i64) -> anyhow::Result<ExitCode> {
     let rows = store.list_studies(limit).await?;
+    // the list names patients: whoever ran it is on the audit trail before it is shown
+    let user = operating_system_user();
+    let by = User { id: &user, address: None };
+    store
+        .audit(&AuditEvent::Queried { by, endpoint: "pneumotriage studies", query: &format!("limit={limit}") })
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -131,4 +138,13 @@ pub async fn status(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs a command, as the audit trail names them: the login name and the user id.
+fn operating_system_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    match std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")) {
+        Ok(name) if !name.is_empty() => format!("{name} (uid {uid})"),
+        _ => format!("uid {uid}"),
+    }
 }

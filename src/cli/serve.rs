@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pneumotriage::audit::{sender::Senders, Alert, AuditEvent};
 use pneumotriage::config::Config;
 use pneumotriage::dicom::scp::Scp;
 use pneumotriage::http::listener::ConnectionLimits;
@@ -79,6 +80,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let spool = Arc::new(spool.with_bucket(bucket.clone()).with_free_target(free_target));
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
     recover(&config, &ingest, &store).await?;
+    let audit = start_audit(&config, &store).await?;
 
     let plain_listener = match &config.dicom.tls {
         Some(tls) if tls.only => None,
@@ -164,6 +166,12 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(audit) = audit {
+        if let Err(e) = store.audit(&AuditEvent::Stopped).await {
+            warn!(error = %e, "cannot record the stop in the audit trail");
+        }
+        audit.finish(AUDIT_GRACE).await;
     }
     store.close().await;
     info!("stopped");
@@ -253,6 +261,51 @@ async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// How long the audit senders may take at stop to send what waits (the stop record among it).
+const AUDIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the audit senders and records the start, and a changed configuration as a security
+/// alert; without a repository, says that nothing is recorded.
+async fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Senders>> {
+    if store.auditor().is_none() {
+        warn!("no audit repository ([[audit.repositories]]): access to patient data leaves no audit record");
+        return Ok(None);
+    }
+    let senders = Senders::start(config, store).map_err(|(key, e)| anyhow::anyhow!("{}: {key}: {e}", config.source))?;
+    store.audit(&AuditEvent::Started).await.context("recording the start in the audit trail")?;
+    if let Some(detail) = configuration_change(config) {
+        info!("{detail}");
+        let event = AuditEvent::Security { alert: Alert::ConfigurationChanged, peer: None, detail: &detail };
+        store.audit(&event).await.context("recording a configuration change in the audit trail")?;
+    }
+    let names: Vec<&str> = config.audit.repositories.iter().map(|r| r.name.as_str()).collect();
+    info!(repositories = %names.join(", "), "audit records go to their repositories");
+    Ok(Some(senders))
+}
+
+/// How the configuration differs from the one the node last ran with (a fingerprint of every
+/// setting, kept in the data directory), if it does; the new fingerprint is kept.
+fn configuration_change(config: &Config) -> Option<String> {
+    use sha2::Digest;
+    let settings = serde_json::to_string(config).unwrap_or_default();
+    let now = format!("{:x}", sha2::Sha256::digest(settings.as_bytes()));
+    let kept = config.data_dir().join("configuration.sha256");
+    let before = std::fs::read_to_string(&kept).ok().map(|s| s.trim().to_string());
+    if before.as_deref() == Some(now.as_str()) {
+        return None;
+    }
+    if let Err(e) = std::fs::write(&kept, &now) {
+        warn!(path = %kept.display(), error = %e, "cannot keep the configuration's fingerprint");
+    }
+    Some(match before {
+        Some(before) => format!(
+            "the configuration {} differs from the one this node last ran with (settings sha256 {before} before, {now} now)",
+            config.source
+        ),
+        None => format!("first start with this data directory: configuration {} (settings sha256 {now})", config.source),
+    })
 }
 
 async fn bind(address: std::net::SocketAddr, key: &str, config: &Config) -> anyhow::Result<TcpListener> {

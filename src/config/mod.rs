@@ -8,6 +8,7 @@
 //! embedded default). Defaults live in these modules and nowhere else; docs/configuration.md
 //! lists them, and a test holds the two together.
 
+mod audit;
 mod destinations;
 mod dicom;
 mod files;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AuditConfig, AuditRepository, AuditTransport};
 pub use destinations::{Destination, DestinationTls, FhirSettings, Hl7Settings, WebhookSettings};
 pub use dicom::{AllowedCaller, DicomConfig, ListenerTls};
 pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LIMIT};
@@ -64,6 +66,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[audit]`: IHE ATNA audit records and the repositories they go to.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// `[object_store]`: received instances and the objects made of them are kept in an
     /// S3-compatible bucket, `data_dir` only caching them. Unset: they are kept under `data_dir`.
     pub object_store: Option<ObjectStoreConfig>,
@@ -200,6 +205,7 @@ impl Config {
         numbers.extend(self.priority.numbers());
         numbers.extend(self.http.numbers());
         numbers.extend(self.retention.numbers());
+        numbers.extend(self.audit.numbers());
         for (i, d) in self.destinations.iter().enumerate() {
             numbers.extend(d.numbers(i));
         }
@@ -226,6 +232,7 @@ impl Config {
         self.outputs.check(&mut report);
         self.selection.check(&mut report);
         self.retention.check(self.node.min_free_disk_mb, &mut report);
+        self.audit.check(self, &mut report);
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             if !names.insert(d.name.as_str()) {
@@ -546,6 +553,11 @@ mod tests {
         [[selection.rules]]
         name = "r"
         action = "select"
+        [[audit.repositories]]
+        name = "a"
+        transport = "tls"
+        [audit.repositories.tls]
+        ca_file = "ca"
     "#;
 
     /// A value as docs/configuration.md writes a default.
@@ -685,6 +697,38 @@ mod tests {
         assert!(keys.contains(&"dicom.ae_title"), "{keys:?}");
         assert!(keys.contains(&"dicom.max_pdu"), "{keys:?}");
         assert!(keys.contains(&"dicom.peers"), "{keys:?}");
+    }
+
+    #[test]
+    fn an_audit_repository_is_checked_against_its_transport() {
+        let text = "[dicom]\naccept_any = true\n[audit]\nmax_backlog = 5\nsource_id = \" \"\n\
+            [[audit.repositories]]\nname = \"siem\"\ntransport = \"tls\"\nhost = \"audit\"\nport = 6514\n\
+            [[audit.repositories]]\nname = \"siem\"\ntransport = \"udp\"\npath = \"x\"\n\
+            [[audit.repositories]]\nname = \"local\"\ntransport = \"file\"\nport = 1\n\
+            [audit.repositories.tls]\nca_file = \"/no/such/ca.pem\"\n";
+        let e = parse(text).unwrap_err();
+        let mut keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "audit.max_backlog",
+                "audit.repositories[0].tls.ca_file",
+                "audit.repositories[1].host",
+                "audit.repositories[1].name",
+                "audit.repositories[1].path",
+                "audit.repositories[1].port",
+                "audit.repositories[2].host",
+                "audit.repositories[2].path",
+                "audit.repositories[2].tls",
+                "audit.source_id",
+            ],
+            "{e}"
+        );
+        let ok = "[dicom]\naccept_any = true\n\
+            [[audit.repositories]]\nname = \"local\"\ntransport = \"file\"\npath = \"audit.log\"\n";
+        assert!(parse(ok).unwrap().audit.enabled());
+        assert!(!parse("[dicom]\naccept_any = true\n").unwrap().audit.enabled());
     }
 
     #[test]

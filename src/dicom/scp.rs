@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 use super::conformance::{self, AcceptedContext, Service};
 use super::dimse::{self, command_field, status, Command};
 use super::ul::{ByteStream, Connection, Incoming, PData, Pdv, UlError};
+use crate::audit::{Alert, AuditEvent, AuditedStudy, Peer as AuditPeer};
 use crate::config::DicomConfig;
-use crate::domain::EventKind;
+use crate::domain::{EventKind, InstanceHeader};
 use crate::ingest::{Ingest, Outcome, Received, Refusal};
 use crate::shutdown::Shutdown;
 use crate::store::Event;
@@ -129,6 +130,7 @@ impl Scp {
                     warn!(%peer, error = %e, "TLS handshake failed; connection closed");
                     crate::metrics::association(false);
                     self.event(EventKind::TlsRefused, "", peer, None, &e.to_string()).await;
+                    self.alert(Alert::TlsRefused, "", peer, &format!("TLS handshake failed: {e}")).await;
                     return;
                 }
                 Err(_) => {
@@ -172,6 +174,8 @@ impl Scp {
                 warn!(peer_ae = %calling_ae, %peer, called_ae = %request.called_ae_title.trim(), %reason, "association rejected");
                 crate::metrics::association(false);
                 self.event(EventKind::AssociationRejected, &calling_ae, peer, None, &reason).await;
+                self.alert(Alert::AssociationRefused, &calling_ae, peer, &format!("association rejected: {reason}"))
+                    .await;
             }
             Ok(admission) => {
                 let (results, contexts) = conformance::negotiate(&request.presentation_contexts, &self.config);
@@ -289,6 +293,14 @@ impl Scp {
         };
         self.ingest.record_event(&event).await;
     }
+
+    /// Records a security alert about a peer; a database outage is logged, not fatal.
+    async fn alert(&self, alert: Alert, peer_ae: &str, peer: SocketAddr, detail: &str) {
+        let address = peer.ip().to_canonical().to_string();
+        let event =
+            AuditEvent::Security { alert, peer: Some(AuditPeer { ae_title: peer_ae, address: &address }), detail };
+        self.ingest.audit(&event).await;
+    }
 }
 
 /// The next connection on `listener`; never, when there is none.
@@ -348,6 +360,22 @@ struct Tally {
     stored: u32,
     failed: u32,
     bytes: u64,
+    /// The studies received, for the audit records at the end of the association.
+    studies: Vec<AuditedStudy>,
+}
+
+impl Tally {
+    /// Counts an instance stored, under its study.
+    fn received(&mut self, header: &InstanceHeader) {
+        let study = AuditedStudy {
+            study_instance_uid: header.study_instance_uid.clone(),
+            accession_number: header.accession_number.clone(),
+            patient_id: header.patient_id.clone(),
+            patient_name: header.patient_name.clone(),
+            sop_classes: Vec::new(),
+        };
+        AuditedStudy::tally(&mut self.studies, study, &header.sop_class_uid);
+    }
 }
 
 /// Why an association ends, besides a clean release.
@@ -417,6 +445,11 @@ impl Association {
             ms = started.elapsed().as_millis() as u64,
             "association ended: {how}"
         );
+        let address = self.peer.ip().to_canonical().to_string();
+        let from = AuditPeer { ae_title: &self.calling_ae, address: &address };
+        for study in &self.tally.studies {
+            self.scp.ingest.audit(&AuditEvent::Received { from, study }).await;
+        }
     }
 
     async fn receive_loop(&mut self) -> End {
@@ -598,9 +631,10 @@ impl Association {
         let status_hex = format!("0x{status:04X}");
         crate::metrics::instance(outcome.label(), started.elapsed());
         match &outcome {
-            Outcome::Stored { version, .. } => {
+            Outcome::Stored { version, header, .. } => {
                 self.tally.stored += 1;
                 self.tally.bytes += bytes;
+                self.tally.received(header);
                 info!(peer_ae = %self.calling_ae, peer = %self.peer, sop_class, sop_instance, ts = %context.transfer_syntax,
                       bytes, ms, status = %status_hex, version, "instance stored");
             }
@@ -616,6 +650,10 @@ impl Association {
                       bytes, ms, status = %status_hex, %reason, "instance refused");
                 let detail = format!("{status_hex}: {reason}");
                 self.scp.event(EventKind::StoreFailed, &self.calling_ae, self.peer, Some(sop_instance), &detail).await;
+                if matches!(refusal, Refusal::Unreadable(_) | Refusal::TooLarge(_)) {
+                    let detail = format!("instance {sop_instance} refused ({detail})");
+                    self.scp.alert(Alert::HostileObject, &self.calling_ae, self.peer, &detail).await;
+                }
             }
         }
         let comment = match &outcome {

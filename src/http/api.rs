@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, Caller};
+use crate::audit::{AuditEvent, AuditedStudy};
 use crate::bucket::BucketError;
 use crate::config::PriorityConfig;
 use crate::domain::{Agreement, DeliveryProgress, Priority, StudyState, UnknownValue};
@@ -122,9 +123,18 @@ pub struct StudiesQuery {
     limit: Option<usize>,
 }
 
-pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQuery>) -> Result<Response, ApiError> {
+pub async fn studies(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+    Query(query): Query<StudiesQuery>,
+) -> Result<Response, ApiError> {
     let priorities: Option<Vec<Priority>> = filter("priority", &query.priority)?;
     let states: Option<Vec<StudyState>> = filter("state", &query.state)?;
+    // the list names patients: the query is on the audit trail before anything is read
+    let raw = raw.unwrap_or_default();
+    let event = AuditEvent::Queried { by: caller.audit_user(), endpoint: "/api/studies", query: &raw };
+    state.store.audit(&event).await?;
     let now = now_ms();
     let mut list: Vec<Listed> = state
         .store
@@ -139,10 +149,15 @@ pub async fn studies(State(state): State<AppState>, Query(query): Query<StudiesQ
     Ok(Json(json!({ "generated_at": now, "studies": list })).into_response())
 }
 
-pub async fn study(State(state): State<AppState>, Path(uid): Path<String>) -> Result<Response, ApiError> {
+pub async fn study(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
     let Some(found) = state.store.worklist(Some(&uid), 1, state.scope).await?.into_iter().next() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such study"));
     };
+    audit_access(&state, &caller, state.store.audited_study(&uid).await?).await?;
     let listed = listed(found, &state.priority, now_ms());
     let instances = state.store.study_instances(&uid).await?;
     let mut outputs: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
@@ -162,6 +177,15 @@ fn instance_json(i: StudyInstance, outputs: &mut HashMap<String, Vec<serde_json:
     value["overlay_url"] = json!(overlay);
     value["objects"] = json!(objects);
     value
+}
+
+/// Records that `caller` read `study` (and its patient), before it is shown: no record, no
+/// answer (503).
+async fn audit_access(state: &AppState, caller: &Caller, study: Option<AuditedStudy>) -> Result<(), ApiError> {
+    if let Some(study) = study {
+        state.store.audit(&AuditEvent::Accessed { by: caller.audit_user(), study: &study }).await?;
+    }
+    Ok(())
 }
 
 /// What a verdict says: `{"verdict": "agree" | "disagree", "note": "..."}`.
@@ -214,10 +238,15 @@ pub async fn verdict(
 /// The longest side of an overlay, in pixels: enough for a second monitor's panel, and quick.
 const OVERLAY_SIDE: u32 = 1024;
 
-pub async fn overlay(State(state): State<AppState>, Path(uid): Path<String>) -> Result<Response, ApiError> {
+pub async fn overlay(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
     let Some(source) = state.store.overlay_source(&uid).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such instance"));
     };
+    audit_access(&state, &caller, state.store.audited_study_of_instance(&uid).await?).await?;
     if let Some(at) = source.released_at {
         let message = format!(
             "the image was released by retention on {} (retention.images_days): its result stays, its pixels are no longer kept here",

@@ -103,7 +103,7 @@ pub async fn serve(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(config.header_timeout_secs)).keep_alive(true);
-    let service = TowerToHyperService::new(router);
+    let service = router;
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -143,11 +143,19 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     http: hyper::server::conn::http1::Builder,
-    service: TowerToHyperService<Router>,
+    service: Router,
     _slot: Slot,
     shutdown: Shutdown,
 ) {
     let _ = stream.set_nodelay(true);
+    // who is at the other end, for the audit records of what the requests read
+    let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+        service,
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        },
+    ));
     let connection = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let served = tokio::select! {

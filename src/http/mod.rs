@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::audit::AuditEvent;
 use crate::config::{Config, PriorityConfig};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
@@ -56,12 +57,66 @@ pub struct AppState {
     /// `http.request_timeout_secs`: a request not answered by then (a body sent slowly, say)
     /// gets 503 and its connection's place back.
     request_timeout: Duration,
+    auth_audits: Arc<AuthAudits>,
 }
 
-/// Who a request came from: the name of its token, if it has one (a request extension).
+/// Who a request came from: the name of its token, if it has one, and its address (a request
+/// extension).
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub name: Option<String>,
+    /// Where the request came from (the proxy's address behind one).
+    pub address: Option<String>,
+    /// Whether a token was checked at all (none is configured: no).
+    pub authenticated: bool,
+}
+
+impl Caller {
+    /// The user an audit record names: the token's name, `http.token` for the unnamed one, or
+    /// `anonymous` where no token is configured.
+    pub fn user_id(&self) -> &str {
+        match (&self.name, self.authenticated) {
+            (Some(name), _) => name,
+            (None, true) => "http.token",
+            (None, false) => "anonymous",
+        }
+    }
+
+    /// The caller as an audit record's user.
+    pub fn audit_user(&self) -> crate::audit::User<'_> {
+        crate::audit::User { id: self.user_id(), address: self.address.as_deref() }
+    }
+}
+
+/// How often the same sign-in is audited again: a page polls with its token every few seconds,
+/// and a record per request would bury the trail (refusals: per address).
+const LOGIN_AUDIT_EVERY: Duration = Duration::from_secs(600);
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+/// When each (user, address, refused) was last audited.
+#[derive(Debug, Default)]
+struct AuthAudits {
+    last: std::sync::Mutex<std::collections::HashMap<(String, String, bool), std::time::Instant>>,
+}
+
+impl AuthAudits {
+    /// Whether this sign-in (or refusal) is due a record now; remembers it if so.
+    fn due(&self, user: &str, address: &str, refused: bool) -> bool {
+        let every = if refused { REFUSAL_AUDIT_EVERY } else { LOGIN_AUDIT_EVERY };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // bounded: entries past their window are forgotten once there are many
+        if last.len() > 10_000 {
+            last.retain(|_, at| at.elapsed() < LOGIN_AUDIT_EVERY);
+        }
+        let key = (user.to_string(), address.to_string(), refused);
+        match last.get(&key) {
+            Some(at) if at.elapsed() < every => false,
+            _ => {
+                last.insert(key, std::time::Instant::now());
+                true
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -77,10 +132,13 @@ impl AppState {
                 .http
                 .token
                 .iter()
-                .map(|t| (t.clone(), Caller::default()))
-                .chain(config.http.tokens.iter().map(|t| (t.token.clone(), Caller { name: Some(t.name.clone()) })))
+                .map(|t| (t.clone(), Caller { authenticated: true, ..Caller::default() }))
+                .chain(config.http.tokens.iter().map(|t| {
+                    (t.token.clone(), Caller { name: Some(t.name.clone()), authenticated: true, address: None })
+                }))
                 .collect(),
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
+            auth_audits: Arc::default(),
         }
     }
 }
@@ -149,8 +207,12 @@ async fn within_request_timeout(State(state): State<AppState>, request: Request,
 }
 
 async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_canonical().to_string());
     if state.tokens.is_empty() {
-        request.extensions_mut().insert(Caller::default());
+        request.extensions_mut().insert(Caller { address, ..Caller::default() });
         return next.run(request).await;
     }
     let given = request
@@ -167,12 +229,28 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
             .filter(|(token, _)| constant_time_eq(given.as_bytes(), token.as_bytes()))
             .fold(None, |found, (_, caller)| found.or(Some(caller.clone())))
     });
+    let seen_from = address.clone().unwrap_or_default();
     match caller {
         Some(caller) => {
+            let caller = Caller { address, ..caller };
+            if state.auth_audits.due(caller.user_id(), &seen_from, false) {
+                let event = AuditEvent::Authentication { user: caller.audit_user(), refused: None };
+                if let Err(e) = state.store.audit(&event).await {
+                    tracing::warn!(error = %e, "could not record a sign-in in the audit trail");
+                }
+            }
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         None => {
+            let why = if given.is_some() { "a bearer token that is not configured" } else { "no bearer token" };
+            if state.auth_audits.due("", &seen_from, true) {
+                let user = crate::audit::User { id: "unknown", address: address.as_deref() };
+                let event = AuditEvent::Authentication { user, refused: Some(why) };
+                if let Err(e) = state.store.audit(&event).await {
+                    tracing::warn!(error = %e, "could not record a refused request in the audit trail");
+                }
+            }
             let mut response =
                 ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (http.token or [[http.tokens]])")
                     .into_response();
@@ -235,8 +313,19 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(model, decision, n)| (vec![("model", model), ("decision", decision.to_string())], n))
         .collect();
+    // every configured repository has its row, 0 when nothing waits
+    let mut backlog: Vec<(String, i64)> =
+        state.store.auditor().map_or_else(Vec::new, |a| a.repositories.iter().map(|r| (r.clone(), 0)).collect());
+    for (repository, n) in state.store.audit_backlog().await? {
+        match backlog.iter_mut().find(|(r, _)| *r == repository) {
+            Some(row) => row.1 = n,
+            None => backlog.push((repository, n)),
+        }
+    }
+    let audit_backlog = labelled("repository", &backlog);
     let text = crate::metrics::render(&[
         ("jobs", "Analysis jobs by state (queued is the backlog)", labelled("state", &counts.jobs)),
+        ("audit_backlog", "Audit records of this node waiting for each repository", audit_backlog),
         ("deliveries", "Deliveries of DICOM objects by state", labelled("state", &counts.deliveries)),
         ("messages", "Messages (HL7, FHIR, webhook) by kind and state", messages),
         ("analysed_images", "Analysed images by priority", labelled("priority", &counts.results)),

@@ -240,7 +240,8 @@ impl Sender for ObjectSender {
                     "delivered"
                 );
                 crate::metrics::delivery("delivered", started.elapsed());
-                store.delivery_done(&d).await
+                let host = destination.host.as_str();
+                store.delivery_done(&d, crate::audit::Peer { ae_title: &destination.ae_title, address: host }).await
             }
             Err(SendError::Transient(reason)) => {
                 let delay = backoff(destination, d.attempts, d.id);
@@ -303,7 +304,11 @@ impl Sender for MessageSender {
                     "message delivered"
                 );
                 crate::metrics::delivery("delivered", started.elapsed());
-                store.message_done(&m).await
+                let address = match &destination.url {
+                    Some(url) => url.clone(),
+                    None => format!("{}:{}", destination.host, destination.port),
+                };
+                store.message_done(&m, &address).await
             }
             Err(MessageError::Transient(reason)) => {
                 let delay = backoff(destination, m.attempts, m.id);

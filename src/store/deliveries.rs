@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Backend, Event, JobScope, Result, Store};
+use crate::audit::{AuditEvent, Peer};
 use crate::domain::{DeliveryState, EventKind, ObjectKind};
 
 /// A delivery this node has claimed, with what the sender needs.
@@ -59,6 +60,15 @@ const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE OF d SKIP LOCKED");
 const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// How a claimed outbox row ends.
+/// Who received what a delivery or message carried, as its audit record names them.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient<'a> {
+    /// A DICOM destination: its AE title and host.
+    Dicom(Peer<'a>),
+    /// A messaging destination: its name, and its URL or host and port.
+    Messages { destination: &'a str, address: &'a str },
+}
+
 pub(super) struct End<'a> {
     pub state: DeliveryState,
     pub error: Option<&'a str>,
@@ -157,8 +167,9 @@ impl Store {
     }
 
     /// The destination stored the object.
-    pub async fn delivery_done(&self, d: &ClaimedDelivery) -> Result<bool> {
-        self.finish_delivery(d, DeliveryState::Delivered, None, 0, EventKind::Delivered).await
+    pub async fn delivery_done(&self, d: &ClaimedDelivery, to: Peer<'_>) -> Result<bool> {
+        let to = Some(Recipient::Dicom(to));
+        self.finish_delivery(d, DeliveryState::Delivered, None, 0, EventKind::Delivered, to).await
     }
 
     /// A transient failure: try again after `delay`.
@@ -169,13 +180,14 @@ impl Store {
             Some(error),
             delay.as_millis() as i64,
             EventKind::DeliveryDeferred,
+            None,
         )
         .await
     }
 
     /// A permanent failure: no more attempts until an admin re-queues it (`retry`).
     pub async fn delivery_failed(&self, d: &ClaimedDelivery, error: &str) -> Result<bool> {
-        self.finish_delivery(d, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed).await
+        self.finish_delivery(d, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed, None).await
     }
 
     async fn finish_delivery(
@@ -185,16 +197,24 @@ impl Store {
         error: Option<&str>,
         delay_ms: i64,
         event: EventKind,
+        audit: Option<Recipient<'_>>,
     ) -> Result<bool> {
         let detail = format!("{} {} to {} (attempt {})", d.kind, d.sop_instance_uid, d.destination, d.attempts);
-        let end = End { state, error, delay_ms, event, detail };
-        self.finish_claimed(FINISH_DELIVERY, d.id, end).await
+        self.finish_claimed(FINISH_DELIVERY, d.id, End { state, error, delay_ms, event, detail }, audit).await
     }
 
     /// Ends a claimed outbox row (`sql`: [`FINISH_DELIVERY`] or `FINISH_MESSAGE`) if it is
     /// still this node's, and records the event.
-    pub(super) async fn finish_claimed(&self, sql: &'static str, id: i64, end: End<'_>) -> Result<bool> {
+    /// A delivery or message that ended delivered is audited (`audit`) in the same transaction.
+    pub(super) async fn finish_claimed(
+        &self,
+        sql: &'static str,
+        id: i64,
+        end: End<'_>,
+        audit: Option<Recipient<'_>>,
+    ) -> Result<bool> {
         let now = self.now();
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(sql)
             .bind(end.state)
             .bind(end.error)
@@ -202,11 +222,27 @@ impl Store {
             .bind(now)
             .bind(id)
             .bind(self.node())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        let finished = done.rows_affected() == 1;
+        if let Some(recipient) = audit.filter(|_| finished && self.auditor().is_some()) {
+            match recipient {
+                Recipient::Dicom(to) => {
+                    if let Some(study) = Store::audited_study_of_delivery(&mut tx, id).await? {
+                        self.audit_in(&mut tx, &AuditEvent::Sent { to, study: &study }).await?;
+                    }
+                }
+                Recipient::Messages { destination, address } => {
+                    if let Some(study) = Store::audited_study_of_message(&mut tx, id).await? {
+                        self.audit_in(&mut tx, &AuditEvent::Exported { destination, address, study: &study }).await?;
+                    }
+                }
+            }
+        }
         let detail = format!("{}{}", end.detail, end.error.map(|e| format!(": {e}")).unwrap_or_default());
-        self.record_event(&Event::new(end.event).detail(&detail)).await?;
-        Ok(done.rows_affected() == 1)
+        super::ingest::insert_event(&mut *tx, self.node(), now, &Event::new(end.event).detail(&detail)).await?;
+        tx.commit().await?;
+        Ok(finished)
     }
 
     /// Puts back in the outbox the deliveries (and messages) left `sending` by this node (it stopped or

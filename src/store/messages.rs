@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use super::deliveries::{finish_sql, requeue_failed_sql, End};
+use super::deliveries::{finish_sql, requeue_failed_sql, End, Recipient};
 use super::{study_outputs, Backend, Result, Store};
 use crate::domain::{Decision, DeliveryState, DestinationKind, EventKind, MessageRule, ObjectKind, Priority};
 use crate::domain::{FindingFacts, ModelFacts, ObjectFacts, PatientFacts, StudyFacts, StudyMessage, Triage};
@@ -313,19 +313,21 @@ impl Store {
     }
 
     /// The receiver acknowledged the message.
-    pub async fn message_done(&self, m: &ClaimedMessage) -> Result<bool> {
-        self.finish_message(m, DeliveryState::Delivered, None, 0, EventKind::Delivered).await
+    /// The receiver took it; `address` (its URL, or host and port) names it in the audit record.
+    pub async fn message_done(&self, m: &ClaimedMessage, address: &str) -> Result<bool> {
+        let to = Some(Recipient::Messages { destination: &m.destination, address });
+        self.finish_message(m, DeliveryState::Delivered, None, 0, EventKind::Delivered, to).await
     }
 
     /// A transient failure: try again after `delay`.
     pub async fn message_retry(&self, m: &ClaimedMessage, error: &str, delay: Duration) -> Result<bool> {
         let delay = delay.as_millis() as i64;
-        self.finish_message(m, DeliveryState::Pending, Some(error), delay, EventKind::DeliveryDeferred).await
+        self.finish_message(m, DeliveryState::Pending, Some(error), delay, EventKind::DeliveryDeferred, None).await
     }
 
     /// The receiver refused it: no more attempts until an admin re-queues it (`retry`).
     pub async fn message_failed(&self, m: &ClaimedMessage, error: &str) -> Result<bool> {
-        self.finish_message(m, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed).await
+        self.finish_message(m, DeliveryState::Failed, Some(error), 0, EventKind::DeliveryFailed, None).await
     }
 
     async fn finish_message(
@@ -335,11 +337,12 @@ impl Store {
         error: Option<&str>,
         delay_ms: i64,
         event: EventKind,
+        audit: Option<Recipient<'_>>,
     ) -> Result<bool> {
         let subject = m.priority.map_or_else(|| "not analysed".to_string(), |p| p.to_string());
         let detail =
             format!("{} message {} ({subject}) to {} (attempt {})", m.kind, m.control_id, m.destination, m.attempts);
-        self.finish_claimed(FINISH_MESSAGE, m.id, End { state, error, delay_ms, event, detail }).await
+        self.finish_claimed(FINISH_MESSAGE, m.id, End { state, error, delay_ms, event, detail }, audit).await
     }
 
     /// Messages, newest first; only the failed ones with `failed_only`; only one study's with

@@ -4,6 +4,7 @@
 //! (kept per backend under `migrations/`). This module owns every SQL statement of the node;
 //! nothing else builds SQL.
 
+mod audit;
 mod deliveries;
 mod ingest;
 mod jobs;
@@ -47,7 +48,8 @@ macro_rules! study_outputs {
 }
 pub(crate) use study_outputs;
 
-pub use deliveries::{ClaimedDelivery, DeliveryRow};
+pub use audit::AuditRow;
+pub use deliveries::{ClaimedDelivery, DeliveryRow, Recipient};
 pub use ingest::{Event, NewInstance, PreviousVersion, Recorded};
 pub use jobs::{ClaimedJob, Finished, InterruptedJobs, JobEnd, JobScope, NewOutput, NewResult, Requeue};
 pub use listing::{InstanceRow, StudyRow};
@@ -126,6 +128,8 @@ pub struct Store {
     /// Bumped when this node queues deliveries, so that the outbox's senders (several, one
     /// set per destination) all look at once; a watch loses no wake-up between two looks.
     deliveries_queued: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Who the audit records name and where they go; none: nothing is recorded.
+    auditor: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl Store {
@@ -170,6 +174,7 @@ impl Store {
             committer,
             jobs_queued: Arc::new(Notify::new()),
             deliveries_queued: Arc::new(tokio::sync::watch::Sender::new(0)),
+            auditor: None,
         })
     }
 
@@ -359,6 +364,7 @@ mod tests {
         .into_iter()
         .collect();
         let queries = [
+            include_str!("audit.rs"),
             include_str!("deliveries.rs"),
             include_str!("ingest.rs"),
             include_str!("jobs.rs"),

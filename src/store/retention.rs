@@ -12,6 +12,7 @@
 //! (see `jobs::requeue_failed_job`), and pruning checks again after taking its own, so that one
 //! of the two always sees the other.
 
+use crate::audit::{AuditEvent, AuditedStudy};
 use std::collections::{HashMap, HashSet};
 
 use super::{JobScope, Result, Store};
@@ -235,8 +236,43 @@ impl Store {
             ")"
         );
         let released = unmark_stale(&mut tx, "instances", recheck, &[cut.analysed, cut.investigated], released).await?;
+        self.audit_deleted(&mut tx, &released).await?;
         tx.commit().await?;
         Ok(released)
+    }
+
+    /// Records a DICOM Study Deleted per study of the released images, in their transaction.
+    async fn audit_deleted(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, released: &[Released]) -> Result<()> {
+        if self.auditor().is_none() || released.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT s.study_instance_uid, s.accession_number, s.patient_id, s.patient_name, i.sop_class_uid \
+             FROM instances i JOIN studies s ON s.id = i.study_id WHERE i.id IN ({})",
+            placeholders(1, released.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, Option<String>, Option<String>, Option<String>, String)>(
+            sqlx::AssertSqlSafe(sql.as_str()),
+        );
+        for (id, _, _) in released {
+            query = query.bind(*id);
+        }
+        let mut studies: Vec<AuditedStudy> = Vec::new();
+        for (uid, accession_number, patient_id, patient_name, sop_class) in query.fetch_all(&mut **tx).await? {
+            let study = AuditedStudy {
+                study_instance_uid: uid,
+                accession_number,
+                patient_id,
+                patient_name,
+                sop_classes: vec![],
+            };
+            AuditedStudy::tally(&mut studies, study, &sop_class);
+        }
+        let why = "retention: the images were deleted once their work ended and their time ([retention]) passed";
+        for study in &studies {
+            self.audit_in(tx, &AuditEvent::Deleted { study, why }).await?;
+        }
+        Ok(())
     }
 
     /// Marks released up to `limit` objects that may go, oldest first, and returns them.

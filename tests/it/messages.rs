@@ -72,7 +72,7 @@ fn review_then_urgent_give_two_messages(backend: Backend) {
         store.migrate().await.unwrap();
         analyse(store, "1.2.41", "1.2.41.1", Priority::Review, &rules).await;
         let review = store.claim_message("ris", Duration::from_secs(60)).await.unwrap().expect("review is due");
-        assert!(store.message_done(&review).await.unwrap());
+        assert!(store.message_done(&review, "127.0.0.1:2575").await.unwrap());
         analyse(store, "1.2.41", "1.2.41.2", Priority::Urgent, &rules).await;
         // a third image at review raises nothing
         analyse(store, "1.2.41", "1.2.41.3", Priority::Review, &rules).await;
@@ -184,7 +184,7 @@ fn a_result_after_a_sent_not_analysed_message_follows_it_whatever_the_priorities
             said.not_analysed(),
             Some("input check: patient age 12.0 years is below inference.checks.min_age_years (18)")
         );
-        assert!(store.message_done(&told).await.unwrap());
+        assert!(store.message_done(&told, "127.0.0.1:2575").await.unwrap());
         analyse(store, "1.2.51", "1.2.51.2", Priority::Routine, &rules).await;
         // another study's routine result is still not sent to this destination
         analyse(store, "1.2.52", "1.2.52.1", Priority::Routine, &rules).await;

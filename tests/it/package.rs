@@ -348,7 +348,9 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
     let mut setup = Setup::analysing(Backend::Sqlite, "");
     setup.tail = format!(
         "[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n\
-         [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {}\n",
+         [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         [[audit.repositories]]\nname = \"siem\"\ntransport = \"udp\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        free_port(),
         free_port(),
         free_port()
     );
@@ -369,6 +371,7 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
             "pneumotriage_messages{",
             "pneumotriage_deliveries{",
             "pneumotriage_skipped_total{",
+            "pneumotriage_audit_backlog{",
         ];
         if families.iter().all(|f| body.contains(f)) {
             break body;

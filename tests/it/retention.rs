@@ -15,6 +15,9 @@ use pneumotriage::retention::Retention;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewOutput, Store};
 
+/// The PACS the simulated deliveries reach, as their audit records would name it.
+const PACS: pneumotriage::audit::Peer<'static> = pneumotriage::audit::Peer { ae_title: "PACS", address: "127.0.0.1" };
+
 const DAY: Duration = Duration::from_secs(86_400);
 /// The simulations' `[retention]`: the defaults, with patient attributes kept 60 days.
 const SIMULATION: &str = "patient_data_days = 60\nbatch = 50\n";
@@ -170,7 +173,7 @@ impl Site {
         }
         let lease = Duration::from_secs(300);
         while let Some(d) = self.store.claim_delivery("pacs", lease, JobScope::OwnSpool).await.unwrap() {
-            assert!(self.store.delivery_done(&d).await.unwrap());
+            assert!(self.store.delivery_done(&d, PACS).await.unwrap());
         }
         let archive_down = DOWN.contains(&self.day);
         let mut deferred = Vec::new();
@@ -178,7 +181,7 @@ impl Site {
             if archive_down {
                 deferred.push(d);
             } else {
-                assert!(self.store.delivery_done(&d).await.unwrap());
+                assert!(self.store.delivery_done(&d, PACS).await.unwrap());
             }
         }
         for d in deferred {
@@ -186,7 +189,7 @@ impl Site {
             assert!(self.store.delivery_retry(&d, "connection refused", DAY / 2).await.unwrap());
         }
         while let Some(m) = self.store.claim_message("ris", lease).await.unwrap() {
-            assert!(self.store.message_done(&m).await.unwrap());
+            assert!(self.store.message_done(&m, "127.0.0.1:2575").await.unwrap());
         }
     }
 

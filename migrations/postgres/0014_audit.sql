@@ -1,0 +1,14 @@
+-- Audit records (IHE ATNA, DICOM PS3.15 A.5) waiting for an audit repository: one row per record
+-- and repository, written in the transaction of what it records where that writes, deleted once
+-- the repository has it. A node sends only its own rows (its configuration names the repositories).
+CREATE TABLE audit_records (
+    id          BIGSERIAL PRIMARY KEY,
+    node        TEXT NOT NULL,
+    repository  TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    event       TEXT NOT NULL,
+    message     TEXT NOT NULL
+);
+CREATE INDEX audit_records_waiting ON audit_records (node, repository, id);
+-- a queue: vacuumed after a fixed number of changes (see 0013)
+ALTER TABLE audit_records SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000);
