@@ -1,5 +1,5 @@
-//! TLS for every link the node has: the DICOM listener (PS3.15 BCP 195) and the DICOM
-//! destinations, HL7 over MLLP and HTTPS to FHIR servers, webhooks and the object store. TLS 1.2
+//! TLS for every link the node has: the DICOM listener (PS3.15 BCP 195), the HTTP listener,
+//! the DICOM destinations, HL7 over MLLP and HTTPS to FHIR servers, webhooks and the object store. TLS 1.2
 //! and 1.3 with rustls (ring); certificates and keys from PEM files, read as every file the
 //! configuration names is (a regular file, within a bound).
 //!
@@ -46,6 +46,29 @@ pub fn listener_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcce
     server_config(&config.resolve(&tls.cert_file), &config.resolve(&tls.key_file), client_ca.as_deref())
         .map(|server| Some(tokio_rustls::TlsAcceptor::from(server)))
         .map_err(|source| ListenerTlsError { config: config.source.clone(), source })
+}
+
+/// `[http.tls]` files that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{config}: http.tls: {source}")]
+pub struct HttpTlsError {
+    /// The configuration file.
+    pub config: String,
+    #[source]
+    pub source: TlsSetupError,
+}
+
+/// The HTTP listener's acceptor when `[http.tls]` is set (HTTP/1.1 offered by ALPN).
+pub fn http_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, HttpTlsError> {
+    let Some(tls) = &config.http.tls else { return Ok(None) };
+    let client_ca = tls.client_ca_file.as_ref().map(|f| config.resolve(f));
+    server_config(&config.resolve(&tls.cert_file), &config.resolve(&tls.key_file), client_ca.as_deref())
+        .map(|server| {
+            let mut server = Arc::unwrap_or_clone(server);
+            server.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+        })
+        .map_err(|source| HttpTlsError { config: config.source.clone(), source })
 }
 
 /// A PEM file's bytes, read as every file the configuration names is ([`read_named_file`]).

@@ -69,16 +69,14 @@ struct Repository {
 impl Senders {
     /// Starts a sender per configured repository, their TLS files read now (so a bad file stops
     /// the start with its key named).
-    pub fn start(config: &Config, store: &Store) -> Result<Senders, (String, TlsSetupError)> {
+    pub fn start(config: &Config, store: &Store) -> Result<Senders, String> {
         let stop = Shutdown::new();
-        let mut repositories = Vec::new();
-        for (i, r) in config.audit.repositories.iter().enumerate() {
-            crate::metrics::audit_repository(&r.name);
-            repositories.push(Repository::of(config, r).map_err(|e| (format!("audit.repositories[{i}].tls"), e))?);
-        }
-        let tasks = repositories
+        let tasks = repositories(config)?
             .into_iter()
-            .map(|repository| tokio::spawn(run(store.clone(), repository, stop.clone())))
+            .map(|repository| {
+                crate::metrics::audit_repository(&repository.name);
+                tokio::spawn(run(store.clone(), repository, stop.clone()))
+            })
             .collect();
         Ok(Senders { stop, tasks })
     }
@@ -91,6 +89,21 @@ impl Senders {
             warn!("audit records still waiting at stop are sent at the next start");
         }
     }
+}
+
+/// The configured repositories, their TLS files read; or the first that cannot be used, with
+/// its key and the file.
+fn repositories(config: &Config) -> Result<Vec<Repository>, String> {
+    let each = config.audit.repositories.iter().enumerate();
+    each.map(|(i, r)| {
+        Repository::of(config, r).map_err(|e| format!("{}: audit.repositories[{i}].tls: {e}", config.source))
+    })
+    .collect()
+}
+
+/// What `check-config` and `serve` check before anything starts: every repository usable.
+pub fn check(config: &Config) -> Result<(), String> {
+    repositories(config).map(drop)
 }
 
 impl Repository {

@@ -299,7 +299,13 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 async fn connect(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url(), config.database.max_connections, &config.node_name())
         .await
-        .with_context(|| format!("database.url in {}", config.source))?
+        .with_context(|| match &config.database.tls {
+            None => format!("database.url in {}", config.source),
+            Some(_) => format!(
+                "database.url and database.tls in {} (the server's certificate must be signed by database.tls.ca_file and name the URL's host)",
+                config.source
+            ),
+        })?
         .with_auditor(pneumotriage::audit::Auditor::of(config));
     store.migrate().await?;
     Ok(store)

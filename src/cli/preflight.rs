@@ -26,6 +26,8 @@ pub struct Checked {
     pub models: Option<(Models, Duration)>,
     /// The TLS listener's acceptor, when `[dicom.tls]` is set.
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// The HTTPS acceptor, when `[http.tls]` is set.
+    pub http_acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub bucket: Option<Arc<Bucket>>,
 }
 
@@ -52,6 +54,10 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
             .map(|e| e.to_string()),
     );
     let tls_acceptor = pneumotriage::tls::listener_acceptor(config).map_err(|e| problems.push(e.to_string()));
+    let http_acceptor = pneumotriage::tls::http_acceptor(config).map_err(|e| problems.push(e.to_string()));
+    if let Err(e) = pneumotriage::audit::sender::check(config) {
+        problems.push(e);
+    }
     let bucket = Bucket::open(config).map_err(|e| problems.push(e));
     sqlx::any::install_default_drivers();
     if let Err(e) = sqlx::any::AnyConnectOptions::from_str(&config.database_url()) {
@@ -61,8 +67,10 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
     if let Err(e) = check_data_dir(&config.data_dir()) {
         problems.push(format!("{source}: node.data_dir: {e}"));
     }
-    match (tls_acceptor, bucket) {
-        (Ok(tls_acceptor), Ok(bucket)) if problems.is_empty() => Ok(Checked { models, tls_acceptor, bucket }),
+    match (tls_acceptor, http_acceptor, bucket) {
+        (Ok(tls_acceptor), Ok(http_acceptor), Ok(bucket)) if problems.is_empty() => {
+            Ok(Checked { models, tls_acceptor, http_acceptor, bucket })
+        }
         _ => Err(problems),
     }
 }

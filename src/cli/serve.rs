@@ -43,7 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let Checked { models, tls_acceptor, bucket } = checked;
+    let Checked { models, tls_acceptor, http_acceptor, bucket } = checked;
     let analysers = match models {
         Some(first) => match tokio::task::block_in_place(|| open_analysers(&config, first)) {
             Ok(a) => Some(a),
@@ -96,13 +96,14 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     readiness.models.store(true, Ordering::Relaxed); // loaded above, or analysis is off
     let http = if config.http.enabled {
         let listener = bind(config.http.bind, "http.bind", &config).await?;
-        info!(bind = %listener.local_addr()?, "HTTP ready: /healthz /readyz /metrics /api/studies, worklist at /");
+        let scheme = if http_acceptor.is_some() { "HTTPS" } else { "HTTP" };
+        info!(bind = %listener.local_addr()?, "{scheme} ready: /healthz /readyz /metrics /api/studies, worklist at /");
         let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone());
         let limits = ConnectionLimits::new(http_connections(&config), config.http.max_connections_per_client);
         let (http_config, shutdown) = (config.http.clone(), shutdown.clone());
-        Some(tokio::spawn(
-            async move { pneumotriage::http::serve(listener, state, &http_config, limits, shutdown).await },
-        ))
+        Some(tokio::spawn(async move {
+            pneumotriage::http::serve(listener, http_acceptor, state, &http_config, limits, shutdown).await
+        }))
     } else {
         None
     };
@@ -273,7 +274,7 @@ async fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Se
         warn!("no audit repository ([[audit.repositories]]): access to patient data leaves no audit record");
         return Ok(None);
     }
-    let senders = Senders::start(config, store).map_err(|(key, e)| anyhow::anyhow!("{}: {key}: {e}", config.source))?;
+    let senders = Senders::start(config, store).map_err(anyhow::Error::msg)?;
     store.audit(&AuditEvent::Started).await.context("recording the start in the audit trail")?;
     if let Some(detail) = configuration_change(config) {
         info!("{detail}");

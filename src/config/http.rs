@@ -2,6 +2,7 @@
 //! connection caps and timeouts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,19 @@ pub struct HttpConfig {
     pub header_timeout_secs: u64,
     /// A request must be answered, its body read included, within this long (else 503).
     pub request_timeout_secs: u64,
+    /// HTTPS on the listener (`[http.tls]`); plain HTTP when unset.
+    pub tls: Option<HttpTls>,
+}
+
+/// `[http.tls]`: the listener speaks HTTPS only, with the same certificate rules as DICOM TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// The node's certificate chain and private key (PEM).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, every client must present a certificate signed by one of these authorities.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +60,7 @@ impl Default for HttpConfig {
             max_connections_per_client: 64,
             header_timeout_secs: 10,
             request_timeout_secs: 60,
+            tls: None,
         }
     }
 }
@@ -69,7 +84,19 @@ impl HttpConfig {
         ]
     }
 
-    pub(super) fn check(&self, report: &mut Report) {
+    pub(super) fn check(&self, config: &super::Config, report: &mut Report) {
+        if let Some(tls) = &self.tls {
+            for (key, file) in [
+                ("http.tls.cert_file", Some(&tls.cert_file)),
+                ("http.tls.key_file", Some(&tls.key_file)),
+                ("http.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                let Some(file) = file else { continue };
+                if let Err(e) = super::read_named_file(&config.resolve(file), super::TEXT_FILE_LIMIT) {
+                    report(key, format!("{}: {e}", config.resolve(file).display()));
+                }
+            }
+        }
         if self.max_connections_per_client > self.max_connections {
             report("http.max_connections_per_client", "is more than http.max_connections".into());
         }

@@ -29,9 +29,9 @@ pub use audit::{AuditConfig, AuditRepository, AuditTransport};
 pub use destinations::{Destination, DestinationTls, FhirSettings, Hl7Settings, WebhookSettings};
 pub use dicom::{AllowedCaller, DicomConfig, ListenerTls};
 pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LIMIT};
-pub use http::{HttpConfig, NamedToken};
+pub use http::{HttpConfig, HttpTls, NamedToken};
 pub use inference::{InferenceConfig, InputChecks, OutputsConfig, PriorityConfig, ShadowConfig, SrPolicy};
-pub use node::{DatabaseConfig, NodeConfig, ObjectStoreConfig};
+pub use node::{DatabaseConfig, DatabaseTls, NodeConfig, ObjectStoreConfig};
 pub use retention::RetentionConfig;
 pub use selection::SelectionConfig;
 
@@ -225,8 +225,8 @@ impl Config {
         }
         self.dicom.check(self, &mut report);
         self.node.check(&mut report);
-        self.database.check(&mut report);
-        self.http.check(&mut report);
+        self.database.check(self, &mut report);
+        self.http.check(self, &mut report);
         self.inference.check(self, &mut report);
         self.priority.check(&mut report);
         self.outputs.check(&mut report);
@@ -293,7 +293,22 @@ impl Config {
                         None => format!("sqlite://{}", path.display()),
                     }
                 }
-                None => url.clone(),
+                None => match &self.database.tls {
+                    None => url.clone(),
+                    Some(tls) => {
+                        // libpq's parameters, which sqlx reads: verify-full checks the chain and the host
+                        let path = |p: &PathBuf| url_encode(&self.resolve(p).display().to_string());
+                        let mut url = format!(
+                            "{url}{}sslmode=verify-full&sslrootcert={}",
+                            if url.contains('?') { "&" } else { "?" },
+                            path(&tls.ca_file)
+                        );
+                        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                            url.push_str(&format!("&sslcert={}&sslkey={}", path(cert), path(key)));
+                        }
+                        url
+                    }
+                },
             },
         }
     }
@@ -335,6 +350,17 @@ impl Config {
             if self.http.enabled { format!("on {}", self.http.bind) } else { "off".into() }
         )
     }
+}
+
+/// A URL query value: everything but unreserved characters and `/` percent-encoded.
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Hides a password in a database URL before it is printed.
@@ -548,6 +574,11 @@ mod tests {
         [[http.tokens]]
         name = "n"
         token = "t"
+        [http.tls]
+        cert_file = "c"
+        key_file = "k"
+        [database.tls]
+        ca_file = "ca"
         [object_store]
         url = "s3://b"
         [[selection.rules]]

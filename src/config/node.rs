@@ -46,11 +46,24 @@ pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://...`; SQLite under `node.data_dir` when unset.
     pub url: Option<String>,
     pub max_connections: u32,
+    /// PostgreSQL over TLS, the server verified (`[database.tls]`).
+    pub tls: Option<DatabaseTls>,
+}
+
+/// `[database.tls]`: TLS to PostgreSQL with libpq's `verify-full`: the server's certificate
+/// must be signed by `ca_file` and name the URL's host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseTls {
+    pub ca_file: PathBuf,
+    /// Our certificate and key (PEM), for a server that asks for one (`hostssl ... cert`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: None, max_connections: 8 }
+        DatabaseConfig { url: None, max_connections: 8, tls: None }
     }
 }
 
@@ -158,10 +171,30 @@ impl DatabaseConfig {
         vec![Number::new("database.max_connections", self.max_connections as u64, 1..=1000, "")]
     }
 
-    pub(super) fn check(&self, report: &mut Report) {
+    pub(super) fn check(&self, config: &Config, report: &mut Report) {
         if let Some(url) = &self.url {
             if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 report("database.url", format!("`{url}` is neither sqlite://PATH nor postgres://..."));
+            }
+        }
+        let Some(tls) = &self.tls else { return };
+        if !self.url.as_deref().is_some_and(|u| u.starts_with("postgres")) {
+            report("database.tls", "is for a PostgreSQL database.url".into());
+        }
+        if self.url.as_deref().is_some_and(|u| u.contains("sslmode=") || u.contains("sslrootcert=")) {
+            report("database.tls", "and sslmode or sslrootcert in database.url: say it once, here".into());
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            report("database.tls", "cert_file and key_file go together".into());
+        }
+        for (key, file) in [
+            ("database.tls.ca_file", Some(&tls.ca_file)),
+            ("database.tls.cert_file", tls.cert_file.as_ref()),
+            ("database.tls.key_file", tls.key_file.as_ref()),
+        ] {
+            let Some(file) = file else { continue };
+            if let Err(e) = super::read_named_file(&config.resolve(file), super::TEXT_FILE_LIMIT) {
+                report(key, format!("{}: {e}", config.resolve(file).display()));
             }
         }
     }

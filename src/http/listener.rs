@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::config::HttpConfig;
@@ -96,6 +96,7 @@ impl Drop for Slot {
 /// finish (each connection closes after its current answer) and returns.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     config: &HttpConfig,
     limits: Arc<ConnectionLimits>,
@@ -133,21 +134,37 @@ pub async fn serve(
                 continue;
             }
         };
-        connections.spawn(serve_connection(stream, peer, http.clone(), service.clone(), slot, shutdown.clone()));
+        let (http, service, shutdown) = (http.clone(), service.clone(), shutdown.clone());
+        let Some(tls) = tls.clone() else {
+            let _ = stream.set_nodelay(true);
+            connections.spawn(serve_connection(stream, peer, http, service, slot, shutdown));
+            continue;
+        };
+        // the handshake within the header timeout: a client that never finishes it is closed
+        let handshake = Duration::from_secs(config.header_timeout_secs);
+        connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, peer, http, service, slot, shutdown).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "HTTPS handshake failed; connection closed"),
+                Err(_) => debug!(%peer, "no HTTPS handshake within http.header_timeout_secs; connection closed"),
+            }
+        });
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     http: hyper::server::conn::http1::Builder,
     service: Router,
     _slot: Slot,
     shutdown: Shutdown,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // who is at the other end, for the audit records of what the requests read
     let service = TowerToHyperService::new(tower::ServiceExt::map_request(
         service,

@@ -185,14 +185,28 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in progress.
+/// With `tls`, HTTPS only (and HSTS on every answer).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
     config: &crate::config::HttpConfig,
     limits: Arc<listener::ConnectionLimits>,
     shutdown: Shutdown,
 ) {
-    listener::serve(listener, router(state), config, limits, shutdown).await
+    let mut router = router(state);
+    if tls.is_some() {
+        router = router.layer(middleware::map_response(strict_transport_security));
+    }
+    listener::serve(listener, tls, router, config, limits, shutdown).await
+}
+
+/// HSTS: a browser that reached the node over HTTPS never falls back to plain HTTP for it.
+async fn strict_transport_security(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
+    response
 }
 
 async fn within_request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod edges;
+mod encryption;
 mod fhir;
 mod hl7;
 mod hostile;
