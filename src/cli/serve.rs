@@ -98,7 +98,12 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let listener = bind(config.http.bind, "http.bind", &config).await?;
         let scheme = if http_acceptor.is_some() { "HTTPS" } else { "HTTP" };
         info!(bind = %listener.local_addr()?, "{scheme} ready: /healthz /readyz /metrics /api/studies, worklist at /");
-        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone());
+        let oidc = tokio::task::block_in_place(|| pneumotriage::http::oidc::Verifier::discover(&config))
+            .with_context(|| format!("the OpenID provider of {} cannot be used", config.source))?;
+        if let Some(oidc) = &config.http.oidc {
+            info!(issuer = %oidc.issuer, audience = %oidc.audience, "the API accepts the provider's access tokens");
+        }
+        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone()).with_oidc(oidc);
         let limits = ConnectionLimits::new(http_connections(&config), config.http.max_connections_per_client);
         let (http_config, shutdown) = (config.http.clone(), shutdown.clone());
         Some(tokio::spawn(async move {

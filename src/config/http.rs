@@ -35,6 +35,63 @@ pub struct HttpConfig {
     pub request_timeout_secs: u64,
     /// HTTPS on the listener (`[http.tls]`); plain HTTP when unset.
     pub tls: Option<HttpTls>,
+    /// The hospital's OpenID provider (`[http.oidc]`): the API accepts its access tokens.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[http.oidc]`: an OpenID Connect provider (Keycloak, AD FS, Entra ID) whose access tokens
+/// (JWT) open the API, each with the role its claims give.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer, exactly as the provider names itself (its discovery document is read from
+    /// `<issuer>/.well-known/openid-configuration` at start).
+    pub issuer: String,
+    /// The audience the node's tokens carry (`aud`): its client id at the provider.
+    pub audience: String,
+    /// The claim that holds the user's roles (a list or one string).
+    #[serde(default = "roles_claim")]
+    pub roles_claim: String,
+    /// The claim that names the user in verdicts and audit records (`sub` when absent).
+    #[serde(default = "user_claim")]
+    pub user_claim: String,
+    /// The claim values that make a viewer (reads), a radiologist (also verdicts) and an admin.
+    #[serde(default = "viewer_roles")]
+    pub viewer_roles: Vec<String>,
+    #[serde(default = "radiologist_roles")]
+    pub radiologist_roles: Vec<String>,
+    #[serde(default = "admin_roles")]
+    pub admin_roles: Vec<String>,
+    /// How far the provider's clock and ours may differ when expiry is checked.
+    #[serde(default = "clock_skew")]
+    pub clock_skew_secs: u64,
+    /// The authorities (PEM) of an https issuer's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn roles_claim() -> String {
+    "roles".into()
+}
+
+fn user_claim() -> String {
+    "preferred_username".into()
+}
+
+fn viewer_roles() -> Vec<String> {
+    vec!["viewer".into()]
+}
+
+fn radiologist_roles() -> Vec<String> {
+    vec!["radiologist".into()]
+}
+
+fn admin_roles() -> Vec<String> {
+    vec!["admin".into()]
+}
+
+fn clock_skew() -> u64 {
+    60
 }
 
 /// `[http.tls]`: the listener speaks HTTPS only, with the same certificate rules as DICOM TLS.
@@ -61,6 +118,7 @@ impl Default for HttpConfig {
             header_timeout_secs: 10,
             request_timeout_secs: 60,
             tls: None,
+            oidc: None,
         }
     }
 }
@@ -81,6 +139,12 @@ impl HttpConfig {
             Number::new("http.max_connections_per_client", self.max_connections_per_client as u64, 1..=65_536, ""),
             Number::new("http.header_timeout_secs", self.header_timeout_secs, 1..=600, "seconds"),
             Number::new("http.request_timeout_secs", self.request_timeout_secs, 1..=3600, "seconds"),
+            Number::new(
+                "http.oidc.clock_skew_secs",
+                self.oidc.as_ref().map_or(60, |o| o.clock_skew_secs),
+                0..=600,
+                "seconds",
+            ),
         ]
     }
 
@@ -95,6 +159,33 @@ impl HttpConfig {
                 if let Err(e) = super::read_named_file(&config.resolve(file), super::TEXT_FILE_LIMIT) {
                     report(key, format!("{}: {e}", config.resolve(file).display()));
                 }
+            }
+        }
+        if let Some(oidc) = &self.oidc {
+            let https = oidc.issuer.starts_with("https://");
+            if !https && !oidc.issuer.starts_with("http://") {
+                report("http.oidc.issuer", format!("`{}` is neither https:// nor http://", oidc.issuer));
+            }
+            if oidc.ca_file.is_some() && !https {
+                report("http.oidc.ca_file", "is for an https:// issuer".into());
+            }
+            if https && oidc.ca_file.is_none() {
+                report(
+                    "http.oidc.ca_file",
+                    "is required for an https:// issuer: the authority of its certificate".into(),
+                );
+            }
+            if let Some(Err(e)) =
+                oidc.ca_file.as_ref().map(|f| super::read_named_file(&config.resolve(f), super::TEXT_FILE_LIMIT))
+            {
+                report("http.oidc.ca_file", e.to_string());
+            }
+            if oidc.audience.is_empty() {
+                report("http.oidc.audience", "must not be empty: tokens for other clients are refused by it".into());
+            }
+            let roles = [&oidc.viewer_roles, &oidc.radiologist_roles, &oidc.admin_roles];
+            if roles.iter().all(|r| r.is_empty()) {
+                report("http.oidc.viewer_roles", "no role is mapped: every token would be refused".into());
             }
         }
         if self.max_connections_per_client > self.max_connections {

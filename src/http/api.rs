@@ -210,6 +210,12 @@ pub async fn verdict(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    if caller.role < super::oidc::Role::Radiologist {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("the {} role reads the worklist; a verdict needs the radiologist role", caller.role.as_str()),
+        ));
+    }
     let Some(reviewer) = caller.name else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

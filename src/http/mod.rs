@@ -7,6 +7,7 @@
 
 mod api;
 pub mod listener;
+pub mod oidc;
 pub mod worklist;
 
 pub use api::status_json;
@@ -28,6 +29,7 @@ use crate::config::{Config, PriorityConfig};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
 use crate::store::{JobScope, Store};
+use oidc::Role;
 
 /// What `/readyz` reports besides the database and the spool, set as the node comes up and
 /// goes down.
@@ -58,17 +60,28 @@ pub struct AppState {
     /// gets 503 and its connection's place back.
     request_timeout: Duration,
     auth_audits: Arc<AuthAudits>,
+    /// The OpenID provider whose access tokens open the API too.
+    oidc: Option<Arc<oidc::Verifier>>,
 }
 
 /// Who a request came from: the name of its token, if it has one, and its address (a request
 /// extension).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Option<String>,
     /// Where the request came from (the proxy's address behind one).
     pub address: Option<String>,
     /// Whether a token was checked at all (none is configured: no).
     pub authenticated: bool,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl Default for Caller {
+    /// A caller of a node that asks for no token: it may do everything.
+    fn default() -> Caller {
+        Caller { name: None, address: None, authenticated: false, role: Role::Admin }
+    }
 }
 
 impl Caller {
@@ -132,14 +145,30 @@ impl AppState {
                 .http
                 .token
                 .iter()
+                // the unnamed token is a machine's (monitoring, scripts); a named one a person's
                 .map(|t| (t.clone(), Caller { authenticated: true, ..Caller::default() }))
                 .chain(config.http.tokens.iter().map(|t| {
-                    (t.token.clone(), Caller { name: Some(t.name.clone()), authenticated: true, address: None })
+                    let name = Some(t.name.clone());
+                    (t.token.clone(), Caller { name, authenticated: true, address: None, role: Role::Radiologist })
                 }))
                 .collect(),
+            oidc: None,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             auth_audits: Arc::default(),
         }
+    }
+}
+
+impl AppState {
+    /// The state, accepting the provider's access tokens too.
+    pub fn with_oidc(mut self, oidc: Option<Arc<oidc::Verifier>>) -> AppState {
+        self.oidc = oidc;
+        self
+    }
+
+    /// Whether any request must bring a token.
+    fn requires_token(&self) -> bool {
+        !self.tokens.is_empty() || self.oidc.is_some()
     }
 }
 
@@ -225,7 +254,7 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip().to_canonical().to_string());
-    if state.tokens.is_empty() {
+    if !state.requires_token() {
         request.extensions_mut().insert(Caller { address, ..Caller::default() });
         return next.run(request).await;
     }
@@ -234,18 +263,26 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // every token is compared, so that timing tells nothing of which one nearly matched: a fold,
-    // not find() or last(), which stop at the match
-    let caller = given.and_then(|given| {
-        state
+    let caller = match (given, &state.oidc) {
+        (Some(jwt), Some(verifier)) if oidc::Verifier::is_jwt(jwt) => match verifier.verify(jwt).await {
+            Ok(identity) => {
+                Ok(Caller { name: Some(identity.user), address: None, authenticated: true, role: identity.role })
+            }
+            Err(why) => Err(why),
+        },
+        // every token is compared, so that timing tells nothing of which one nearly matched: a
+        // fold, not find() or last(), which stop at the match
+        (Some(given), _) => state
             .tokens
             .iter()
             .filter(|(token, _)| constant_time_eq(given.as_bytes(), token.as_bytes()))
             .fold(None, |found, (_, caller)| found.or(Some(caller.clone())))
-    });
+            .ok_or_else(|| "a bearer token that is not configured".to_string()),
+        (None, _) => Err("no bearer token".to_string()),
+    };
     let seen_from = address.clone().unwrap_or_default();
     match caller {
-        Some(caller) => {
+        Ok(caller) => {
             let caller = Caller { address, ..caller };
             if state.auth_audits.due(caller.user_id(), &seen_from, false) {
                 let event = AuditEvent::Authentication { user: caller.audit_user(), refused: None };
@@ -256,18 +293,19 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        None => {
-            let why = if given.is_some() { "a bearer token that is not configured" } else { "no bearer token" };
+        Err(why) => {
             if state.auth_audits.due("", &seen_from, true) {
                 let user = crate::audit::User { id: "unknown", address: address.as_deref() };
-                let event = AuditEvent::Authentication { user, refused: Some(why) };
+                let event = AuditEvent::Authentication { user, refused: Some(&why) };
                 if let Err(e) = state.store.audit(&event).await {
                     tracing::warn!(error = %e, "could not record a refused request in the audit trail");
                 }
             }
-            let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (http.token or [[http.tokens]])")
-                    .into_response();
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("{why}: a bearer token is required (http.token, [[http.tokens]] or the provider's, http.oidc)"),
+            )
+            .into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             response
         }

@@ -194,7 +194,7 @@ impl HttpTarget {
 
 /// ureq's TLS settings from the files, checked first by the DICOM destinations' own loader so
 /// that a bad file is named at start-up, not at the first send.
-fn tls_config(tls: &HttpTls) -> Result<TlsConfig, HttpSetupError> {
+pub(crate) fn tls_config(tls: &HttpTls) -> Result<TlsConfig, HttpSetupError> {
     let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     tls::client_config(&tls.ca_file, identity)?;
     let roots: Vec<Certificate<'static>> =

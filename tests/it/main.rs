@@ -33,5 +33,6 @@ mod refusals;
 mod results;
 mod review;
 mod selection;
+mod signin;
 mod store;
 mod upgrade;

@@ -1,0 +1,130 @@
+//! Signing in with the hospital's identity provider: a real OpenID provider (npm's
+//! oidc-provider, OpenID Certified, started by the test with its own key) whose access tokens
+//! open the API with the role their claims give; tokens minted by PyJWT with the provider's key
+//! (and with another) for the refusals.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::{self, free_port, http_request, python, storescu, synthetic_positive, text, tool, Backend, Setup};
+
+const AUDIENCE: &str = "pneumotriage";
+
+/// oidc-provider on a port of its own, signing with `keys/provider.jwk.json`; stopped when dropped.
+struct OidcProvider {
+    child: Child,
+    issuer: String,
+    keys: PathBuf,
+}
+
+impl OidcProvider {
+    fn start(dir: &Path) -> OidcProvider {
+        let keys = dir.join("keys");
+        let made = Command::new(python()).arg(tool("jwt_tool.py")).arg("keys").arg(&keys).output().unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let port = free_port();
+        let oidc = tool("oidc");
+        assert!(oidc.join("node_modules/oidc-provider").is_dir(), "scripts/test installs oidc-provider (npm ci)");
+        let mut child = Command::new("node")
+            .arg(oidc.join("provider.mjs"))
+            .arg(port.to_string())
+            .arg(keys.join("provider.jwk.json"))
+            .arg(AUDIENCE)
+            .arg("http://127.0.0.1:1/auth/callback")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("listening on {port}"));
+        OidcProvider { child, issuer: format!("http://127.0.0.1:{port}"), keys }
+    }
+
+    /// An access token: `key` (`provider.pem` or `rogue.pem`), its claims, valid for
+    /// `expires_in` seconds from now (negative: expired that long ago).
+    fn mint(&self, key: &str, issuer: &str, audience: &str, user: &str, roles: &str, expires_in: i64) -> String {
+        let out = Command::new(python())
+            .arg(tool("jwt_tool.py"))
+            .arg("mint")
+            .arg(self.keys.join(key))
+            .args(["provider-key", issuer, audience, user, roles, &expires_in.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// A token as the provider would issue it for `user` with `roles`, valid for five minutes.
+    fn token(&self, user: &str, roles: &str) -> String {
+        self.mint("provider.pem", &self.issuer, AUDIENCE, user, roles, 300)
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(setup: &Setup, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let (status, _, body) = http_request(setup.http_port, method, path, &headers, body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The API takes the provider's tokens: a radiologist records a verdict under the name the
+/// provider gives; a viewer reads and may not; a token from another issuer, for another
+/// audience, expired, with a bad signature or without a role is refused, each saying why.
+#[test]
+fn the_api_accepts_the_providers_tokens_with_their_roles_and_refuses_the_rest() {
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    let provider = OidcProvider::start(setup.dir.path());
+    setup.http = format!("[http.oidc]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n", provider.issuer);
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let node = setup.start();
+    node.wait_for_log("the API accepts the provider's access tokens");
+    let image = synthetic_positive(&setup.dir.path().join("images"));
+    let sent = storescu(setup.port, &[], &[&image]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    setup.wait_count("SELECT COUNT(*) FROM results", 1);
+    let result = setup.count("SELECT id FROM results");
+    let verdict = format!("/api/results/{result}/verdict");
+
+    let house = provider.token("dr.house", "radiologist");
+    assert_eq!(request(&setup, "GET", "/api/studies", &house, "").0, 200);
+    let (status, body) = request(&setup, "POST", &verdict, &house, r#"{"verdict": "agree"}"#);
+    assert_eq!(status, 201, "{body}");
+    let recorded: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(recorded["reviewer"], "dr.house", "the verdict names the provider's user: {body}");
+
+    let joy = provider.token("nurse.joy", "viewer");
+    assert_eq!(request(&setup, "GET", "/api/studies", &joy, "").0, 200, "a viewer reads");
+    let (status, body) = request(&setup, "POST", &verdict, &joy, r#"{"verdict": "disagree"}"#);
+    assert_eq!(status, 403, "a viewer records no verdict: {body}");
+    assert!(body.contains("radiologist role"), "{body}");
+
+    let refused = [
+        (
+            provider.mint("provider.pem", "http://127.0.0.1:1/other", AUDIENCE, "dr.house", "radiologist", 300),
+            "another issuer",
+        ),
+        (
+            provider.mint("provider.pem", &provider.issuer, "another-client", "dr.house", "radiologist", 300),
+            "another audience",
+        ),
+        (provider.mint("provider.pem", &provider.issuer, AUDIENCE, "dr.house", "radiologist", -600), "expired"),
+        (provider.mint("rogue.pem", &provider.issuer, AUDIENCE, "dr.house", "radiologist", 300), "does not verify"),
+        (provider.token("mallory", ""), "no role"),
+    ];
+    for (token, why) in refused {
+        let (status, body) = request(&setup, "GET", "/api/studies", &token, "");
+        assert_eq!(status, 401, "{why}: {body}");
+        assert!(body.contains(why), "{why}: {body}");
+    }
+    let verdicts = setup.count("SELECT COUNT(*) FROM verdicts");
+    assert_eq!(verdicts, 1, "only dr.house's verdict");
+}
