@@ -68,6 +68,32 @@ pub struct OidcConfig {
     /// The authorities (PEM) of an https issuer's certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The node's client id at the provider: set, the page signs people in (authorization code
+    /// with PKCE) and keeps them signed in with a session cookie.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default, serialize_with = "super::node::redacted")]
+    pub client_secret: Option<String>,
+    /// Where the provider sends people back: `<http.public_url>auth/callback` by default.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// How long a sign-in lasts.
+    #[serde(default = "session_minutes")]
+    pub session_minutes: u64,
+}
+
+fn session_minutes() -> u64 {
+    480
+}
+
+impl OidcConfig {
+    /// Where the provider sends people back after signing in, if the page signs people in.
+    pub fn redirect_url(&self, public_url: Option<&str>) -> Option<String> {
+        self.client_id.as_ref()?;
+        self.redirect_url
+            .clone()
+            .or_else(|| public_url.map(|base| format!("{}/auth/callback", base.trim_end_matches('/'))))
+    }
 }
 
 fn roles_claim() -> String {
@@ -140,6 +166,12 @@ impl HttpConfig {
             Number::new("http.header_timeout_secs", self.header_timeout_secs, 1..=600, "seconds"),
             Number::new("http.request_timeout_secs", self.request_timeout_secs, 1..=3600, "seconds"),
             Number::new(
+                "http.oidc.session_minutes",
+                self.oidc.as_ref().map_or(480, |o| o.session_minutes),
+                1..=10_080,
+                "minutes",
+            ),
+            Number::new(
                 "http.oidc.clock_skew_secs",
                 self.oidc.as_ref().map_or(60, |o| o.clock_skew_secs),
                 0..=600,
@@ -182,6 +214,15 @@ impl HttpConfig {
             }
             if oidc.audience.is_empty() {
                 report("http.oidc.audience", "must not be empty: tokens for other clients are refused by it".into());
+            }
+            if oidc.client_id.is_some() && oidc.redirect_url(self.public_url.as_deref()).is_none() {
+                report(
+                    "http.oidc.redirect_url",
+                    "is required for the sign-in (client_id) when http.public_url is unset".into(),
+                );
+            }
+            if oidc.client_id.is_none() && (oidc.client_secret.is_some() || oidc.redirect_url.is_some()) {
+                report("http.oidc.client_id", "is required with client_secret and redirect_url".into());
             }
             let roles = [&oidc.viewer_roles, &oidc.radiologist_roles, &oidc.admin_roles];
             if roles.iter().all(|r| r.is_empty()) {

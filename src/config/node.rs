@@ -147,7 +147,7 @@ impl ObjectStoreConfig {
 }
 
 /// A secret as it may be shown: that it is set, never what it is.
-fn redacted<S: serde::Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn redacted<S: serde::Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     secret.as_ref().map(|_| "***").serialize(serializer)
 }
 

@@ -146,7 +146,8 @@ pub async fn studies(
         .collect();
     order(&mut list);
     list.truncate(query.limit.unwrap_or(200));
-    Ok(Json(json!({ "generated_at": now, "studies": list })).into_response())
+    let you = json!({ "name": caller.name, "role": caller.role.as_str(), "signed_in": caller.signed_in });
+    Ok(Json(json!({ "generated_at": now, "studies": list, "you": you })).into_response())
 }
 
 pub async fn study(

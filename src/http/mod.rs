@@ -8,6 +8,7 @@
 mod api;
 pub mod listener;
 pub mod oidc;
+mod signin;
 pub mod worklist;
 
 pub use api::status_json;
@@ -62,6 +63,8 @@ pub struct AppState {
     auth_audits: Arc<AuthAudits>,
     /// The OpenID provider whose access tokens open the API too.
     oidc: Option<Arc<oidc::Verifier>>,
+    /// Sign-ins under way and signed-in people (the page's session cookies).
+    sessions: Arc<signin::Sessions>,
 }
 
 /// Who a request came from: the name of its token, if it has one, and its address (a request
@@ -75,12 +78,14 @@ pub struct Caller {
     pub authenticated: bool,
     /// What it may do.
     pub role: Role,
+    /// Whether it came signed in on the page (a session cookie), so may sign out.
+    pub signed_in: bool,
 }
 
 impl Default for Caller {
     /// A caller of a node that asks for no token: it may do everything.
     fn default() -> Caller {
-        Caller { name: None, address: None, authenticated: false, role: Role::Admin }
+        Caller { name: None, address: None, authenticated: false, role: Role::Admin, signed_in: false }
     }
 }
 
@@ -149,10 +154,12 @@ impl AppState {
                 .map(|t| (t.clone(), Caller { authenticated: true, ..Caller::default() }))
                 .chain(config.http.tokens.iter().map(|t| {
                     let name = Some(t.name.clone());
-                    (t.token.clone(), Caller { name, authenticated: true, address: None, role: Role::Radiologist })
+                    let caller = Caller { name, role: Role::Radiologist, authenticated: true, ..Caller::default() };
+                    (t.token.clone(), caller)
                 }))
                 .collect(),
             oidc: None,
+            sessions: Arc::default(),
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             auth_audits: Arc::default(),
         }
@@ -207,6 +214,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({ "status": "alive" })) }))
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Html(worklist::PAGE) }))
+        .route("/auth/login", get(signin::login))
+        .route("/auth/callback", get(signin::callback))
+        .route("/auth/logout", post(signin::logout))
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), within_request_timeout))
@@ -258,6 +268,14 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         request.extensions_mut().insert(Caller { address, ..Caller::default() });
         return next.run(request).await;
     }
+    // a person signed in on the page
+    if let Some(session) = state.sessions.of(request.headers()) {
+        let identity = session.identity;
+        let (name, role) = (Some(identity.user), identity.role);
+        let caller = Caller { name, address, authenticated: true, role, signed_in: true };
+        request.extensions_mut().insert(caller);
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -266,7 +284,7 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
     let caller = match (given, &state.oidc) {
         (Some(jwt), Some(verifier)) if oidc::Verifier::is_jwt(jwt) => match verifier.verify(jwt).await {
             Ok(identity) => {
-                Ok(Caller { name: Some(identity.user), address: None, authenticated: true, role: identity.role })
+                Ok(Caller { name: Some(identity.user), authenticated: true, role: identity.role, ..Caller::default() })
             }
             Err(why) => Err(why),
         },
@@ -301,11 +319,12 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
                     tracing::warn!(error = %e, "could not record a refused request in the audit trail");
                 }
             }
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                format!("{why}: a bearer token is required (http.token, [[http.tokens]] or the provider's, http.oidc)"),
-            )
-            .into_response();
+            let error =
+                format!("{why}: a bearer token is required (http.token, [[http.tokens]] or the provider's, http.oidc)");
+            // the page offers the provider's sign-in where there is one
+            let sign_in = state.oidc.as_ref().is_some_and(|o| o.redirect_url.is_some()).then_some("/auth/login");
+            let mut response =
+                (StatusCode::UNAUTHORIZED, Json(json!({ "error": error, "sign_in": sign_in }))).into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             response
         }

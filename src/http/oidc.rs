@@ -77,6 +77,11 @@ pub struct Verifier {
     jwks_uri: String,
     fetcher: Fetcher,
     keys: RwLock<Keys>,
+    /// Where people sign in and codes are exchanged (from the discovery document).
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    /// Where the provider sends people back, when the page signs people in.
+    pub redirect_url: Option<String>,
 }
 
 /// How often the keys may be read again for a token naming an unknown key.
@@ -105,9 +110,71 @@ impl Verifier {
             return Err(discovery(format!("the provider names itself {named:?}, not {:?}", settings.issuer)));
         }
         let jwks_uri = document["jwks_uri"].as_str().ok_or_else(|| discovery("no jwks_uri".into()))?.to_string();
+        let endpoint = |name: &str| document[name].as_str().unwrap_or_default().to_string();
+        let (authorization_endpoint, token_endpoint) = (endpoint("authorization_endpoint"), endpoint("token_endpoint"));
+        let redirect_url = settings.redirect_url(config.http.public_url.as_deref());
+        if redirect_url.is_some() && (authorization_endpoint.is_empty() || token_endpoint.is_empty()) {
+            return Err(discovery("no authorization_endpoint or token_endpoint, which the sign-in needs".into()));
+        }
         let set = read_keys(&fetcher, &jwks_uri).map_err(discovery)?;
         let keys = RwLock::new(Keys { set, read_at: Instant::now() });
-        Ok(Some(Arc::new(Verifier { settings, jwks_uri, fetcher, keys })))
+        Ok(Some(Arc::new(Verifier {
+            settings,
+            jwks_uri,
+            fetcher,
+            keys,
+            authorization_endpoint,
+            token_endpoint,
+            redirect_url,
+        })))
+    }
+
+    pub fn settings(&self) -> &OidcConfig {
+        &self.settings
+    }
+
+    /// Exchanges an authorization code (and its PKCE verifier) for the tokens, blocking; the ID
+    /// token's identity, checked (its nonce too), or why not.
+    pub fn exchange(&self, code: &str, code_verifier: &str) -> Result<String, String> {
+        use base64::Engine;
+        let (Some(client_id), Some(redirect)) = (&self.settings.client_id, &self.redirect_url) else {
+            return Err("the sign-in is not configured".into());
+        };
+        let mut request = self.fetcher.agent.post(&self.token_endpoint);
+        if let Some(secret) = &self.settings.client_secret {
+            // RFC 6749 2.3.1: the id and secret form-encoded, then Basic
+            let pair = format!("{}:{}", form_encode(client_id), form_encode(secret));
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            request = request.header("Authorization", format!("Basic {basic}"));
+        }
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect.as_str()),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", code_verifier),
+        ];
+        let mut response = request.send_form(form).map_err(|e| format!("the token endpoint: {e}"))?;
+        let text = response.body_mut().with_config().limit(1 << 20).read_to_string().map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!(
+                "the token endpoint answered {}: {}",
+                response.status(),
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+        let tokens: Value = serde_json::from_str(&text).map_err(|e| format!("the token endpoint: not JSON: {e}"))?;
+        tokens["id_token"].as_str().map(str::to_string).ok_or_else(|| "the token endpoint gave no id_token".into())
+    }
+
+    /// The identity of an ID token for this node's client, issued for `nonce`.
+    pub async fn verify_id_token(self: &Arc<Self>, token: &str, nonce: &str) -> Result<Identity, String> {
+        let audience = self.settings.client_id.clone().unwrap_or_default();
+        let claims = self.claims(token, &audience).await?;
+        if claims["nonce"].as_str() != Some(nonce) {
+            return Err("the ID token is for another sign-in (nonce)".into());
+        }
+        self.identity(&claims)
     }
 
     /// Whether `token` looks like a JWT (three base64url parts), rather than a static token.
@@ -117,6 +184,12 @@ impl Verifier {
 
     /// The identity `token` carries, or why it is refused (for the caller and the audit trail).
     pub async fn verify(self: &Arc<Self>, token: &str) -> Result<Identity, String> {
+        let claims = self.claims(token, &self.settings.audience).await?;
+        self.identity(&claims)
+    }
+
+    /// The claims of `token`, checked: signature, issuer, `audience`, expiry, not-before.
+    async fn claims(self: &Arc<Self>, token: &str, audience: &str) -> Result<Value, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
         if !matches!(
             header.alg,
@@ -146,11 +219,14 @@ impl Verifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = self.settings.clock_skew_secs;
-        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| refusal(&e))?.claims;
+        Ok(jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| refusal(&e))?.claims)
+    }
+
+    fn identity(&self, claims: &Value) -> Result<Identity, String> {
         let user = claims[&self.settings.user_claim]
             .as_str()
             .or_else(|| claims["sub"].as_str())
@@ -158,7 +234,8 @@ impl Verifier {
             .ok_or("the token names no user")?
             .to_string();
         let role = self
-            .role(&claims[&self.settings.roles_claim])
+            // a dotted path reaches into objects (Keycloak: `realm_access.roles`)
+            .role(self.settings.roles_claim.split('.').fold(claims, |at, name| &at[name]))
             .ok_or_else(|| format!("{user} has no role this node maps (claim {:?})", self.settings.roles_claim))?;
         Ok(Identity { user, role })
     }
@@ -211,4 +288,16 @@ fn refusal(e: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
         other => format!("the token is invalid: {other:?}"),
     }
+}
+
+/// `application/x-www-form-urlencoded` of one value (RFC 6749 appendix B).
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b' ' => "+".into(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -19,7 +19,8 @@ struct OidcProvider {
 }
 
 impl OidcProvider {
-    fn start(dir: &Path) -> OidcProvider {
+    /// With a client for the node whose sign-in comes back to `redirect`.
+    fn start(dir: &Path, redirect: &str) -> OidcProvider {
         let keys = dir.join("keys");
         let made = Command::new(python()).arg(tool("jwt_tool.py")).arg("keys").arg(&keys).output().unwrap();
         assert!(made.status.success(), "{}", text(&made));
@@ -31,14 +32,17 @@ impl OidcProvider {
             .arg(port.to_string())
             .arg(keys.join("provider.jwk.json"))
             .arg(AUDIENCE)
-            .arg("http://127.0.0.1:1/auth/callback")
+            .arg(redirect)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("node runs");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), format!("listening on {port}"));
+        // it goes on writing notices: read them, or it dies of a closed pipe
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         OidcProvider { child, issuer: format!("http://127.0.0.1:{port}"), keys }
     }
 
@@ -82,7 +86,7 @@ fn request(setup: &Setup, method: &str, path: &str, token: &str, body: &str) -> 
 #[test]
 fn the_api_accepts_the_providers_tokens_with_their_roles_and_refuses_the_rest() {
     let mut setup = Setup::analysing(Backend::Sqlite, "");
-    let provider = OidcProvider::start(setup.dir.path());
+    let provider = OidcProvider::start(setup.dir.path(), "http://127.0.0.1:1/auth/callback");
     setup.http = format!("[http.oidc]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n", provider.issuer);
     setup.write_config("", "", common::DEFAULT_PEERS);
     let node = setup.start();
@@ -127,4 +131,51 @@ fn the_api_accepts_the_providers_tokens_with_their_roles_and_refuses_the_rest() 
     }
     let verdicts = setup.count("SELECT COUNT(*) FROM verdicts");
     assert_eq!(verdicts, 1, "only dr.house's verdict");
+}
+
+/// A radiologist signs in on the page in headless Chromium (the provider's login form and
+/// consent), opens the study and records a verdict, which the API shows under the provider's
+/// name for them; after Sign out the session cookie opens nothing.
+#[test]
+fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    // Chromium keeps a Secure cookie from http://localhost (a secure context); a site has HTTPS
+    let public = format!("http://localhost:{}", setup.http_port);
+    let provider = OidcProvider::start(setup.dir.path(), &format!("{public}/auth/callback"));
+    setup.http = format!(
+        "public_url = \"{public}/\"\n[http.oidc]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n\
+         client_id = \"{AUDIENCE}\"\nclient_secret = \"a-client-secret-for-the-node\"\n",
+        provider.issuer
+    );
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let node = setup.start();
+    let image = synthetic_positive(&setup.dir.path().join("images"));
+    let study = crate::common::study_instance_uid(&image);
+    let sent = storescu(setup.port, &[], &[&image]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    setup.wait_count("SELECT COUNT(*) FROM results", 1);
+    let result = setup.count("SELECT id FROM results");
+
+    let out = Command::new(python())
+        .arg(tool("page_signin.py"))
+        .args([&format!("{public}/"), "dr.house", &study, &result.to_string(), "agree", "small apical"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), node.log());
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(page["you"].as_str().unwrap().contains("dr.house (radiologist)"), "{page}");
+    assert_eq!(page["signed_out"], true, "{page}");
+    let reviewers: Vec<(String,)> = setup.with_store(async |store| {
+        sqlx::query_as("SELECT reviewer FROM verdicts").fetch_all(store.pool()).await.unwrap()
+    });
+    assert_eq!(reviewers, [("dr.house".to_string(),)], "the verdict names the provider's user");
+    let log = node.log();
+    assert!(log.contains("signed in") && log.contains("signed out"), "{log}");
+
+    // the session's cookie after sign-out: nothing
+    let cookie = format!("pneumotriage_session={}", page["cookie"].as_str().unwrap());
+    let (status, _, body) = http_request(setup.http_port, "GET", "/api/studies", &[("Cookie", &cookie)], "").unwrap();
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    let offered: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(offered["sign_in"], "/auth/login", "the 401 offers the sign-in");
 }

@@ -26,6 +26,9 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
     claims: () => ({ sub: id, preferred_username: id, roles: roles[id] ?? [] }),
   }),
   claims: { openid: ['sub'], profile: ['preferred_username', 'roles'] },
+  // the ID token carries the profile's claims (the roles among them), as Keycloak's and AD FS's
+  // claim mappers do; the standard default would keep them for the userinfo endpoint
+  conformIdTokenClaims: false,
   features: { devInteractions: { enabled: true } },
 });
 provider.listen(Number(port), '127.0.0.1', () => console.log(`listening on ${port}`));
