@@ -37,6 +37,29 @@ pub struct HttpConfig {
     pub tls: Option<HttpTls>,
     /// The hospital's OpenID provider (`[http.oidc]`): the API accepts its access tokens.
     pub oidc: Option<OidcConfig>,
+    /// Behind a reverse proxy that signs people in (`[http.proxy_auth]`): the user it names.
+    pub proxy_auth: Option<ProxyAuth>,
+}
+
+/// `[http.proxy_auth]`: a reverse proxy that signs people in (oauth2-proxy, Apache mod_auth_openidc)
+/// names the user in a header, trusted only from its own addresses.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyAuth {
+    /// The addresses of the proxy: a user header from anywhere else is refused.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The header naming the user (e.g. `X-Forwarded-User`).
+    pub user_header: String,
+    /// The header listing the user's roles, comma separated (`viewer`, `radiologist`, `admin`);
+    /// unset or empty: `default_role`.
+    #[serde(default)]
+    pub roles_header: Option<String>,
+    #[serde(default = "viewer")]
+    pub default_role: String,
+}
+
+fn viewer() -> String {
+    "viewer".into()
 }
 
 /// `[http.oidc]`: an OpenID Connect provider (Keycloak, AD FS, Entra ID) whose access tokens
@@ -145,6 +168,7 @@ impl Default for HttpConfig {
             request_timeout_secs: 60,
             tls: None,
             oidc: None,
+            proxy_auth: None,
         }
     }
 }
@@ -227,6 +251,21 @@ impl HttpConfig {
             let roles = [&oidc.viewer_roles, &oidc.radiologist_roles, &oidc.admin_roles];
             if roles.iter().all(|r| r.is_empty()) {
                 report("http.oidc.viewer_roles", "no role is mapped: every token would be refused".into());
+            }
+        }
+        if let Some(proxy) = &self.proxy_auth {
+            if proxy.trusted_proxies.is_empty() {
+                report("http.proxy_auth.trusted_proxies", "is empty: no proxy would be trusted".into());
+            }
+            for (key, name) in
+                [("user_header", Some(&proxy.user_header)), ("roles_header", proxy.roles_header.as_ref())]
+            {
+                if let Some(name) = name.filter(|n| axum::http::HeaderName::from_bytes(n.as_bytes()).is_err()) {
+                    report(&format!("http.proxy_auth.{key}"), format!("`{name}` is not a header name"));
+                }
+            }
+            if !["viewer", "radiologist", "admin"].contains(&proxy.default_role.as_str()) {
+                report("http.proxy_auth.default_role", "must be viewer, radiologist or admin".into());
             }
         }
         if self.max_connections_per_client > self.max_connections {

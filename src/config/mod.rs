@@ -29,7 +29,7 @@ pub use audit::{AuditConfig, AuditRepository, AuditTransport};
 pub use destinations::{Destination, DestinationTls, FhirSettings, Hl7Settings, WebhookSettings};
 pub use dicom::{AllowedCaller, DicomConfig, ListenerTls};
 pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LIMIT};
-pub use http::{HttpConfig, HttpTls, NamedToken, OidcConfig};
+pub use http::{HttpConfig, HttpTls, NamedToken, OidcConfig, ProxyAuth};
 pub use inference::{InferenceConfig, InputChecks, OutputsConfig, PriorityConfig, ShadowConfig, SrPolicy};
 pub use node::{DatabaseConfig, DatabaseTls, NodeConfig, ObjectStoreConfig};
 pub use retention::RetentionConfig;
@@ -580,6 +580,9 @@ mod tests {
         [http.oidc]
         issuer = "https://idp"
         audience = "pneumotriage"
+        [http.proxy_auth]
+        trusted_proxies = ["10.0.0.1"]
+        user_header = "X-Forwarded-User"
         [database.tls]
         ca_file = "ca"
         [object_store]

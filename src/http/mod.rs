@@ -65,6 +65,8 @@ pub struct AppState {
     oidc: Option<Arc<oidc::Verifier>>,
     /// Sign-ins under way and signed-in people (the page's session cookies).
     sessions: Arc<signin::Sessions>,
+    /// A reverse proxy that signs people in and names them in a header.
+    proxy_auth: Option<Arc<crate::config::ProxyAuth>>,
 }
 
 /// Who a request came from: the name of its token, if it has one, and its address (a request
@@ -160,6 +162,7 @@ impl AppState {
                 .collect(),
             oidc: None,
             sessions: Arc::default(),
+            proxy_auth: config.http.proxy_auth.clone().map(Arc::new),
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             auth_audits: Arc::default(),
         }
@@ -175,7 +178,24 @@ impl AppState {
 
     /// Whether any request must bring a token.
     fn requires_token(&self) -> bool {
-        !self.tokens.is_empty() || self.oidc.is_some()
+        !self.tokens.is_empty() || self.oidc.is_some() || self.proxy_auth.is_some()
+    }
+
+    /// The user a trusted proxy names in its header: none without the header; refused (why)
+    /// when the header comes from an address that is not the proxy's.
+    fn proxied(&self, request: &Request, peer: Option<std::net::IpAddr>) -> Option<Result<Caller, String>> {
+        let proxy = self.proxy_auth.as_ref()?;
+        let user = request.headers().get(proxy.user_header.as_str())?;
+        if !peer.is_some_and(|ip| proxy.trusted_proxies.iter().any(|t| t.to_canonical() == ip)) {
+            return Some(Err(format!("{} from an address that is not http.proxy_auth's", proxy.user_header)));
+        }
+        let user = user.to_str().ok().map(str::trim).filter(|u| !u.is_empty());
+        let Some(user) = user else { return Some(Err(format!("an empty or unreadable {}", proxy.user_header))) };
+        let listed = proxy.roles_header.as_ref().and_then(|h| request.headers().get(h.as_str()));
+        let roles = listed.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let role = roles.split(',').filter_map(Role::named).max().or_else(|| Role::named(&proxy.default_role));
+        let role = role.unwrap_or(Role::Viewer);
+        Some(Ok(Caller { name: Some(user.to_string()), authenticated: true, role, ..Caller::default() }))
     }
 }
 
@@ -281,8 +301,14 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let caller = match (given, &state.oidc) {
-        (Some(jwt), Some(verifier)) if oidc::Verifier::is_jwt(jwt) => match verifier.verify(jwt).await {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_canonical());
+    let proxied = state.proxied(&request, peer);
+    let caller = match (proxied, given, &state.oidc) {
+        (Some(proxied), _, _) => proxied,
+        (None, Some(jwt), Some(verifier)) if oidc::Verifier::is_jwt(jwt) => match verifier.verify(jwt).await {
             Ok(identity) => {
                 Ok(Caller { name: Some(identity.user), authenticated: true, role: identity.role, ..Caller::default() })
             }
@@ -290,13 +316,13 @@ async fn require_token(State(state): State<AppState>, mut request: Request, next
         },
         // every token is compared, so that timing tells nothing of which one nearly matched: a
         // fold, not find() or last(), which stop at the match
-        (Some(given), _) => state
+        (None, Some(given), _) => state
             .tokens
             .iter()
             .filter(|(token, _)| constant_time_eq(given.as_bytes(), token.as_bytes()))
             .fold(None, |found, (_, caller)| found.or(Some(caller.clone())))
             .ok_or_else(|| "a bearer token that is not configured".to_string()),
-        (None, _) => Err("no bearer token".to_string()),
+        (None, None, _) => Err("no bearer token".to_string()),
     };
     let seen_from = address.clone().unwrap_or_default();
     match caller {

@@ -23,6 +23,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// A role by its name (`viewer`, `radiologist`, `admin`).
+    pub fn named(name: &str) -> Option<Role> {
+        match name.trim() {
+            "viewer" => Some(Role::Viewer),
+            "radiologist" => Some(Role::Radiologist),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

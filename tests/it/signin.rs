@@ -73,6 +73,15 @@ impl Drop for OidcProvider {
     }
 }
 
+/// A positive image sent to the node and analysed: its Study Instance UID and its result's id.
+fn analysed_positive(setup: &Setup) -> (String, i64) {
+    let image = synthetic_positive(&setup.dir.path().join("images"));
+    let sent = storescu(setup.port, &[], &[&image]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    setup.wait_count("SELECT COUNT(*) FROM results", 1);
+    (crate::common::study_instance_uid(&image), setup.count("SELECT id FROM results"))
+}
+
 fn request(setup: &Setup, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
     let bearer = format!("Bearer {token}");
     let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
@@ -91,11 +100,7 @@ fn the_api_accepts_the_providers_tokens_with_their_roles_and_refuses_the_rest() 
     setup.write_config("", "", common::DEFAULT_PEERS);
     let node = setup.start();
     node.wait_for_log("the API accepts the provider's access tokens");
-    let image = synthetic_positive(&setup.dir.path().join("images"));
-    let sent = storescu(setup.port, &[], &[&image]);
-    assert!(sent.status.success(), "{}", text(&sent));
-    setup.wait_count("SELECT COUNT(*) FROM results", 1);
-    let result = setup.count("SELECT id FROM results");
+    let (_, result) = analysed_positive(&setup);
     let verdict = format!("/api/results/{result}/verdict");
 
     let house = provider.token("dr.house", "radiologist");
@@ -149,12 +154,7 @@ fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
     );
     setup.write_config("", "", common::DEFAULT_PEERS);
     let node = setup.start();
-    let image = synthetic_positive(&setup.dir.path().join("images"));
-    let study = crate::common::study_instance_uid(&image);
-    let sent = storescu(setup.port, &[], &[&image]);
-    assert!(sent.status.success(), "{}", text(&sent));
-    setup.wait_count("SELECT COUNT(*) FROM results", 1);
-    let result = setup.count("SELECT id FROM results");
+    let (study, result) = analysed_positive(&setup);
 
     let out = Command::new(python())
         .arg(tool("page_signin.py"))
@@ -178,4 +178,43 @@ fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
     let offered: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(offered["sign_in"], "/auth/login", "the 401 offers the sign-in");
+}
+
+/// Behind a reverse proxy that signs people in: the user and roles it names in its headers are
+/// taken from its address only; the same headers from any other address are refused.
+#[test]
+fn a_trusted_proxy_names_the_user_and_no_one_else_may() {
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    let proxy = |trusted: &str| {
+        format!(
+            "[http.proxy_auth]\ntrusted_proxies = [\"{trusted}\"]\nuser_header = \"X-Forwarded-User\"\n\
+             roles_header = \"X-Forwarded-Roles\"\n"
+        )
+    };
+    setup.http = proxy("127.0.0.1");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let node = setup.start();
+    let (_, result) = analysed_positive(&setup);
+    let verdict = format!("/api/results/{result}/verdict");
+    let as_proxy = |roles: &str, method: &str, path: &str, body: &str| {
+        let headers =
+            [("X-Forwarded-User", "dr.who"), ("X-Forwarded-Roles", roles), ("Content-Type", "application/json")];
+        let (status, _, body) = http_request(setup.http_port, method, path, &headers, body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = as_proxy("viewer", "POST", &verdict, r#"{"verdict": "agree"}"#);
+    assert_eq!(status, 403, "a viewer: {body}");
+    let (status, body) = as_proxy("viewer,radiologist", "POST", &verdict, r#"{"verdict": "agree"}"#);
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("\"reviewer\":\"dr.who\""), "{body}");
+    assert_eq!(http_request(setup.http_port, "GET", "/api/studies", &[], "").unwrap().0, 401, "no header, no token");
+    drop(node);
+
+    // the same headers from an address that is not the proxy's
+    setup.http = proxy("10.9.9.9");
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let _node = setup.start();
+    let (status, body) = as_proxy("admin", "GET", "/api/studies", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not http.proxy_auth's"), "{body}");
 }

@@ -11,29 +11,15 @@ the page's text after recording, "cookie": the session cookie's value before sig
 "signed_out": whether the page asked for a sign-in again after it}.
 """
 import json
-import subprocess
 import sys
-import tempfile
-import urllib.request
 
-import websocket
-
-from page_verdict import Devtools, devtools_port
+from page_verdict import open_chromium
 
 
 def main():
     url, user, study, result, verdict, note = sys.argv[1:7]
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    chromium = subprocess.Popen(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chromium, cdp = open_chromium()
     try:
-        port = devtools_port(profile)
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-        page = next(t for t in targets if t["type"] == "page")
-        ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30)
-        cdp = Devtools(ws)
         cdp.call("Page.navigate", url=url)
         # not signed in: the page offers the provider's sign-in
         cdp.until("getComputedStyle(document.getElementById('signIn')).display !== 'none'")

@@ -17,8 +17,8 @@ import urllib.request
 import websocket
 
 
-def main():
-    url, token, study, result, verdict, note = sys.argv[1:7]
+def open_chromium():
+    """Headless Chromium with a fresh profile, and its page's DevTools connection."""
     profile = tempfile.mkdtemp(prefix="chromium-")
     chromium = subprocess.Popen(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
@@ -28,8 +28,16 @@ def main():
         port = devtools_port(profile)
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
         page = next(t for t in targets if t["type"] == "page")
-        ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30)
-        cdp = Devtools(ws)
+        return chromium, Devtools(websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30))
+    except BaseException:
+        chromium.kill()
+        raise
+
+
+def main():
+    url, token, study, result, verdict, note = sys.argv[1:7]
+    chromium, cdp = open_chromium()
+    try:
         cdp.call("Page.navigate", url=url)
         # the node has tokens: the page asks for one
         cdp.until("getComputedStyle(document.getElementById('token')).display === 'block'")
