@@ -43,6 +43,8 @@ pub struct Pruned {
     pub evicted: Freed,
     /// Studies whose patient attributes were removed.
     pub patient_data: u64,
+    /// Events of the node's trail (`events`) older than `patient_data_days`, removed.
+    pub events: u64,
     /// Free space stayed below the target with nothing finished left to delete.
     pub nothing_left: bool,
 }
@@ -239,6 +241,19 @@ impl Retention {
             if n < self.batch() as u64 {
                 break;
             }
+        }
+        loop {
+            let n = self.store.remove_events(before, self.batch()).await?;
+            pruned.events += n;
+            if n < self.batch() as u64 {
+                break;
+            }
+        }
+        if pruned.events > 0 {
+            info!(
+                events = pruned.events,
+                "events older than {} days removed from the trail", self.rules.patient_data_days
+            );
         }
         if pruned.patient_data > 0 {
             let detail = format!(

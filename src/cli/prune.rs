@@ -65,7 +65,7 @@ pub async fn prune(config: &Config, store: Store, dry_run: bool) -> anyhow::Resu
     let pruned = retention.prune().await?;
     let swept = retention.sweep(false).await?;
     println!(
-        "deleted {} images ({} MiB) and {} objects ({} MiB); {} early for disk pressure{}; patient attributes removed from {} studies; swept {} leftover files, registered {} images without rows",
+        "deleted {} images ({} MiB) and {} objects ({} MiB); {} early for disk pressure{}; patient attributes removed from {} studies, {} events older than them; swept {} leftover files, registered {} images without rows",
         pruned.images.files,
         pruned.images.bytes >> 20,
         pruned.outputs.files,
@@ -73,6 +73,7 @@ pub async fn prune(config: &Config, store: Store, dry_run: bool) -> anyhow::Resu
         pruned.under_pressure.files,
         if pruned.nothing_left { " (free space still below retention.free_target_mb, nothing finished left)" } else { "" },
         pruned.patient_data,
+        pruned.events,
         swept.released + swept.orphans_removed + swept.temporaries,
         swept.registered,
     );

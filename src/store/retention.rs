@@ -275,6 +275,20 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `limit` of the oldest events recorded before `before` (ms since the epoch);
+    /// returns how many. The trail names instances and peers: it is kept as long as the patient
+    /// attributes are.
+    pub async fn remove_events(&self, before: i64, limit: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 ORDER BY at, id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Marks released up to `limit` objects that may go, oldest first, and returns them.
     pub async fn release_outputs(&self, cut: &Cutoffs, scope: JobScope, limit: i64) -> Result<Vec<Released>> {
         let mut tx = self.begin_write().await?;

@@ -351,6 +351,13 @@ fn one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early(backen
             .count("SELECT COUNT(*) FROM studies WHERE patient_name IS NOT NULL AND study_instance_uid LIKE '1.2.826.0.1.110.%'")
             .await;
         assert!(named_recent > 0, "recent studies keep their patient attributes");
+        // and the node's event trail is kept as long: nothing older than 60 days (and a day's
+        // round) is left of it
+        let old_events = site
+            .count("SELECT COUNT(*) FROM events WHERE at < (SELECT MAX(at) FROM events) - CAST(62 AS BIGINT) * 86400000")
+            .await;
+        assert_eq!(old_events, 0, "events older than patient_data_days are removed");
+        assert!(site.count("SELECT COUNT(*) FROM events").await > per_day as i64 * 50, "recent events stay");
         assert_eq!(site.count("SELECT COUNT(*) FROM results").await, site.count("SELECT COUNT(*) FROM jobs WHERE state = 'done'").await);
         site.store.close().await;
     });
