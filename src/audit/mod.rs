@@ -125,6 +125,8 @@ pub enum AuditEvent<'a> {
     Security { alert: Alert, peer: Option<Peer<'a>>, detail: &'a str },
     /// A study's received images deleted by retention (DICOM Study Deleted).
     Deleted { study: &'a AuditedStudy, why: &'a str },
+    /// A study's patient attributes removed by retention (Patient Record, Delete).
+    PatientDataRemoved { study: &'a AuditedStudy, why: &'a str },
 }
 
 impl AuditEvent<'_> {
@@ -142,6 +144,7 @@ impl AuditEvent<'_> {
             AuditEvent::Authentication { refused: Some(_), .. } => "login_refused",
             AuditEvent::Security { alert, .. } => alert.as_str(),
             AuditEvent::Deleted { .. } => "study_deleted",
+            AuditEvent::PatientDataRemoved { .. } => "patient_record_deleted",
         }
     }
 
@@ -296,7 +299,9 @@ impl Auditor {
             AuditEvent::Queried { by, .. } => vec![user(by, Some(SOURCE)), self.node(false, Some(DESTINATION))],
             AuditEvent::Authentication { user: u, .. } => vec![user(u, None), self.node(false, Some(APPLICATION))],
             AuditEvent::Security { peer: Some(p), .. } => vec![self.node(false, None), peer(p, true, SOURCE)],
-            AuditEvent::Security { peer: None, .. } | AuditEvent::Deleted { .. } => vec![self.node(true, None)],
+            AuditEvent::Security { peer: None, .. }
+            | AuditEvent::Deleted { .. }
+            | AuditEvent::PatientDataRemoved { .. } => vec![self.node(true, None)],
         }
     }
 }
@@ -331,6 +336,9 @@ fn identification<'e>(
             Some(detail),
         ),
         AuditEvent::Deleted { why, .. } => (dcm("110105", "DICOM Study Deleted"), Some("D"), vec![], "0", Some(why)),
+        AuditEvent::PatientDataRemoved { why, .. } => {
+            (dcm("110110", "Patient Record"), Some("D"), vec![], "0", Some(why))
+        }
     }
 }
 
@@ -465,7 +473,8 @@ fn objects<'a>(event: &'a AuditEvent<'a>) -> Vec<Object<'a>> {
         | AuditEvent::Sent { study, .. }
         | AuditEvent::Exported { study, .. }
         | AuditEvent::Accessed { study, .. }
-        | AuditEvent::Deleted { study, .. } => study_objects(study),
+        | AuditEvent::Deleted { study, .. }
+        | AuditEvent::PatientDataRemoved { study, .. } => study_objects(study),
         AuditEvent::Queried { endpoint, query, .. } => vec![Object {
             id: endpoint,
             type_code: "2",

@@ -297,7 +297,10 @@ impl Config {
                     None => url.clone(),
                     Some(tls) => {
                         // libpq's parameters, which sqlx reads: verify-full checks the chain and the host
-                        let path = |p: &PathBuf| url_encode(&self.resolve(p).display().to_string());
+                        let path = |p: &PathBuf| {
+                            form_urlencoded::byte_serialize(self.resolve(p).as_os_str().as_encoded_bytes())
+                                .collect::<String>()
+                        };
                         let mut url = format!(
                             "{url}{}sslmode=verify-full&sslrootcert={}",
                             if url.contains('?') { "&" } else { "?" },
@@ -350,17 +353,6 @@ impl Config {
             if self.http.enabled { format!("on {}", self.http.bind) } else { "off".into() }
         )
     }
-}
-
-/// A URL query value: everything but unreserved characters and `/` percent-encoded.
-fn url_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Hides a password in a database URL before it is printed.

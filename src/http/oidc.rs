@@ -153,7 +153,8 @@ impl Verifier {
         let mut request = self.fetcher.agent.post(&self.token_endpoint);
         if let Some(secret) = &self.settings.client_secret {
             // RFC 6749 2.3.1: the id and secret form-encoded, then Basic
-            let pair = format!("{}:{}", form_encode(client_id), form_encode(secret));
+            let encode = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", encode(client_id), encode(secret));
             let basic = base64::engine::general_purpose::STANDARD.encode(pair);
             request = request.header("Authorization", format!("Basic {basic}"));
         }
@@ -298,16 +299,4 @@ fn refusal(e: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
         other => format!("the token is invalid: {other:?}"),
     }
-}
-
-/// `application/x-www-form-urlencoded` of one value (RFC 6749 appendix B).
-pub fn form_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            b' ' => "+".into(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }

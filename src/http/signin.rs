@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::oidc::{form_encode, Identity, Verifier};
+use super::oidc::{Identity, Verifier};
 use super::{ApiError, AppState};
 use crate::audit::{AuditEvent, User};
 
@@ -110,15 +110,18 @@ pub async fn login(State(state): State<AppState>) -> Result<Response, ApiError> 
     let (id, attempt) =
         (random_token(), Attempt { verifier: random_token(), nonce: random_token(), started: Instant::now() });
     let client_id = verifier.settings().client_id.clone().unwrap_or_default();
-    let url = format!(
-        "{}{}response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile&state={id}&nonce={}&code_challenge={}&code_challenge_method=S256",
-        verifier.authorization_endpoint,
-        if verifier.authorization_endpoint.contains('?') { "&" } else { "?" },
-        form_encode(&client_id),
-        form_encode(&redirect_url),
-        attempt.nonce,
-        s256(&attempt.verifier),
-    );
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", &redirect_url)
+        .append_pair("scope", "openid profile")
+        .append_pair("state", &id)
+        .append_pair("nonce", &attempt.nonce)
+        .append_pair("code_challenge", &s256(&attempt.verifier))
+        .append_pair("code_challenge_method", "S256")
+        .finish();
+    let separator = if verifier.authorization_endpoint.contains('?') { "&" } else { "?" };
+    let url = format!("{}{separator}{query}", verifier.authorization_endpoint);
     let mut attempts = state.sessions.attempts.lock().unwrap_or_else(|e| e.into_inner());
     attempts.retain(|_, a| a.started.elapsed() < ATTEMPT_TTL);
     if attempts.len() >= MAX_ATTEMPTS {

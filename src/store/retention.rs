@@ -126,6 +126,9 @@ fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// A study whose patient attributes are due to go: id, UID, accession number, patient ID and name.
+type DueStudy = (i64, String, Option<String>, Option<String>, Option<String>);
+
 /// A row marked released, whose file is to be removed: its id, path and size in bytes.
 pub type Released = (i64, String, i64);
 
@@ -311,22 +314,49 @@ impl Store {
     /// Returns how many studies.
     pub async fn remove_patient_data(&self, before: i64, limit: i64) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE studies SET patient_id = NULL, patient_name = NULL, issuer_of_patient_id = NULL, \
-                 patient_birth_date = NULL, patient_sex = NULL, patient_data_removed_at = $2 \
-             WHERE id IN (SELECT s.id FROM studies s WHERE s.patient_data_removed_at IS NULL \
-                            AND s.last_received_at < $1 \
-                            AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.study_id = s.id \
-                                              AND m.state IN ('pending', 'sending')) \
-                          ORDER BY s.last_received_at LIMIT $3)",
+        // read first: the audit record of a removal names the patient it removes
+        let due: Vec<DueStudy> = sqlx::query_as(
+            "SELECT s.id, s.study_instance_uid, s.accession_number, s.patient_id, s.patient_name \
+             FROM studies s WHERE s.patient_data_removed_at IS NULL AND s.last_received_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.study_id = s.id \
+                                 AND m.state IN ('pending', 'sending')) \
+             ORDER BY s.last_received_at LIMIT $2",
         )
         .bind(before)
-        .bind(self.now())
         .bind(limit)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE studies SET patient_id = NULL, patient_name = NULL, issuer_of_patient_id = NULL, \
+                 patient_birth_date = NULL, patient_sex = NULL, patient_data_removed_at = $1 \
+             WHERE patient_data_removed_at IS NULL AND id IN ({}) RETURNING id",
+            placeholders(2, due.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.as_str())).bind(self.now());
+        for (id, ..) in &due {
+            query = query.bind(*id);
+        }
+        let removed: HashSet<i64> = query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
+        if self.auditor().is_some() {
+            let why = "retention: patient attributes removed after retention.patient_data_days";
+            for (id, uid, accession_number, patient_id, patient_name) in due {
+                if removed.contains(&id) {
+                    let study = AuditedStudy {
+                        study_instance_uid: uid,
+                        accession_number,
+                        patient_id,
+                        patient_name,
+                        sop_classes: vec![],
+                    };
+                    self.audit_in(&mut tx, &AuditEvent::PatientDataRemoved { study: &study, why }).await?;
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(removed.len() as u64)
     }
 
     /// The rows of the spool paths `paths`: whether each has one and whether it was released.

@@ -56,7 +56,16 @@ impl Site {
         );
         std::fs::write(data.join("pneumotriage.toml"), &text).unwrap();
         let config = Config::parse(&text, "simulation.toml", data.to_path_buf(), Uses::Everything).unwrap();
-        let store = Store::connect(&db.url, 4, "sim").await.unwrap();
+        // auditing on, as at a site: the records of what retention deletes wait in the database
+        let auditor = pneumotriage::audit::Auditor {
+            source_id: "sim".into(),
+            site_id: None,
+            ae_title: "PNEUMOTRIAGE".into(),
+            host: "sim".into(),
+            process_id: 1,
+            repositories: vec!["siem".into()],
+        };
+        let store = Store::connect(&db.url, 4, "sim").await.unwrap().with_auditor(Some(auditor));
         store.migrate().await.unwrap();
         let (spool, _) = Spool::open(&config.spool_dir(), "sim", 1 << 20, 1 << 30).unwrap();
         let bucket = pneumotriage::bucket::Bucket::open(&config).unwrap();
@@ -358,6 +367,11 @@ fn one_hundred_twenty_days_reach_a_steady_state_and_release_nothing_early(backen
             .await;
         assert_eq!(old_events, 0, "events older than patient_data_days are removed");
         assert!(site.count("SELECT COUNT(*) FROM events").await > per_day as i64 * 50, "recent events stay");
+        // each removal of patient attributes and each study whose images went left an audit record
+        let removed = site.count("SELECT COUNT(*) FROM studies WHERE patient_data_removed_at IS NOT NULL").await;
+        let audited = site.count("SELECT COUNT(*) FROM audit_records WHERE event = 'patient_record_deleted'").await;
+        assert!(removed > 0 && audited == removed, "{removed} studies lost their patient attributes, {audited} records say so");
+        assert!(site.count("SELECT COUNT(*) FROM audit_records WHERE event = 'study_deleted'").await > 0);
         assert_eq!(site.count("SELECT COUNT(*) FROM results").await, site.count("SELECT COUNT(*) FROM jobs WHERE state = 'done'").await);
         site.store.close().await;
     });

@@ -13,7 +13,7 @@ the page's text after recording, "cookie": the session cookie's value before sig
 import json
 import sys
 
-from page_verdict import open_chromium
+from page_verdict import open_chromium, record_verdict
 
 
 def main():
@@ -38,19 +38,13 @@ def main():
         cdp.until(row)
         you = cdp.until("document.getElementById('updated').textContent.includes('(') &&"
                         " document.getElementById('updated').textContent")
-        cdp.run(row + ".click()")
-        form = "document.querySelector('.verdict[data-result=\"%s\"]')" % result
-        cdp.until(form)
-        cdp.run(form + ".querySelector('.note').value = %s" % json.dumps(note))
-        cdp.run(form + ".querySelector('button[data-verdict=%s]').click()" % json.dumps(verdict))
-        recorded = cdp.until(form + ".dataset.recorded")
-        said = cdp.run(form + ".querySelector('.said').textContent")
+        recorded, said = record_verdict(cdp, study, result, verdict, note)
         cookies = cdp.call("Network.getCookies", urls=[url])["cookies"]
         cookie = next(c["value"] for c in cookies if c["name"] == "pneumotriage_session")
         cdp.until("getComputedStyle(document.getElementById('signOut')).display !== 'none'")
         cdp.run("document.querySelector('#signOut button').click()")
         signed_out = cdp.until("getComputedStyle(document.getElementById('signIn')).display !== 'none'")
-        print(json.dumps({"you": you, "recorded": int(recorded), "said": said, "cookie": cookie,
+        print(json.dumps({"you": you, "recorded": recorded, "said": said, "cookie": cookie,
                           "signed_out": signed_out}))
     finally:
         chromium.kill()

@@ -43,19 +43,24 @@ def main():
         cdp.until("getComputedStyle(document.getElementById('token')).display === 'block'")
         cdp.run("document.getElementById('tokenInput').value = %s; document.getElementById('tokenSave').click()"
                 % json.dumps(token))
-        row = "document.querySelector('tr.study[data-uid=%s]')" % json.dumps(study)
-        cdp.until(row)
-        cdp.run(row + ".click()")
-        form = "document.querySelector('.verdict[data-result=\"%s\"]')" % result
-        cdp.until(form)
-        cdp.run(form + ".querySelector('.note').value = %s" % json.dumps(note))
-        cdp.run(form + ".querySelector('button[data-verdict=%s]').click()" % json.dumps(verdict))
-        recorded = cdp.until(form + ".dataset.recorded")
-        said = cdp.run(form + ".querySelector('.said').textContent")
-        print(json.dumps({"said": said, "recorded": int(recorded)}))
+        recorded, said = record_verdict(cdp, study, result, verdict, note)
+        print(json.dumps({"said": said, "recorded": recorded}))
     finally:
         chromium.kill()
         chromium.wait()
+
+
+def record_verdict(cdp, study, result, verdict, note):
+    """Opens the study's row, types the note and clicks the verdict: (its id, what the page said)."""
+    row = "document.querySelector('tr.study[data-uid=%s]')" % json.dumps(study)
+    cdp.until(row)
+    cdp.run(row + ".click()")
+    form = "document.querySelector('.verdict[data-result=\"%s\"]')" % result
+    cdp.until(form)
+    cdp.run(form + ".querySelector('.note').value = %s" % json.dumps(note))
+    cdp.run(form + ".querySelector('button[data-verdict=%s]').click()" % json.dumps(verdict))
+    recorded = cdp.until(form + ".dataset.recorded")
+    return int(recorded), cdp.run(form + ".querySelector('.said').textContent")
 
 
 def devtools_port(profile):
