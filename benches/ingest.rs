@@ -11,7 +11,9 @@
 //! With one association, pneumotriage also runs with its spool in an object store
 //! (`[object_store]`: a fresh S3-compatible server per run, moto's in-memory one from
 //! tests/requirements.txt, on loopback): each instance is fsynced locally, then PUT, then
-//! committed, before its Success. `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
+//! committed, before its Success. `pneumotriage stow` receives the same files by STOW-RS
+//! instead (`POST /dicomweb/studies`, one multipart/related request per association's share of
+//! the files, sent by curl from a body file made before the clock starts). `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
 //! next one's time, and once more right after the transfer: "durable images/s" counts that sync for
 //! storescp, which is what its files need to be where pneumotriage's are at each Success. Each scenario is repeated R times, alternating which
 //! receiver goes first, and the median is reported. Machines are noisy (and this one may be
@@ -66,6 +68,8 @@ enum Receiver {
     PneumotriageS3,
     /// pneumotriage with its audit trail on (a file repository, fsynced: the costliest local one).
     PneumotriageAudited,
+    /// pneumotriage receiving by STOW-RS (HTTP) instead of C-STORE.
+    PneumotriageStow,
     /// storescp as it runs by default: one process, one association at a time.
     Storescp,
     /// storescp --fork: one process per association.
@@ -78,6 +82,7 @@ impl Receiver {
             Receiver::Pneumotriage => "pneumotriage",
             Receiver::PneumotriageS3 => "pneumotriage s3",
             Receiver::PneumotriageAudited => "pneumotriage audit",
+            Receiver::PneumotriageStow => "pneumotriage stow",
             Receiver::Storescp => "storescp",
             Receiver::StorescpFork => "storescp --fork",
         }
@@ -86,10 +91,27 @@ impl Receiver {
     /// The receivers compared for a number of concurrent associations.
     fn for_scenario(associations: usize) -> &'static [Receiver] {
         if associations == 1 {
-            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::PneumotriageS3, Receiver::PneumotriageAudited]
+            &[
+                Receiver::Pneumotriage,
+                Receiver::Storescp,
+                Receiver::PneumotriageS3,
+                Receiver::PneumotriageAudited,
+                Receiver::PneumotriageStow,
+            ]
         } else {
-            &[Receiver::Pneumotriage, Receiver::Storescp, Receiver::StorescpFork, Receiver::PneumotriageAudited]
+            &[
+                Receiver::Pneumotriage,
+                Receiver::Storescp,
+                Receiver::StorescpFork,
+                Receiver::PneumotriageAudited,
+                Receiver::PneumotriageStow,
+            ]
         }
+    }
+
+    /// Whether it is pneumotriage (whose acknowledged files are durable already).
+    fn ours(self) -> bool {
+        !matches!(self, Receiver::Storescp | Receiver::StorescpFork)
     }
 }
 
@@ -98,6 +120,8 @@ struct Server {
     kids: Kids, // declared first: the process is killed before its directory is removed
     kind: Receiver,
     port: u16,
+    /// Its HTTP port (STOW-RS).
+    http_port: u16,
     config: PathBuf,
     /// The object store of `PneumotriageS3`.
     _s3: Option<s3::S3>,
@@ -108,11 +132,15 @@ impl Server {
     fn start(kind: Receiver) -> Result<Server> {
         let dir = tempfile::Builder::new().prefix("ingest-bench-").tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let http_port = free_port();
         let config = dir.path().join("pneumotriage.toml");
         let log = fs::File::create(dir.path().join("server.log"))?;
         let s3 = (kind == Receiver::PneumotriageS3).then(s3::S3::start);
         let mut cmd = match kind {
-            Receiver::Pneumotriage | Receiver::PneumotriageS3 | Receiver::PneumotriageAudited => {
+            Receiver::Pneumotriage
+            | Receiver::PneumotriageS3
+            | Receiver::PneumotriageAudited
+            | Receiver::PneumotriageStow => {
                 let data_dir = dir.path().join("var").display().to_string();
                 let audit = if kind == Receiver::PneumotriageAudited {
                     let path = dir.path().join("audit.log").display().to_string();
@@ -120,12 +148,18 @@ impl Server {
                 } else {
                     String::new()
                 };
+                let http = match kind {
+                    Receiver::PneumotriageStow => {
+                        format!("bind = \"127.0.0.1:{http_port}\"\nrequest_timeout_secs = 3600")
+                    }
+                    _ => "enabled = false".to_string(),
+                };
                 fs::write(
                     &config,
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
                          bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
-                         [http]\nenabled = false\n\n[inference]\nenabled = false\n\n{}{audit}",
+                         [http]\n{http}\n\n[inference]\nenabled = false\n\n{}{audit}",
                         s3.as_ref().map(|s3| s3.config("bench")).unwrap_or_default()
                     ),
                 )?;
@@ -148,7 +182,7 @@ impl Server {
         };
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-        let mut server = Server { kids: Kids(vec![child]), kind, port, config, _s3: s3, dir };
+        let mut server = Server { kids: Kids(vec![child]), kind, port, http_port, config, _s3: s3, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = server.kids.0[0].try_wait()? {
@@ -191,7 +225,7 @@ impl Server {
         }
         Ok(match self.kind {
             Receiver::Storescp | Receiver::StorescpFork => fs::read_dir(self.dir.path().join("out"))?.count(),
-            Receiver::Pneumotriage | Receiver::PneumotriageS3 | Receiver::PneumotriageAudited => {
+            _ => {
                 let out = Command::new(PNEUMOTRIAGE)
                     .args(["instances", "--json", "--limit", "1000000", "--config"])
                     .arg(&self.config)
@@ -237,6 +271,54 @@ fn send(port: u16, files: &[PathBuf], associations: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// The STOW-RS bodies of `files` for `associations` concurrent requests: one multipart/related
+/// body file each under `dir`, made before the clock starts.
+fn stow_bodies(dir: &Path, files: &[PathBuf], associations: usize) -> Result<Vec<PathBuf>> {
+    let mut bodies = Vec::new();
+    for (i, part) in files.chunks(files.len().div_ceil(associations)).enumerate() {
+        let path = dir.join(format!("stow-{i}.body"));
+        let mut body = std::io::BufWriter::new(fs::File::create(&path)?);
+        for file in part {
+            std::io::Write::write_all(
+                &mut body,
+                format!("--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+            )?;
+            std::io::copy(&mut fs::File::open(file)?, &mut body)?;
+            std::io::Write::write_all(&mut body, b"\r\n")?;
+        }
+        std::io::Write::write_all(&mut body, format!("--{STOW_BOUNDARY}--\r\n").as_bytes())?;
+        bodies.push(path);
+    }
+    Ok(bodies)
+}
+
+const STOW_BOUNDARY: &str = "ingest-bench-boundary";
+
+/// POSTs each body by curl at once; the wall time until the last answered (200 each).
+fn send_stow(http_port: u16, bodies: &[PathBuf]) -> Result<Duration> {
+    let start = Instant::now();
+    let mut kids = Kids(Vec::new());
+    let content_type = format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={STOW_BOUNDARY}");
+    for body in bodies {
+        let child = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", &content_type, "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://127.0.0.1:{http_port}/dicomweb/studies"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting curl")?;
+        kids.0.push(child);
+    }
+    for child in &mut kids.0 {
+        let status = child.wait()?;
+        let mut code = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().context("curl's output")?, &mut code)?;
+        ensure!(status.success() && code == "200", "curl exited with {status}, HTTP {code}");
+    }
+    Ok(start.elapsed())
+}
+
 /// What one run of a scenario measured.
 struct Run {
     /// From the start of the storescu processes to the exit of the last one.
@@ -251,12 +333,18 @@ struct Run {
 fn run_once(kind: Receiver, associations: usize, files: &[PathBuf]) -> Result<Run> {
     Command::new("sync").status()?;
     let mut server = Server::start(kind)?;
-    let transfer = send(server.port, files, associations)
-        .with_context(|| format!("sending to {}; its log:\n{}", kind.name(), server.log()))?;
+    let sent = match kind {
+        Receiver::PneumotriageStow => {
+            let bodies = stow_bodies(server.dir.path(), files, associations)?;
+            Command::new("sync").status()?;
+            send_stow(server.http_port, &bodies)
+        }
+        _ => send(server.port, files, associations),
+    };
+    let transfer = sent.with_context(|| format!("sending to {}; its log:\n{}", kind.name(), server.log()))?;
     let synced = Instant::now();
     Command::new("sync").status()?;
-    let ours = !matches!(kind, Receiver::Storescp | Receiver::StorescpFork);
-    let durable = if ours { transfer } else { transfer + synced.elapsed() };
+    let durable = if kind.ours() { transfer } else { transfer + synced.elapsed() };
     let peak_rss_mib = if kind == Receiver::StorescpFork { None } else { Some(server.peak_rss_mib()?) };
     if kind == Receiver::PneumotriageAudited {
         // the records of the associations, written as each ended (before the node is killed)
@@ -397,6 +485,9 @@ fn main() -> Result<()> {
         }
         if let Some(&(_, audited, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageAudited.name()) {
             println!("  {associations} assoc: auditing on / off {:.2}", audited / ours);
+        }
+        if let Some(&(_, stow, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageStow.name()) {
+            println!("  {associations} assoc: STOW-RS / C-STORE {:.2}", stow / ours);
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use crate::outbox::{http, mllp};
 pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("pdu", pdu_stream),
     ("command", command_set),
     ("dataset", dataset),
@@ -29,12 +29,13 @@ pub const TARGETS: [Target; 8] = [
     ("http", http_answer),
     ("request", http_request),
     ("config", config_file),
+    ("part10", part10_meta),
 ];
 
 /// How many mutated inputs each target runs on `cargo test` (about five seconds each on a
 /// 2-core machine): a count, not a time, so that every run tries the same inputs.
 #[cfg(test)]
-const QUICK_RUNS: [(&str, u64); 8] = [
+const QUICK_RUNS: [(&str, u64); 9] = [
     ("pdu", 200_000),
     ("command", 2_000_000),
     ("dataset", 40_000),
@@ -43,6 +44,7 @@ const QUICK_RUNS: [(&str, u64); 8] = [
     ("http", 1_000_000),
     ("request", 10_000),
     ("config", 30_000),
+    ("part10", 200_000),
 ];
 
 /// The pixel budget the `pixels` target decodes within (small, so that a run is fast).
@@ -87,6 +89,24 @@ pub fn config_file(data: &[u8]) {
     let base = std::path::PathBuf::from("/nonexistent/pneumotriage-fuzz");
     if let Ok(config) = crate::config::Config::parse(&text, "fuzz.toml", base, crate::config::Uses::Everything) {
         let _ = (config.summary(), config.database_url(), config.lease(), config.dicom.max_dataset_bytes());
+    }
+}
+
+/// The first bytes of a PS3.10 object as a STOW-RS part brings them (the seeds: the first 768
+/// bytes of pydicom's test files): the file meta read from the whole and from prefixes cut
+/// where chunks may end. Once a prefix holds the whole group, its answer is the whole's; a
+/// shorter one asks for more.
+pub fn part10_meta(data: &[u8]) {
+    use crate::dicom::part10::read_meta;
+    let whole = read_meta(data);
+    let step = (data.len() / 16).max(1);
+    for cut in (0..data.len()).step_by(step) {
+        let prefix = read_meta(&data[..cut]);
+        match &whole {
+            Ok(Some(meta)) if cut >= meta.data_set_offset => assert_eq!(prefix.as_ref(), Ok(&Some(meta.clone()))),
+            Ok(Some(_)) => assert_eq!(prefix, Ok(None), "a prefix without the whole group asks for more"),
+            _ => {}
+        }
     }
 }
 
@@ -386,5 +406,10 @@ mod tests {
     #[test]
     fn fuzz_config_file() {
         run("config");
+    }
+
+    #[test]
+    fn fuzz_part10_meta() {
+        run("part10");
     }
 }

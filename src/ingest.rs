@@ -33,6 +33,8 @@ pub struct Received {
     pub peer_address: String,
     /// Queued for analysis; otherwise recorded as stored only.
     pub analysed: bool,
+    /// The study the request named (a STOW-RS to one study): the data set must be of it.
+    pub study_instance_uid: Option<String>,
 }
 
 /// What became of a received instance.
@@ -61,6 +63,9 @@ pub enum Refusal {
     Mismatch(String),
     /// A SOP class this node does not accept.
     UnsupportedClass(String),
+    /// A transfer syntax this node does not accept (an association never brings one: the
+    /// presentation context is refused; a whole object over HTTP can).
+    UnsupportedSyntax(String),
     /// An operation other than C-STORE carried a data set.
     UnsupportedOperation(String),
 }
@@ -74,6 +79,7 @@ impl Refusal {
             | Refusal::TooLarge(r)
             | Refusal::Mismatch(r)
             | Refusal::UnsupportedClass(r)
+            | Refusal::UnsupportedSyntax(r)
             | Refusal::UnsupportedOperation(r) => r,
         }
     }
@@ -163,8 +169,16 @@ impl Ingest {
 
     /// Makes a received instance durable, or says why not.
     pub async fn commit(&self, received: Received) -> Outcome {
-        let Received { temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae, peer_address, analysed } =
-            received;
+        let Received {
+            temp,
+            sop_class_uid,
+            sop_instance_uid,
+            transfer_syntax_uid,
+            calling_ae,
+            peer_address,
+            analysed,
+            study_instance_uid,
+        } = received;
         // One UID at a time from the version lookup to the commit; the UID comes from the command
         // and the file step refuses a data set whose own UID differs.
         let _guard = self.lock_for(&sop_instance_uid).lock().await;
@@ -180,8 +194,12 @@ impl Ingest {
             }
         }
         let spool = self.spool.clone();
-        let command = (sop_class_uid.clone(), sop_instance_uid.clone());
-        let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &command, previous)).await;
+        let expected = Expected {
+            sop_class_uid: sop_class_uid.clone(),
+            sop_instance_uid: sop_instance_uid.clone(),
+            study_instance_uid,
+        };
+        let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &expected, previous)).await;
         let (header, version, relative, size) = match placed {
             Ok(Ok(Durable::Placed { header, version, relative, size })) => (*header, version, relative, size),
             Ok(Ok(Durable::Duplicate { version })) => {
@@ -333,12 +351,19 @@ enum Durable {
     Duplicate { version: i64 },
 }
 
-/// Syncs a received file, reads and checks its header against the command's (class, instance)
-/// UIDs, compares it with the previous version if any, and renames it into place. Blocking.
+/// What the command (or request) says the data set is.
+struct Expected {
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    study_instance_uid: Option<String>,
+}
+
+/// Syncs a received file, reads and checks its header against the command's UIDs, compares it
+/// with the previous version if any, and renames it into place. Blocking.
 fn make_durable(
     spool: &Spool,
     mut temp: TempInstance,
-    (sop_class_uid, sop_instance_uid): &(String, String),
+    expected: &Expected,
     previous: Option<PreviousVersion>,
 ) -> Result<Durable, Outcome> {
     let failed = |e: SpoolError| out_of_resources(e.to_string());
@@ -349,11 +374,15 @@ fn make_durable(
         SpoolError::Invalid(scan) if scan.is_invalid_data() => Outcome::Refused(Refusal::Unreadable(scan.to_string())),
         other => failed(other),
     })?;
-    if &header.sop_instance_uid != sop_instance_uid {
+    if header.sop_instance_uid != expected.sop_instance_uid {
         return Err(mismatch("SOP Instance UID"));
     }
-    if &header.sop_class_uid != sop_class_uid {
+    if header.sop_class_uid != expected.sop_class_uid {
         return Err(mismatch("SOP Class UID"));
+    }
+    if expected.study_instance_uid.as_ref().is_some_and(|study| *study != header.study_instance_uid) {
+        let why = "the data set is not of the study the request names";
+        return Err(Outcome::Refused(Refusal::Mismatch(why.into())));
     }
     let version = match previous {
         None => 1,

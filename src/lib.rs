@@ -22,6 +22,8 @@ pub mod spool;
 pub mod bucket;
 /// Every SQL statement: instances, jobs, results, the outbox, the worklist (SQLite, PostgreSQL).
 pub mod store;
+/// Pulling studies from the PACS: C-FIND, then C-MOVE to this node (`fetch`, the catch-up).
+pub mod sources;
 /// Deleting what nothing needs any more: time rules, disk pressure, sweeps of leftover files.
 pub mod retention;
 

@@ -130,6 +130,20 @@ impl Spool {
         })
     }
 
+    /// The spool at `root` for a command that writes into it beside a node that may be receiving
+    /// (`fetch` from a DICOMweb source): created if there is none yet, nobody's temporary files
+    /// removed.
+    pub fn attach_creating(
+        root: &Path,
+        node: &str,
+        min_free_bytes: u64,
+        max_dataset_bytes: u64,
+    ) -> Result<Spool, SpoolError> {
+        let tmp = root.join(TMP_DIR).join(node_folder(node));
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        Spool::attach(root, node, min_free_bytes, max_dataset_bytes)
+    }
+
     /// The spool with its durable copy in `bucket` (the directory becomes a cache).
     pub fn with_bucket(self, bucket: Option<Arc<Bucket>>) -> Spool {
         Spool { bucket, ..self }

@@ -139,12 +139,21 @@ pub fn destination_client(
     config: &Config,
     d: &crate::config::Destination,
 ) -> Result<Option<(Arc<rustls::ClientConfig>, String)>, TlsSetupError> {
-    let Some(tls) = &d.tls else { return Ok(None) };
+    peer_client(config, d.tls.as_ref(), &d.host)
+}
+
+/// The TLS client towards a DICOM peer (a destination, a source) with these settings.
+pub fn peer_client(
+    config: &Config,
+    tls: Option<&crate::config::DestinationTls>,
+    host: &str,
+) -> Result<Option<(Arc<rustls::ClientConfig>, String)>, TlsSetupError> {
+    let Some(tls) = tls else { return Ok(None) };
     let identity = tls.cert_file.as_ref().zip(tls.key_file.as_ref());
     let identity = identity.map(|(c, k)| (config.resolve(c), config.resolve(k)));
     let client =
         client_config(&config.resolve(&tls.ca_file), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
-    Ok(Some((client, tls.server_name.clone().unwrap_or_else(|| d.host.clone()))))
+    Ok(Some((client, tls.server_name.clone().unwrap_or_else(|| host.to_string()))))
 }
 
 /// A TLS client configuration that trusts the authorities in `ca_file` and, given `identity`

@@ -30,6 +30,17 @@ pub struct AuditedStudy {
 }
 
 impl AuditedStudy {
+    /// The study of a received instance, nothing counted yet.
+    pub fn of_header(header: &crate::domain::InstanceHeader) -> AuditedStudy {
+        AuditedStudy {
+            study_instance_uid: header.study_instance_uid.clone(),
+            accession_number: header.accession_number.clone(),
+            patient_id: header.patient_id.clone(),
+            patient_name: header.patient_name.clone(),
+            sop_classes: Vec::new(),
+        }
+    }
+
     /// Counts an instance of `sop_class_uid` under `study` in `studies` (added if new).
     pub fn tally(studies: &mut Vec<AuditedStudy>, study: AuditedStudy, sop_class_uid: &str) {
         match studies.iter_mut().find(|s| s.study_instance_uid == study.study_instance_uid) {

@@ -4,6 +4,7 @@
 mod check_config;
 mod evaluate;
 mod explain;
+mod fetch;
 mod infer;
 mod preflight;
 mod prune;
@@ -19,6 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pneumotriage::config::{Config, Uses};
 use pneumotriage::dicom::conformance::{self, Service};
+use pneumotriage::spool::Spool;
 use pneumotriage::store::Store;
 
 #[derive(Parser)]
@@ -178,6 +180,33 @@ pub enum Command {
         json: bool,
     },
     /// List received instances, most recent first.
+    /// Pull studies from a [[sources]] PACS into the running node (C-FIND, then C-MOVE to the
+    /// node's AE title), by study, accession number, or date range and modality. Studies the
+    /// node holds whole are skipped; run it again to finish a pull that was cut short.
+    Fetch {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The source, by name; the only one when omitted.
+        #[arg(long)]
+        source: Option<String>,
+        /// A Study Instance UID (repeatable).
+        #[arg(long, value_name = "UID")]
+        study: Vec<String>,
+        #[arg(long, value_name = "NUMBER")]
+        accession: Option<String>,
+        /// Studies from this date on (YYYY-MM-DD).
+        #[arg(long, value_name = "DATE", value_parser = fetch::parse_date)]
+        since: Option<String>,
+        /// Studies up to this date (YYYY-MM-DD), with --since.
+        #[arg(long, value_name = "DATE", value_parser = fetch::parse_date, requires = "since")]
+        until: Option<String>,
+        /// With --since: a modality (repeatable); the source's `modalities` by default.
+        #[arg(long, value_name = "CODE", requires = "since")]
+        modality: Vec<String>,
+        /// List what would be pulled, pulling nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     Instances {
         #[command(flatten)]
         config: ConfigArg,
@@ -215,6 +244,7 @@ impl Command {
             Command::Serve(c) | Command::CheckConfig(c) | Command::Migrate(c) => c,
             Command::Studies { config, .. }
             | Command::Instances { config, .. }
+            | Command::Fetch { config, .. }
             | Command::Infer { config, .. }
             | Command::Explain { config, .. }
             | Command::Evaluate { config, .. }
@@ -235,6 +265,7 @@ impl Command {
         match self {
             Command::Serve(_) | Command::CheckConfig(_) | Command::Prune { .. } => Uses::Everything,
             Command::Infer { .. } | Command::Evaluate { .. } | Command::Explain { .. } => Uses::Analysis,
+            Command::Fetch { .. } => Uses::Pulling,
             _ => Uses::Records,
         }
     }
@@ -286,6 +317,20 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             queue::handover(&connect(&config).await?, &from, to.as_deref(), fail).await
         }
         Command::Prune { dry_run, .. } => prune::prune(&config, connect(&config).await?, dry_run).await,
+        Command::Fetch { source, study, accession, since, until, modality, dry_run, .. } => {
+            if study.is_empty() && accession.is_none() && since.is_none() {
+                anyhow::bail!("say what to fetch: --study UID, --accession NUMBER or --since DATE");
+            }
+            let study_date = since.map(|since| format!("{since}-{}", until.unwrap_or_default()));
+            let wanted = pneumotriage::sources::Wanted {
+                study_instance_uids: study,
+                accession_number: accession,
+                study_date,
+                modalities: modality,
+            };
+            let request = fetch::Request { source, wanted, dry_run };
+            fetch::fetch(&config, connect(&config).await?, request).await
+        }
         Command::ShadowReport { shadow, period, json, .. } => {
             reports::shadow_report(&connect(&config).await?, shadow.as_deref(), period.into(), json).await
         }
@@ -309,6 +354,24 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
         .with_auditor(pneumotriage::audit::Auditor::of(config));
     store.migrate().await?;
     Ok(store)
+}
+
+/// The node's spool for a command run beside a node that may be receiving (`prune`, `fetch`):
+/// its temporary files left alone, created if `create` and there is none yet; with the object
+/// store when one is configured.
+fn spool_beside_a_node(
+    config: &Config,
+    create: bool,
+) -> anyhow::Result<(std::sync::Arc<Spool>, Option<std::sync::Arc<pneumotriage::bucket::Bucket>>)> {
+    let (root, node) = (config.spool_dir(), config.node_name());
+    let (min_free, max_dataset) = (config.node.min_free_disk_mb * 1024 * 1024, config.dicom.max_dataset_bytes());
+    let spool = match create {
+        true => Spool::attach_creating(&root, &node, min_free, max_dataset),
+        false => Spool::attach(&root, &node, min_free, max_dataset),
+    }
+    .map_err(|e| anyhow::anyhow!("the spool (node.data_dir in {}): {e}", config.source))?;
+    let bucket = pneumotriage::bucket::Bucket::open(config).map_err(anyhow::Error::msg)?;
+    Ok((std::sync::Arc::new(spool.with_bucket(bucket.clone())), bucket))
 }
 
 /// Whether a SOP class is analysed under this configuration (an orphan registered by recovery

@@ -4,11 +4,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use pneumotriage::bucket::Bucket;
 use pneumotriage::config::Config;
 use pneumotriage::ingest::Ingest;
 use pneumotriage::retention::Retention;
-use pneumotriage::spool::Spool;
 use pneumotriage::store::{format_ms, Releasable, Store};
 
 use super::print_table;
@@ -81,15 +79,7 @@ pub async fn prune(config: &Config, store: Store, dry_run: bool) -> anyhow::Resu
 }
 
 async fn open(config: &Config, store: Store) -> anyhow::Result<Retention> {
-    let spool = Spool::attach(
-        &config.spool_dir(),
-        &config.node_name(),
-        config.node.min_free_disk_mb * 1024 * 1024,
-        config.dicom.max_dataset_bytes(),
-    )
-    .map_err(|e| anyhow::anyhow!("the spool (node.data_dir in {}): {e}", config.source))?;
-    let bucket = Bucket::open(config).map_err(anyhow::Error::msg)?;
-    let spool = Arc::new(spool.with_bucket(bucket.clone()));
+    let (spool, bucket) = super::spool_beside_a_node(config, false)?;
     let ingest = Arc::new(Ingest::new(spool.clone(), store.clone()));
     Ok(Retention::new(config, store, ingest, spool, bucket, super::analysed(config)))
 }

@@ -103,7 +103,9 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         if let Some(oidc) = &config.http.oidc {
             info!(issuer = %oidc.issuer, audience = %oidc.audience, "the API accepts the provider's access tokens");
         }
-        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone()).with_oidc(oidc);
+        let state = AppState::new(&config, store.clone(), spool.clone(), readiness.clone())
+            .with_oidc(oidc)
+            .with_stow(ingest.clone(), config.dicom.clone());
         let limits = ConnectionLimits::new(http_connections(&config), config.http.max_connections_per_client);
         let (http_config, shutdown) = (config.http.clone(), shutdown.clone());
         Some(tokio::spawn(async move {
@@ -142,6 +144,18 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tls_bind = address(tls_listener.as_ref().map(|(l, _)| l)).unwrap_or_else(|| "off".into()),
         "DICOM listener ready"
     );
+    // the catch-up starts from the last image received before the listener opens
+    let catching_up = config.sources.iter().any(|s| s.catch_up);
+    let last_received = match catching_up {
+        true => store.last_received_at().await.context("the catch-up's starting point")?,
+        false => None,
+    };
+    if catching_up {
+        let (config, store, ingest, shutdown) = (config.clone(), store.clone(), ingest.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { pneumotriage::sources::catch_up(&config, store, ingest, last_received, shutdown).await },
+        );
+    }
     let scp =
         tokio::spawn(Scp::new(config.dicom.clone(), ingest).serve(plain_listener, tls_listener, shutdown.clone()));
     readiness.listening.store(true, Ordering::Relaxed);

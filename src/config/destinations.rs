@@ -14,8 +14,8 @@ use crate::domain::{DestinationKind, ObjectKind, Priority};
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     pub name: String,
-    /// What it receives: DICOM objects (`dicom`, the default) or a message per study and
-    /// priority (`hl7`, `fhir`, `webhook`).
+    /// What it receives: DICOM objects (`dicom`, the default, by C-STORE; `dicomweb` by STOW-RS)
+    /// or a message per study and priority (`hl7`, `fhir`, `webhook`).
     #[serde(default = "dicom_kind")]
     pub kind: DestinationKind,
     /// The called AE title (`dicom` only).
@@ -26,11 +26,11 @@ pub struct Destination {
     pub host: String,
     #[serde(default)]
     pub port: u16,
-    /// Where to POST (`fhir`: the server's base URL; `webhook`: the endpoint). https:// needs
-    /// `tls.ca_file`.
+    /// Where to POST (`fhir`, `dicomweb`: the server's base URL; `webhook`: the endpoint).
+    /// https:// needs `tls.ca_file`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Which objects go there; all that are made by default (`dicom` only).
+    /// Which objects go there; all that are made by default (`dicom` and `dicomweb`).
     #[serde(default = "all_objects")]
     pub objects: Vec<ObjectKind>,
     /// Which study priorities send a message (messaging kinds); all by default.
@@ -49,6 +49,9 @@ pub struct Destination {
     /// The signing secret (`webhook` only, required).
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
+    /// DICOMweb settings (`dicomweb` only).
+    #[serde(default)]
+    pub dicomweb: Option<DicomwebSettings>,
     /// Our AE title towards it; `dicom.ae_title` by default.
     #[serde(default)]
     pub calling_ae_title: Option<String>,
@@ -91,6 +94,26 @@ pub struct DestinationTls {
     /// The name its certificate must carry; `host` by default.
     #[serde(default)]
     pub server_name: Option<String>,
+}
+
+impl DestinationTls {
+    /// Its files can be read, and an identity has both halves (`key`: the table's key).
+    pub(super) fn check(&self, key: &str, config: &Config, report: &mut Report) {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            report(key, "cert_file and key_file go together".into());
+        }
+        for (field, file) in [
+            ("ca_file", Some(&self.ca_file)),
+            ("cert_file", self.cert_file.as_ref()),
+            ("key_file", self.key_file.as_ref()),
+        ] {
+            if let Some(file) = file {
+                if let Err(e) = read_named_file(&config.resolve(file), TEXT_FILE_LIMIT) {
+                    report(&format!("{key}.{field}"), format!("{}: {e}", config.resolve(file).display()));
+                }
+            }
+        }
+    }
 }
 
 impl Destination {
@@ -136,7 +159,7 @@ impl Destination {
                 problems.push(("host", format!("kind = \"{kind}\" takes url, not host and port")));
             }
         }
-        if !dicom && self.objects != all_objects() {
+        if self.takes_messages() && self.objects != all_objects() {
             problems.push(("objects", format!("is for kind = \"dicom\"; \"{kind}\" sends a message per study")));
         }
         if self.priorities.is_empty() {
@@ -146,6 +169,7 @@ impl Destination {
             ("hl7", self.hl7.is_some(), DestinationKind::Hl7),
             ("fhir", self.fhir.is_some(), DestinationKind::Fhir),
             ("webhook", self.webhook.is_some(), DestinationKind::Webhook),
+            ("dicomweb", self.dicomweb.is_some(), DestinationKind::Dicomweb),
         ] {
             if present && kind != wanted {
                 problems.push((key, format!("is for kind = \"{wanted}\", not \"{kind}\"")));
@@ -189,8 +213,16 @@ impl Destination {
 
     /// Whether it receives messages (not DICOM objects).
     pub fn takes_messages(&self) -> bool {
-        self.kind != DestinationKind::Dicom
+        !matches!(self.kind, DestinationKind::Dicom | DestinationKind::Dicomweb)
     }
+}
+
+/// How the node signs in at a DICOMweb server.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomwebSettings {
+    /// Sent as `Authorization: Bearer` with every request.
+    pub bearer_token: Option<String>,
 }
 
 /// MSH identities of an HL7 v2 destination.
@@ -315,23 +347,7 @@ impl Destination {
             report(&format!("destinations[{i}].calling_ae_title"), m);
         }
         if let Some(tls) = &self.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                report(&format!("destinations[{i}].tls"), "cert_file and key_file go together".into());
-            }
-            for (key, file) in [
-                ("ca_file", Some(&tls.ca_file)),
-                ("cert_file", tls.cert_file.as_ref()),
-                ("key_file", tls.key_file.as_ref()),
-            ] {
-                if let Some(file) = file {
-                    if let Err(e) = read_named_file(&config.resolve(file), TEXT_FILE_LIMIT) {
-                        report(
-                            &format!("destinations[{i}].tls.{key}"),
-                            format!("{}: {e}", config.resolve(file).display()),
-                        );
-                    }
-                }
-            }
+            tls.check(&format!("destinations[{i}].tls"), config, report);
         }
     }
 }

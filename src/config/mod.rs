@@ -17,6 +17,7 @@ mod inference;
 mod node;
 mod retention;
 pub mod selection;
+mod sources;
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditConfig, AuditRepository, AuditTransport};
-pub use destinations::{Destination, DestinationTls, FhirSettings, Hl7Settings, WebhookSettings};
+pub use destinations::{Destination, DestinationTls, DicomwebSettings, FhirSettings, Hl7Settings, WebhookSettings};
 pub use dicom::{AllowedCaller, DicomConfig, ListenerTls};
 pub use files::{read_named_file, read_named_text, MODEL_FILE_LIMIT, TEXT_FILE_LIMIT};
 pub use http::{HttpConfig, HttpTls, NamedToken, OidcConfig, ProxyAuth};
@@ -34,6 +35,7 @@ pub use inference::{InferenceConfig, InputChecks, OutputsConfig, PriorityConfig,
 pub use node::{DatabaseConfig, DatabaseTls, NodeConfig, ObjectStoreConfig};
 pub use retention::RetentionConfig;
 pub use selection::SelectionConfig;
+pub use sources::Source;
 
 /// The default configuration compiled into the binary, used by `serve` without `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/pneumotriage.toml");
@@ -61,6 +63,9 @@ pub struct Config {
     pub selection: SelectionConfig,
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// `[[sources]]`: the PACS studies may be pulled from.
+    #[serde(default)]
+    pub sources: Vec<Source>,
     /// `[retention]`: when received images and the objects made of them are deleted.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -109,6 +114,8 @@ pub enum Uses {
     Analysis,
     /// The database commands (`studies`, `status`, `retry`, ...): where the node keeps its records.
     Records,
+    /// `fetch`: the records, the sources, and the listener they send to.
+    Pulling,
 }
 
 impl Uses {
@@ -117,6 +124,7 @@ impl Uses {
             Uses::Everything => return true,
             Uses::Analysis => &["inference", "priority", "outputs", "selection"],
             Uses::Records => &["node", "database"],
+            Uses::Pulling => &["node", "database", "dicom", "sources"],
         };
         // a problem without a key (the file cannot be read or parsed) stops every command
         key.is_empty() || sections.iter().any(|s| key.split(['.', '[']).next() == Some(s))
@@ -206,6 +214,9 @@ impl Config {
         numbers.extend(self.http.numbers());
         numbers.extend(self.retention.numbers());
         numbers.extend(self.audit.numbers());
+        for (i, s) in self.sources.iter().enumerate() {
+            numbers.extend(s.numbers(i));
+        }
         for (i, d) in self.destinations.iter().enumerate() {
             numbers.extend(d.numbers(i));
         }
@@ -239,6 +250,13 @@ impl Config {
                 report(&format!("destinations[{i}].name"), format!("`{}` is used twice", d.name));
             }
             d.check(i, self, &mut report);
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if !names.insert(s.name.as_str()) {
+                report(&format!("sources[{i}].name"), format!("`{}` is used twice", s.name));
+            }
+            s.check(i, self, &mut report);
         }
         if let Some(store) = &self.object_store {
             store.check(self, &mut report);
@@ -563,6 +581,15 @@ mod tests {
         [destinations.fhir]
         [destinations.webhook]
         secret = "s"
+        [destinations.dicomweb]
+        [[sources]]
+        name = "pacs"
+        ae_title = "X"
+        host = "h"
+        port = 104
+        [sources.tls]
+        ca_file = "ca"
+        [sources.dicomweb]
         [[http.tokens]]
         name = "n"
         token = "t"

@@ -26,6 +26,8 @@ pub mod status {
     /// The data set cannot be parsed.
     pub const CANNOT_UNDERSTAND: u16 = 0xC000;
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Referenced Transfer Syntax not supported (PS3.18 10.5.3, a STOW-RS part's syntax).
+    pub const TRANSFER_SYNTAX_NOT_SUPPORTED: u16 = 0xC122;
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 }
 

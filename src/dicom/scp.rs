@@ -318,12 +318,15 @@ async fn abort(conn: &mut Connection, reason: AbortRQServiceProviderReason) {
 
 /// The C-STORE response status of an outcome: the one place where the keeping layer's answer
 /// becomes DICOM's (PS3.4 B.2.3, PS3.7 C.4).
-fn store_status(outcome: &Outcome) -> u16 {
+/// The DIMSE status for an outcome (a STOW-RS response's Failure Reason too).
+pub fn store_status(outcome: &Outcome) -> u16 {
     match outcome {
         Outcome::Stored { .. } | Outcome::Duplicate { .. } => status::SUCCESS,
         Outcome::Refused(Refusal::OutOfResources(_)) => status::OUT_OF_RESOURCES,
         Outcome::Refused(Refusal::Mismatch(_)) => status::DATA_SET_MISMATCH,
         Outcome::Refused(Refusal::Unreadable(_) | Refusal::TooLarge(_)) => status::CANNOT_UNDERSTAND,
+        // over HTTP only: an association's presentation context refuses the syntax first
+        Outcome::Refused(Refusal::UnsupportedSyntax(_)) => status::TRANSFER_SYNTAX_NOT_SUPPORTED,
         Outcome::Refused(Refusal::UnsupportedClass(_)) => status::SOP_CLASS_NOT_SUPPORTED,
         Outcome::Refused(Refusal::UnsupportedOperation(_)) => status::UNRECOGNIZED_OPERATION,
     }
@@ -367,14 +370,7 @@ struct Tally {
 impl Tally {
     /// Counts an instance stored, under its study.
     fn received(&mut self, header: &InstanceHeader) {
-        let study = AuditedStudy {
-            study_instance_uid: header.study_instance_uid.clone(),
-            accession_number: header.accession_number.clone(),
-            patient_id: header.patient_id.clone(),
-            patient_name: header.patient_name.clone(),
-            sop_classes: Vec::new(),
-        };
-        AuditedStudy::tally(&mut self.studies, study, &header.sop_class_uid);
+        AuditedStudy::tally(&mut self.studies, AuditedStudy::of_header(header), &header.sop_class_uid);
     }
 }
 
@@ -620,6 +616,7 @@ impl Association {
                     calling_ae: self.calling_ae.clone(),
                     peer_address: self.peer.to_string(),
                     analysed: context.service == Service::Analysed,
+                    study_instance_uid: None,
                 };
                 self.scp.ingest.commit(received).await
             }

@@ -61,10 +61,52 @@ pub fn store_file(
             proposed.push(ts.to_string());
         }
     }
-    let options = ClientAssociationOptions::new()
+    let options = ClientAssociationOptions::new().with_presentation_context(sop_class.to_string(), proposed);
+    let assoc = associate(scp, options, sop_class)?;
+    transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
+}
+
+/// An established association, plain or over TLS.
+pub(crate) trait Association {
+    fn send(&mut self, pdu: &Pdu) -> Result<(), dicom_ul::association::Error>;
+    fn receive(&mut self) -> Result<Pdu, dicom_ul::association::Error>;
+    fn presentation_contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated];
+    fn acceptor_max_pdu_length(&self) -> u32;
+    fn release(self: Box<Self>);
+    fn abort(self: Box<Self>);
+}
+
+impl<S: CloseSocket + std::io::Read + std::io::Write> Association for ClientAssociation<S> {
+    fn send(&mut self, pdu: &Pdu) -> Result<(), dicom_ul::association::Error> {
+        ClientAssociation::send(self, pdu)
+    }
+    fn receive(&mut self) -> Result<Pdu, dicom_ul::association::Error> {
+        ClientAssociation::receive(self)
+    }
+    fn presentation_contexts(&self) -> &[dicom_ul::pdu::PresentationContextNegotiated] {
+        ClientAssociation::presentation_contexts(self)
+    }
+    fn acceptor_max_pdu_length(&self) -> u32 {
+        ClientAssociation::acceptor_max_pdu_length(self)
+    }
+    fn release(self: Box<Self>) {
+        let _ = ClientAssociation::release(*self);
+    }
+    fn abort(self: Box<Self>) {
+        let _ = ClientAssociation::abort(*self);
+    }
+}
+
+/// Associates with `scp` as `options` propose (its AE titles, timeouts and TLS added here);
+/// `what` names the service in a refusal.
+pub(crate) fn associate(
+    scp: &StoreScp,
+    options: ClientAssociationOptions<'_>,
+    what: &str,
+) -> Result<Box<dyn Association>, SendError> {
+    let options = options
         .calling_ae_title(scp.calling_ae_title.clone())
         .called_ae_title(scp.called_ae_title.clone())
-        .with_presentation_context(sop_class.to_string(), proposed)
         .connection_timeout(scp.timeout)
         .read_timeout(scp.timeout)
         .write_timeout(scp.timeout);
@@ -73,15 +115,15 @@ pub fn store_file(
         // Without TCP_NODELAY the data set's first PDU waits behind the command's until the peer
         // acknowledges it, which a delayed ACK holds back up to 40 ms: per object.
         None => {
-            let mut assoc = options.establish(address).map_err(|e| association_error(e, sop_class))?;
+            let mut assoc = options.establish(address).map_err(|e| association_error(e, what))?;
             let _ = assoc.inner_stream().set_nodelay(true);
-            transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
+            Ok(Box::new(assoc))
         }
         Some((tls, server_name)) => {
             let options = options.tls_config(tls.clone()).server_name(server_name);
-            let mut assoc = options.establish_tls(address).map_err(|e| association_error(e, sop_class))?;
+            let mut assoc = options.establish_tls(address).map_err(|e| association_error(e, what))?;
             let _ = assoc.inner_stream().sock.set_nodelay(true);
-            transfer(assoc, &file, path, &stored_ts, sop_class, sop_instance)
+            Ok(Box::new(assoc))
         }
     }
 }
@@ -109,8 +151,8 @@ fn association_error(e: dicom_ul::association::Error, sop_class: &str) -> SendEr
 }
 
 /// The C-STORE over an established association, then the release.
-fn transfer<S: CloseSocket + std::io::Read + std::io::Write>(
-    mut assoc: ClientAssociation<S>,
+fn transfer(
+    mut assoc: Box<dyn Association>,
     file: &dicom_object::DefaultDicomObject,
     path: &Path,
     stored_ts: &str,
@@ -124,7 +166,7 @@ fn transfer<S: CloseSocket + std::io::Read + std::io::Write>(
         .find(|pc| pc.reason == PresentationContextResultReason::Acceptance)
         .cloned()
     else {
-        let _ = assoc.abort();
+        assoc.abort();
         return Err(SendError::Permanent(format!("the destination accepts no presentation context for {sop_class}")));
     };
     let accepted_ts = context.transfer_syntax.trim_end_matches('\0').to_string();
@@ -176,7 +218,7 @@ fn transfer<S: CloseSocket + std::io::Read + std::io::Write>(
         }
         Err(e) => return Err(transient("the transfer failed", &e)),
     };
-    let _ = assoc.release();
+    assoc.release();
     match status {
         0x0000 | 0x0001 | 0xB000..=0xBFFF => Ok(status),
         0xA700..=0xA7FF => {

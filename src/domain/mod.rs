@@ -157,12 +157,24 @@ spelt_enum! {
     pub enum DestinationKind {
         /// The DICOM objects (SEG, SR, secondary capture) by C-STORE.
         Dicom = "dicom",
+        /// The same objects by STOW-RS to a DICOMweb server.
+        Dicomweb = "dicomweb",
         /// An HL7 v2.5.1 ORU^R01 per study and priority, over MLLP.
         Hl7 = "hl7",
         /// A FHIR R4 transaction Bundle per study and priority, over HTTPS.
         Fhir = "fhir",
         /// A signed JSON POST per study and priority.
         Webhook = "webhook",
+    }
+}
+
+spelt_enum! {
+    /// How a source is asked for studies.
+    pub enum SourceKind {
+        /// C-FIND, then C-MOVE to this node's listener.
+        Dicom = "dicom",
+        /// QIDO-RS, then WADO-RS.
+        Dicomweb = "dicomweb",
     }
 }
 
@@ -353,6 +365,26 @@ impl<'de> Deserialize<'de> for Device {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         from_spelling(deserializer)
     }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The UTC date of a time (ms since the epoch) as a DICOM DA, `YYYYMMDD`.
+pub fn dicom_date(ms: i64) -> String {
+    let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{year:04}{month:02}{day:02}")
 }
 
 #[cfg(test)]

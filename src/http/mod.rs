@@ -9,6 +9,7 @@ mod api;
 pub mod listener;
 pub mod oidc;
 mod signin;
+pub mod stow;
 pub mod worklist;
 
 pub use api::status_json;
@@ -67,6 +68,8 @@ pub struct AppState {
     sessions: Arc<signin::Sessions>,
     /// A reverse proxy that signs people in and names them in a header.
     proxy_auth: Option<Arc<crate::config::ProxyAuth>>,
+    /// Where STOW-RS stores (none: the node answers 503 to it).
+    stow: Option<crate::dicom::part10::Receiving>,
 }
 
 /// Who a request came from: the name of its token, if it has one, and its address (a request
@@ -165,6 +168,7 @@ impl AppState {
             proxy_auth: config.http.proxy_auth.clone().map(Arc::new),
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             auth_audits: Arc::default(),
+            stow: None,
         }
     }
 }
@@ -173,6 +177,12 @@ impl AppState {
     /// The state, accepting the provider's access tokens too.
     pub fn with_oidc(mut self, oidc: Option<Arc<oidc::Verifier>>) -> AppState {
         self.oidc = oidc;
+        self
+    }
+
+    /// The state, storing what STOW-RS brings.
+    pub fn with_stow(mut self, ingest: Arc<crate::ingest::Ingest>, dicom: crate::config::DicomConfig) -> AppState {
+        self.stow = Some(crate::dicom::part10::Receiving { ingest, dicom });
         self
     }
 
@@ -200,11 +210,17 @@ impl AppState {
 }
 
 /// An error answered as JSON.
+#[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError(status, message.into())
+    }
+
+    /// What it says.
+    pub fn message(&self) -> &str {
+        &self.1
     }
 }
 
@@ -229,6 +245,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/instances/{uid}/overlay.png", get(api::overlay))
         .route("/api/results/{id}/verdict", post(api::verdict))
         .route("/api/status", get(api::status))
+        .route("/dicomweb/studies", post(stow::store_any))
+        .route("/dicomweb/studies/{study}", post(stow::store_to_study))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "alive" })) }))

@@ -116,22 +116,8 @@ fn segment(name: &str, fields: &[(usize, String)]) -> String {
 fn dtm(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::domain::civil_from_days(days);
     format!("{year:04}{month:02}{day:02}{:02}{:02}{:02}+0000", of_day / 3600, of_day % 3600 / 60, of_day % 60)
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A DICOM DA (`YYYYMMDD`) that is a valid HL7 date; anything else (empty, an old

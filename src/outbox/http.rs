@@ -65,6 +65,25 @@ pub struct HttpTls {
     pub server_name: Option<String>,
 }
 
+impl HttpTls {
+    /// The files of a `[*.tls]` table, resolved against the configuration's directory.
+    fn of(config: &Config, tls: Option<&crate::config::DestinationTls>) -> Result<Option<HttpTls>, HttpSetupError> {
+        let Some(t) = tls else { return Ok(None) };
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err(HttpSetupError::HalfIdentity);
+        }
+        Ok(Some(HttpTls {
+            ca_file: config.resolve(&t.ca_file),
+            identity: t
+                .cert_file
+                .as_ref()
+                .zip(t.key_file.as_ref())
+                .map(|(c, k)| (config.resolve(c), config.resolve(k))),
+            server_name: t.server_name.clone(),
+        }))
+    }
+}
+
 /// One HTTP destination: where to POST and how, with a connection pool of its own.
 pub struct HttpTarget {
     /// The base URL (FHIR) or the endpoint (webhook), without a trailing `/`.
@@ -130,26 +149,47 @@ impl HttpTarget {
         })
     }
 
-    /// The target of a `fhir` or `webhook` destination: its url, tls files (resolved against
-    /// the configuration's directory), FHIR bearer token and timeout.
+    /// The target of a `fhir`, `webhook` or `dicomweb` destination: its url, tls files (resolved
+    /// against the configuration's directory), bearer token and timeout.
     pub fn for_destination(config: &Config, destination: &Destination) -> Result<HttpTarget, HttpSetupError> {
         let url = destination.url.as_deref().unwrap_or_default();
-        let tls = destination.tls.as_ref().map(|t| HttpTls {
-            ca_file: config.resolve(&t.ca_file),
-            identity: t
-                .cert_file
-                .as_ref()
-                .zip(t.key_file.as_ref())
-                .map(|(c, k)| (config.resolve(c), config.resolve(k))),
-            server_name: t.server_name.clone(),
-        });
-        if let Some(t) = &destination.tls {
-            if t.cert_file.is_some() != t.key_file.is_some() {
-                return Err(HttpSetupError::HalfIdentity);
-            }
-        }
-        let token = destination.fhir.as_ref().and_then(|f| f.bearer_token.as_deref());
+        let token = (destination.fhir.as_ref().and_then(|f| f.bearer_token.as_deref()))
+            .or(destination.dicomweb.as_ref().and_then(|d| d.bearer_token.as_deref()));
+        let tls = HttpTls::of(config, destination.tls.as_ref())?;
         HttpTarget::new(url, tls.as_ref(), token, Duration::from_secs(destination.timeout_secs))
+    }
+
+    /// The target of a `dicomweb` source, as of a destination.
+    pub fn for_source(config: &Config, source: &crate::config::Source) -> Result<HttpTarget, HttpSetupError> {
+        let url = source.url.as_deref().unwrap_or_default();
+        let token = source.dicomweb.as_ref().and_then(|d| d.bearer_token.as_deref());
+        let tls = HttpTls::of(config, source.tls.as_ref())?;
+        HttpTarget::new(url, tls.as_ref(), token, Duration::from_secs(source.timeout_secs))
+    }
+
+    /// GETs the URL plus `path_and_query` with `Accept: accept`: the answer when it is 200,
+    /// else the failure classified as a POST's is (the start of the body explaining it).
+    pub fn get(&self, path_and_query: &str, accept: &str) -> Result<ureq::http::Response<ureq::Body>, MessageError> {
+        let url = format!("{}/{}", self.url, path_and_query.trim_start_matches('/'));
+        let mut request = self.agent.get(&url).header("Accept", accept);
+        if let Some(token) = &self.bearer_token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request.call().map_err(|e| transport_error(&url, e))?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(response);
+        }
+        let mut answer = Vec::new();
+        let _ = response.into_body().into_reader().take(MAX_RESPONSE_BYTES).read_to_end(&mut answer);
+        let failure = match classify(status, &answer, None) {
+            Ok(()) => MessageError::Permanent(format!("HTTP {status}, not 200")),
+            Err(e) => e,
+        };
+        Err(match failure {
+            MessageError::Transient(m) => MessageError::Transient(format!("{url}: {m}")),
+            MessageError::Permanent(m) => MessageError::Permanent(format!("{url}: {m}")),
+        })
     }
 
     /// The URL a POST goes to: the base, or the base and `path_suffix`.
@@ -169,6 +209,22 @@ impl HttpTarget {
         headers: &[(&str, String)],
     ) -> Result<(), MessageError> {
         let url = self.url(path_suffix);
+        let (status, answer, location) = self.post(path_suffix, body, headers)?;
+        classify(status, &answer, location.as_deref()).map_err(|e| match e {
+            MessageError::Transient(m) => MessageError::Transient(format!("{url}: {m}")),
+            MessageError::Permanent(m) => MessageError::Permanent(format!("{url}: {m}")),
+        })
+    }
+
+    /// POSTs `body` as `post_json` does; the status, the start of the answer (at most
+    /// [`MAX_RESPONSE_BYTES`]) and its Location. A failure before any answer is classified.
+    pub fn post(
+        &self,
+        path_suffix: Option<&str>,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<(u16, Vec<u8>, Option<String>), MessageError> {
+        let url = self.url(path_suffix);
         let mut request = self.agent.post(&url);
         if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
             request = request.header("Content-Type", JSON);
@@ -185,10 +241,7 @@ impl HttpTarget {
         let mut answer = Vec::new();
         // A short read is fine: the answer only explains a failure.
         let _ = response.into_body().into_reader().take(MAX_RESPONSE_BYTES).read_to_end(&mut answer);
-        classify(status, &answer, location.as_deref()).map_err(|e| match e {
-            MessageError::Transient(m) => MessageError::Transient(format!("{url}: {m}")),
-            MessageError::Permanent(m) => MessageError::Permanent(format!("{url}: {m}")),
-        })
+        Ok((status, answer, location))
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod mllp;
+pub mod stow;
 pub mod transport;
 
 use std::sync::Arc;
@@ -46,11 +47,11 @@ impl Outbox {
         let mut senders = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
             match target(config, i)? {
-                Target::Objects(scp) => {
+                Target::Objects(target) => {
                     let scope = JobScope::of(config);
                     let destination = d.clone();
                     let (dir, bucket, lease) = (config.outputs_dir(), bucket.clone(), config.lease());
-                    let objects = Arc::new(ObjectSender { destination, scp, dir, bucket, scope, lease });
+                    let objects = Arc::new(ObjectSender { destination, target, dir, bucket, scope, lease });
                     for _ in 0..d.max_associations {
                         senders.push(tokio::spawn(run(store.clone(), objects.clone(), shutdown.clone())));
                     }
@@ -127,8 +128,8 @@ impl TargetError {
 
 /// How a destination is reached.
 pub enum Target {
-    /// A DICOM node, sent the objects by C-STORE.
-    Objects(StoreScp),
+    /// A DICOM node or DICOMweb server, sent the objects.
+    Objects(ObjectTarget),
     /// An HL7, FHIR or webhook receiver, sent a message per study and priority.
     Messages(MessageTransport),
 }
@@ -145,15 +146,38 @@ pub fn target(config: &Config, i: usize) -> Result<Target, DestinationError> {
     if d.takes_messages() {
         return MessageTransport::of(config, d).map(Target::Messages).map_err(|e| error(e.into()));
     }
+    if d.kind == crate::domain::DestinationKind::Dicomweb {
+        let target = http::HttpTarget::for_destination(config, d).map_err(|e| error(TransportError::from(e).into()))?;
+        return Ok(Target::Objects(ObjectTarget::Stow(Arc::new(target))));
+    }
     let tls = crate::tls::destination_client(config, d).map_err(|e| error(e.into()))?;
-    Ok(Target::Objects(StoreScp {
+    Ok(Target::Objects(ObjectTarget::Dimse(StoreScp {
         host: d.host.clone(),
         port: d.port,
         called_ae_title: d.ae_title.clone(),
         calling_ae_title: d.calling_ae_title.clone().unwrap_or_else(|| config.dicom.ae_title.clone()),
         timeout: Duration::from_secs(d.timeout_secs),
         tls,
-    }))
+    })))
+}
+
+/// How the objects reach a destination.
+#[derive(Clone)]
+pub enum ObjectTarget {
+    /// C-STORE to a DICOM node.
+    Dimse(StoreScp),
+    /// STOW-RS to a DICOMweb server.
+    Stow(Arc<http::HttpTarget>),
+}
+
+impl ObjectTarget {
+    /// Sends one object (blocking); the status it was taken with.
+    fn send(&self, path: &std::path::Path, sop_class: &str, sop_instance: &str) -> Result<u16, SendError> {
+        match self {
+            ObjectTarget::Dimse(scp) => scu::store_file(scp, path, sop_class, sop_instance),
+            ObjectTarget::Stow(target) => stow::store_file(target, path, sop_instance),
+        }
+    }
 }
 
 /// What one sender claims from the outbox and how it sends it.
@@ -190,10 +214,10 @@ async fn run<S: Sender>(store: Store, sender: Arc<S>, shutdown: Shutdown) {
     }
 }
 
-/// Sends the DICOM objects made of results to a DICOM destination.
+/// Sends the DICOM objects made of results to a DICOM or DICOMweb destination.
 struct ObjectSender {
     destination: Destination,
-    scp: StoreScp,
+    target: ObjectTarget,
     dir: std::path::PathBuf,
     /// Where the objects are kept when `dir` only caches them.
     bucket: Option<Arc<Bucket>>,
@@ -211,7 +235,7 @@ impl Sender for ObjectSender {
     }
 
     async fn send(&self, store: &Store, d: ClaimedDelivery) {
-        let (destination, scp, path) = (&self.destination, self.scp.clone(), self.dir.join(&d.path));
+        let (destination, target, path) = (&self.destination, self.target.clone(), self.dir.join(&d.path));
         let (class, instance) = (d.sop_class_uid.clone(), d.sop_instance_uid.clone());
         let started = std::time::Instant::now();
         // an object made on another node is fetched from the bucket first
@@ -223,7 +247,7 @@ impl Sender for ObjectSender {
             None => Ok(()),
         };
         let outcome = match fetched {
-            Ok(()) => tokio::task::spawn_blocking(move || scu::store_file(&scp, &path, &class, &instance))
+            Ok(()) => tokio::task::spawn_blocking(move || target.send(&path, &class, &instance))
                 .await
                 .unwrap_or_else(|e| Err(SendError::Transient(format!("the sending task failed: {e}")))),
             Err(e) => Err(e),
@@ -240,8 +264,9 @@ impl Sender for ObjectSender {
                     "delivered"
                 );
                 crate::metrics::delivery("delivered", started.elapsed());
-                let host = destination.host.as_str();
-                store.delivery_done(&d, crate::audit::Peer { ae_title: &destination.ae_title, address: host }).await
+                // a DICOMweb server is named by its URL, with no AE title
+                let address = destination.url.as_deref().unwrap_or(destination.host.as_str());
+                store.delivery_done(&d, crate::audit::Peer { ae_title: &destination.ae_title, address }).await
             }
             Err(SendError::Transient(reason)) => {
                 let delay = backoff(destination, d.attempts, d.id);
@@ -371,6 +396,7 @@ mod tests {
             hl7: None,
             fhir: None,
             webhook: None,
+            dicomweb: None,
             calling_ae_title: None,
             retry_initial_secs: 5,
             retry_max_secs: 60,

@@ -45,7 +45,7 @@ impl MessageTransport {
                 target: http::HttpTarget::for_destination(config, d)?,
                 secret: d.webhook.as_ref().map(|w| w.secret.as_bytes().to_vec()).unwrap_or_default(),
             },
-            DestinationKind::Dicom => return Err(TransportError::NotMessaging),
+            DestinationKind::Dicom | DestinationKind::Dicomweb => return Err(TransportError::NotMessaging),
         })
     }
 

@@ -104,6 +104,27 @@ impl Store {
         Ok(rows.into_iter().map(|(p,)| p).collect())
     }
 
+    /// How many instances (SOP Instance UIDs) of the series the node has received, those whose
+    /// files retention released included: a series pulled once is not pulled again.
+    pub async fn held_instances(&self, study_instance_uid: &str, series_instance_uid: &str) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT i.sop_instance_uid) FROM instances i JOIN studies s ON s.id = i.study_id \
+             WHERE s.study_instance_uid = $1 AND i.series_instance_uid = $2",
+        )
+        .bind(study_instance_uid)
+        .bind(series_instance_uid)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n)
+    }
+
+    /// When the last image arrived (ms since the epoch), none if none ever did.
+    pub async fn last_received_at(&self) -> Result<Option<i64>> {
+        let (at,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(received_at) FROM instances").fetch_one(self.pool()).await?;
+        Ok(at)
+    }
+
     /// A cheap round trip, to tell whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(self.pool()).await?;

@@ -42,6 +42,15 @@ fn program() -> Option<PathBuf> {
 /// here; 60 s allowed for loaded machines). The DICOM server is listening by then: Orthanc
 /// starts it before the HTTP server.
 pub fn start() -> Orthanc {
+    start_with(json!({}))
+}
+
+/// The DICOMweb plugin (Debian's `orthanc-dicomweb`), to load with [`start_with`].
+pub const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
+/// Starts Orthanc as [`start`] does, with `extra`'s keys set in its configuration (e.g. the
+/// modalities it may send to, a plugin and its section).
+pub fn start_with(extra: Value) -> Orthanc {
     let program = program().expect("Orthanc not found: Debian's orthanc package is needed: scripts/test installs it");
     let dir = tempfile::tempdir().unwrap();
     let (dicom_port, http_port) = (super::free_port(), super::free_port());
@@ -72,6 +81,10 @@ pub fn start() -> Orthanc {
         "AcceptedTransferSyntaxes": ["1.2.840.10008.1.*"],
         "SaveJobs": false
     });
+    let mut config = config;
+    for (key, value) in extra.as_object().expect("the extra configuration is an object") {
+        config[key] = value.clone();
+    }
     let config_path = dir.path().join("orthanc.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let log = File::create(dir.path().join("orthanc.log")).unwrap();
