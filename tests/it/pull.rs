@@ -86,6 +86,7 @@ fn fetch_pulls_every_study_once_across_a_crash(backend: Backend) {
 
     // kill -9 of the node in the middle of the pull
     let mut node = setup.start();
+    let started = Instant::now();
     let pulling = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
         .args(["fetch", "--since", "2000-01-01", "--config"])
         .arg(&setup.config_path)
@@ -106,10 +107,17 @@ fn fetch_pulls_every_study_once_across_a_crash(backend: Backend) {
     assert!(said.contains("failed:"), "{said}");
     assert!(said.contains("run the same fetch again"), "{said}");
     assert!(acknowledged.len() < 50, "killed in the middle: {} stored", acknowledged.len());
+    println!(
+        "pull: {} of 50 images acknowledged when the node was killed, {:.1?} into the pull",
+        acknowledged.len(),
+        started.elapsed()
+    );
 
     // the same fetch completes it; the studies held whole are skipped
     let node = setup.start();
+    let resumed = Instant::now();
     let second = fetch(&setup, &["--since", "2000-01-01"]);
+    println!("pull: the second fetch took {:.1?}", resumed.elapsed());
     assert!(second.status.success(), "{}\n{}", text(&second), node.log());
     let table = String::from_utf8_lossy(&second.stdout);
     assert!(table.matches("pulled 1 images").count() + table.matches("held").count() == 50, "{table}");
@@ -121,6 +129,7 @@ fn fetch_pulls_every_study_once_across_a_crash(backend: Backend) {
     assert!(instances.iter().all(|(_, version, ..)| *version == 1), "no image stored twice: {instances:?}");
     // every image analysed, once
     wait_count(&setup, "SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'skipped')", 50, 600);
+    println!("pull: 50 of 50 analysed {:.1?} after the second fetch began", resumed.elapsed());
     assert_eq!(setup.count("SELECT COUNT(*) FROM jobs"), 50);
     assert_eq!(
         setup.count("SELECT COUNT(DISTINCT instance_id) FROM results"),
