@@ -13,7 +13,7 @@
 //! tests/requirements.txt, on loopback): each instance is fsynced locally, then PUT, then
 //! committed, before its Success. `pneumotriage stow` receives the same files by STOW-RS
 //! instead (`POST /dicomweb/studies`, one multipart/related request per association's share of
-//! the files, sent by curl from a body file made before the clock starts). `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
+//! the files, streamed by curl from a body file made before the clock starts). `sync` runs before each scenario so that one receiver's dirty pages are not written back on the
 //! next one's time, and once more right after the transfer: "durable images/s" counts that sync for
 //! storescp, which is what its files need to be where pneumotriage's are at each Success. Each scenario is repeated R times, alternating which
 //! receiver goes first, and the median is reported. Machines are noisy (and this one may be
@@ -301,8 +301,11 @@ fn send_stow(http_port: u16, bodies: &[PathBuf]) -> Result<Duration> {
     let content_type = format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={STOW_BOUNDARY}");
     for body in bodies {
         let child = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", &content_type, "--data-binary"])
-            .arg(format!("@{}", body.display()))
+            // --upload-file streams the body (--data-binary @file reads it whole first); no
+            // Expect: 100-continue round trip
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Expect:", "-H", &content_type])
+            .arg("--upload-file")
+            .arg(body)
             .arg(format!("http://127.0.0.1:{http_port}/dicomweb/studies"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
