@@ -1,13 +1,16 @@
 //! Pipeline benchmark: the node's analysis of one image, stage by stage, against the equivalent
 //! Python pipeline (pydicom + numpy + onnxruntime, `benches/pipeline_reference.py`) with the same
-//! models and threads, in the same run on the same files.
+//! models and threads, in the same run on the same files. The node reads each file as its
+//! pipeline workers do (`imaging::open_checked`, `imaging::check_pixels`).
 //!
 //! Files: pydicom-data's RG1 (CR chest, 1841x1955, 15-bit MONOCHROME1) uncompressed and as JPEG
 //! 2000 lossless, a 3000x3000 16-bit DX, and a synthetic 1024x1024 positive from
 //! models/training's generator (so that post-processing has a mask to bring back to full size).
 //! Both sides run both models on every image (the classifier's decision aside) and post-process
 //! as the node does. Stages are measured where each side draws them: the node's "decode" is
-//! reading the file, decoding and the Modality/VOI LUTs; Python's "decode" is `dcmread` and
+//! reading and checking the file and having its samples (decompressed, or in place); its
+//! "preprocess" is one pass over the samples (the Modality/VOI LUTs, the displayed image's
+//! statistics, the resize to each model's size). Python's "decode" is `dcmread` and
 //! `pixel_array`, its LUTs falling into "preprocess". The ratio that matters is therefore the one
 //! over everything but the models' own inference: (Python total - inference) / (node total -
 //! inference). Target: at least 3.
@@ -28,6 +31,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use pneumotriage::config::Config;
+use pneumotriage::imaging;
 use pneumotriage::inference::analyse::Analyser;
 use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role};
@@ -141,12 +145,15 @@ fn analyser(threads: usize, device: Device) -> Result<Analyser> {
     Ok(analyser)
 }
 
-/// The node's figures for one file: a warm-up, then the median of `repeat` runs per stage.
-fn measure(analyser: &mut Analyser, file: &Path, repeat: usize) -> Result<Figures> {
+/// The node's figures for one file: a warm-up, then the median of `repeat` runs per stage. The
+/// file is read as a pipeline worker reads it: walked within the limits, parsed, its pixel
+/// budget and codestream checked.
+fn measure(analyser: &mut Analyser, file: &Path, repeat: usize, limits: &Config) -> Result<Figures> {
     let mut runs = Vec::new();
     for _ in 0..=repeat {
         let started = Instant::now();
-        let obj = dicom_object::open_file(file)?;
+        let obj = imaging::open_checked(file, limits.dicom.max_dataset_bytes())?;
+        imaging::check_pixels(&obj, limits.inference.max_pixels)?;
         let opened = started.elapsed().as_secs_f64() * 1000.0;
         let a = analyser.analyse(&obj)?;
         let total = started.elapsed().as_secs_f64() * 1000.0;
@@ -194,7 +201,8 @@ fn main() -> Result<()> {
 
     let mut node = analyser(threads, device)?;
     println!("node: {} ({})", node.execution_provider(), node.manifest.notice);
-    let ours: Vec<Figures> = files.iter().map(|f| measure(&mut node, f, repeat)).collect::<Result<_>>()?;
+    let limits = Config::embedded_default()?;
+    let ours: Vec<Figures> = files.iter().map(|f| measure(&mut node, f, repeat, &limits)).collect::<Result<_>>()?;
     drop(node);
     let mut args: Vec<String> = vec![
         "benches/pipeline_reference.py".into(),

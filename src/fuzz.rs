@@ -229,6 +229,8 @@ pub fn pixels(data: &[u8]) {
     let Ok(file) = obj.with_meta(meta) else { return };
     if imaging::check_pixels(&file, FUZZ_MAX_PIXELS).is_ok() {
         let _ = imaging::display_image(&file);
+        let model = imaging::Preprocess { height: 32, width: 48, channels: 1, mean: 0.5, std: 0.25 };
+        let _ = imaging::model_inputs(&file, &[model]);
     }
 }
 

@@ -7,12 +7,13 @@
 //! is applied by this module (dicom-pixeldata 0.10 ignores LUT sequences and never inverts
 //! MONOCHROME1).
 
-use dicom_core::Tag;
+use dicom_core::{DicomValue, PrimitiveValue, Tag};
 
 use crate::dicom::scan::{self, ScanError};
 
 mod codestream;
 mod mask;
+mod resample;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
@@ -90,7 +91,7 @@ pub fn check_pixels(obj: &FileDicomObject<InMemDicomObject>, max_pixels: u64) ->
     }
     let Some(fragments) = pixel_data.value().fragments() else {
         let needed = pixels * bits_allocated.div_ceil(8) as u64;
-        let length = pixel_data.value().to_bytes().map(|b| b.len() as u64).unwrap_or(0);
+        let length = pixel_data.value().primitive().map_or(0, |v| v.calculate_byte_len() as u64);
         if length < needed {
             return Err(ImagingError::Inconsistent(format!("{length} bytes of native pixel data, {needed} needed")));
         }
@@ -151,35 +152,252 @@ pub struct Preprocess {
 
 /// Decodes the first frame and applies Modality LUT, VOI and the MONOCHROME1 inversion.
 pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayImage, ImagingError> {
-    let decoded = obj.decode_pixel_data().map_err(ImagingError::Decode)?;
-    if decoded.samples_per_pixel() != 1 {
-        return Err(ImagingError::NotGrayscale(format!("{} samples per pixel", decoded.samples_per_pixel())));
+    with_samples(obj, |layout, samples, table| {
+        Ok(DisplayImage { width: layout.columns, height: layout.rows, pixels: samples.map(|raw| table[raw]) })
+    })
+}
+
+/// What the models need of an image, made in one pass over its samples: each model's input
+/// tensor, the image's size, and the displayed image's mean and standard deviation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInputs {
+    pub width: u32,
+    pub height: u32,
+    pub mean: f32,
+    pub deviation: f32,
+    /// One per [`Preprocess`] asked for, in order.
+    pub tensors: Vec<Vec<f32>>,
+    /// How long the samples took to be had (decompressed, or found in place); the rest of the
+    /// pass is preprocessing.
+    pub decoded_in: std::time::Duration,
+}
+
+/// [`display_image`] then [`to_tensor`] for each of `models`, and the displayed image's mean and
+/// standard deviation, without the full-size displayed image: each row of samples is looked up,
+/// counted and resized horizontally while it is in the cache (a 3000x3000 film's displayed
+/// image is 36 MB that would be written once and read twice more).
+pub fn model_inputs(
+    obj: &FileDicomObject<InMemDicomObject>,
+    models: &[Preprocess],
+) -> Result<ModelInputs, ImagingError> {
+    let started = std::time::Instant::now();
+    with_samples(obj, |layout, samples, table| {
+        let decoded_in = started.elapsed();
+        let (width, height) = (layout.columns as usize, layout.rows as usize);
+        let mut resizers: Vec<resample::Resizer> =
+            models.iter().map(|m| resample::Resizer::new(layout.columns, layout.rows, m.width, m.height)).collect();
+        let mut row = vec![0f32; width];
+        let mut moments = Moments::default();
+        for y in 0..height {
+            samples.row(y, width, table, &mut row);
+            moments.add(&row);
+            for resizer in &mut resizers {
+                resizer.push_row(&row);
+            }
+        }
+        let (mean, deviation) = moments.mean_and_deviation();
+        let tensors =
+            resizers.into_iter().zip(models).map(|(resizer, pre)| normalised(&resizer.finish(), pre)).collect();
+        Ok(ModelInputs { width: layout.columns, height: layout.rows, mean, deviation, tensors, decoded_in })
+    })
+}
+
+/// The mean and standard deviation of an image's values.
+pub fn mean_and_deviation(pixels: &[f32]) -> (f32, f32) {
+    let mut moments = Moments::default();
+    moments.add(pixels);
+    moments.mean_and_deviation()
+}
+
+/// Running sums of values and of their squares.
+#[derive(Default)]
+struct Moments {
+    count: usize,
+    sum: f64,
+    squares: f64,
+}
+
+impl Moments {
+    /// Adds a run of values (a row): summed in sixteen f32 lanes side by side, then in f64; a
+    /// single running sum would wait for each addition before the next.
+    fn add(&mut self, values: &[f32]) {
+        const LANES: usize = 16;
+        let (mut sums, mut squares) = ([0f32; LANES], [0f32; LANES]);
+        // f32 lanes stay exact enough over a few hundred values each (values in 0..1): the
+        // run is cut into blocks before they are added to the f64 totals
+        for block in values.chunks(LANES * 256) {
+            let chunks = block.chunks_exact(LANES);
+            let rest = chunks.remainder();
+            for chunk in chunks {
+                for lane in 0..LANES {
+                    sums[lane] += chunk[lane];
+                    squares[lane] += chunk[lane] * chunk[lane];
+                }
+            }
+            self.sum +=
+                sums.iter().map(|&v| f64::from(v)).sum::<f64>() + rest.iter().map(|&v| f64::from(v)).sum::<f64>();
+            self.squares += squares.iter().map(|&v| f64::from(v)).sum::<f64>()
+                + rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            (sums, squares) = ([0f32; LANES], [0f32; LANES]);
+        }
+        self.count += values.len();
     }
-    let photometric = decoded.photometric_interpretation().as_str().trim().to_string();
-    if photometric != "MONOCHROME1" && photometric != "MONOCHROME2" {
-        return Err(ImagingError::NotGrayscale(format!("photometric interpretation {photometric}")));
+
+    fn mean_and_deviation(&self) -> (f32, f32) {
+        let n = self.count.max(1) as f64;
+        let mean = self.sum / n;
+        // values lie in 0..1: the cancellation costs nothing near the input checks' thresholds
+        let variance = (self.squares / n - mean * mean).max(0.0);
+        (mean as f32, variance.sqrt() as f32)
     }
-    let (width, height) = (decoded.columns(), decoded.rows());
-    let count = width as usize * height as usize;
-    let bits_allocated = decoded.bits_allocated();
-    let bits_stored = decoded.bits_stored();
-    if !(1..=16).contains(&bits_stored) || bits_stored > bits_allocated || !matches!(bits_allocated, 8 | 16) {
-        return Err(ImagingError::Invalid("Bits Allocated / Bits Stored"));
+}
+
+/// The first frame's samples with the table from sample to display value, handed to `f`.
+/// Native pixel data is read in place; a single JPEG 2000 frame is decoded by openjpeg and read
+/// as decoded; the other compressed frames go through dicom-pixeldata.
+fn with_samples<R>(
+    obj: &FileDicomObject<InMemDicomObject>,
+    f: impl FnOnce(&Layout, &Samples, &[f32]) -> Result<R, ImagingError>,
+) -> Result<R, ImagingError> {
+    let layout = Layout::of(obj)?;
+    let pixel_data = obj.element(tags::PIXEL_DATA).map_err(|_| ImagingError::Invalid("Pixel Data"))?;
+    let (converted, decoded, j2k);
+    let count = layout.columns as usize * layout.rows as usize;
+    let samples = match pixel_data.value() {
+        // read in place (see scan::read_without_large_values)
+        DicomValue::Primitive(PrimitiveValue::U8(bytes)) => Samples::of(bytes, count, layout.bits_allocated)?,
+        // a data set dicom-rs parsed whole (a deflated one) holds 16-bit samples as numbers
+        DicomValue::Primitive(value) => {
+            converted = value.to_bytes();
+            Samples::of(&converted, count, layout.bits_allocated)?
+        }
+        DicomValue::PixelSequence(sequence) if layout.frames == 1 && is_jpeg2000(obj.meta().transfer_syntax()) => {
+            j2k = decode_jpeg2000(sequence.fragments(), &layout)?;
+            Samples::Ints(&j2k.components()[0].data()[..count])
+        }
+        _ => {
+            decoded = obj.decode_pixel_data().map_err(ImagingError::Decode)?;
+            Samples::of(decoded.frame_data(0).map_err(ImagingError::Decode)?, count, layout.bits_allocated)?
+        }
+    };
+    let table = display_table(obj, &layout, &samples)?;
+    f(&layout, &samples, &table)
+}
+
+/// JPEG 2000 (Part 1, lossless or not; High-Throughput JPEG 2000 too: openjpeg reads both).
+fn is_jpeg2000(transfer_syntax: &str) -> bool {
+    let ts = transfer_syntax.trim_end_matches(['\0', ' ']);
+    [
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    ]
+    .contains(&ts)
+}
+
+/// The first frame of JPEG 2000 pixel data, decoded by openjpeg on every core; its samples are
+/// read as the decoder gives them (dicom-pixeldata writes each into 16-bit bytes first).
+fn decode_jpeg2000(fragments: &[Vec<u8>], layout: &Layout) -> Result<jpeg2k::Image, ImagingError> {
+    // a single frame: every fragment is part of it
+    let joined;
+    let codestream: &[u8] = match fragments {
+        [one] => one,
+        several => {
+            joined = several.concat();
+            &joined
+        }
+    };
+    let image = jpeg2k::Image::from_bytes(codestream)
+        .map_err(|e| ImagingError::Inconsistent(format!("the JPEG 2000 codestream cannot be decoded: {e}")))?;
+    let component = image
+        .components()
+        .first()
+        .ok_or(ImagingError::Inconsistent("a JPEG 2000 codestream without components".into()))?;
+    if (component.width(), component.height()) != (layout.columns, layout.rows) {
+        return Err(ImagingError::Inconsistent(format!(
+            "the JPEG 2000 codestream decodes to {}x{}, Columns x Rows say {}x{}",
+            component.width(),
+            component.height(),
+            layout.columns,
+            layout.rows
+        )));
     }
-    let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
-    let frame = decoded.frame_data(0).map_err(ImagingError::Decode)?;
-    let samples = Samples::of(frame, count, bits_allocated)?;
-    // Every transform depends on the stored value alone, and Bits Stored is at most 16: one
-    // table from masked sample to display value, then one pass over the pixels.
+    Ok(image)
+}
+
+/// What the pixel data's bytes are: the attributes of the Image Pixel module the decode reads.
+struct Layout {
+    frames: u32,
+    rows: u32,
+    columns: u32,
+    bits_allocated: u16,
+    bits_stored: u16,
+    signed: bool,
+    monochrome1: bool,
+}
+
+impl Layout {
+    fn of(obj: &InMemDicomObject) -> Result<Layout, ImagingError> {
+        let number = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
+        let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        if samples != 1 {
+            return Err(ImagingError::NotGrayscale(format!("{samples} samples per pixel")));
+        }
+        let photometric = obj
+            .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_matches(|c: char| c == ' ' || c == '\0').to_string())
+            .unwrap_or_default();
+        if photometric != "MONOCHROME1" && photometric != "MONOCHROME2" {
+            return Err(ImagingError::NotGrayscale(format!("photometric interpretation {photometric}")));
+        }
+        let (Some(rows @ 1..), Some(columns @ 1..)) = (number(tags::ROWS), number(tags::COLUMNS)) else {
+            return Err(ImagingError::Invalid("Rows / Columns"));
+        };
+        let (Some(bits_allocated), Some(bits_stored)) = (number(tags::BITS_ALLOCATED), number(tags::BITS_STORED))
+        else {
+            return Err(ImagingError::Invalid("Bits Allocated / Bits Stored"));
+        };
+        if !(1..=16).contains(&bits_stored) || bits_stored > bits_allocated || !matches!(bits_allocated, 8 | 16) {
+            return Err(ImagingError::Invalid("Bits Allocated / Bits Stored"));
+        }
+        Ok(Layout {
+            frames: obj
+                .element_opt(tags::NUMBER_OF_FRAMES)
+                .ok()
+                .flatten()
+                .and_then(|e| {
+                    e.to_str().ok().and_then(|s| s.trim_matches(|c: char| c == ' ' || c == '\0').parse().ok())
+                })
+                .unwrap_or(1),
+            rows,
+            columns,
+            bits_allocated: bits_allocated as u16,
+            bits_stored: bits_stored as u16,
+            signed: number(tags::PIXEL_REPRESENTATION) == Some(1),
+            monochrome1: photometric == "MONOCHROME1",
+        })
+    }
+}
+
+/// The display value (0..1) of every sample value (the bits above Bits Stored ignored): every transform depends on the stored value alone, so one
+/// table, then one pass over the pixels.
+fn display_table(obj: &InMemDicomObject, layout: &Layout, samples: &Samples) -> Result<Vec<f32>, ImagingError> {
+    let bits_stored = layout.bits_stored as u32;
     let mask = (1usize << bits_stored) - 1;
     let stored = |raw: usize| -> i32 {
-        if signed && raw & (1 << (bits_stored - 1)) != 0 {
+        let raw = raw & mask;
+        if layout.signed && raw & (1 << (bits_stored - 1)) != 0 {
             raw as i32 - (1i32 << bits_stored)
         } else {
             raw as i32
         }
     };
-    let modality = ModalityLut::of(obj, signed)?;
+    let modality = ModalityLut::of(obj, layout.signed)?;
     let voi = Voi::of(obj, || {
         // no window: the range of the values present
         let mut present = vec![false; mask + 1];
@@ -189,25 +407,27 @@ pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayI
             (lo.min(v), hi.max(v))
         })
     })?;
-    let invert = photometric == "MONOCHROME1";
-    let table: Vec<f32> = (0..=mask)
+    let by_stored: Vec<f32> = (0..=mask)
         .map(|raw| {
             let u = voi.apply(modality.apply(stored(raw))) as f32;
-            if invert {
+            if layout.monochrome1 {
                 1.0 - u
             } else {
                 u
             }
         })
         .collect();
-    let pixels = samples.map(|raw| table[raw & mask]);
-    Ok(DisplayImage { width, height, pixels })
+    // indexed by the whole sample (8 bits, else 16), so that the pass needs no mask
+    let size = if matches!(samples, Samples::Bytes(_)) { 1usize << 8 } else { 1 << 16 };
+    Ok((0..size).map(|raw| by_stored[raw & mask]).collect())
 }
 
 /// The raw samples of a frame, 8 or 16 bits (little endian) each.
 enum Samples<'a> {
     Bytes(&'a [u8]),
     Words(&'a [u8]),
+    /// As a JPEG 2000 decoder gives them (a signed sample negative).
+    Ints(&'a [i32]),
 }
 
 impl<'a> Samples<'a> {
@@ -226,6 +446,21 @@ impl<'a> Samples<'a> {
         match self {
             Samples::Bytes(b) => b.iter().map(|&v| f(v as usize)).collect(),
             Samples::Words(w) => w.chunks_exact(2).map(|c| f(u16::from_le_bytes([c[0], c[1]]) as usize)).collect(),
+            // the low 16 bits: the table is indexed by a whole 16-bit sample
+            Samples::Ints(i) => i.iter().map(|&v| f(v as u16 as usize)).collect(),
+        }
+    }
+
+    /// Row `y` of an image `width` samples wide, through `table`, into `out`.
+    fn row(&self, y: usize, width: usize, table: &[f32], out: &mut [f32]) {
+        let (start, end) = (y * width, (y + 1) * width);
+        match self {
+            Samples::Bytes(b) => out.iter_mut().zip(&b[start..end]).for_each(|(o, &v)| *o = table[v as usize]),
+            Samples::Words(w) => out
+                .iter_mut()
+                .zip(w[start * 2..end * 2].chunks_exact(2))
+                .for_each(|(o, c)| *o = table[u16::from_le_bytes([c[0], c[1]]) as usize]),
+            Samples::Ints(i) => out.iter_mut().zip(&i[start..end]).for_each(|(o, &v)| *o = table[v as u16 as usize]),
         }
     }
 
@@ -233,6 +468,7 @@ impl<'a> Samples<'a> {
         match self {
             Samples::Bytes(b) => b.iter().for_each(|&v| f(v as usize)),
             Samples::Words(w) => w.chunks_exact(2).for_each(|c| f(u16::from_le_bytes([c[0], c[1]]) as usize)),
+            Samples::Ints(i) => i.iter().for_each(|&v| f(v as u16 as usize)),
         }
     }
 }
@@ -386,7 +622,11 @@ pub fn resize(image: &DisplayImage, width: u32, height: u32) -> Result<DisplayIm
 /// A model's input tensor, (channels, height, width) row-major: resized, normalised, the grey
 /// channel repeated.
 pub fn to_tensor(image: &DisplayImage, pre: &Preprocess) -> Result<Vec<f32>, ImagingError> {
-    let small = resize(image, pre.width, pre.height)?;
-    let plane: Vec<f32> = small.pixels.iter().map(|v| (v - pre.mean) / pre.std).collect();
-    Ok(plane.iter().copied().cycle().take(plane.len() * pre.channels as usize).collect())
+    Ok(normalised(&resize(image, pre.width, pre.height)?.pixels, pre))
+}
+
+/// An image at a model's size as its input tensor: normalised, the grey channel repeated.
+fn normalised(plane: &[f32], pre: &Preprocess) -> Vec<f32> {
+    let plane: Vec<f32> = plane.iter().map(|v| (v - pre.mean) / pre.std).collect();
+    plane.iter().copied().cycle().take(plane.len() * pre.channels as usize).collect()
 }

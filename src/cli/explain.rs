@@ -72,7 +72,7 @@ fn explain_one(config: &Config, selector: &Selector, calling_ae: &str, file: &Pa
             return Ok(lines);
         }
     };
-    if let Some(skip) = checks.pixels(&image, InputStatistics::of(&image)) {
+    if let Some(skip) = checks.pixels((image.width, image.height), InputStatistics::of(&image)) {
         let why = if selection.content_decides { " (the tags said too little: the content checks decide)" } else { "" };
         lines.push(format!("skipped by an input check ({}): {}{why}", skip.cause, skip.reason));
         lines.push(format!("=> {NOT_ANALYSED}"));

@@ -126,6 +126,9 @@ pub struct PixelData {
     pub length: u64,
     /// Encapsulated: the number of fragments (the Basic Offset Table not counted).
     pub fragments: Option<usize>,
+    /// Native: where the whole element lies (header and value) and its VR; file offsets for a
+    /// scanned file, none for a deflated one.
+    pub native: Option<(Range<u64>, VR)>,
 }
 
 impl Scanned {
@@ -226,32 +229,61 @@ pub fn scan_file(path: &Path, max_inflated: u64) -> Result<Scanned, ScanError> {
                 for range in &mut scanned.large_values {
                     *range = range.start + start..range.end + start;
                 }
+                if let Some((range, _)) = scanned.pixel_data.as_mut().and_then(|p| p.native.as_mut()) {
+                    *range = range.start + start..range.end + start;
+                }
                 scanned
             })
         }
     }?;
     if encoding_of(&transfer_syntax)? == Encoding::DeflatedExplicit {
         scanned.large_values.clear();
+        if let Some(pixel) = scanned.pixel_data.as_mut() {
+            pixel.native = None;
+        }
     }
     Ok(Scanned { transfer_syntax, ..scanned })
 }
 
 /// Reads a scanned Part-10 file with dicom-rs, leaving out its top-level values larger than
 /// [`LARGE_VALUE`] (Pixel Data aside): what the pipeline holds in memory is the image and the
-/// attributes it uses, whatever else the data set carries.
+/// attributes it uses, whatever else the data set carries. Native pixel data is not parsed: its
+/// bytes are read once, where the walk found them, into the value the decoder reads in place
+/// (dicom-rs would read 16-bit samples into numbers, and every reader after it copy them back).
 pub fn read_without_large_values(
     path: &Path,
     scanned: &Scanned,
 ) -> Result<dicom_object::DefaultDicomObject, ReadError> {
-    if scanned.large_values.is_empty() {
-        return dicom_object::open_file(path).map_err(ReadError::Dicom);
+    let native = scanned.pixel_data.as_ref().and_then(|p| p.native.clone().map(|n| (n, p.length)));
+    let mut skip = scanned.large_values.clone();
+    if let Some(((element, _), _)) = &native {
+        skip.push(element.clone());
+        skip.sort_by_key(|r| r.start);
     }
-    let file = File::open(path).map_err(ReadError::Io)?;
-    let reader = Skipping { reader: BufReader::new(file), skip: scanned.large_values.clone(), at: 0 };
-    dicom_object::OpenFileOptions::new()
-        .read_preamble(dicom_object::file::ReadPreamble::Always)
-        .from_reader(reader)
-        .map_err(ReadError::Dicom)
+    let mut file = File::open(path).map_err(ReadError::Io)?;
+    let mut obj = if skip.is_empty() {
+        dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Always)
+            .from_reader(BufReader::new(&file))
+            .map_err(ReadError::Dicom)?
+    } else {
+        let reader = Skipping { reader: BufReader::new(&file), skip, at: 0 };
+        dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Always)
+            .from_reader(reader)
+            .map_err(ReadError::Dicom)?
+    };
+    if let Some(((element, vr), length)) = native {
+        file.seek(io::SeekFrom::Start(element.end - length)).map_err(ReadError::Io)?;
+        // read_to_end fills the reserved bytes without zeroing them first
+        let mut value = Vec::with_capacity(length as usize);
+        (&mut file).take(length).read_to_end(&mut value).map_err(ReadError::Io)?;
+        if value.len() as u64 != length {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        obj.put(dicom_core::DataElement::new(tags::PIXEL_DATA, vr, dicom_core::PrimitiveValue::from(value)));
+    }
+    Ok(obj)
 }
 
 /// Why a scanned file could not be read.
@@ -264,13 +296,13 @@ pub enum ReadError {
 }
 
 /// A reader that leaves out byte ranges of the file under it (sorted, not overlapping).
-struct Skipping {
-    reader: BufReader<File>,
+struct Skipping<'a> {
+    reader: BufReader<&'a File>,
     skip: Vec<Range<u64>>,
     at: u64,
 }
 
-impl Read for Skipping {
+impl Read for Skipping<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(range) = self.skip.first().cloned() {
             if self.at < range.start {
@@ -556,7 +588,8 @@ fn walk(input: &mut dyn Input, total: u64, explicit_vr: bool) -> Result<Scanned,
                         scanned.large_values.push(element_start..end);
                     }
                     if here.top && tag == tags::PIXEL_DATA {
-                        scanned.pixel_data = Some(PixelData { length: length as u64, fragments: None });
+                        let native = Some((element_start..end, vr.unwrap_or(VR::OW)));
+                        scanned.pixel_data = Some(PixelData { length: length as u64, fragments: None, native });
                     }
                     if here.top && length <= MAX_KEPT_VALUE && KEPT.contains(&tag) {
                         let mut value = vec![0u8; length as usize];

@@ -304,7 +304,11 @@ pub struct Preparation {
 
 /// An image decoded and made into the models' inputs, waiting for its batch.
 pub struct Prepared {
-    image: DisplayImage,
+    /// The source image's size in pixels.
+    width: u32,
+    height: u32,
+    /// The displayed image, kept only for [`Views`].
+    display: Option<DisplayImage>,
     input: InputStatistics,
     classifier_input: Vec<f32>,
     /// `None` when the segmenter takes the classifier's input.
@@ -345,12 +349,16 @@ impl Preparation {
     ) -> Result<Prepared, AnalyseError> {
         let mut timings = Timings::default();
         let started = Instant::now();
-        let image = imaging::display_image(obj)?;
-        timings.decode_ms = ms(started);
-        let input = InputStatistics::of(&image);
+        let models: &[Preprocess] =
+            if self.segmenter == self.classifier { &[self.classifier] } else { &[self.classifier, self.segmenter] };
+        let inputs = imaging::model_inputs(obj, models)?;
+        // one pass: decoding is getting the samples, preprocessing all the rest (the LUTs too)
+        timings.decode_ms = inputs.decoded_in.as_secs_f64() * 1000.0;
+        timings.preprocess_ms = ms(started) - timings.decode_ms;
+        let input = InputStatistics { mean: inputs.mean, deviation: inputs.deviation };
         let checks =
             InputChecks { image_statistics: self.checks.image_statistics || selection.content_decides, ..self.checks };
-        if let Some(skip) = checks.pixels(&image, input) {
+        if let Some(skip) = checks.pixels((inputs.width, inputs.height), input) {
             // Where the content stood in for tags that said too little, it is the selection
             // that turned the image away: no "not analysed" report for it.
             let skip = if selection.content_decides {
@@ -361,12 +369,20 @@ impl Preparation {
             };
             return Err(AnalyseError::Skipped(skip));
         }
-        let stage = Instant::now();
-        let classifier_input = imaging::to_tensor(&image, &self.classifier)?;
-        let segmenter_input =
-            if self.segmenter == self.classifier { None } else { Some(imaging::to_tensor(&image, &self.segmenter)?) };
-        timings.preprocess_ms = ms(stage);
-        Ok(Prepared { image, input, classifier_input, segmenter_input, spacing: pixel_spacing(obj), timings })
+        let display = if self.keep_views { Some(imaging::display_image(obj)?) } else { None };
+        let mut tensors = inputs.tensors.into_iter();
+        let classifier_input = tensors.next().expect("a tensor per model");
+        let segmenter_input = tensors.next();
+        Ok(Prepared {
+            width: inputs.width,
+            height: inputs.height,
+            display,
+            input,
+            classifier_input,
+            segmenter_input,
+            spacing: pixel_spacing(obj),
+            timings,
+        })
     }
 }
 
@@ -390,7 +406,7 @@ impl Finish<'_> {
         probabilities: Option<Vec<f32>>,
         inference_ms: f64,
     ) -> Result<Analysis, AnalyseError> {
-        let Prepared { image, input, classifier_input, spacing, mut timings, .. } = prepared;
+        let Prepared { width, height, display, input, classifier_input, spacing, mut timings, .. } = prepared;
         let classifier = self.preparation.classifier;
         timings.inference_ms = inference_ms;
         let stage = Instant::now();
@@ -401,7 +417,7 @@ impl Finish<'_> {
         };
         let full = match probabilities {
             Some(p) if outcome.mask.is_some() || (self.segment_always && segmenter_has_mask) => {
-                Some(self.full_size_mask(p, &image)?)
+                Some(self.full_size_mask(p, width, height)?)
             }
             _ => None,
         };
@@ -413,13 +429,11 @@ impl Finish<'_> {
             (false, false) => (None, None),
         };
         let mask_area_px = mask.as_ref().map_or(0, |m| m.iter().filter(|&&b| b).count());
-        let mask_rle =
-            mask.as_ref().map_or_else(|| "-1".to_string(), |m| super::rle::siim_rle(m, image.width, image.height));
+        let mask_rle = mask.as_ref().map_or_else(|| "-1".to_string(), |m| super::rle::siim_rle(m, width, height));
         let mask_area_mm2 = spacing.map(|(r, c)| mask_area_px as f64 * r * c);
         let priority = decision::priority(self.priority_rules, outcome.decision, outcome.probability, mask_area_mm2);
         timings.postprocess_ms = ms(stage);
-        let (width, height) = (image.width, image.height);
-        let views = self.preparation.keep_views.then(|| {
+        let views = display.map(|display| {
             let (w, h) = (classifier.width, classifier.height);
             let plane = &classifier_input[..(w * h) as usize];
             Views {
@@ -428,7 +442,7 @@ impl Finish<'_> {
                     height: h,
                     pixels: plane.iter().map(|v| v * classifier.std + classifier.mean).collect(),
                 },
-                display: image,
+                display,
             }
         });
         Ok(Analysis {
@@ -450,13 +464,13 @@ impl Finish<'_> {
 
     /// The segmenter's probabilities brought back to the source size with the same filter, then
     /// thresholded (the mask threshold, or the triplet rule's bottom one).
-    fn full_size_mask(&self, probabilities: Vec<f32>, image: &DisplayImage) -> Result<Vec<bool>, AnalyseError> {
+    fn full_size_mask(&self, probabilities: Vec<f32>, width: u32, height: u32) -> Result<Vec<bool>, AnalyseError> {
         let cut = match self.policy {
             Policy::Cascade => self.rules.mask,
             Policy::Segmentation => self.rules.triplet_bottom,
         };
         let small = DisplayImage { width: self.segmenter.width, height: self.segmenter.height, pixels: probabilities };
-        Ok(imaging::mask_at_size(&small, image.width, image.height, cut)?)
+        Ok(imaging::mask_at_size(&small, width, height, cut)?)
     }
 }
 

@@ -74,17 +74,15 @@ impl InputChecks {
         None
     }
 
-    /// Why the decoded image must not be analysed, or `None`.
-    pub fn pixels(&self, image: &DisplayImage, statistics: InputStatistics) -> Option<Skip> {
+    /// Why the decoded image (its size in pixels, its statistics) must not be analysed, or `None`.
+    pub fn pixels(&self, (width, height): (u32, u32), statistics: InputStatistics) -> Option<Skip> {
         if !self.image_statistics {
             return None;
         }
-        let aspect = f64::from(image.width) / f64::from(image.height.max(1));
+        let aspect = f64::from(width) / f64::from(height.max(1));
         if !(ASPECT_RANGE.0..=ASPECT_RANGE.1).contains(&aspect) {
-            let reason = format!(
-                "input check: {}x{} pixels is no chest film's shape (width/height {aspect:.2})",
-                image.width, image.height
-            );
+            let reason =
+                format!("input check: {width}x{height} pixels is no chest film's shape (width/height {aspect:.2})");
             return Some(Skip::new(SkipCause::ImageStatistics, reason));
         }
         let deviation = statistics.deviation;
@@ -125,10 +123,8 @@ pub struct InputStatistics {
 
 impl InputStatistics {
     pub fn of(image: &DisplayImage) -> InputStatistics {
-        let n = image.pixels.len().max(1) as f64;
-        let mean = image.pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let variance = image.pixels.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-        InputStatistics { mean: mean as f32, deviation: variance.sqrt() as f32 }
+        let (mean, deviation) = crate::imaging::mean_and_deviation(&image.pixels);
+        InputStatistics { mean, deviation }
     }
 }
 
@@ -229,7 +225,9 @@ mod tests {
     #[test]
     fn blank_and_strip_images_are_not_analysed() {
         let blank = DisplayImage { width: 100, height: 100, pixels: vec![0.5; 10_000] };
-        let checked = |image: &DisplayImage| InputChecks::default().pixels(image, InputStatistics::of(image));
+        let checked = |image: &DisplayImage| {
+            InputChecks::default().pixels((image.width, image.height), InputStatistics::of(image))
+        };
         assert!(checked(&blank).unwrap().reason.contains("near-constant"));
         let strip =
             DisplayImage { width: 300, height: 100, pixels: (0..30_000).map(|i| (i % 7) as f32 / 7.0).collect() };

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{deid_cat, pydicom_data, python, run, text, tool};
-use pneumotriage::imaging::{display_image, resize, DisplayImage};
+use pneumotriage::imaging::{
+    check_pixels, display_image, mean_and_deviation, model_inputs, open_checked, resize, to_tensor, DisplayImage,
+    Preprocess,
+};
 
 fn node_display(path: &Path) -> DisplayImage {
     let obj = dicom_object::open_file(path).unwrap();
@@ -101,6 +104,28 @@ fn every_accepted_syntax_decodes_to_the_uncompressed_pixels() {
         let decoded = node_display(file);
         assert_eq!((decoded.width, decoded.height), (expected.width, expected.height));
         assert!(decoded.pixels == expected.pixels, "{syntax} differs from the uncompressed original");
+    }
+    // The analysis path: each file read as the pipeline reads it (native pixel data in place),
+    // the models' inputs and the statistics made in one pass over the samples, as the displayed
+    // image resized would give them.
+    let models = [
+        Preprocess { height: 256, width: 256, channels: 1, mean: 0.5, std: 0.25 },
+        Preprocess { height: 512, width: 384, channels: 3, mean: 0.4, std: 0.2 },
+    ];
+    let wanted: Vec<Vec<f32>> = models.iter().map(|m| to_tensor(&expected, m).unwrap()).collect();
+    let (mean, deviation) = mean_and_deviation(&expected.pixels);
+    let uncompressed = (original.clone(), "1.2.840.10008.1.2.1");
+    for (file, syntax) in lossless.iter().chain([&uncompressed]) {
+        let obj = open_checked(file, 1 << 30).unwrap();
+        check_pixels(&obj, 50_000_000).unwrap();
+        let inputs = model_inputs(&obj, &models).unwrap();
+        assert_eq!((inputs.width, inputs.height), (expected.width, expected.height), "{syntax}");
+        assert!((inputs.mean - mean).abs() < 1e-6 && (inputs.deviation - deviation).abs() < 1e-6, "{syntax}");
+        for (ours, theirs) in inputs.tensors.iter().zip(&wanted) {
+            assert_eq!(ours.len(), theirs.len());
+            let diff = max_difference(ours, theirs);
+            assert!(diff < 1e-4, "{syntax}: the one-pass model input differs by {diff}");
+        }
     }
     // Lossy: close to the original. JPEG 2000 lossy is pydicom-data's RG1_J2KI; JPEG Baseline
     // holds 8 bits, so it is compared with an 8-bit copy of RG1.
