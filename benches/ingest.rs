@@ -8,6 +8,9 @@
 //! pneumotriage runs with its durability rule on (fsync per instance, SQLite synchronous=FULL);
 //! storescp writes files without fsync (its default): single-process (its default, one
 //! association at a time) and, for four associations, also `--fork` (a process per association).
+//! pneumotriage also runs with PostgreSQL as its database (a fresh database per run on the tests'
+//! server, `PNEUMOTRIAGE_TEST_PG`), and prints for each of its runs where an instance's time
+//! went (its own /metrics: the whole C-STORE, making the file durable, the database commit).
 //! With one association, pneumotriage also runs with its spool in an object store
 //! (`[object_store]`: a fresh S3-compatible server per run, moto's in-memory one from
 //! tests/requirements.txt, on loopback): each instance is fsynced locally, then PUT, then
@@ -64,6 +67,8 @@ const TARGETS: [f64; 2] = [1.0, 1.5];
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Receiver {
     Pneumotriage,
+    /// pneumotriage with PostgreSQL as its database (a fresh database per run).
+    PneumotriagePg,
     /// pneumotriage with its spool in an object store.
     PneumotriageS3,
     /// pneumotriage with its audit trail on (a file repository, fsynced: the costliest local one).
@@ -80,6 +85,7 @@ impl Receiver {
     fn name(self) -> &'static str {
         match self {
             Receiver::Pneumotriage => "pneumotriage",
+            Receiver::PneumotriagePg => "pneumotriage pg",
             Receiver::PneumotriageS3 => "pneumotriage s3",
             Receiver::PneumotriageAudited => "pneumotriage audit",
             Receiver::PneumotriageStow => "pneumotriage stow",
@@ -94,6 +100,7 @@ impl Receiver {
             &[
                 Receiver::Pneumotriage,
                 Receiver::Storescp,
+                Receiver::PneumotriagePg,
                 Receiver::PneumotriageS3,
                 Receiver::PneumotriageAudited,
                 Receiver::PneumotriageStow,
@@ -103,6 +110,7 @@ impl Receiver {
                 Receiver::Pneumotriage,
                 Receiver::Storescp,
                 Receiver::StorescpFork,
+                Receiver::PneumotriagePg,
                 Receiver::PneumotriageAudited,
                 Receiver::PneumotriageStow,
             ]
@@ -125,6 +133,8 @@ struct Server {
     config: PathBuf,
     /// The object store of `PneumotriageS3`.
     _s3: Option<s3::S3>,
+    /// The database of `PneumotriagePg`, dropped after the process.
+    _pg: Option<Postgres>,
     dir: tempfile::TempDir,
 }
 
@@ -136,8 +146,10 @@ impl Server {
         let config = dir.path().join("pneumotriage.toml");
         let log = fs::File::create(dir.path().join("server.log"))?;
         let s3 = (kind == Receiver::PneumotriageS3).then(s3::S3::start);
+        let pg = if kind == Receiver::PneumotriagePg { Some(Postgres::create()?) } else { None };
         let mut cmd = match kind {
             Receiver::Pneumotriage
+            | Receiver::PneumotriagePg
             | Receiver::PneumotriageS3
             | Receiver::PneumotriageAudited
             | Receiver::PneumotriageStow => {
@@ -148,18 +160,15 @@ impl Server {
                 } else {
                     String::new()
                 };
-                let http = match kind {
-                    Receiver::PneumotriageStow => {
-                        format!("bind = \"127.0.0.1:{http_port}\"\nrequest_timeout_secs = 3600")
-                    }
-                    _ => "enabled = false".to_string(),
-                };
+                // STOW-RS, and /metrics for where the time went
+                let http = format!("bind = \"127.0.0.1:{http_port}\"\nrequest_timeout_secs = 3600");
+                let database = pg.as_ref().map(|pg| format!("[database]\nurl = {:?}\n\n", pg.url)).unwrap_or_default();
                 fs::write(
                     &config,
                     format!(
                         "[node]\ndata_dir = {data_dir:?}\nmin_free_disk_mb = 100\n\n[dicom]\n\
                          bind = \"127.0.0.1:{port}\"\naccept_any = true\nmax_pdu = {PDU}\nmax_associations = 16\n\
-                         [http]\n{http}\n\n[inference]\nenabled = false\n\n{}{audit}",
+                         [http]\n{http}\n\n[inference]\nenabled = false\n\n{database}{}{audit}",
                         s3.as_ref().map(|s3| s3.config("bench")).unwrap_or_default()
                     ),
                 )?;
@@ -182,7 +191,7 @@ impl Server {
         };
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-        let mut server = Server { kids: Kids(vec![child]), kind, port, http_port, config, _s3: s3, dir };
+        let mut server = Server { kids: Kids(vec![child]), kind, port, http_port, config, _s3: s3, _pg: pg, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = server.kids.0[0].try_wait()? {
@@ -245,6 +254,84 @@ impl Server {
             .map_while(Result::ok)
             .filter(|l| ["WARN", "ERROR", "W: ", "E: ", "F: "].iter().any(|p| l.contains(p)))
             .collect()
+    }
+}
+
+/// A fresh PostgreSQL database on the tests' server (`PNEUMOTRIAGE_TEST_PG`, as tests/it),
+/// dropped when done.
+struct Postgres {
+    url: String,
+    name: String,
+}
+
+impl Postgres {
+    fn admin_url() -> String {
+        std::env::var("PNEUMOTRIAGE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    fn psql(sql: &str) -> Result<()> {
+        let out =
+            Command::new("psql").arg(Self::admin_url()).args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).output()?;
+        ensure!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    fn create() -> Result<Postgres> {
+        let name = format!("pt_ingest_bench_{}_{}", std::process::id(), free_port());
+        Self::psql(&format!("CREATE DATABASE {name}")).context("the PostgreSQL receiver needs a server")?;
+        let admin = Self::admin_url();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Ok(Postgres { url: format!("{base}/{name}"), name })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Where an instance's time went in the node, per instance, in ms (its /metrics): the whole
+/// C-STORE or STOW-RS part (`receive`), and within it making the file durable (version lookup,
+/// fsync, header check, rename) and the database commit; the rest is reading the bytes from
+/// the network into the file.
+#[derive(Clone, Copy, Default)]
+struct Steps {
+    receive: f64,
+    durable: f64,
+    record: f64,
+}
+
+impl Steps {
+    fn scrape(http_port: u16) -> Result<Steps> {
+        let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{http_port}/metrics")]).output()?;
+        ensure!(out.status.success(), "curl /metrics: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout)?;
+        let value = |series: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+        };
+        let per_instance = |family: &str, label: &str| -> f64 {
+            let count = value(&format!("{family}_count{{{label}}}"));
+            if count == 0.0 {
+                return 0.0;
+            }
+            value(&format!("{family}_sum{{{label}}}")) * 1000.0 / count
+        };
+        Ok(Steps {
+            receive: per_instance("pneumotriage_stage_seconds", "stage=\"receive\""),
+            durable: per_instance("pneumotriage_ingest_step_seconds", "step=\"durable\""),
+            record: per_instance("pneumotriage_ingest_step_seconds", "step=\"record\""),
+        })
+    }
+
+    fn median(runs: &[Steps]) -> Steps {
+        let m = |f: fn(&Steps) -> f64| {
+            let mut xs: Vec<f64> = runs.iter().map(f).collect();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        Steps { receive: m(|s| s.receive), durable: m(|s| s.durable), record: m(|s| s.record) }
     }
 }
 
@@ -330,6 +417,8 @@ struct Run {
     /// which for pneumotriage is `transfer` already (it acknowledges only durable files).
     durable: Duration,
     peak_rss_mib: Option<f64>,
+    /// pneumotriage's own account of where the time went.
+    steps: Option<Steps>,
 }
 
 /// One scenario on a fresh receiver.
@@ -349,6 +438,7 @@ fn run_once(kind: Receiver, associations: usize, files: &[PathBuf]) -> Result<Ru
     Command::new("sync").status()?;
     let durable = if kind.ours() { transfer } else { transfer + synced.elapsed() };
     let peak_rss_mib = if kind == Receiver::StorescpFork { None } else { Some(server.peak_rss_mib()?) };
+    let steps = if kind.ours() { Some(Steps::scrape(server.http_port)?) } else { None };
     if kind == Receiver::PneumotriageAudited {
         // the records of the associations, written as each ended (before the node is killed)
         std::thread::sleep(Duration::from_millis(500));
@@ -371,7 +461,7 @@ fn run_once(kind: Receiver, associations: usize, files: &[PathBuf]) -> Result<Ru
         files.len(),
         server.log()
     );
-    Ok(Run { transfer, durable, peak_rss_mib })
+    Ok(Run { transfer, durable, peak_rss_mib, steps })
 }
 
 /// The N test files, generated once into target/bench-data/dx5mb-N/.
@@ -470,6 +560,18 @@ fn main() -> Result<()> {
                 times.join(" ")
             );
             rates.push((receiver.name(), n as f64 / transfer, n as f64 / durable));
+            let steps: Vec<Steps> = runs[s][r].iter().filter_map(|x| x.steps).collect();
+            if !steps.is_empty() {
+                let st = Steps::median(&steps);
+                println!(
+                    "{:<32} per instance (ms, its /metrics): receive {:.1} = network and file {:.1} + durable {:.1} + database {:.1}",
+                    "",
+                    st.receive,
+                    st.receive - st.durable - st.record,
+                    st.durable,
+                    st.record
+                );
+            }
         }
         println!();
         let (_, ours, _) = rates[0];
@@ -481,6 +583,14 @@ fn main() -> Result<()> {
                  against its files on disk (transfer + sync): {:.2}",
                 TARGETS[s],
                 ours / theirs_durable
+            );
+        }
+        if let Some(&(_, pg, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriagePg.name()) {
+            let storescp = rates.iter().find(|(name, ..)| *name == Receiver::Storescp.name()).map_or(0.0, |r| r.1);
+            println!(
+                "  {associations} assoc: PostgreSQL / SQLite {:.2}; pneumotriage pg/storescp {:.2}",
+                pg / ours,
+                pg / storescp
             );
         }
         if let Some(&(_, s3, _)) = rates.iter().find(|(name, ..)| *name == Receiver::PneumotriageS3.name()) {

@@ -182,6 +182,7 @@ impl Ingest {
         // One UID at a time from the version lookup to the commit; the UID comes from the command
         // and the file step refuses a data set whose own UID differs.
         let _guard = self.lock_for(&sop_instance_uid).lock().await;
+        let started = std::time::Instant::now();
         let previous = match self.store.latest_version(&sop_instance_uid).await {
             Ok(p) => p,
             Err(e) => return database_failed(e),
@@ -200,6 +201,7 @@ impl Ingest {
             study_instance_uid,
         };
         let placed = tokio::task::spawn_blocking(move || make_durable(&spool, temp, &expected, previous)).await;
+        crate::metrics::ingest_step("durable", started.elapsed());
         let (header, version, relative, size) = match placed {
             Ok(Ok(Durable::Placed { header, version, relative, size })) => (*header, version, relative, size),
             Ok(Ok(Durable::Duplicate { version })) => {
@@ -231,7 +233,10 @@ impl Ingest {
             skip_reason,
             event_kind: EventKind::InstanceStored,
         };
-        match self.store.record_instance(&new).await {
+        let recording = std::time::Instant::now();
+        let recorded = self.store.record_instance(&new).await;
+        crate::metrics::ingest_step("record", recording.elapsed());
+        match recorded {
             Ok(recorded) => {
                 Outcome::Stored { version, instance_id: recorded.instance_id, header: Box::new(new.header) }
             }

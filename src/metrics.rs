@@ -32,6 +32,7 @@ pub struct Metrics {
     input_mean: Family<Labels, Histogram>,
     input_deviation: Family<Labels, Histogram>,
     object_store_seconds: Family<Labels, Histogram>,
+    ingest_step_seconds: Family<Labels, Histogram>,
     http_refused: Family<Labels, Counter>,
     selection: Family<Labels, Counter>,
     not_analysed: Family<Labels, Counter>,
@@ -109,6 +110,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "object_store_seconds",
         "Time per object-store operation (upload, fetch), by operation and outcome",
         object_store_seconds.clone(),
+    );
+    let ingest_step_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram);
+    registry.register(
+        "ingest_step_seconds",
+        "Time per step of making a received instance durable: durable (version lookup, fsync, header check, rename) and record (the database commit)",
+        ingest_step_seconds.clone(),
     );
     let http_refused = Family::<Labels, Counter>::default();
     registry.register(
@@ -217,6 +224,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         input_mean,
         input_deviation,
         object_store_seconds,
+        ingest_step_seconds,
     }
 });
 
@@ -350,6 +358,12 @@ pub fn object_store(operation: &'static str, outcome: &'static str, took: Durati
 
 fn stage(name: &'static str, took: Duration) {
     METRICS.stage_seconds.get_or_create(&vec![("stage", name.into())]).observe(took.as_secs_f64());
+}
+
+/// A step of making a received instance durable (`durable`, `record`), and how long it took:
+/// with the `receive` stage (the whole C-STORE), where an instance's time went.
+pub fn ingest_step(step: &'static str, took: Duration) {
+    METRICS.ingest_step_seconds.get_or_create(&vec![("step", step.into())]).observe(took.as_secs_f64());
 }
 
 /// A gauge family read at scrape time: `(name, help, [(labels, value)])`, e.g. the jobs by

@@ -136,6 +136,9 @@ fn the_http_api_orders_ages_filters_and_counts(backend: Backend) {
     for line in [
         "pneumotriage_associations_total{outcome=\"accepted\"} 1".to_string(),
         format!("pneumotriage_instances_total{{outcome=\"stored\"}} {n}"),
+        // where each stored instance's time went: its file made durable, its rows committed
+        format!("pneumotriage_ingest_step_seconds_count{{step=\"durable\"}} {n}"),
+        format!("pneumotriage_ingest_step_seconds_count{{step=\"record\"}} {n}"),
         format!("pneumotriage_jobs{{state=\"done\"}} {n}"),
         format!("pneumotriage_stage_seconds_count{{stage=\"inference\"}} {n}"),
         format!("pneumotriage_model_inference_seconds_count {n}"),
