@@ -3,9 +3,11 @@
 //!
 //! The steps and their order are the contract in models/README.md ("Preprocessing"), whose
 //! reference implementation is `models/training/src/pneumotriage_models/preprocess.py`.
-//! dicom-pixeldata only decodes here: it is asked for the stored samples, and every transform
-//! is applied by this module (dicom-pixeldata 0.10 ignores LUT sequences and never inverts
-//! MONOCHROME1).
+//! The decoders (dicom-pixeldata; openjpeg for a JPEG 2000 frame) only decode here: they are
+//! asked for the stored samples, and every transform is applied by this module
+//! (dicom-pixeldata 0.10 ignores LUT sequences and never inverts MONOCHROME1). The analysis
+//! path ([`model_inputs`]) goes from samples to the models' tensors in one pass, without the
+//! full-size displayed image that [`display_image`] makes for inspection.
 
 use dicom_core::{DicomValue, PrimitiveValue, Tag};
 

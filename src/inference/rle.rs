@@ -42,26 +42,41 @@ pub fn siim_rle(mask: &[bool], width: u32, height: u32) -> String {
     };
     let mut out = String::new();
     let (mut run_start, mut last_end) = (None, 0usize);
-    for x in first..=last + 1 {
-        for y in 0..h {
-            let position = x * h + y;
-            let on = x <= last && mask[y * w + x];
-            match (on, run_start) {
-                (true, None) => run_start = Some(position),
-                (false, Some(start)) => {
-                    if !out.is_empty() {
-                        out.push(' ');
+    let mut emit = |start: usize, end: usize, last_end: &mut usize| {
+        use std::fmt::Write;
+        let separator = if out.is_empty() { "" } else { " " };
+        let _ = write!(out, "{separator}{} {}", start - *last_end, end - start);
+        *last_end = end;
+    };
+    // Columns are walked 64 at a time: each row's 64 values become the bits of one word (a
+    // row-major read), and the columns are then walked in those h words, which stay in the
+    // cache; a column walk of the mask itself misses the cache at every row.
+    let mut words = vec![0u64; h];
+    let mut x0 = first;
+    while x0 <= last {
+        let n = (last + 1 - x0).min(64);
+        for (y, word) in words.iter_mut().enumerate() {
+            let row = &mask[y * w + x0..y * w + x0 + n];
+            *word = row.iter().enumerate().fold(0, |bits, (i, &m)| bits | (u64::from(m) << i));
+        }
+        for column in 0..n {
+            let x = x0 + column;
+            for (y, word) in words.iter().enumerate() {
+                let on = word >> column & 1 == 1;
+                match (on, run_start) {
+                    (true, None) => run_start = Some(x * h + y),
+                    (false, Some(start)) => {
+                        emit(start, x * h + y, &mut last_end);
+                        run_start = None;
                     }
-                    out.push_str(&format!("{} {}", start - last_end, position - start));
-                    last_end = position;
-                    run_start = None;
+                    _ => {}
                 }
-                _ => {}
-            }
-            if x > last {
-                break;
             }
         }
+        x0 += n;
+    }
+    if let Some(start) = run_start {
+        emit(start, (last + 1) * h, &mut last_end);
     }
     out
 }
@@ -133,11 +148,15 @@ mod tests {
 
     #[test]
     fn rle_round_trips_through_the_encoder() {
+        // wider than one 64-column block, with runs across blocks and to the last pixel
+        for (w, h) in [(7, 5), (150, 40), (64, 3), (129, 1)] {
+            let mask: Vec<bool> = (0..w * h).map(|i| (i * 7 + i / 3) % 5 < 2 || i % w > w - 3).collect();
+            let mut back = vec![false; w * h];
+            paint_rle(&mut back, &siim_rle(&mask, w as u32, h as u32), w, h).unwrap();
+            assert_eq!(back, mask, "{w}x{h}");
+        }
         let (w, h) = (7, 5);
-        let mask: Vec<bool> = (0..w * h).map(|i| (i * 7 + i / 3) % 5 < 2).collect();
         let mut back = vec![false; w * h];
-        paint_rle(&mut back, &siim_rle(&mask, w as u32, h as u32), w, h).unwrap();
-        assert_eq!(back, mask);
         assert!(paint_rle(&mut back, "3 100", w, h).is_err(), "past the image");
         assert!(paint_rle(&mut back, "3", w, h).is_err(), "odd count");
         assert!(paint_rle(&mut back, &format!("1 1 {} 1", usize::MAX), w, h).is_err(), "a start that would wrap");
