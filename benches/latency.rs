@@ -1,8 +1,8 @@
 //! End-to-end latency: from the start of an image's C-STORE to the node to its SEG stored at the
 //! destination, on CPU with the demo models (docs/benchmarks.md, "End-to-end latency").
 //!
-//! Method: the node (release build, SQLite, one inference worker, the embedded defaults
-//! otherwise) analyses synthetic 1024x1024 radiographs from models/training's generator with
+//! Method: the node (release build, SQLite, the embedded defaults, as many inference workers as
+//! it chooses) analyses synthetic 1024x1024 radiographs from models/training's generator with
 //! `classifier_threshold = 0` so that every image goes through both models (the cascade's worst
 //! case) and, with `mask_threshold = 0.01`, nearly every one yields a SEG (those whose mask is
 //! empty anyway are counted apart: their SR marks the end), and delivers SEG and SR to dcmtk's
@@ -21,8 +21,8 @@
 //! receiver writes the message to a file, then answers: the file's modification time).
 //!
 //! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
-//! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers, default
-//! 1), `LATENCY_BENCH_THREADS` and `LATENCY_BENCH_BATCH` (`inference.threads` and
+//! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers; unset,
+//! as many as the node chooses, which the bench reads from its log), `LATENCY_BENCH_THREADS` and `LATENCY_BENCH_BATCH` (`inference.threads` and
 //! `inference.batch_size`, the node's defaults when unset), `LATENCY_BENCH_MODELS` (a model
 //! manifest, e.g. an int8 variant; the demo models by default), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
 //! `PNEUMOTRIAGE_PYTHON` (default the repository's `.venv/bin/python` if there is one, else
@@ -71,7 +71,8 @@ fn tuning() -> String {
 }
 
 impl Rig {
-    fn start(workers: usize) -> Result<Rig> {
+    /// The node with `workers` inference workers, or as many as it chooses itself; and how many.
+    fn start(workers: Option<usize>) -> Result<(Rig, usize)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::Builder::new().prefix("latency-bench-").tempdir()?;
         let inbox = dir.path().join("pacs");
@@ -92,13 +93,14 @@ impl Rig {
             &config,
             format!(
                 "[node]\ndata_dir = {:?}\nmin_free_disk_mb = 100\n[dicom]\nbind = \"127.0.0.1:{node_port}\"\n\
-                 accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\nworkers = {workers}\n{tuning}classifier_threshold = 0.0\n\
+                 accept_any = true\n[http]\nenabled = false\n[inference]\nmodels = {:?}\n{}{tuning}classifier_threshold = 0.0\n\
                  mask_threshold = 0.01\nmin_mask_area_px = 0\n[[destinations]]\nname = \"pacs\"\n\
                  ae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\nmax_associations = 4\n\
                  [[destinations]]\nname = \"ris\"\nkind = \"hl7\"\nhost = \"127.0.0.1\"\nport = {ris_port}\nsettle_secs = 0\n",
                 dir.path().join("var").display().to_string(),
                 std::env::var("LATENCY_BENCH_MODELS")
-                    .unwrap_or_else(|_| root.join("models/manifest.toml").display().to_string())
+                    .unwrap_or_else(|_| root.join("models/manifest.toml").display().to_string()),
+                workers.map(|n| format!("workers = {n}\n")).unwrap_or_default(),
             ),
         )?;
         let node_log = dir.path().join("node.log");
@@ -106,13 +108,20 @@ impl Rig {
             .args(["serve", "--config"])
             .arg(&config)
             .current_dir(root)
-            .env("RUST_LOG", "warn")
+            // and the line that says how many workers were started
+            .env("RUST_LOG", "warn,pneumotriage::cli::serve=info")
             .stdout(fs::File::create(&node_log)?)
             .stderr(fs::File::create(dir.path().join("node.err"))?)
             .spawn()
             .context("starting the node")?;
         wait_listening(node_port, &mut node, "the node", &dir.path().join("node.err"))?;
-        Ok(Rig { _kids: Kids(vec![node, pacs, ris]), node_port, inbox, messages, config, dir })
+        let log = fs::read_to_string(&node_log)? + &fs::read_to_string(dir.path().join("node.err"))?;
+        let started = log
+            .lines()
+            .filter(|l| l.contains("models loaded"))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("workers=")?.parse().ok()))
+            .with_context(|| format!("the node's log says nothing of its workers:\n{log}"))?;
+        Ok((Rig { _kids: Kids(vec![node, pacs, ris]), node_port, inbox, messages, config, dir }, started))
     }
 
     /// Where the worker's time per image went, over the results committed since `since`: the
@@ -407,11 +416,12 @@ fn main() -> Result<()> {
     }
     let idle_n = mode.env_usize("LATENCY_BENCH_IDLE", 20, 2)?;
     let stream_n = mode.env_usize("LATENCY_BENCH_STREAM", 100, 3)?;
-    let workers = mode.env_usize("LATENCY_BENCH_WORKERS", 1, 1)?;
+    let workers = std::env::var("LATENCY_BENCH_WORKERS").ok().map(|w| w.parse::<usize>()).transpose()?;
     let interval = Duration::from_millis(mode.env_usize("LATENCY_BENCH_INTERVAL_MS", 150, 150)? as u64);
     let files = dataset(idle_n + 2 * stream_n)?;
     let (idle_files, streams) = files.split_at(idle_n);
     let (stream_files, paced_files) = streams.split_at(stream_n);
+    let (rig, workers) = Rig::start(workers)?;
     let cores = std::thread::available_parallelism()?.get();
     println!(
         "end-to-end latency, C-STORE start to SEG stored at the destination ({cores} cores, {workers} inference \
@@ -422,7 +432,6 @@ fn main() -> Result<()> {
         }
     );
 
-    let rig = Rig::start(workers)?;
     let peer = rig.peer();
     // one image first, not counted: the sessions' first run allocates
     let warm = HashMap::from([(idle_files[0].2.clone(), send(&peer, &idle_files[0])?)]);

@@ -85,6 +85,7 @@ impl Pipeline {
         shutdown: Shutdown,
     ) -> Pipeline {
         let handle = Handle::current();
+        let alone = Arc::new(std::sync::RwLock::new(()));
         let workers = models
             .into_iter()
             .enumerate()
@@ -96,7 +97,7 @@ impl Pipeline {
                     spool: spool.clone(),
                     store: store.clone(),
                     scope,
-                    held_back: Vec::new(),
+                    alone: alone.clone(),
                     shutdown: shutdown.clone(),
                     runtime: handle.clone(),
                     outputs: outputs.clone(),
@@ -130,8 +131,10 @@ struct Worker {
     store: Store,
     /// Which jobs it may claim.
     scope: JobScope,
-    /// A job claimed for a batch but kept for a batch of its own (it was interrupted before).
-    held_back: Vec<ClaimedJob>,
+    /// Shared by the node's workers: a job a node died analysing is claimed and analysed under
+    /// its write side, every other batch under its read side, so that when an image kills the
+    /// node no other worker's image is in hand to be counted against it.
+    alone: Arc<std::sync::RwLock<()>>,
     shutdown: Shutdown,
     runtime: Handle,
     outputs: OutputSettings,
@@ -140,7 +143,23 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        while let Some(jobs) = self.runtime.clone().block_on(self.next_jobs()) {
+        let alone = self.alone.clone();
+        while let Some(interrupted) = self.runtime.clone().block_on(self.wait_for_a_job()) {
+            // A job a node died analysing is analysed alone, in the node as in its batch: the
+            // image that kills the node is then found, and quarantined, without another's
+            // image counted with it. The other batches run side by side. The gate is held
+            // until the batch is recorded.
+            let (_alone, _shared);
+            let jobs: Vec<ClaimedJob> = if interrupted {
+                _alone = alone.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.runtime.clone().block_on(self.claim(Some(true))).into_iter().collect()
+            } else {
+                _shared = alone.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.runtime.clone().block_on(self.claim_batch())
+            };
+            if jobs.is_empty() {
+                continue; // another worker or node took it
+            }
             let mut due = Vec::with_capacity(jobs.len());
             for job in jobs {
                 if job.interruptions < i64::from(self.limits.quarantine_after) {
@@ -209,57 +228,18 @@ impl Worker {
             .block_on(self.persist_with(first, "shadow results", || store.record_shadow_results(&rows)));
     }
 
-    /// The next batch: the first due job (waiting for one as [`Worker::next_job`] does), then
-    /// the others due now, up to `inference.batch_size`, waiting up to `inference.batch_wait_ms`
-    /// for more. `None` once the pipeline stops.
-    async fn next_jobs(&mut self) -> Option<Vec<ClaimedJob>> {
-        let first = match self.held_back.pop() {
-            Some(job) => job,
-            None => self.next_job().await?,
-        };
-        let mut jobs = vec![first];
-        // A job a node died analysing is analysed alone: the image that kills a batch is then
-        // found, and quarantined, without its batch-mates.
-        if jobs[0].interruptions > 0 {
-            return Some(jobs);
-        }
-        let deadline = tokio::time::Instant::now() + self.limits.batch_wait;
-        while jobs.len() < self.limits.batch_size && !self.shutdown.is_triggered() {
-            let queued = self.store.jobs_queued().notified();
-            match self.store.claim_job(self.limits.lease, self.scope).await {
-                Ok(Some(job)) if job.interruptions > 0 => {
-                    self.held_back.push(job);
-                    break;
-                }
-                Ok(Some(job)) => jobs.push(job),
-                Ok(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::select! {
-                        _ = queued => {}
-                        _ = tokio::time::sleep_until(deadline) => {}
-                        _ = self.shutdown.triggered() => {}
-                    }
-                }
-                // nothing more due, or the database failing: the batch in hand goes on
-                _ => break,
-            }
-        }
-        Some(jobs)
-    }
-
-    /// Claims the next due job; waits for one (a queued-job signal or the poll interval), and
-    /// backs off while the database is unreachable. `None` once the pipeline stops.
-    async fn next_job(&mut self) -> Option<ClaimedJob> {
+    /// Waits until a job is due (a queued-job signal or the poll interval), backing off while
+    /// the database is unreachable: whether it is one a node died analysing. `None` once the
+    /// pipeline stops. Claims nothing: the claim is made under the gate that its kind needs.
+    async fn wait_for_a_job(&mut self) -> Option<bool> {
         let mut backoff = Duration::from_millis(500);
         loop {
             if self.shutdown.is_triggered() {
                 return None;
             }
             let queued = self.store.jobs_queued().notified();
-            match self.store.claim_job(self.limits.lease, self.scope).await {
-                Ok(Some(job)) => {
-                    debug!(job = job.id, attempt = job.attempts, "job claimed");
-                    return Some(job);
-                }
+            match self.store.due_job(self.scope).await {
+                Ok(Some(interrupted)) => return Some(interrupted),
                 Ok(None) => {
                     tokio::select! {
                         _ = queued => {}
@@ -278,6 +258,54 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Claims a due job of the kind asked for (see [`Store::claim_job_of`]); `None` when there
+    /// is none now, the database failing, or the pipeline stopping.
+    async fn claim(&self, interrupted: Option<bool>) -> Option<ClaimedJob> {
+        if self.shutdown.is_triggered() {
+            return None;
+        }
+        match self.store.claim_job_of(self.limits.lease, self.scope, interrupted).await {
+            Ok(job) => {
+                if let Some(job) = &job {
+                    debug!(job = job.id, attempt = job.attempts, "job claimed");
+                }
+                job
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot claim an analysis job; retrying in a second");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.shutdown.triggered() => {}
+                }
+                None
+            }
+        }
+    }
+
+    /// A batch of jobs no node died analysing: those due now, up to `inference.batch_size`,
+    /// waiting up to `inference.batch_wait_ms` for more. Empty when none is due any more.
+    async fn claim_batch(&self) -> Vec<ClaimedJob> {
+        let Some(first) = self.claim(Some(false)).await else { return Vec::new() };
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + self.limits.batch_wait;
+        while jobs.len() < self.limits.batch_size && !self.shutdown.is_triggered() {
+            let queued = self.store.jobs_queued().notified();
+            match self.claim(Some(false)).await {
+                Some(job) => jobs.push(job),
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::select! {
+                        _ = queued => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = self.shutdown.triggered() => {}
+                    }
+                }
+                // nothing more due, or the database failing: the batch in hand goes on
+                None => break,
+            }
+        }
+        jobs
     }
 
     /// Records a batch's verdicts: its results (their objects written durably first) in one

@@ -115,6 +115,7 @@ macro_rules! claim_sql {
                          WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
                                 OR (j.state = 'running' AND j.lease_expires_at < $3)) \
                            AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
+                           AND ($5 = 2 OR (j.interruptions > 0 OR j.state = 'running') = ($5 = 1)) \
                          ORDER BY j.id LIMIT 1 ",
             $lock,
             ") RETURNING id, attempts"
@@ -175,6 +176,37 @@ impl Store {
     /// Claims the oldest job that is due (queued, or running under an expired lease) within
     /// `scope`, for `lease`.
     pub async fn claim_job(&self, lease: Duration, scope: JobScope) -> Result<Option<ClaimedJob>> {
+        self.claim_job_of(lease, scope, None).await
+    }
+
+    /// Whether a job is due within `scope`, and if so whether one a node died analysing is
+    /// (those come first): `Some(true)`, `Some(false)` or `None`.
+    pub async fn due_job(&self, scope: JobScope) -> Result<Option<bool>> {
+        let due: Option<(i64,)> = sqlx::query_as(
+            "SELECT CAST(CASE WHEN j.interruptions > 0 OR j.state = 'running' THEN 1 ELSE 0 END AS BIGINT) \
+                    AS interrupted \
+             FROM jobs j JOIN instances i ON i.id = j.instance_id \
+             WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $2)) \
+                    OR (j.state = 'running' AND j.lease_expires_at < $2)) \
+               AND ($3 = 1 OR i.node IS NULL OR i.node = $1) \
+             ORDER BY interrupted DESC, j.id LIMIT 1",
+        )
+        .bind(self.node())
+        .bind(self.now())
+        .bind(i64::from(scope == JobScope::AnySpool))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(due.map(|d| d.0 == 1))
+    }
+
+    /// [`Store::claim_job`] among the jobs a node died analysing (`Some(true)`: interrupted
+    /// before, or running under an expired lease), the others (`Some(false)`), or any (`None`).
+    pub async fn claim_job_of(
+        &self,
+        lease: Duration,
+        scope: JobScope,
+        interrupted: Option<bool>,
+    ) -> Result<Option<ClaimedJob>> {
         let now = self.now();
         let sql = match self.backend() {
             Backend::Postgres => CLAIM_POSTGRES,
@@ -188,6 +220,11 @@ impl Store {
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(i64::from(scope == JobScope::AnySpool))
+            .bind(match interrupted {
+                Some(false) => 0i64,
+                Some(true) => 1,
+                None => 2,
+            })
             .fetch_optional(&mut *tx)
             .await?;
         let Some((id, _attempts)) = claimed else { return Ok(None) };

@@ -334,7 +334,8 @@ fn image_that_kills_the_node_twice_is_quarantined(backend: Backend) {
     let out = storescu(setup.port, &["-xv"], &sent);
     assert!(out.status.success(), "{}", text(&out));
     drop(node);
-    setup.inference = format!("models = \"{}/models/manifest.toml\"\n", env!("CARGO_MANIFEST_DIR"));
+    // two workers: while the image that kills the node is analysed, no other may be in hand
+    setup.inference = format!("models = \"{}/models/manifest.toml\"\nworkers = 2\n", env!("CARGO_MANIFEST_DIR"));
     setup.write_config("", "", common::DEFAULT_PEERS);
     let job_state = || {
         setup.with_store(async |store| {
@@ -358,7 +359,7 @@ fn image_that_kills_the_node_twice_is_quarantined(backend: Backend) {
         assert_eq!(job_state().as_deref(), Some("running"), "the node was killed while it analysed the image");
     };
     let mut node = setup.start();
-    // all four in one batch
+    // all four in hand (in one batch or in two workers' batches)
     setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'running'", 4);
     kill_while_running(&mut node);
     let mut node = setup.start();

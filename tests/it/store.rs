@@ -140,6 +140,29 @@ fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'analysis_failed'"), 1);
 }
 
+/// The workers ask for the jobs a node died analysing apart from the others (they are
+/// analysed alone in the node), and those come first.
+fn interrupted_jobs_are_claimed_apart_and_first(backend: Backend) {
+    let setup = Setup::new(backend);
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        let lease = Duration::from_secs(60);
+        store.record_instance(&instance("1.2.6.2", 1)).await.unwrap();
+        // the node dies while analysing it: recovery re-queues it, interrupted once
+        store.claim_job(lease, JobScope::AnySpool).await.unwrap().expect("a job");
+        assert_eq!(store.recover_interrupted_jobs(2).await.unwrap().requeued, 1);
+        store.record_instance(&instance("1.2.6.3", 1)).await.unwrap();
+        assert_eq!(store.due_job(JobScope::AnySpool).await.unwrap(), Some(true), "the interrupted one first");
+        let fresh = store.claim_job_of(lease, JobScope::AnySpool, Some(false)).await.unwrap().expect("the new job");
+        assert_eq!((fresh.sop_instance_uid.as_str(), fresh.interruptions), ("1.2.6.3", 0));
+        assert!(store.claim_job_of(lease, JobScope::AnySpool, Some(false)).await.unwrap().is_none());
+        assert_eq!(store.due_job(JobScope::AnySpool).await.unwrap(), Some(true));
+        let suspect = store.claim_job_of(lease, JobScope::AnySpool, Some(true)).await.unwrap().expect("the suspect");
+        assert_eq!((suspect.sop_instance_uid.as_str(), suspect.interruptions), ("1.2.6.2", 1));
+        assert_eq!(store.due_job(JobScope::AnySpool).await.unwrap(), None, "both are in hand");
+    });
+}
+
 /// An urgent positive result.
 pub(crate) fn result() -> NewResult {
     let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
@@ -227,5 +250,6 @@ on_both_backends!(
     concurrent_instances_are_all_committed_and_a_bad_one_fails_alone,
     two_nodes_claim_each_job_once_and_take_over_expired_leases,
     a_retried_job_waits_for_its_time_then_counts_its_attempts,
+    interrupted_jobs_are_claimed_apart_and_first,
     migrations_upgrade_a_database_with_records
 );
