@@ -198,76 +198,11 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How many inference workers when `inference.workers` is unset, and why. On the CPU a second
-/// worker runs its models while the first prepares and finishes its batch (a backlog drains
-/// about a fifth faster on 2 cores, docs/benchmarks.md), at twice the models' memory: two where
-/// `threads` x 2 fits in the cores and the memory holds both workers' sessions with room to
-/// spare (a session holds about its model file twice over; four times is asked). On a GPU
-/// one: batches fill the device, and a second worker would double its memory.
-fn automatic_workers(config: &Config, first: &Models) -> (usize, String) {
-    if config.inference.device != pneumotriage::inference::runtime::Device::Cpu {
-        return (1, format!("1 worker on {}", config.inference.device));
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = config.inference.threads;
-    if threads * 2 > cores {
-        return (
-            1,
-            format!(
-                "1 worker: two of {threads} thread(s) (inference.threads) would take more than the {cores} core(s)"
-            ),
-        );
-    }
-    let analysers = std::iter::once(&first.production).chain(first.shadows.iter().map(|s| &s.analyser));
-    let model_bytes: u64 = analysers
-        .flat_map(|a| a.manifest.models.iter().map(|m| a.manifest.path_of(m)))
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .map(|m| m.len())
-        .sum();
-    let needed = 4 * model_bytes + (512 << 20);
-    let mib = |bytes: u64| bytes >> 20;
-    match available_memory() {
-        Some(available) if available >= 2 * needed => (
-            2,
-            format!(
-                "2 workers ({cores} cores, {} MiB of memory available, {} MiB of model files per worker)",
-                mib(available),
-                mib(model_bytes)
-            ),
-        ),
-        Some(available) => (
-            1,
-            format!(
-                "1 worker: {} MiB of memory available is too little for a second worker's models ({} MiB of files)",
-                mib(available),
-                mib(model_bytes)
-            ),
-        ),
-        None => (1, "1 worker: the available memory cannot be read (/proc/meminfo)".into()),
-    }
-}
-
-/// MemAvailable of /proc/meminfo, in bytes.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// The models of each inference worker (production's and the shadow versions'): the first
 /// worker's as the checks opened them, the others' opened alike; all warmed up.
 fn open_analysers(config: &Config, (first, mut warm_up): (Models, Duration)) -> Result<Vec<Models>, ModelsError> {
-    let count = match config.inference.workers {
-        Some(n) => n,
-        None => {
-            let (n, why) = automatic_workers(config, &first);
-            info!(workers = n, "inference.workers is unset: {why}");
-            n
-        }
-    };
     let mut workers = vec![first];
-    for _ in 1..count {
+    for _ in 1..config.inference.workers {
         let (models, took) = super::preflight::open_models(config)?;
         workers.push(models);
         warm_up += took;
