@@ -185,23 +185,43 @@ pub fn model_inputs(
     let started = std::time::Instant::now();
     with_samples(obj, |layout, samples, table| {
         let decoded_in = started.elapsed();
-        let (width, height) = (layout.columns as usize, layout.rows as usize);
-        let mut resizers: Vec<resample::Resizer> =
-            models.iter().map(|m| resample::Resizer::new(layout.columns, layout.rows, m.width, m.height)).collect();
-        let mut row = vec![0f32; width];
-        let mut moments = Moments::default();
-        for y in 0..height {
-            samples.row(y, width, table, &mut row);
-            moments.add(&row);
-            for resizer in &mut resizers {
-                resizer.push_row(&row);
-            }
-        }
-        let (mean, deviation) = moments.mean_and_deviation();
-        let tensors =
-            resizers.into_iter().zip(models).map(|(resizer, pre)| normalised(&resizer.finish(), pre)).collect();
-        Ok(ModelInputs { width: layout.columns, height: layout.rows, mean, deviation, tensors, decoded_in })
+        let width = layout.columns as usize;
+        let fill = |y: usize, row: &mut [f32]| samples.row(y, width, table, row);
+        Ok(inputs_from_rows(layout.columns, layout.rows, fill, models, decoded_in))
     })
+}
+
+/// [`model_inputs`] of an image already displayed (when the displayed image is kept anyway:
+/// the overlay, `infer --out`): the same tensors and statistics, from its rows.
+pub fn model_inputs_of(image: &DisplayImage, models: &[Preprocess], decoded_in: std::time::Duration) -> ModelInputs {
+    let width = image.width as usize;
+    let fill = |y: usize, row: &mut [f32]| row.copy_from_slice(&image.pixels[y * width..(y + 1) * width]);
+    inputs_from_rows(image.width, image.height, fill, models, decoded_in)
+}
+
+/// The pass itself: each displayed row (`fill` writes row `y`) counted and resized
+/// horizontally for each model while it is in the cache.
+fn inputs_from_rows(
+    width: u32,
+    height: u32,
+    mut fill: impl FnMut(usize, &mut [f32]),
+    models: &[Preprocess],
+    decoded_in: std::time::Duration,
+) -> ModelInputs {
+    let mut resizers: Vec<resample::Resizer> =
+        models.iter().map(|m| resample::Resizer::new(width, height, m.width, m.height)).collect();
+    let mut row = vec![0f32; width as usize];
+    let mut moments = Moments::default();
+    for y in 0..height as usize {
+        fill(y, &mut row);
+        moments.add(&row);
+        for resizer in &mut resizers {
+            resizer.push_row(&row);
+        }
+    }
+    let (mean, deviation) = moments.mean_and_deviation();
+    let tensors = resizers.into_iter().zip(models).map(|(resizer, pre)| normalised(&resizer.finish(), pre)).collect();
+    ModelInputs { width, height, mean, deviation, tensors, decoded_in }
 }
 
 /// The mean and standard deviation of an image's values.

@@ -351,7 +351,13 @@ impl Preparation {
         let started = Instant::now();
         let models: &[Preprocess] =
             if self.segmenter == self.classifier { &[self.classifier] } else { &[self.classifier, self.segmenter] };
-        let inputs = imaging::model_inputs(obj, models)?;
+        // where the displayed image is kept anyway (the overlay, infer --out), from it: one decode
+        let (inputs, display) = if self.keep_views {
+            let display = imaging::display_image(obj)?;
+            (imaging::model_inputs_of(&display, models, started.elapsed()), Some(display))
+        } else {
+            (imaging::model_inputs(obj, models)?, None)
+        };
         // one pass: decoding is getting the samples, preprocessing all the rest (the LUTs too)
         timings.decode_ms = inputs.decoded_in.as_secs_f64() * 1000.0;
         timings.preprocess_ms = ms(started) - timings.decode_ms;
@@ -369,7 +375,6 @@ impl Preparation {
             };
             return Err(AnalyseError::Skipped(skip));
         }
-        let display = if self.keep_views { Some(imaging::display_image(obj)?) } else { None };
         let mut tensors = inputs.tensors.into_iter();
         let classifier_input = tensors.next().expect("a tensor per model");
         let segmenter_input = tensors.next();

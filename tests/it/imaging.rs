@@ -7,8 +7,8 @@ use std::process::Command;
 
 use crate::common::{deid_cat, pydicom_data, python, run, text, tool};
 use pneumotriage::imaging::{
-    check_pixels, display_image, mean_and_deviation, model_inputs, open_checked, resize, to_tensor, DisplayImage,
-    Preprocess,
+    check_pixels, display_image, mean_and_deviation, model_inputs, model_inputs_of, open_checked, resize, to_tensor,
+    DisplayImage, Preprocess,
 };
 
 fn node_display(path: &Path) -> DisplayImage {
@@ -126,6 +126,10 @@ fn every_accepted_syntax_decodes_to_the_uncompressed_pixels() {
             let diff = max_difference(ours, theirs);
             assert!(diff < 1e-4, "{syntax}: the one-pass model input differs by {diff}");
         }
+        // where the displayed image is kept (the overlay), the inputs made from it are the same
+        let of_display = model_inputs_of(&expected, &models, std::time::Duration::ZERO);
+        assert!(of_display.tensors == inputs.tensors, "{syntax}: from the displayed image, other inputs");
+        assert_eq!((of_display.mean, of_display.deviation), (inputs.mean, inputs.deviation), "{syntax}");
     }
     // Lossy: close to the original. JPEG 2000 lossy is pydicom-data's RG1_J2KI; JPEG Baseline
     // holds 8 bits, so it is compared with an 8-bit copy of RG1.
