@@ -36,8 +36,9 @@ pub struct Destination {
     /// Which study priorities send a message (messaging kinds); all by default.
     #[serde(default = "all_priorities")]
     pub priorities: Vec<Priority>,
-    /// A message below urgent waits this long after the study's last analysed image, so that
-    /// the images of one study (PA and lateral) give one message; urgent goes at once.
+    /// A message below urgent waits this long after the study's last analysed image (and while
+    /// other images of the study wait for analysis), so that the images of one study (PA and
+    /// lateral) give one message; urgent goes at once.
     #[serde(default = "default_settle")]
     pub settle_secs: u64,
     /// HL7 v2 identities (`hl7` only).

@@ -253,7 +253,6 @@ pub struct Part10Receiver {
     expected_study: Option<String>,
     prefix: Vec<u8>,
     state: State,
-    bytes: u64,
 }
 
 enum State {
@@ -286,12 +285,11 @@ impl Received10 {
 
 impl Part10Receiver {
     pub fn new(ingest: Arc<Ingest>, config: DicomConfig, expected_study: Option<String>) -> Part10Receiver {
-        Part10Receiver { ingest, config, expected_study, prefix: Vec::new(), state: State::ReadingMeta, bytes: 0 }
+        Part10Receiver { ingest, config, expected_study, prefix: Vec::new(), state: State::ReadingMeta }
     }
 
     /// Takes the next bytes of the object.
     pub fn push(&mut self, chunk: &[u8]) {
-        self.bytes += chunk.len() as u64;
         match &mut self.state {
             State::ReadingMeta => {
                 self.prefix.extend_from_slice(chunk);
@@ -357,11 +355,6 @@ impl Part10Receiver {
             let meta = meta.clone();
             self.refuse(Some(meta), Refusal::OutOfResources(e.to_string()));
         }
-    }
-
-    /// Bytes taken so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
     }
 
     /// The object ended: makes it durable, or says why not.

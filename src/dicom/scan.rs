@@ -261,18 +261,10 @@ pub fn read_without_large_values(
         skip.sort_by_key(|r| r.start);
     }
     let mut file = File::open(path).map_err(ReadError::Io)?;
-    let mut obj = if skip.is_empty() {
-        dicom_object::OpenFileOptions::new()
-            .read_preamble(dicom_object::file::ReadPreamble::Always)
-            .from_reader(BufReader::new(&file))
-            .map_err(ReadError::Dicom)?
-    } else {
-        let reader = Skipping { reader: BufReader::new(&file), skip, at: 0 };
-        dicom_object::OpenFileOptions::new()
-            .read_preamble(dicom_object::file::ReadPreamble::Always)
-            .from_reader(reader)
-            .map_err(ReadError::Dicom)?
-    };
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .from_reader(Skipping { reader: BufReader::new(&file), skip, at: 0 })
+        .map_err(ReadError::Dicom)?;
     if let Some(((element, vr), length)) = native {
         file.seek(io::SeekFrom::Start(element.end - length)).map_err(ReadError::Io)?;
         // read_to_end fills the reserved bytes without zeroing them first
@@ -295,7 +287,8 @@ pub enum ReadError {
     Dicom(#[source] dicom_object::ReadError),
 }
 
-/// A reader that leaves out byte ranges of the file under it (sorted, not overlapping).
+/// A reader that leaves out byte ranges of the file under it (sorted, not overlapping; none:
+/// the file as it is).
 struct Skipping<'a> {
     reader: BufReader<&'a File>,
     skip: Vec<Range<u64>>,

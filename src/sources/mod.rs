@@ -29,6 +29,9 @@ use crate::store::Store;
 /// The most studies one query may find: a wider query is refused, to be narrowed.
 pub const MAX_STUDIES: usize = 10_000;
 
+/// The most series one study may list: more is refused as a source's error.
+const MAX_SERIES: usize = 10_000;
+
 /// What to pull: a study, an accession number, or a date range with modalities.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Wanted {
@@ -156,11 +159,11 @@ impl Puller {
         Ok(match &self.access {
             Access::Dimse { scp, .. } => {
                 let scp = scp.clone();
-                tokio::task::spawn_blocking(move || qr::find_series(&scp, &study, MAX_STUDIES)).await??
+                tokio::task::spawn_blocking(move || qr::find_series(&scp, &study, MAX_SERIES)).await??
             }
             Access::Web { target, .. } => {
                 let target = target.clone();
-                tokio::task::spawn_blocking(move || web::find_series(&target, &study, MAX_STUDIES)).await??
+                tokio::task::spawn_blocking(move || web::find_series(&target, &study, MAX_SERIES)).await??
             }
         })
     }
@@ -172,13 +175,11 @@ impl Puller {
         let mut sum = qr::Moved::default();
         for (series, _) in planned.series.iter().filter(|s| !series_complete(s)) {
             match self.fetch_series(study, &series.series_instance_uid).await {
+                // a series with failures ends the study's pull: none are summed
                 Pulled::Moved(m) => {
-                    sum = qr::Moved {
-                        status: m.status,
-                        completed: sum.completed + m.completed,
-                        failed: sum.failed,
-                        warning: sum.warning + m.warning,
-                    }
+                    sum.status = m.status;
+                    sum.completed += m.completed;
+                    sum.warning += m.warning;
                 }
                 Pulled::Failed(why) => return Pulled::Failed(why),
                 Pulled::Held | Pulled::Nothing => {}

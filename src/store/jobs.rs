@@ -164,6 +164,21 @@ const STUDY_PRIORITY: &str = "UPDATE studies SET priority = ( \
          FROM results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1) \
      WHERE id = $1";
 
+/// Holds a study's row until the transaction ends and returns its UID. A result reads and
+/// sets its study's priority, and decides the study's messages, only once every other
+/// transaction doing so for the study has ended: under PostgreSQL's READ COMMITTED two results
+/// recorded at once (two workers, two nodes) would each read the priority before the other's
+/// commit, each make a message, and the later UPDATE could lower the priority to its own
+/// snapshot's. SQLite runs one write transaction at a time already.
+async fn lock_study(conn: &mut AnyConnection, backend: Backend, study_id: i64) -> Result<String> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT study_instance_uid FROM studies WHERE id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT study_instance_uid FROM studies WHERE id = $1",
+    };
+    let (uid,): (String,) = sqlx::query_as(sql).bind(study_id).fetch_one(conn).await?;
+    Ok(uid)
+}
+
 /// A study's UID and priority.
 async fn study_priority(conn: &mut AnyConnection, study_id: i64) -> Result<(String, Option<Priority>)> {
     Ok(sqlx::query_as("SELECT study_instance_uid, priority FROM studies WHERE id = $1")
@@ -262,6 +277,13 @@ impl Store {
     pub async fn record_results(&self, batch: &[Finished<'_>], rules: &[MessageRule]) -> Result<Vec<bool>> {
         let mut tx = self.begin_write().await?;
         let now = self.now();
+        // in one order, so that two batches never wait on each other in a circle
+        let mut studies: Vec<i64> = batch.iter().map(|f| f.job.study_id).collect();
+        studies.sort_unstable();
+        studies.dedup();
+        for study_id in studies {
+            lock_study(&mut tx, self.backend(), study_id).await?;
+        }
         let mut recorded = Vec::with_capacity(batch.len());
         let mut signal = false;
         for finished in batch {
@@ -399,6 +421,8 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let now = self.now();
+        // the study first, as a result takes it
+        let study_uid = lock_study(&mut tx, self.backend(), job.study_id).await?;
         if !self.end_job_in(&mut tx, job, end, reason, now).await? {
             return Ok(false);
         }
@@ -422,10 +446,6 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         insert_outputs(&mut tx, self.node(), Source::Notice(notice_id), outputs, now).await?;
-        let (study_uid,): (String,) = sqlx::query_as("SELECT study_instance_uid FROM studies WHERE id = $1")
-            .bind(job.study_id)
-            .fetch_one(&mut *tx)
-            .await?;
         let mut messages = 0;
         for rule in rules.iter().filter(|r| r.not_analysed) {
             messages += sqlx::query(

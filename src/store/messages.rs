@@ -3,9 +3,9 @@
 //! A row is made in the transaction that records a result, when that result sets the study's
 //! priority or raises it, never when the study's priority stays or would fall (the study's
 //! priority is the highest of its images', so a routine lateral after an urgent PA changes
-//! nothing). Below urgent a message waits `settle_secs` after the study's last analysed image,
-//! and one that has not been tried yet gives way to the higher priority a later image brings: a
-//! PA and lateral analysed together give one message. Rows are claimed with a lease and finished
+//! nothing). Below urgent a message waits `settle_secs` after the study's last analysed image
+//! and while other images of the study wait for analysis, and one that has not been tried yet
+//! gives way to the higher priority a later image brings: a PA and lateral give one message. Rows are claimed with a lease and finished
 //! only by their claimant, as deliveries are; the control ID is derived from (destination, study,
 //! priority), so a resend after a crash carries the same one.
 
@@ -149,13 +149,19 @@ pub(super) async fn make_messages(
 }
 
 /// The claim: one statement for both backends but for the row lock, which only PostgreSQL has.
+/// A first message below urgent also waits while other images of its study are queued or being
+/// analysed: their results may raise it (a backlog, or two workers, would otherwise send the
+/// lateral's routine message while the PA it came with waits its turn).
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
             "UPDATE messages SET state = 'sending', claimed_by = $1, lease_expires_at = $2, \
                 attempts = attempts + 1, updated_at = $3 \
              WHERE id = (SELECT id FROM messages \
-                         WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3) \
+                         WHERE destination = $4 AND ((state = 'pending' AND next_attempt_at <= $3 \
+                                AND (attempts > 0 OR priority = 'urgent' OR NOT EXISTS ( \
+                                    SELECT 1 FROM jobs j JOIN instances i ON i.id = j.instance_id \
+                                    WHERE i.study_id = messages.study_id AND j.state IN ('queued', 'running')))) \
                             OR (state = 'sending' AND lease_expires_at < $3)) \
                          ORDER BY next_attempt_at, id LIMIT 1 ",
             $lock,

@@ -116,6 +116,40 @@ fn another_image_of_the_study_extends_the_settling(backend: Backend) {
     assert_eq!(messages(&setup), [pair("routine", "sending")]);
 }
 
+/// A message below urgent is not sent while other images of its study are queued or being
+/// analysed (a backlog, or another worker): their results may raise it. Urgent goes at once.
+fn a_message_below_urgent_waits_for_the_studys_other_images(backend: Backend) {
+    let setup = Setup::new(backend);
+    let rules = [rule(Priority::ALL, Duration::ZERO)];
+    let lease = Duration::from_secs(60);
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        for uid in ["1.2.44.1", "1.2.44.2"] {
+            store.record_instance(&instance_in_study("1.2.44", uid, 1)).await.unwrap();
+        }
+        let pa = store.claim_job(lease, JobScope::AnySpool).await.unwrap().expect("the PA");
+        let mut routine = result();
+        (routine.priority, routine.decision) = (Priority::Routine, Decision::Negative);
+        assert!(store.record_result(&pa, &routine, &[], &rules).await.unwrap());
+        assert!(store.claim_message("ris", lease).await.unwrap().is_none(), "the lateral is queued");
+        let lateral = store.claim_job(lease, JobScope::AnySpool).await.unwrap().expect("the lateral");
+        assert!(store.claim_message("ris", lease).await.unwrap().is_none(), "the lateral is being analysed");
+        assert!(store.record_result(&lateral, &routine, &[], &rules).await.unwrap());
+        let m = store.claim_message("ris", lease).await.unwrap().expect("both analysed: the message goes");
+        assert_eq!(m.priority, Some(Priority::Routine));
+
+        // an urgent first image does not wait for the second
+        for uid in ["1.2.45.1", "1.2.45.2"] {
+            store.record_instance(&instance_in_study("1.2.45", uid, 1)).await.unwrap();
+        }
+        let pa = store.claim_job(lease, JobScope::AnySpool).await.unwrap().expect("the PA");
+        assert!(store.record_result(&pa, &result(), &[], &rules).await.unwrap());
+        let m = store.claim_message("ris", lease).await.unwrap().expect("urgent goes at once");
+        assert_eq!(m.priority, Some(Priority::Urgent));
+    });
+    assert_eq!(messages(&setup), [pair("routine", "sending"), pair("urgent", "sending")]);
+}
+
 fn only_the_destinations_priorities_send_a_message(backend: Backend) {
     let setup = Setup::new(backend);
     let rules = [rule(&[Priority::Urgent], Duration::ZERO)];
@@ -212,6 +246,7 @@ on_both_backends!(
     review_then_urgent_give_two_messages,
     a_settling_message_gives_way_to_a_higher_one,
     another_image_of_the_study_extends_the_settling,
+    a_message_below_urgent_waits_for_the_studys_other_images,
     only_the_destinations_priorities_send_a_message,
     a_result_within_the_settling_supersedes_the_not_analysed_message,
     a_result_after_a_sent_not_analysed_message_follows_it_whatever_the_priorities,

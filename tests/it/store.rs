@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{Backend, Setup};
-use pneumotriage::domain::{Decision, EventKind, InstanceHeader, Policy, Priority};
+use pneumotriage::domain::{Decision, DestinationKind, EventKind, InstanceHeader, MessageRule, Policy, Priority};
 use pneumotriage::store::{JobEnd, JobScope, NewInstance, NewResult, Store};
 
 fn instance(uid: &str, version: i64) -> NewInstance {
@@ -163,6 +163,75 @@ fn interrupted_jobs_are_claimed_apart_and_first(backend: Backend) {
     });
 }
 
+/// Results of one study recorded at once (two workers, or two nodes on one PostgreSQL) leave
+/// the study at its highest priority with one message: each result reads the study's priority
+/// only once the other's transaction has ended (PostgreSQL's UPDATE of the study would
+/// otherwise take the priority of its own snapshot, and each would make its own message).
+fn results_of_one_study_recorded_at_once_give_its_priority_and_one_message(backend: Backend) {
+    let setup = Setup::new(backend);
+    let studies = 12;
+    let url = setup.db.url.clone();
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        let rules = [MessageRule {
+            destination: "ris".into(),
+            kind: DestinationKind::Hl7,
+            priorities: vec![Priority::Routine, Priority::Review, Priority::Urgent],
+            settle: Duration::from_secs(600),
+            not_analysed: false,
+        }];
+        for s in 0..studies {
+            for i in 0..2 {
+                store
+                    .record_instance(&instance_in_study(&format!("1.2.8.{s}"), &format!("1.2.8.{s}.{i}"), 1))
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut jobs = Vec::new();
+        while let Some(job) = store.claim_job(Duration::from_secs(60), JobScope::AnySpool).await.unwrap() {
+            jobs.push(job);
+        }
+        assert_eq!(jobs.len(), 2 * studies);
+        // Another transaction holds the studies while both results of each study are recorded,
+        // so that each pair meets where it would race.
+        let mut holder = store.pool().begin().await.unwrap();
+        sqlx::query("UPDATE studies SET priority = priority").execute(&mut *holder).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for job in jobs {
+            let (store, rules) = (Store::connect(&url, 1, "test").await.unwrap(), rules.clone());
+            // the first image of each study is a routine negative, the second an urgent positive
+            let outcome = if job.sop_instance_uid.ends_with(".0") { negative() } else { result() };
+            tasks.spawn(async move { store.record_result(&job, &outcome, &[], &rules).await });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.rollback().await.unwrap();
+        for recorded in tasks.join_all().await {
+            assert!(recorded.unwrap());
+        }
+    });
+    assert_eq!(setup.count("SELECT COUNT(*) FROM results"), 2 * studies as i64);
+    assert_eq!(
+        setup.count("SELECT COUNT(*) FROM studies WHERE priority = 'urgent'"),
+        studies as i64,
+        "a study took the priority of its routine image"
+    );
+    assert_eq!(setup.count("SELECT COUNT(*) FROM messages"), studies as i64, "one message per study");
+    assert_eq!(setup.count("SELECT COUNT(*) FROM messages WHERE priority = 'urgent'"), studies as i64);
+}
+
+/// A routine negative result.
+fn negative() -> NewResult {
+    NewResult {
+        decision: Decision::Negative,
+        priority: Priority::Routine,
+        probability: 0.1,
+        mask_rle: String::new(),
+        mask_area_px: 0,
+        ..result()
+    }
+}
+
 /// An urgent positive result.
 pub(crate) fn result() -> NewResult {
     let model = |name: &str| [name.to_string(), "1".into(), "ab".repeat(32)];
@@ -251,5 +320,6 @@ on_both_backends!(
     two_nodes_claim_each_job_once_and_take_over_expired_leases,
     a_retried_job_waits_for_its_time_then_counts_its_attempts,
     interrupted_jobs_are_claimed_apart_and_first,
+    results_of_one_study_recorded_at_once_give_its_priority_and_one_message,
     migrations_upgrade_a_database_with_records
 );
