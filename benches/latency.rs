@@ -1,8 +1,8 @@
 //! End-to-end latency: from the start of an image's C-STORE to the node to its SEG stored at the
 //! destination, on CPU with the demo models (docs/benchmarks.md, "End-to-end latency").
 //!
-//! Method: the node (release build, SQLite, the embedded defaults: one inference worker unless
-//! `LATENCY_BENCH_WORKERS` says otherwise) analyses synthetic 1024x1024 radiographs from models/training's generator with
+//! Method: the node (release build, SQLite, the embedded defaults, as many inference workers as
+//! it chooses) analyses synthetic 1024x1024 radiographs from models/training's generator with
 //! `classifier_threshold = 0` so that every image goes through both models (the cascade's worst
 //! case) and, with `mask_threshold = 0.01`, nearly every one yields a SEG (those whose mask is
 //! empty anyway are counted apart: their SR marks the end), and delivers SEG and SR to dcmtk's
@@ -22,7 +22,7 @@
 //!
 //! Run: `cargo bench --bench latency`. Environment: `LATENCY_BENCH_IDLE` (default 20 images),
 //! `LATENCY_BENCH_STREAM` (default 100), `LATENCY_BENCH_WORKERS` (inference workers; unset,
-//! the node's default, the count read from its log), `LATENCY_BENCH_THREADS` and `LATENCY_BENCH_BATCH` (`inference.threads` and
+//! as many as the node chooses, which the bench reads from its log), `LATENCY_BENCH_THREADS` and `LATENCY_BENCH_BATCH` (`inference.threads` and
 //! `inference.batch_size`, the node's defaults when unset), `LATENCY_BENCH_MODELS` (a model
 //! manifest, e.g. an int8 variant; the demo models by default), `LATENCY_BENCH_INTERVAL_MS` (the paced stream's interval, default 150),
 //! `PNEUMOTRIAGE_PYTHON` (default the repository's `.venv/bin/python` if there is one, else
@@ -71,7 +71,7 @@ fn tuning() -> String {
 }
 
 impl Rig {
-    /// The node with `workers` inference workers, or its default; and how many it started.
+    /// The node with `workers` inference workers, or as many as it chooses itself; and how many.
     fn start(workers: Option<usize>) -> Result<(Rig, usize)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::Builder::new().prefix("latency-bench-").tempdir()?;

@@ -23,8 +23,9 @@ pub struct InferenceConfig {
     pub onnxruntime: Option<PathBuf>,
     /// Threads per ONNX Runtime session.
     pub threads: usize,
-    /// Inference threads, each with its own sessions: images analysed at the same time.
-    pub workers: usize,
+    /// Inference threads, each with its own sessions: images analysed at the same time. Unset:
+    /// two on the CPU where the cores and the memory allow, else one (chosen by `serve`).
+    pub workers: Option<usize>,
     /// Most images a worker analyses together: one model run per batch. A worker takes the due
     /// jobs there are, up to this many.
     pub batch_size: usize,
@@ -74,7 +75,7 @@ impl Default for InferenceConfig {
             require_gpu: false,
             onnxruntime: None,
             threads: 1,
-            workers: 1,
+            workers: None,
             batch_size: 8,
             batch_wait_ms: 0,
             tta_hflip: false,
@@ -189,15 +190,16 @@ fn probability(value: Option<f32>) -> Option<String> {
 
 impl InferenceConfig {
     pub(super) fn numbers(&self) -> Vec<Number> {
-        vec![
+        let workers = self.workers.map(|w| Number::new("inference.workers", w as u64, 1..=64, ""));
+        let numbers = vec![
             Number::new("inference.threads", self.threads as u64, 1..=1024, ""),
-            Number::new("inference.workers", self.workers as u64, 1..=64, ""),
             Number::new("inference.batch_size", self.batch_size as u64, 1..=256, ""),
             Number::new("inference.batch_wait_ms", self.batch_wait_ms, 0..=10_000, "ms"),
             Number::new("inference.max_pixels", self.max_pixels, 64 * 64..=1 << 34, "pixels"),
             Number::new("inference.quarantine_after", self.quarantine_after as u64, 1..=100, ""),
             Number::new("inference.checks.min_age_years", self.checks.min_age_years as u64, 0..=150, "years"),
-        ]
+        ];
+        numbers.into_iter().chain(workers).collect()
     }
 
     pub(super) fn check(&self, config: &Config, report: &mut Report) {

@@ -178,7 +178,8 @@ fn truncated_spool_file_fails_alone(backend: Backend) {
     let size = std::fs::metadata(&spooled).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&spooled).unwrap().set_len(size / 2).unwrap();
 
-    setup.inference = format!("models = \"{}/models/manifest.toml\"\nbatch_size = 8\n", env!("CARGO_MANIFEST_DIR"));
+    setup.inference =
+        format!("models = \"{}/models/manifest.toml\"\nbatch_size = 8\nworkers = 1\n", env!("CARGO_MANIFEST_DIR"));
     setup.write_config("", "", common::DEFAULT_PEERS);
     let node = setup.start();
     wait_analysed(&setup, 6);
