@@ -200,7 +200,7 @@ pub fn model_inputs_of(image: &DisplayImage, models: &[Preprocess], decoded_in: 
 }
 
 /// The pass itself: each displayed row (`fill` writes row `y`) counted and resized
-/// horizontally for each model while it is in the cache.
+/// horizontally to each model's size while it is in the cache (once per size).
 fn inputs_from_rows(
     width: u32,
     height: u32,
@@ -208,8 +208,12 @@ fn inputs_from_rows(
     models: &[Preprocess],
     decoded_in: std::time::Duration,
 ) -> ModelInputs {
+    // one resizer per size: the classifier and the segmenter often take the same
+    let mut sizes: Vec<(u32, u32)> = models.iter().map(|m| (m.width, m.height)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
     let mut resizers: Vec<resample::Resizer> =
-        models.iter().map(|m| resample::Resizer::new(width, height, m.width, m.height)).collect();
+        sizes.iter().map(|&(w, h)| resample::Resizer::new(width, height, w, h)).collect();
     let mut row = vec![0f32; width as usize];
     let mut moments = Moments::default();
     for y in 0..height as usize {
@@ -220,7 +224,11 @@ fn inputs_from_rows(
         }
     }
     let (mean, deviation) = moments.mean_and_deviation();
-    let tensors = resizers.into_iter().zip(models).map(|(resizer, pre)| normalised(&resizer.finish(), pre)).collect();
+    let planes: Vec<Vec<f32>> = resizers.into_iter().map(resample::Resizer::finish).collect();
+    let plane_of = |pre: &Preprocess| {
+        &planes[sizes.binary_search(&(pre.width, pre.height)).expect("each model's size has its resizer")]
+    };
+    let tensors = models.iter().map(|pre| normalised(plane_of(pre), pre)).collect();
     ModelInputs { width, height, mean, deviation, tensors, decoded_in }
 }
 
