@@ -2,8 +2,9 @@
 //! stretched by the scale when shrinking, its weights normalised), fed one source row at a time,
 //! so that a decoded image reaches a model's size without a full-size float image in between.
 //!
-//! Separable, as Pillow computes it: each source row is resized horizontally as it arrives, and
-//! the rows are combined vertically at the end.
+//! Separable: each source row is added into the output rows it weighs in as it arrives, and
+//! those rows are resized horizontally at the end (Pillow goes horizontally first; the filter is
+//! linear, so the order changes only the rounding).
 
 /// The filter's weights along one axis: for each output index, the first source index it reads
 /// and its weights.
@@ -58,44 +59,62 @@ impl Axis {
 /// One target size, fed the source rows in order.
 pub(super) struct Resizer {
     in_width: usize,
+    in_height: usize,
     out_width: usize,
-    out_height: usize,
     columns: Axis,
     rows: Axis,
-    /// Each source row resized horizontally, one after the other (`out_width` values each).
-    horizontal: Vec<f32>,
+    /// Each output row at the source's width, summed from the source rows so far (`in_width`
+    /// values each).
+    vertical: Vec<f32>,
+    /// The next source row, and the first output row it can still reach.
+    next: usize,
+    first: usize,
 }
 
 impl Resizer {
     pub fn new(in_width: u32, in_height: u32, out_width: u32, out_height: u32) -> Resizer {
         Resizer {
             in_width: in_width as usize,
+            in_height: in_height as usize,
             out_width: out_width as usize,
-            out_height: out_height as usize,
             columns: Axis::new(in_width, out_width),
             rows: Axis::new(in_height, out_height),
-            horizontal: Vec::with_capacity(out_width as usize * in_height as usize),
+            vertical: vec![0f32; in_width as usize * out_height as usize],
+            next: 0,
+            first: 0,
         }
     }
 
-    /// The next source row (`in_width` values).
+    /// The next source row (`in_width` values): added, with its weight, to the two or three
+    /// output rows whose windows hold it (contiguous rows: the additions vectorise, where a
+    /// horizontal pass first would take a short weighted sum per output value).
     pub fn push_row(&mut self, row: &[f32]) {
-        for x in 0..self.out_width {
-            let (start, weights) = self.columns.window(x, self.in_width);
-            self.horizontal.push(dot(weights, &row[start..start + weights.len()]));
+        let y = self.next;
+        self.next += 1;
+        let out_height = self.rows.starts.len();
+        while self.first < out_height && self.rows.starts[self.first] + self.rows.taps <= y {
+            self.first += 1;
+        }
+        for j in self.first..out_height {
+            let (start, weights) = self.rows.window(j, self.in_height);
+            if start > y {
+                break;
+            }
+            let Some(&w) = weights.get(y - start) else { continue };
+            if w != 0.0 {
+                let sum = &mut self.vertical[j * self.in_width..(j + 1) * self.in_width];
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += w * v);
+            }
         }
     }
 
     /// The image at the target size, row-major, once every source row has been pushed.
     pub fn finish(self) -> Vec<f32> {
-        let width = self.out_width;
-        let in_height = self.horizontal.len() / width.max(1);
-        let mut out = vec![0f32; width * self.out_height];
-        for (y, out_row) in out.chunks_exact_mut(width).enumerate() {
-            let (start, weights) = self.rows.window(y, in_height);
-            for (k, &w) in weights.iter().enumerate() {
-                let source = &self.horizontal[(start + k) * width..(start + k + 1) * width];
-                out_row.iter_mut().zip(source).for_each(|(o, v)| *o += w * v);
+        let mut out = Vec::with_capacity(self.out_width * self.rows.starts.len());
+        for sum in self.vertical.chunks_exact(self.in_width.max(1)) {
+            for x in 0..self.out_width {
+                let (start, weights) = self.columns.window(x, self.in_width);
+                out.push(dot(weights, &sum[start..start + weights.len()]));
             }
         }
         out
