@@ -176,7 +176,7 @@ pub struct ModelInputs {
 
 /// [`display_image`] then [`to_tensor`] for each of `models`, and the displayed image's mean and
 /// standard deviation, without the full-size displayed image: each row of samples is looked up,
-/// counted and resized horizontally while it is in the cache (a 3000x3000 film's displayed
+/// counted and summed into the output rows while it is in the cache (a 3000x3000 film's displayed
 /// image is 36 MB that would be written once and read twice more).
 pub fn model_inputs(
     obj: &FileDicomObject<InMemDicomObject>,
@@ -199,8 +199,8 @@ pub fn model_inputs_of(image: &DisplayImage, models: &[Preprocess], decoded_in: 
     inputs_from_rows(image.width, image.height, fill, models, decoded_in)
 }
 
-/// The pass itself: each displayed row (`fill` writes row `y`) counted and resized
-/// horizontally to each model's size while it is in the cache (once per size).
+/// The pass itself: each displayed row (`fill` writes row `y`) counted and fed to the resizer
+/// of each model size while it is in the cache (once per size).
 fn inputs_from_rows(
     width: u32,
     height: u32,
