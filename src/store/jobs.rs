@@ -103,6 +103,34 @@ pub struct Finished<'a> {
     pub outputs: &'a [NewOutput],
 }
 
+/// The jobs (`j`, of instances `i`) due at `$now` that node `$node` may claim (`$any` = 1: any
+/// spool), one text for the claim and [`Store::due_job`].
+macro_rules! due_jobs {
+    ($node:literal, $now:literal, $any:literal) => {
+        concat!(
+            "((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= ",
+            $now,
+            ")) \
+               OR (j.state = 'running' AND j.lease_expires_at < ",
+            $now,
+            ")) \
+             AND (",
+            $any,
+            " = 1 OR i.node IS NULL OR i.node = ",
+            $node,
+            ")"
+        )
+    };
+}
+
+/// Whether a job is one a node died analysing: interrupted before, or running under an
+/// expired lease.
+macro_rules! interrupted {
+    () => {
+        "(j.interruptions > 0 OR j.state = 'running')"
+    };
+}
+
 /// The claim: one statement for both backends but for the row lock, which only PostgreSQL has
 /// (SQLite has one writer, so its single UPDATE is already atomic).
 macro_rules! claim_sql {
@@ -111,12 +139,11 @@ macro_rules! claim_sql {
             "UPDATE jobs SET state = 'running', claimed_by = $1, lease_expires_at = $2, \
                 attempts = attempts + 1, updated_at = $3, \
                 interruptions = interruptions + CASE WHEN state = 'running' THEN 1 ELSE 0 END \
-             WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id \
-                         WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $3)) \
-                                OR (j.state = 'running' AND j.lease_expires_at < $3)) \
-                           AND ($4 = 1 OR i.node IS NULL OR i.node = $1) \
-                           AND ($5 = 2 OR (j.interruptions > 0 OR j.state = 'running') = ($5 = 1)) \
-                         ORDER BY j.id LIMIT 1 ",
+             WHERE id = (SELECT j.id FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE ",
+            due_jobs!("$1", "$3", "$4"),
+            " AND ($5 = 2 OR ",
+            interrupted!(),
+            " = ($5 = 1)) ORDER BY j.id LIMIT 1 ",
             $lock,
             ") RETURNING id, attempts"
         )
@@ -197,15 +224,14 @@ impl Store {
     /// Whether a job is due within `scope`, and if so whether one a node died analysing is
     /// (those come first): `Some(true)`, `Some(false)` or `None`.
     pub async fn due_job(&self, scope: JobScope) -> Result<Option<bool>> {
-        let due: Option<(i64,)> = sqlx::query_as(
-            "SELECT CAST(CASE WHEN j.interruptions > 0 OR j.state = 'running' THEN 1 ELSE 0 END AS BIGINT) \
-                    AS interrupted \
-             FROM jobs j JOIN instances i ON i.id = j.instance_id \
-             WHERE ((j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= $2)) \
-                    OR (j.state = 'running' AND j.lease_expires_at < $2)) \
-               AND ($3 = 1 OR i.node IS NULL OR i.node = $1) \
-             ORDER BY interrupted DESC, j.id LIMIT 1",
-        )
+        let due: Option<(i64,)> = sqlx::query_as(concat!(
+            "SELECT CAST(CASE WHEN ",
+            interrupted!(),
+            " THEN 1 ELSE 0 END AS BIGINT) AS interrupted \
+             FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE ",
+            due_jobs!("$1", "$2", "$3"),
+            " ORDER BY interrupted DESC, j.id LIMIT 1"
+        ))
         .bind(self.node())
         .bind(self.now())
         .bind(i64::from(scope == JobScope::AnySpool))
