@@ -286,7 +286,7 @@ fn full_size_latency(manifest: &Path, threads: usize, device: Device, repeat: us
         .collect::<Result<_>>()?;
     println!();
     for role in [Role::Classifier, Role::Segmenter] {
-        let mut model = Model::open(&library, &manifest, role, settings)?;
+        let model = Model::open(&library, &manifest, role, settings)?;
         let (c, h, w) = model.input_shape();
         let blank = vec![0.0; c * h * w];
         for &batch in &batches {

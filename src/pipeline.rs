@@ -641,6 +641,14 @@ pub struct Models {
     pub shadows: Vec<Shadow>,
 }
 
+impl Models {
+    /// The same models on the same sessions ([`Analyser::share`]): a GPU's second worker.
+    pub fn share(&self) -> Models {
+        let shadows = self.shadows.iter().map(|s| Shadow { name: s.name.clone(), analyser: s.analyser.share() });
+        Models { production: self.production.share(), shadows: shadows.collect() }
+    }
+}
+
 /// What each shadow version makes of the images production analysed: a row per shadow and
 /// image. A shadow's failure is its own; production's results are already recorded.
 fn run_shadows(shadows: &mut [Shadow], jobs: &[&ClaimedJob], images: &[&Checked]) -> Vec<NewShadowResult> {

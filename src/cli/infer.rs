@@ -1,8 +1,11 @@
 //! `infer`: analyses files offline (no network, no database), a line each, and with `--out` the
 //! objects and pictures the node would make of each.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,78 +16,123 @@ use pneumotriage::inference::batch::{analyse_images, guarded, read_checked, Chec
 use pneumotriage::results::{make_objects, overlay, OutputSettings};
 use rayon::prelude::*;
 
-/// `pneumotriage infer`: every file through the cascade, a line each.
+/// `pneumotriage infer`: every file through the cascade, a line each, in order. The batches go
+/// to the node's workers (as many, their models opened or shared alike: `workers::count`), so
+/// that its figures are the node's.
 pub fn infer(config: &Config, out: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let mut analyser = Analyser::open(config).with_context(|| format!("inference in {}", config.source))?;
-    analyser.keep_views = out.is_some();
+    let open = || -> anyhow::Result<Analyser> {
+        let mut analyser = Analyser::open(config).with_context(|| format!("inference in {}", config.source))?;
+        analyser.keep_views = out.is_some();
+        Ok(analyser)
+    };
+    let mut first = open()?;
     let mut outputs = OutputSettings::of(config);
     // for inspection, the secondary capture too, whether or not the node sends it
     outputs.outputs.overlay = true;
     println!(
         "models: {} {} and {} {} on {} ({})",
-        analyser.classifier().name,
-        analyser.classifier().version,
-        analyser.segmenter().name,
-        analyser.segmenter().version,
-        analyser.execution_provider(),
-        analyser.manifest.notice
+        first.classifier().name,
+        first.classifier().version,
+        first.segmenter().name,
+        first.segmenter().version,
+        first.execution_provider(),
+        first.manifest.notice
     );
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let warm_up = analyser.warm_up().context("warming up the models")?;
+    let mut warm_up = first.warm_up().context("warming up the models")?;
+    let (count, why) = super::workers::count(config, &[&first]);
+    let on_gpu = first.on_gpu();
+    let mut workers = super::workers::each(first, count, on_gpu, Analyser::share, || {
+        let mut analyser = open()?;
+        warm_up += analyser.warm_up().context("warming up the models")?;
+        Ok::<_, anyhow::Error>(analyser)
+    })?;
     let files = expand_directories(files)?;
-    let preparation = analyser.preparation();
+    let batches: Vec<&[PathBuf]> = files.chunks(workers[0].batch_size).collect();
     let limits =
         ReadLimits { max_dataset_bytes: config.dicom.max_dataset_bytes(), max_pixels: config.inference.max_pixels };
     let started = Instant::now();
     let (mut analysed, mut skipped, mut failed) = (0, 0, 0);
-    // in batches as the node analyses them: each batch's files read and checked on every core,
-    // then prepared and run through the models once for the batch
-    for files in files.chunks(analyser.batch_size) {
-        let read: Vec<Result<Checked, Unanalysed>> =
-            files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, "", limits))).collect();
-        let images: Vec<&Checked> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let mut analyses = analyse_images(&mut analyser, &images).into_iter();
-        let outcomes: Vec<Outcome> = read
-            .into_iter()
-            .map(|read| {
-                let checked = read?;
-                Ok((Box::new(checked.image), Box::new(analyses.next().expect("an outcome per image")?)))
-            })
-            .collect();
-        // each file's line, objects and pictures made on every core, then printed and written in order
-        let reports: Vec<Report> = files
-            .par_iter()
-            .zip(outcomes)
-            .map(|(file, outcome)| report(&analyser, file, outcome, out.is_some(), &outputs))
-            .collect::<anyhow::Result<_>>()?;
-        for (file, report) in files.iter().zip(reports) {
-            println!("{}", report.line);
-            match report.counted {
-                Counted::Analysed => analysed += 1,
-                Counted::Skipped => skipped += 1,
-                Counted::Failed => failed += 1,
-            }
-            if let Some(dir) = out {
-                let stem = output_stem(file);
-                for (suffix, bytes) in report.files {
-                    std::fs::write(dir.join(format!("{stem}.{suffix}")), bytes)?;
+    // each worker takes the next batch; the reports are printed and written in the files' order
+    let next = AtomicUsize::new(0);
+    let (sender, finished) = mpsc::channel::<(usize, anyhow::Result<Vec<Report>>)>();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for analyser in &mut workers {
+            let (sender, next, batches, outputs) = (sender.clone(), &next, &batches, &outputs);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(files) = batches.get(i) else { break };
+                let reports = analyse_files(analyser, files, limits, out.is_some(), outputs);
+                if sender.send((i, reports)).is_err() {
+                    break; // the writer stopped at an error
                 }
-                std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&report.json)?)?;
+            });
+        }
+        drop(sender);
+        // at an error the receiver is dropped: the workers stop after the batch in hand
+        let (mut waiting, mut due) = (BTreeMap::new(), 0);
+        for (i, reports) in finished {
+            waiting.insert(i, reports);
+            while let Some(reports) = waiting.remove(&due) {
+                due += 1;
+                let reports = reports?;
+                for (file, report) in batches[due - 1].iter().zip(reports) {
+                    println!("{}", report.line);
+                    match report.counted {
+                        Counted::Analysed => analysed += 1,
+                        Counted::Skipped => skipped += 1,
+                        Counted::Failed => failed += 1,
+                    }
+                    if let Some(dir) = out {
+                        let stem = output_stem(file);
+                        for (suffix, bytes) in report.files {
+                            std::fs::write(dir.join(format!("{stem}.{suffix}")), bytes)?;
+                        }
+                        std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&report.json)?)?;
+                    }
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{analysed} analysed, {skipped} skipped, {failed} failed in {seconds:.2} s: {:.1} images/s analysed \
-         (batches of up to {}, {}; warm-up {} ms)",
+         (batches of up to {}, {}, {}: {why}; warm-up {} ms)",
         analysed as f64 / seconds.max(1e-9),
-        analyser.batch_size,
-        analyser.execution_provider(),
+        workers[0].batch_size,
+        workers[0].execution_provider(),
+        if workers.len() == 1 { "1 worker".to_string() } else { format!("{} workers", workers.len()) },
         warm_up.as_millis()
     );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One batch of files: read and checked on every core, through the models once, then each
+/// file's line, objects and pictures made on every core; a report per file, in order.
+fn analyse_files(
+    analyser: &mut Analyser,
+    files: &[PathBuf],
+    limits: ReadLimits,
+    with_files: bool,
+    outputs: &OutputSettings,
+) -> anyhow::Result<Vec<Report>> {
+    let preparation = analyser.preparation();
+    let read: Vec<Result<Checked, Unanalysed>> =
+        files.par_iter().map(|file| guarded(|| read_checked(&preparation, file, "", limits))).collect();
+    let images: Vec<&Checked> = read.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut analyses = analyse_images(analyser, &images).into_iter();
+    let outcomes: Vec<Outcome> = read
+        .into_iter()
+        .map(|read| {
+            let checked = read?;
+            Ok((Box::new(checked.image), Box::new(analyses.next().expect("an outcome per image")?)))
+        })
+        .collect();
+    let analyser = &*analyser;
+    files.par_iter().zip(outcomes).map(|(file, outcome)| report(analyser, file, outcome, with_files, outputs)).collect()
 }
 
 /// What became of a file: its image and analysis, or why there is none.

@@ -12,6 +12,7 @@ mod queue;
 mod records;
 mod reports;
 mod serve;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -16,9 +16,9 @@ use anyhow::Context;
 use pneumotriage::audit::{sender::Senders, Alert, AuditEvent};
 use pneumotriage::config::Config;
 use pneumotriage::dicom::scp::Scp;
-use pneumotriage::domain::Device;
 use pneumotriage::http::listener::ConnectionLimits;
 use pneumotriage::http::{AppState, Readiness};
+use pneumotriage::inference::analyse::Analyser;
 use pneumotriage::inference::Manifest;
 use pneumotriage::ingest::Ingest;
 use pneumotriage::outbox::Outbox;
@@ -199,104 +199,20 @@ pub async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How many inference workers when `inference.workers` is unset, and why (the models' files
-/// and the machine read, then [`workers_for`]).
-fn automatic_workers(config: &Config, first: &Models) -> (usize, String) {
-    let analysers = std::iter::once(&first.production).chain(first.shadows.iter().map(|s| &s.analyser));
-    let model_bytes: u64 = analysers
-        .flat_map(|a| a.manifest.models.iter().map(|m| a.manifest.path_of(m)))
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .map(|m| m.len())
-        .sum();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    workers_for(config.inference.device, config.inference.threads, model_bytes, cores, available_memory())
-}
-
-/// The rule: on the CPU a second worker runs its models while the first prepares and finishes
-/// its batch (a backlog drains about a fifth faster on 2 cores, docs/benchmarks.md), at twice
-/// the models' memory. Two where `threads` x 2 fits in the cores and the memory holds both
-/// workers' sessions with room to spare (a session holds about its model file twice over; four
-/// times is asked, plus 512 MiB); else one. On a GPU one: batches fill the device, and a second
-/// worker would double its memory.
-fn workers_for(
-    device: Device,
-    threads: usize,
-    model_bytes: u64,
-    cores: usize,
-    available: Option<u64>,
-) -> (usize, String) {
-    if device != Device::Cpu {
-        return (1, format!("1 worker on {device}"));
-    }
-    if threads * 2 > cores {
-        return (
-            1,
-            format!(
-                "1 worker: two of {threads} thread(s) (inference.threads) would take more than the {cores} core(s)"
-            ),
-        );
-    }
-    let needed = 4 * model_bytes + (512 << 20);
-    let mib = |bytes: u64| bytes >> 20;
-    match available {
-        Some(available) if available >= 2 * needed => (
-            2,
-            format!(
-                "2 workers ({cores} cores, {} MiB of memory available, {} MiB of model files per worker)",
-                mib(available),
-                mib(model_bytes)
-            ),
-        ),
-        Some(available) => (
-            1,
-            format!(
-                "1 worker: {} MiB of memory available is too little for a second worker's models ({} MiB of files)",
-                mib(available),
-                mib(model_bytes)
-            ),
-        ),
-        None => (1, "1 worker: the available memory cannot be read (/proc/meminfo)".into()),
-    }
-}
-
-/// The memory this process may still use, in bytes: the system's MemAvailable, or less where
-/// the node's cgroup (a systemd `MemoryMax`, a container's limit) leaves less.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
-    let system = kib * 1024;
-    Some(cgroup_headroom().map_or(system, |left| left.min(system)))
-}
-
-/// memory.max less memory.current of this process's cgroup (v2); None where it has no limit.
-fn cgroup_headroom() -> Option<u64> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = membership.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok()?.trim().parse::<u64>().ok();
-    // "max" (no limit) does not parse
-    let max = read("memory.max")?;
-    Some(max.saturating_sub(read("memory.current").unwrap_or(0)))
-}
-
 /// The models of each inference worker (production's and the shadow versions'): the first
-/// worker's as the checks opened them, the others' opened alike; all warmed up.
+/// worker's as the checks opened them, the others' opened alike on the CPU, or sharing the
+/// first's sessions on a GPU; all warmed up.
 fn open_analysers(config: &Config, (first, mut warm_up): (Models, Duration)) -> Result<Vec<Models>, ModelsError> {
-    let count = match config.inference.workers {
-        Some(n) => n,
-        None => {
-            let (n, why) = automatic_workers(config, &first);
-            info!(workers = n, "inference.workers is unset: {why}");
-            n
-        }
-    };
-    let mut workers = vec![first];
-    for _ in 1..count {
+    let analysers: Vec<&Analyser> =
+        std::iter::once(&first.production).chain(first.shadows.iter().map(|s| &s.analyser)).collect();
+    let (count, why) = super::workers::count(config, &analysers);
+    info!(workers = count, "{why}");
+    let on_gpu = first.production.on_gpu();
+    let workers = super::workers::each(first, count, on_gpu, Models::share, || {
         let (models, took) = super::preflight::open_models(config)?;
-        workers.push(models);
         warm_up += took;
-    }
+        Ok(models)
+    })?;
     let first = &workers[0].production;
     info!(
         classifier = %format_args!("{} {}", first.classifier().name, first.classifier().version),
@@ -492,44 +408,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GIB: u64 = 1 << 30;
-
-    #[test]
-    fn two_workers_where_the_cores_and_the_memory_allow() {
-        // the demo models (a few MiB) on a 2-core machine with memory to spare
-        let (n, why) = workers_for(Device::Cpu, 1, 5 << 20, 2, Some(8 * GIB));
-        assert_eq!(n, 2, "{why}");
-        assert!(why.contains("2 cores"), "{why}");
-    }
-
-    #[test]
-    fn one_worker_where_the_threads_take_the_cores() {
-        let (n, why) = workers_for(Device::Cpu, 2, 5 << 20, 2, Some(8 * GIB));
-        assert_eq!(n, 1);
-        assert!(why.contains("inference.threads"), "{why}");
-        assert_eq!(workers_for(Device::Cpu, 1, 5 << 20, 1, Some(8 * GIB)).0, 1, "one core");
-    }
-
-    #[test]
-    fn one_worker_where_the_memory_would_not_hold_two() {
-        // full-size models (about 300 MiB of files) need 2 x (4 x 300 + 512) MiB
-        let models = 300 << 20;
-        assert_eq!(workers_for(Device::Cpu, 1, models, 4, Some(3 * GIB)).0, 1);
-        assert_eq!(workers_for(Device::Cpu, 1, models, 4, Some(4 * GIB)).0, 2);
-        let (n, why) = workers_for(Device::Cpu, 1, models, 4, None);
-        assert_eq!(n, 1);
-        assert!(why.contains("cannot be read"), "{why}");
-    }
-
-    #[test]
-    fn one_worker_on_a_gpu() {
-        assert_eq!(workers_for(Device::Cuda(0), 1, 5 << 20, 16, Some(64 * GIB)).0, 1);
     }
 }

@@ -23,8 +23,9 @@ pub struct InferenceConfig {
     pub onnxruntime: Option<PathBuf>,
     /// Threads per ONNX Runtime session.
     pub threads: usize,
-    /// Inference threads, each with its own sessions: images analysed at the same time. Unset:
-    /// two on the CPU where the cores and the memory allow, else one (chosen by `serve`).
+    /// Inference threads: batches analysed at the same time. On the CPU each has its own
+    /// sessions; on a GPU they share one set and take turns on it. Unset: two on the CPU where
+    /// the cores and the memory allow, else one; two on a GPU (chosen by `serve` and `infer`).
     pub workers: Option<usize>,
     /// Most images a worker analyses together: one model run per batch. A worker takes the due
     /// jobs there are, up to this many.

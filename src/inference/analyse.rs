@@ -2,7 +2,7 @@
 //! at the source image's size. Used by `pneumotriage infer` (and by the pipeline workers).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::checks::{InputStatistics, Skip};
 use super::decision::{self, Decision, Priority, Rules};
 use super::manifest::{Manifest, ModelSpec};
-use super::runtime::{find_onnxruntime, Model, RuntimeError, SessionSettings};
+use super::runtime::{find_onnxruntime, Model, Run, RuntimeError, SessionSettings};
 use super::selection::{Selection, Selector, Tags};
 use super::Role;
 use crate::config::InputChecks;
@@ -112,6 +112,8 @@ pub struct Analyser {
     pub manifest: Manifest,
     classifier: Model,
     segmenter: Model,
+    /// Where a batch's inputs are put together for a model, kept from batch to batch.
+    staging: Vec<f32>,
     rules: Rules,
     policy: Policy,
     priority_rules: PriorityConfig,
@@ -164,6 +166,7 @@ impl Analyser {
             manifest,
             classifier,
             segmenter,
+            staging: Vec::new(),
             rules,
             policy: inference.policy,
             priority_rules: config.priority,
@@ -174,6 +177,27 @@ impl Analyser {
             checks: inference.checks,
             selector: Arc::new(Selector::new(&config.selection).map_err(AnalyseError::Selection)?),
         })
+    }
+
+    /// The same models on the same sessions, with the same settings: what a GPU's second worker
+    /// runs. Its batches take turns with the first's on the device (one copy of the models on
+    /// it), and each reads, prepares and finishes its batch while the other's runs.
+    pub fn share(&self) -> Analyser {
+        Analyser {
+            manifest: self.manifest.clone(),
+            classifier: self.classifier.share(),
+            segmenter: self.segmenter.share(),
+            staging: Vec::new(),
+            rules: self.rules,
+            policy: self.policy,
+            priority_rules: self.priority_rules,
+            tta_hflip: self.tta_hflip,
+            batch_size: self.batch_size,
+            keep_views: self.keep_views,
+            segment_always: self.segment_always,
+            checks: self.checks,
+            selector: self.selector.clone(),
+        }
     }
 
     pub fn classifier(&self) -> &ModelSpec {
@@ -198,12 +222,17 @@ impl Analyser {
         self.segmenter.execution_provider
     }
 
+    /// Whether the models run on a GPU (CUDA did not fall back to the CPU).
+    pub fn on_gpu(&self) -> bool {
+        self.execution_provider() != super::runtime::CPU_PROVIDER
+    }
+
     /// Runs both models once on blank images at each batch size an image can meet, so that the
     /// first real image pays neither the session's first-run setup nor, on CUDA, cuDNN's search
     /// for the fastest convolution algorithms (per input shape). Returns the time it took.
     pub fn warm_up(&mut self) -> Result<std::time::Duration, AnalyseError> {
         let started = Instant::now();
-        for model in [&mut self.classifier, &mut self.segmenter] {
+        for model in [&self.classifier, &self.segmenter] {
             let (c, h, w) = model.input_shape();
             let blank = vec![0f32; c * h * w];
             // the padded shapes batches of 1 to batch_size run as (on the CPU: 1 is enough)
@@ -213,7 +242,7 @@ impl Analyser {
                 sizes.truncate(1);
             }
             for n in sizes {
-                model.probabilities(&vec![blank.as_slice(); n])?;
+                model.run(&vec![blank.as_slice(); n], &mut self.staging)?;
             }
         }
         Ok(started.elapsed())
@@ -249,6 +278,8 @@ impl Analyser {
             return Ok(Vec::new());
         }
         let started = Instant::now();
+        // the wait for the sessions (another worker's batch on them) is not the models' time
+        let mut waited = Duration::ZERO;
         let segmenter_inputs = |wanted: &[usize]| -> Vec<&[f32]> {
             wanted.iter().map(|&i| batch[i].segmenter_input.as_deref().unwrap_or(&batch[i].classifier_input)).collect()
         };
@@ -256,24 +287,29 @@ impl Analyser {
         let outcomes: Vec<decision::Outcome> = match self.policy {
             Policy::Cascade => {
                 let inputs: Vec<&[f32]> = batch.iter().map(|p| p.classifier_input.as_slice()).collect();
-                let p: Vec<f32> = run(&mut self.classifier, &inputs, self.tta_hflip)?.iter().map(|v| v[0]).collect();
+                let classified = run(&self.classifier, &inputs, self.tta_hflip, &mut self.staging)?;
+                waited += classified.waited;
+                let p: Vec<f32> = classified.probabilities.iter().map(|v| v[0]).collect();
                 let wanted: Vec<usize> =
                     (0..n).filter(|&i| p[i] >= self.rules.classifier || self.segment_always).collect();
-                let maps = run(&mut self.segmenter, &segmenter_inputs(&wanted), self.tta_hflip)?;
-                for (i, map) in wanted.into_iter().zip(maps) {
+                let segmented = run(&self.segmenter, &segmenter_inputs(&wanted), self.tta_hflip, &mut self.staging)?;
+                waited += segmented.waited;
+                for (i, map) in wanted.into_iter().zip(segmented.probabilities) {
                     probabilities[i] = Some(map);
                 }
                 (0..n).map(|i| decision::cascade(&self.rules, p[i], probabilities[i].as_deref())).collect()
             }
             Policy::Segmentation => {
                 let all: Vec<usize> = (0..n).collect();
-                let maps = run(&mut self.segmenter, &segmenter_inputs(&all), self.tta_hflip)?;
+                let segmented = run(&self.segmenter, &segmenter_inputs(&all), self.tta_hflip, &mut self.staging)?;
+                waited += segmented.waited;
+                let maps = segmented.probabilities;
                 let outcomes = maps.iter().map(|map| decision::triplet(&self.rules, map)).collect();
                 probabilities = maps.into_iter().map(Some).collect();
                 outcomes
             }
         };
-        let inference_ms = ms(started) / n as f64;
+        let inference_ms = (ms(started) - waited.as_secs_f64() * 1000.0) / n as f64;
         // the rest is per image and runs on every core (the resize of the mask is most of it)
         let finish = Finish {
             preparation: self.preparation(),
@@ -481,24 +517,26 @@ impl Finish<'_> {
 
 /// Runs a model on a batch of inputs, and with `hflip` on their mirror images too, averaging
 /// the two (a mirrored map flipped back first). One output per input.
-fn run(model: &mut Model, inputs: &[&[f32]], hflip: bool) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    let direct = model.probabilities(inputs)?;
+fn run(model: &Model, inputs: &[&[f32]], hflip: bool, staging: &mut Vec<f32>) -> Result<Run, RuntimeError> {
+    let direct = model.run(inputs, staging)?;
     if !hflip || inputs.is_empty() {
         return Ok(direct);
     }
     let (_, _, width) = model.input_shape();
     let flipped: Vec<Vec<f32>> = inputs.iter().map(|input| flip_rows(input, width)).collect();
-    let mirrored = model.probabilities(&flipped.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-    Ok(direct
+    let mirrored = model.run(&flipped.iter().map(Vec::as_slice).collect::<Vec<_>>(), staging)?;
+    let probabilities = direct
+        .probabilities
         .into_iter()
-        .zip(mirrored)
+        .zip(mirrored.probabilities)
         .map(|(direct, mut mirrored)| {
             if mirrored.len() > 1 {
                 mirrored = flip_rows(&mirrored, width);
             }
             direct.iter().zip(&mirrored).map(|(a, b)| (a + b) / 2.0).collect()
         })
-        .collect())
+        .collect();
+    Ok(Run { probabilities, waited: direct.waited + mirrored.waited })
 }
 
 /// Mirrors every row of width `width` (a (C,) H, W tensor).

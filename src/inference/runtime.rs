@@ -2,13 +2,15 @@
 //! environment, and a session per model checked against its manifest entry.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::ep::cuda::ConvAlgorithmSearch;
 use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::TensorRef;
+use rayon::prelude::*;
 use tracing::warn;
 
 use super::manifest::{Manifest, ManifestError, ModelSpec, OutputKind, Role};
@@ -105,7 +107,17 @@ pub const CPU_PROVIDER: &str = "CPUExecutionProvider";
 pub struct Model {
     pub spec: ModelSpec,
     pub execution_provider: &'static str,
-    session: Session,
+    /// The input's first dimension when it is not dynamic.
+    fixed_batch: Option<usize>,
+    /// Shared by the models [`Model::share`] makes; held for a run, not for the copies around it.
+    session: Arc<Mutex<Session>>,
+}
+
+/// What a model made of some images: each one's probabilities, and how long its runs waited for
+/// the session (another worker's batch on it), which is not the model's time.
+pub struct Run {
+    pub probabilities: Vec<Vec<f32>>,
+    pub waited: Duration,
 }
 
 impl Model {
@@ -121,9 +133,21 @@ impl Model {
         let name = spec.name.clone();
         let env = environment(library)?;
         let (session, execution_provider) = session(env, &bytes, settings, &spec.name)?;
-        let model = Model { spec, execution_provider, session };
-        model.check_shapes().map_err(|message| RuntimeError::Shape { name, message })?;
-        Ok(model)
+        check_shapes(&session, &spec).map_err(|message| RuntimeError::Shape { name, message })?;
+        let first = session.inputs()[0].dtype().tensor_shape().and_then(|d| d.iter().next().copied());
+        let fixed_batch = first.filter(|&n| n > 0).map(|n| n as usize);
+        Ok(Model { spec, execution_provider, fixed_batch, session: Arc::new(Mutex::new(session)) })
+    }
+
+    /// The same model on the same session: what a GPU's second worker runs (its runs wait for
+    /// the first's; one copy of the model on the device).
+    pub fn share(&self) -> Model {
+        Model {
+            spec: self.spec.clone(),
+            execution_provider: self.execution_provider,
+            fixed_batch: self.fixed_batch,
+            session: self.session.clone(),
+        }
     }
 
     /// The input tensor's (channels, height, width).
@@ -131,67 +155,71 @@ impl Model {
         (self.spec.channels as usize, self.spec.height as usize, self.spec.width as usize)
     }
 
-    fn check_shapes(&self) -> Result<(), String> {
-        let s = &self.spec;
-        let [input] = self.session.inputs() else { return Err("the model must have exactly one input".into()) };
-        let [output] = self.session.outputs() else { return Err("the model must have exactly one output".into()) };
-        if input.name() != s.input || output.name() != s.output {
-            return Err(format!(
-                "tensors are {} -> {}, the manifest says {} -> {}",
-                input.name(),
-                output.name(),
-                s.input,
-                s.output
-            ));
-        }
-        let shape: Vec<i64> = input.dtype().tensor_shape().map(|d| d.iter().copied().collect()).unwrap_or_default();
-        let expected = [s.channels as i64, s.height as i64, s.width as i64];
-        if shape.len() != 4 || shape[1..] != expected {
-            return Err(format!("input shape is {shape:?}, the manifest says (batch, {expected:?})"));
-        }
-        Ok(())
-    }
-
-    /// The model's fixed batch size, when its input's first dimension is not dynamic.
-    fn fixed_batch(&self) -> Option<usize> {
-        let first = self.session.inputs()[0].dtype().tensor_shape().and_then(|d| d.iter().next().copied());
-        first.filter(|&n| n > 0).map(|n| n as usize)
-    }
-
     /// The batch a run of `n` images is padded to (with blank images): the fixed batch size, or
     /// on CUDA the next power of two, so that cuDNN meets only the shapes the warm-up searched.
     pub fn padded_batch(&self, n: usize) -> usize {
-        match self.fixed_batch() {
+        match self.fixed_batch {
             Some(fixed) => fixed,
             None if self.execution_provider != CPU_PROVIDER => n.next_power_of_two(),
             None => n,
         }
     }
 
-    /// Runs images (each a (C, H, W) tensor) in as few runs as the model's batch dimension
-    /// allows, and returns each image's probabilities: one value for a classifier, H x W values
-    /// for a segmenter.
-    pub fn probabilities(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        let mut out = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(self.fixed_batch().unwrap_or(usize::MAX)) {
-            out.extend(self.run_batch(chunk)?);
-        }
-        Ok(out)
+    /// [`Model::run`] with a staging buffer of its own, for one-off runs.
+    pub fn probabilities(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        Ok(self.run(inputs, &mut Vec::new())?.probabilities)
     }
 
-    fn run_batch(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    /// Runs images (each a (C, H, W) tensor) in as few runs as the model's batch dimension
+    /// allows, and returns each image's probabilities: one value for a classifier, H x W values
+    /// for a segmenter. The images are copied into `staging` (kept by the caller from batch to
+    /// batch, so that a batch's 200 MB are not faulted in anew) on every core before the session
+    /// is taken, and its output is read and made probabilities on every core after it is given
+    /// back: a worker holds the session for the run alone.
+    pub fn run(&self, inputs: &[&[f32]], staging: &mut Vec<f32>) -> Result<Run, RuntimeError> {
+        let mut run = Run { probabilities: Vec::with_capacity(inputs.len()), waited: Duration::ZERO };
+        for chunk in inputs.chunks(self.fixed_batch.unwrap_or(usize::MAX)) {
+            let output = self.run_batch(chunk, staging, &mut run.waited)?;
+            run.probabilities.extend(output);
+        }
+        Ok(run)
+    }
+
+    fn run_batch(
+        &self,
+        inputs: &[&[f32]],
+        staging: &mut Vec<f32>,
+        waited: &mut Duration,
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
         let s = &self.spec;
         let fail = |source: ort::Error| RuntimeError::Session { name: s.name.clone(), source };
+        let (c, h, w) = self.input_shape();
+        let each = c * h * w;
+        if let Some(wrong) = inputs.iter().find(|input| input.len() != each) {
+            let message = format!("an input of {} values where {c}x{h}x{w} = {each} are expected", wrong.len());
+            return Err(RuntimeError::Shape { name: s.name.clone(), message });
+        }
         let batch = self.padded_batch(inputs.len());
-        let shape = [batch, s.channels as usize, s.height as usize, s.width as usize];
-        let mut tensor = inputs.concat();
-        tensor.resize(tensor.len() / inputs.len() * batch, 0.0);
-        let input = Tensor::from_array((shape, tensor)).map_err(fail)?;
-        let outputs = self.session.run(ort::inputs![s.input.as_str() => input]).map_err(fail)?;
-        let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(fail)?;
-        let each = values.len() / batch;
+        staging.resize(batch * each, 0.0);
+        staging.par_chunks_mut(each).enumerate().for_each(|(i, slot)| match inputs.get(i) {
+            Some(input) => slot.copy_from_slice(input),
+            None => slot.fill(0.0),
+        });
+        let asked = Instant::now();
+        let output = {
+            let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+            *waited += asked.elapsed();
+            let input = TensorRef::from_array_view(([batch, c, h, w], &staging[..])).map_err(fail)?;
+            let mut outputs = session.run(ort::inputs![s.input.as_str() => input]).map_err(fail)?;
+            outputs.remove(s.output.as_str()).ok_or_else(|| RuntimeError::Shape {
+                name: s.name.clone(),
+                message: format!("the run gave no output {}", s.output),
+            })?
+        };
+        let (_, values) = output.try_extract_tensor::<f32>().map_err(fail)?;
+        let per_image = values.len() / batch;
         Ok(values
-            .chunks_exact(each)
+            .par_chunks_exact(per_image.max(1))
             .take(inputs.len())
             .map(|image| match s.output_kind {
                 OutputKind::Probabilities => image.to_vec(),
@@ -199,6 +227,27 @@ impl Model {
             })
             .collect())
     }
+}
+
+/// The session's one input and output are the manifest's, the input (batch, C, H, W).
+fn check_shapes(session: &Session, s: &ModelSpec) -> Result<(), String> {
+    let [input] = session.inputs() else { return Err("the model must have exactly one input".into()) };
+    let [output] = session.outputs() else { return Err("the model must have exactly one output".into()) };
+    if input.name() != s.input || output.name() != s.output {
+        return Err(format!(
+            "tensors are {} -> {}, the manifest says {} -> {}",
+            input.name(),
+            output.name(),
+            s.input,
+            s.output
+        ));
+    }
+    let shape: Vec<i64> = input.dtype().tensor_shape().map(|d| d.iter().copied().collect()).unwrap_or_default();
+    let expected = [s.channels as i64, s.height as i64, s.width as i64];
+    if shape.len() != 4 || shape[1..] != expected {
+        return Err(format!("input shape is {shape:?}, the manifest says (batch, {expected:?})"));
+    }
+    Ok(())
 }
 
 /// A session on the configured device. CUDA that cannot be used (a CPU-only library, no driver,

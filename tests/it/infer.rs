@@ -152,6 +152,8 @@ fn evaluate_reproduces_the_manifest_metrics() {
 /// Batches give each image what it gets alone: `infer` with batches of 1 and of 8 over the same
 /// files (synthetic positives and negatives, a full-size CR, and a damaged file in the middle of
 /// a batch, which fails alone) writes the same decisions, masks and probabilities (within 1e-5).
+/// The batches of 8 go to two workers at once (the second batch, shorter, is done first), and
+/// the lines still come in the files' order.
 #[test]
 fn a_batch_gives_each_image_what_it_gets_alone() {
     let work = tempfile::tempdir().unwrap();
@@ -162,10 +164,12 @@ fn a_batch_gives_each_image_what_it_gets_alone() {
     files.insert(3, bad.join("short_pixels.dcm"));
     files.insert(6, pydicom_data("RG1_UNCR.dcm"));
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml");
-    let run = |batch: usize| {
+    let run = |batch: usize, workers: usize| {
         let config = work.path().join(format!("batch{batch}.toml"));
-        let toml =
-            format!("[inference]\nmodels = {:?}\nthreads = 2\nbatch_size = {batch}\n", manifest.display().to_string());
+        let toml = format!(
+            "[inference]\nmodels = {:?}\nthreads = 1\nworkers = {workers}\nbatch_size = {batch}\n",
+            manifest.display().to_string()
+        );
         std::fs::write(&config, toml).unwrap();
         let out = work.path().join(format!("out{batch}"));
         let run = Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
@@ -182,9 +186,15 @@ fn a_batch_gives_each_image_what_it_gets_alone() {
         assert!(report.contains("short_pixels.dcm: failed: pixel data inconsistent"), "{report}");
         assert!(report.contains("11 analysed, 0 skipped, 1 failed in"), "{report}");
         assert!(report.contains(&format!("batches of up to {batch}")), "{report}");
+        assert!(report.contains(&format!("inference.workers = {workers}")), "{report}");
+        let lines: Vec<&str> = report.lines().filter(|l| l.contains(".dcm: ")).collect();
+        assert_eq!(lines.len(), files.len(), "{report}");
+        for (line, file) in lines.iter().zip(&files) {
+            assert!(line.starts_with(&format!("{}: ", file.display())), "{line} is not {}'s line", file.display());
+        }
         out
     };
-    let (alone, batched) = (run(1), run(8));
+    let (alone, batched) = (run(1, 1), run(8, 2));
     let mut positives = 0;
     for file in files.iter().filter(|f| !f.ends_with("short_pixels.dcm")) {
         let name = format!("{}.json", file.file_name().unwrap().to_string_lossy());

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{pydicom_data, python, text, tool};
+use pneumotriage::config::{Config, Uses};
 use pneumotriage::imaging::{display_image, to_tensor};
+use pneumotriage::inference::analyse::{Analyser, Analysis};
 use pneumotriage::inference::runtime::{Device, SessionSettings};
 use pneumotriage::inference::{find_onnxruntime, Manifest, Model, Role, RuntimeError};
 
@@ -48,7 +50,7 @@ fn demo_models_give_what_python_onnxruntime_gives() {
     assert!(manifest.notice.contains("not for clinical use"));
     let image = display_image(&dicom_object::open_file(pydicom_data("RG1_UNCR.dcm")).unwrap()).unwrap();
     for role in [Role::Classifier, Role::Segmenter] {
-        let mut model = Model::open(&library(), &manifest, role, CPU).unwrap();
+        let model = Model::open(&library(), &manifest, role, CPU).unwrap();
         let tensor = to_tensor(&image, &model.spec.preprocess()).unwrap();
         let ours = model.probabilities(&[&tensor]).unwrap().remove(0);
         let theirs = python_probabilities(&manifest, role, &tensor);
@@ -90,10 +92,84 @@ fn a_model_file_that_is_not_the_manifests_is_refused() {
     }
 }
 
+/// A model whose batch dimension is fixed (the demo segmenter made to take exactly 4) gets its
+/// images in runs of 4, the last padded with blank images, through one staging buffer: 6 images
+/// and then 1 give, in order, what each gives alone to the model with a dynamic batch.
+#[test]
+fn a_fixed_batch_model_gets_runs_padded_with_blank_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = Manifest::load(&manifest_path()).unwrap();
+    let spec = manifest.model(Role::Segmenter);
+    let fixed = dir.path().join("segmenter-batch4.onnx");
+    let script = "import onnx, sys\nm = onnx.load(sys.argv[1])\n\
+                  for v in list(m.graph.input) + list(m.graph.output):\n    v.type.tensor_type.shape.dim[0].dim_value = 4\n\
+                  onnx.save(m, sys.argv[2])";
+    let made = Command::new(python()).args(["-c", script]).arg(manifest.path_of(spec)).arg(&fixed).output().unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&fixed).unwrap()));
+    let text_of = std::fs::read_to_string(manifest_path())
+        .unwrap()
+        .replace(&spec.sha256, &digest)
+        .replace(&format!("file = \"{}\"", spec.file), "file = \"segmenter-batch4.onnx\"");
+    std::fs::write(dir.path().join("manifest.toml"), text_of).unwrap();
+    let batch4 =
+        Model::open(&library(), &Manifest::load(&dir.path().join("manifest.toml")).unwrap(), Role::Segmenter, CPU)
+            .unwrap();
+    let dynamic = Model::open(&library(), &manifest, Role::Segmenter, CPU).unwrap();
+    assert_eq!(batch4.padded_batch(1), 4);
+
+    let (c, h, w) = dynamic.input_shape();
+    let images: Vec<Vec<f32>> =
+        (0..7).map(|k| (0..c * h * w).map(|i| ((i * (k + 3)) % 251) as f32 / 125.0 - 1.0).collect()).collect();
+    let alone: Vec<Vec<f32>> = images.iter().map(|image| dynamic.probabilities(&[image]).unwrap().remove(0)).collect();
+    let mut staging = Vec::new();
+    let six: Vec<&[f32]> = images[..6].iter().map(Vec::as_slice).collect();
+    let mut got = batch4.run(&six, &mut staging).unwrap().probabilities;
+    assert_eq!(got.len(), 6);
+    got.extend(batch4.run(&[&images[6]], &mut staging).unwrap().probabilities);
+    for (i, (ours, theirs)) in got.iter().zip(&alone).enumerate() {
+        let diff = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-5, "image {i}: max difference {diff}");
+    }
+    assert_ne!(alone[0], alone[1], "the images differ, and so do their maps");
+}
+
 #[test]
 fn a_configured_library_path_comes_first_and_a_missing_one_is_explained() {
     let found = library();
     assert_eq!(find_onnxruntime(Some(&found)).unwrap(), found);
     let message = RuntimeError::NotFound { looked: "/nowhere".into() }.to_string();
     assert!(message.contains("pip install onnxruntime==") && message.contains("ORT_DYLIB_PATH"), "{message}");
+}
+
+/// A GPU's workers share one set of sessions (`Analyser::share`); here on the CPU, the same code:
+/// two analysers on the same sessions, each on its own thread, analysing the same images at the
+/// same time, give exactly what one analyser gives alone, positives and their masks included.
+#[test]
+fn analysers_sharing_sessions_give_what_one_gives_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = crate::common::synthetic_images(&dir.path().join("images"), 6, 77);
+    let toml = format!("[inference]\nmodels = {:?}\n", manifest_path().display().to_string());
+    let config = Config::parse(&toml, "share.toml", dir.path().to_path_buf(), Uses::Analysis).unwrap();
+    let images: Vec<_> = files.iter().map(|f| dicom_object::open_file(f).unwrap()).collect();
+    let summary = |a: &Analysis| (format!("{:?}", a.decision), a.probability.to_bits(), a.mask_rle.clone());
+    let mut alone = Analyser::open(&config).unwrap();
+    let expected: Vec<_> = images.iter().map(|image| summary(&alone.analyse(image).unwrap())).collect();
+    assert!(expected.iter().any(|(d, ..)| d == "Positive"), "the set has a positive: {expected:?}");
+    assert!(expected.iter().any(|(.., rle)| rle != "-1"), "and a mask: {expected:?}");
+
+    let first = Analyser::open(&config).unwrap();
+    let second = first.share();
+    std::thread::scope(|scope| {
+        for mut analyser in [first, second] {
+            let (images, expected) = (&images, &expected);
+            scope.spawn(move || {
+                for _ in 0..3 {
+                    for (image, expected) in images.iter().zip(expected) {
+                        assert_eq!(&summary(&analyser.analyse(image).unwrap()), expected);
+                    }
+                }
+            });
+        }
+    });
 }
