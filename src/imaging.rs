@@ -154,8 +154,13 @@ pub struct Preprocess {
 
 /// Decodes the first frame and applies Modality LUT, VOI and the MONOCHROME1 inversion.
 pub fn display_image(obj: &FileDicomObject<InMemDicomObject>) -> Result<DisplayImage, ImagingError> {
-    with_samples(obj, |layout, samples, table| {
-        Ok(DisplayImage { width: layout.columns, height: layout.rows, pixels: samples.map(|raw| table[raw]) })
+    with_samples(obj, |layout, samples, display| {
+        let width = layout.columns as usize;
+        let mut pixels = vec![0f32; width * layout.rows as usize];
+        for (y, row) in pixels.chunks_exact_mut(width).enumerate() {
+            samples.row(y, width, display, row);
+        }
+        Ok(DisplayImage { width: layout.columns, height: layout.rows, pixels })
     })
 }
 
@@ -183,10 +188,10 @@ pub fn model_inputs(
     models: &[Preprocess],
 ) -> Result<ModelInputs, ImagingError> {
     let started = std::time::Instant::now();
-    with_samples(obj, |layout, samples, table| {
+    with_samples(obj, |layout, samples, display| {
         let decoded_in = started.elapsed();
         let width = layout.columns as usize;
-        let fill = |y: usize, row: &mut [f32]| samples.row(y, width, table, row);
+        let fill = |y: usize, row: &mut [f32]| samples.row(y, width, display, row);
         Ok(inputs_from_rows(layout.columns, layout.rows, fill, models, decoded_in))
     })
 }
@@ -282,12 +287,12 @@ impl Moments {
     }
 }
 
-/// The first frame's samples with the table from sample to display value, handed to `f`.
+/// The first frame's samples with the way from sample to display value, handed to `f`.
 /// Native pixel data is read in place; a single JPEG 2000 frame is decoded by openjpeg and read
 /// as decoded; the other compressed frames go through dicom-pixeldata.
 fn with_samples<R>(
     obj: &FileDicomObject<InMemDicomObject>,
-    f: impl FnOnce(&Layout, &Samples, &[f32]) -> Result<R, ImagingError>,
+    f: impl FnOnce(&Layout, &Samples, &ToDisplay) -> Result<R, ImagingError>,
 ) -> Result<R, ImagingError> {
     let layout = Layout::of(obj)?;
     let pixel_data = obj.element(tags::PIXEL_DATA).map_err(|_| ImagingError::Invalid("Pixel Data"))?;
@@ -310,8 +315,8 @@ fn with_samples<R>(
             Samples::of(decoded.frame_data(0).map_err(ImagingError::Decode)?, count, layout.bits_allocated)?
         }
     };
-    let table = display_table(obj, &layout, &samples)?;
-    f(&layout, &samples, &table)
+    let display = ToDisplay::of(obj, &layout, &samples)?;
+    f(&layout, &samples, &display)
 }
 
 /// JPEG 2000 (Part 1, lossless or not; High-Throughput JPEG 2000 too: openjpeg reads both).
@@ -369,6 +374,12 @@ struct Layout {
 }
 
 impl Layout {
+    /// The mask of the stored bits and their top (sign) bit where samples are signed, else 0.
+    fn stored_bits(&self) -> (u32, u32) {
+        let bits = u32::from(self.bits_stored);
+        ((1u32 << bits) - 1, if self.signed { 1u32 << (bits - 1) } else { 0 })
+    }
+
     fn of(obj: &InMemDicomObject) -> Result<Layout, ImagingError> {
         let number = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
         let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
@@ -414,42 +425,103 @@ impl Layout {
     }
 }
 
-/// The display value (0..1) of every sample value (the bits above Bits Stored ignored): every transform depends on the stored value alone, so one
-/// table, then one pass over the pixels.
-fn display_table(obj: &InMemDicomObject, layout: &Layout, samples: &Samples) -> Result<Vec<f32>, ImagingError> {
-    let bits_stored = layout.bits_stored as u32;
-    let mask = (1usize << bits_stored) - 1;
-    let stored = |raw: usize| -> i32 {
-        let raw = raw & mask;
-        if layout.signed && raw & (1 << (bits_stored - 1)) != 0 {
-            raw as i32 - (1i32 << bits_stored)
-        } else {
-            raw as i32
+/// From a sample to its display value (0..1), the bits above Bits Stored ignored: every
+/// transform depends on the stored value alone.
+enum ToDisplay {
+    /// Where each step is a line (a rescale, then a linear window or the values' range), the
+    /// whole is one, clamped to 0..1: computed on a row at once, in vector lanes.
+    Line(Line),
+    /// Otherwise (a LUT, a sigmoid window, a one-value window) a table of every sample value,
+    /// indexed by the whole sample (8 bits, else 16), so that the pass needs no mask.
+    Table(Vec<f32>),
+}
+
+impl ToDisplay {
+    fn of(obj: &InMemDicomObject, layout: &Layout, samples: &Samples) -> Result<ToDisplay, ImagingError> {
+        let (mask, sign) = layout.stored_bits();
+        let modality = ModalityLut::of(obj, layout.signed)?;
+        let voi = Voi::of(obj, || {
+            // no window: the range of the values present
+            let mut present = vec![false; mask as usize + 1];
+            samples.for_each(|raw| present[raw & mask as usize] = true);
+            present.iter().enumerate().filter(|(_, &p)| p).fold(
+                (f64::INFINITY, f64::NEG_INFINITY),
+                |(lo, hi), (raw, _)| {
+                    let v = modality.apply(stored_value(raw as u32, mask, sign));
+                    (lo.min(v), hi.max(v))
+                },
+            )
+        })?;
+        let whole_samples = if matches!(samples, Samples::Bytes(_)) { 8 } else { 16 };
+        Ok(ToDisplay::line(&modality, &voi, layout)
+            .unwrap_or_else(|| ToDisplay::table(&modality, &voi, layout, whole_samples)))
+    }
+
+    /// The line, where there is one: u = a (slope s + intercept) + b for a stored value s.
+    fn line(modality: &ModalityLut, voi: &Voi, layout: &Layout) -> Option<ToDisplay> {
+        let (&ModalityLut::Rescale { slope, intercept }, Some((a, b))) = (modality, voi.line()) else { return None };
+        let scale = a * slope;
+        // where u is 0.5; far outside the samples' range (or flat) the table is as good
+        let middle = (0.5 - (a * intercept + b)) / scale;
+        if !middle.is_finite() || middle.abs() > f64::from(1 << 24) || scale == 0.0 {
+            return None;
         }
-    };
-    let modality = ModalityLut::of(obj, layout.signed)?;
-    let voi = Voi::of(obj, || {
-        // no window: the range of the values present
-        let mut present = vec![false; mask + 1];
-        samples.for_each(|raw| present[raw & mask] = true);
-        present.iter().enumerate().filter(|(_, &p)| p).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (raw, _)| {
-            let v = modality.apply(stored(raw));
-            (lo.min(v), hi.max(v))
-        })
-    })?;
-    let by_stored: Vec<f32> = (0..=mask)
-        .map(|raw| {
-            let u = voi.apply(modality.apply(stored(raw))) as f32;
-            if layout.monochrome1 {
-                1.0 - u
-            } else {
-                u
-            }
-        })
-        .collect();
-    // indexed by the whole sample (8 bits, else 16), so that the pass needs no mask
-    let size = if matches!(samples, Samples::Bytes(_)) { 1usize << 8 } else { 1 << 16 };
-    Ok((0..size).map(|raw| by_stored[raw & mask]).collect())
+        let origin = middle.floor();
+        let scale = if layout.monochrome1 { -scale } else { scale };
+        let (mask, sign) = layout.stored_bits();
+        Some(ToDisplay::Line(Line {
+            mask,
+            sign,
+            origin: origin as i32,
+            fraction: (middle - origin) as f32,
+            scale: scale as f32,
+        }))
+    }
+
+    /// Every value of a sample of `whole_samples` bits, through the Modality LUT, the VOI and
+    /// the MONOCHROME1 inversion.
+    fn table(modality: &ModalityLut, voi: &Voi, layout: &Layout, whole_samples: u32) -> ToDisplay {
+        let (mask, sign) = layout.stored_bits();
+        let by_stored: Vec<f32> = (0..=mask)
+            .map(|raw| {
+                let u = voi.apply(modality.apply(stored_value(raw, mask, sign))) as f32;
+                if layout.monochrome1 {
+                    1.0 - u
+                } else {
+                    u
+                }
+            })
+            .collect();
+        ToDisplay::Table((0..1usize << whole_samples).map(|raw| by_stored[raw & mask as usize]).collect())
+    }
+}
+
+/// `scale` (s - middle) + 0.5 clamped to 0..1 for a stored value s, where the middle is
+/// `origin` + `fraction`: the distance to it is exact in f32 however far the window's centre is
+/// from zero.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    mask: u32,
+    sign: u32,
+    origin: i32,
+    fraction: f32,
+    scale: f32,
+}
+
+impl Line {
+    /// The display value of a raw sample.
+    #[inline]
+    fn at(&self, raw: u32) -> f32 {
+        let from_middle = stored_value(raw, self.mask, self.sign).wrapping_sub(self.origin) as f32 - self.fraction;
+        (from_middle * self.scale + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+/// A sample's stored value: the bits above Bits Stored dropped (`mask`), and the value
+/// sign-extended where `sign` (its top bit) is set; branch-free, so that a row's vectorises.
+#[inline]
+fn stored_value(raw: u32, mask: u32, sign: u32) -> i32 {
+    ((raw & mask) ^ sign) as i32 - sign as i32
 }
 
 /// The raw samples of a frame, 8 or 16 bits (little endian) each.
@@ -472,25 +544,26 @@ impl<'a> Samples<'a> {
         })
     }
 
-    fn map<T>(&self, f: impl Fn(usize) -> T) -> Vec<T> {
-        match self {
-            Samples::Bytes(b) => b.iter().map(|&v| f(v as usize)).collect(),
-            Samples::Words(w) => w.chunks_exact(2).map(|c| f(u16::from_le_bytes([c[0], c[1]]) as usize)).collect(),
-            // the low 16 bits: the table is indexed by a whole 16-bit sample
-            Samples::Ints(i) => i.iter().map(|&v| f(v as u16 as usize)).collect(),
+    /// Row `y` of an image `width` samples wide, through `display`, into `out`.
+    fn row(&self, y: usize, width: usize, display: &ToDisplay, out: &mut [f32]) {
+        match display {
+            ToDisplay::Table(table) => self.row_with(y, width, out, |raw| table[raw as u16 as usize]),
+            ToDisplay::Line(line) => self.row_with(y, width, out, |raw| line.at(raw)),
         }
     }
 
-    /// Row `y` of an image `width` samples wide, through `table`, into `out`.
-    fn row(&self, y: usize, width: usize, table: &[f32], out: &mut [f32]) {
+    /// Row `y` with `f` from each raw sample (as 32 bits; a decoder's signed value's low 16 are
+    /// the sample) to its value.
+    #[inline]
+    fn row_with(&self, y: usize, width: usize, out: &mut [f32], f: impl Fn(u32) -> f32) {
         let (start, end) = (y * width, (y + 1) * width);
         match self {
-            Samples::Bytes(b) => out.iter_mut().zip(&b[start..end]).for_each(|(o, &v)| *o = table[v as usize]),
+            Samples::Bytes(b) => out.iter_mut().zip(&b[start..end]).for_each(|(o, &v)| *o = f(u32::from(v))),
             Samples::Words(w) => out
                 .iter_mut()
                 .zip(w[start * 2..end * 2].chunks_exact(2))
-                .for_each(|(o, c)| *o = table[u16::from_le_bytes([c[0], c[1]]) as usize]),
-            Samples::Ints(i) => out.iter_mut().zip(&i[start..end]).for_each(|(o, &v)| *o = table[v as u16 as usize]),
+                .for_each(|(o, c)| *o = f(u32::from(u16::from_le_bytes([c[0], c[1]])))),
+            Samples::Ints(i) => out.iter_mut().zip(&i[start..end]).for_each(|(o, &v)| *o = f(u32::from(v as u16))),
         }
     }
 
@@ -602,6 +675,23 @@ impl Voi {
         Ok(Voi::Range { low, high })
     }
 
+    /// `(a, b)` where the output is the line `a v + b` clamped to 0..1: a linear window wider
+    /// than one value, or the range; `None` for a table, a sigmoid or a one-value window.
+    fn line(&self) -> Option<(f64, f64)> {
+        match *self {
+            Voi::Range { low, high } if high > low => Some((1.0 / (high - low), -low / (high - low))),
+            Voi::Range { .. } => Some((0.0, 0.0)),
+            Voi::Window { center, width, function: WindowFunction::LinearExact } => {
+                let width = width.max(1e-6);
+                Some((1.0 / width, 0.5 - center / width))
+            }
+            Voi::Window { center, width, function: WindowFunction::Linear } if width > 1.0 => {
+                Some((1.0 / (width - 1.0), 0.5 - (center - 0.5) / (width - 1.0)))
+            }
+            Voi::Window { .. } | Voi::Table(_) => None,
+        }
+    }
+
     /// PS3.3 C.11.2.1.2 with an output range of 0..1.
     fn apply(&self, v: f64) -> f64 {
         let out = match *self {
@@ -659,4 +749,105 @@ pub fn to_tensor(image: &DisplayImage, pre: &Preprocess) -> Result<Vec<f32>, Ima
 fn normalised(plane: &[f32], pre: &Preprocess) -> Vec<f32> {
     let plane: Vec<f32> = plane.iter().map(|v| (v - pre.mean) / pre.std).collect();
     plane.iter().copied().cycle().take(plane.len() * pre.channels as usize).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, VR};
+
+    /// A header with the tags that decide the display values (text values, as in a file).
+    fn header(elements: &[(Tag, VR, &str)]) -> InMemDicomObject {
+        let mut obj = InMemDicomObject::new_empty();
+        let base = [(tags::ROWS, VR::US, "2"), (tags::COLUMNS, VR::US, "2"), (tags::BITS_ALLOCATED, VR::US, "16")];
+        for &(tag, vr, value) in base.iter().chain(elements) {
+            obj.put(DataElement::new(tag, vr, value));
+        }
+        obj
+    }
+
+    /// The line gives what the table gives, for every 16-bit sample: unsigned and signed, 12 to
+    /// 16 bits stored, rescaled, windows narrow, wide and far from zero, LINEAR_EXACT, the range
+    /// of the values present, MONOCHROME1. The cases without a line keep the table.
+    #[test]
+    fn the_line_is_the_table_for_every_sample() {
+        let every: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let samples = Samples::Words(&every);
+        let cases: &[&[(Tag, VR, &str)]] = &[
+            &[
+                (tags::BITS_STORED, VR::US, "15"),
+                (tags::WINDOW_CENTER, VR::DS, "15000"),
+                (tags::WINDOW_WIDTH, VR::DS, "30000"),
+            ],
+            &[
+                (tags::BITS_STORED, VR::US, "12"),
+                (tags::WINDOW_CENTER, VR::DS, "2047.5"),
+                (tags::WINDOW_WIDTH, VR::DS, "7"),
+            ],
+            &[
+                (tags::BITS_STORED, VR::US, "16"),
+                (tags::WINDOW_CENTER, VR::DS, "61234.25"),
+                (tags::WINDOW_WIDTH, VR::DS, "400"),
+            ],
+            &[
+                (tags::BITS_STORED, VR::US, "12"),
+                (tags::PIXEL_REPRESENTATION, VR::US, "1"),
+                (tags::RESCALE_SLOPE, VR::DS, "0.5"),
+                (tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+                (tags::WINDOW_CENTER, VR::DS, "-600"),
+                (tags::WINDOW_WIDTH, VR::DS, "1500"),
+            ],
+            &[
+                (tags::BITS_STORED, VR::US, "16"),
+                (tags::PIXEL_REPRESENTATION, VR::US, "1"),
+                (tags::WINDOW_CENTER, VR::DS, "40"),
+                (tags::WINDOW_WIDTH, VR::DS, "80"),
+                (tags::VOILUT_FUNCTION, VR::CS, "LINEAR_EXACT"),
+            ],
+            &[(tags::BITS_STORED, VR::US, "14"), (tags::RESCALE_SLOPE, VR::DS, "2.5")],
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            for photometric in ["MONOCHROME2", "MONOCHROME1"] {
+                let obj = header(&[case, &[(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric)][..]].concat());
+                let layout = Layout::of(&obj).unwrap();
+                let display = ToDisplay::of(&obj, &layout, &samples).unwrap();
+                let ToDisplay::Line(line) = display else { panic!("case {i}: a line") };
+                let modality = ModalityLut::of(&obj, layout.signed).unwrap();
+                let voi = Voi::of(&obj, || {
+                    // the range the line was made with: every stored value is present
+                    let (mask, sign) = layout.stored_bits();
+                    (0..=mask)
+                        .map(|raw| modality.apply(stored_value(raw, mask, sign)))
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+                })
+                .unwrap();
+                let ToDisplay::Table(table) = ToDisplay::table(&modality, &voi, &layout, 16) else { unreachable!() };
+                let worst =
+                    (0..=u32::from(u16::MAX)).map(|raw| (line.at(raw) - table[raw as usize]).abs()).fold(0.0, f32::max);
+                assert!(worst < 1e-6, "case {i} {photometric}: the line is {worst} from the table");
+                let inside =
+                    (0..=u32::from(u16::MAX)).filter(|&raw| (0.01..0.99).contains(&table[raw as usize])).count();
+                assert!(inside > 0, "case {i}: some values fall inside the window");
+            }
+        }
+        // a sigmoid and a one-value window have no line
+        for case in [
+            [(tags::VOILUT_FUNCTION, VR::CS, "SIGMOID"), (tags::WINDOW_WIDTH, VR::DS, "80")],
+            [(tags::VOILUT_FUNCTION, VR::CS, "LINEAR"), (tags::WINDOW_WIDTH, VR::DS, "1")],
+        ] {
+            let obj = header(
+                &[
+                    &case[..],
+                    &[
+                        (tags::BITS_STORED, VR::US, "12"),
+                        (tags::WINDOW_CENTER, VR::DS, "40"),
+                        (tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+                    ],
+                ]
+                .concat(),
+            );
+            let layout = Layout::of(&obj).unwrap();
+            assert!(matches!(ToDisplay::of(&obj, &layout, &samples).unwrap(), ToDisplay::Table(_)));
+        }
+    }
 }
