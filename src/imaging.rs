@@ -461,9 +461,9 @@ impl ToDisplay {
     fn line(modality: &ModalityLut, voi: &Voi, layout: &Layout) -> Option<ToDisplay> {
         let (&ModalityLut::Rescale { slope, intercept }, Some((a, b))) = (modality, voi.line()) else { return None };
         let scale = a * slope;
-        // where u is 0.5; far outside the samples' range (or flat) the table is as good
+        // where u is 0.5; far outside the samples' range (or a zero slope) the table is as good
         let middle = (0.5 - (a * intercept + b)) / scale;
-        if !middle.is_finite() || middle.abs() > f64::from(1 << 24) || scale == 0.0 {
+        if !middle.is_finite() || middle.abs() > f64::from(1 << 24) {
             return None;
         }
         let origin = middle.floor();
@@ -676,11 +676,11 @@ impl Voi {
     }
 
     /// `(a, b)` where the output is the line `a v + b` clamped to 0..1: a linear window wider
-    /// than one value, or the range; `None` for a table, a sigmoid or a one-value window.
+    /// than one value, or a range of more than one value; `None` for a table, a sigmoid, a
+    /// one-value window or range.
     fn line(&self) -> Option<(f64, f64)> {
         match *self {
             Voi::Range { low, high } if high > low => Some((1.0 / (high - low), -low / (high - low))),
-            Voi::Range { .. } => Some((0.0, 0.0)),
             Voi::Window { center, width, function: WindowFunction::LinearExact } => {
                 let width = width.max(1e-6);
                 Some((1.0 / width, 0.5 - center / width))
@@ -688,7 +688,7 @@ impl Voi {
             Voi::Window { center, width, function: WindowFunction::Linear } if width > 1.0 => {
                 Some((1.0 / (width - 1.0), 0.5 - (center - 0.5) / (width - 1.0)))
             }
-            Voi::Window { .. } | Voi::Table(_) => None,
+            Voi::Range { .. } | Voi::Window { .. } | Voi::Table(_) => None,
         }
     }
 
