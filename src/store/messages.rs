@@ -119,14 +119,14 @@ pub(super) async fn make_messages(
         .fetch_one(&mut *conn)
         .await?;
         let Some(priority) = raised.filter(|p| rule.priorities.contains(p) || told_not_analysed > 0) else { continue };
-        // Not tried yet and now outranked: the higher message says it all.
-        sqlx::query(
-            "DELETE FROM messages WHERE study_id = $1 AND destination = $2 AND state = 'pending' AND attempts = 0",
-        )
-        .bind(study_id)
-        .bind(&rule.destination)
-        .execute(&mut *conn)
-        .await?;
+        // Waiting and now outranked: the higher message says it all. One tried already was not
+        // taken (a transient failure put it back), and sent after the higher one it would lower
+        // the study on the receiver.
+        sqlx::query("DELETE FROM messages WHERE study_id = $1 AND destination = $2 AND state = 'pending'")
+            .bind(study_id)
+            .bind(&rule.destination)
+            .execute(&mut *conn)
+            .await?;
         let due = if priority == Priority::Urgent { now } else { settle_until };
         made += sqlx::query(
             "INSERT INTO messages (study_id, destination, kind, priority, control_id, state, next_attempt_at, \
@@ -151,7 +151,10 @@ pub(super) async fn make_messages(
 /// The claim: one statement for both backends but for the row lock, which only PostgreSQL has.
 /// A first message below urgent also waits while other images of its study are queued or being
 /// analysed: their results may raise it (a backlog, or two workers, would otherwise send the
-/// lateral's routine message while the PA it came with waits its turn).
+/// lateral's routine message while the PA it came with waits its turn). A study's messages to a
+/// destination go in the order they were made, which is the order of its priorities: one waits
+/// while an older one is being sent (and one outranked by a newer one is not sent at all, see
+/// `DROP_OUTRANKED`).
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
@@ -163,6 +166,9 @@ macro_rules! claim_sql {
                                     SELECT 1 FROM jobs j JOIN instances i ON i.id = j.instance_id \
                                     WHERE i.study_id = messages.study_id AND j.state IN ('queued', 'running')))) \
                             OR (state = 'sending' AND lease_expires_at < $3)) \
+                           AND NOT EXISTS (SELECT 1 FROM messages o \
+                                WHERE o.study_id = messages.study_id AND o.destination = messages.destination \
+                                  AND o.id < messages.id AND o.state = 'sending' AND o.lease_expires_at >= $3) \
                          ORDER BY next_attempt_at, id LIMIT 1 ",
             $lock,
             ") RETURNING id"
@@ -170,10 +176,23 @@ macro_rules! claim_sql {
     };
 }
 
+/// Before a claim, a destination's messages that a newer one of their study outranks, waiting or
+/// left by a node that died sending them: the newer one says it all, and one sent after it would
+/// lower the study on the receiver. A result drops the waiting ones itself (`make_messages`);
+/// these were in flight then, and came back for another try or were never finished.
+const DROP_OUTRANKED: &str = "DELETE FROM messages \
+     WHERE destination = $1 AND (state = 'pending' OR (state = 'sending' AND lease_expires_at < $2)) \
+       AND EXISTS (SELECT 1 FROM messages n WHERE n.study_id = messages.study_id \
+                     AND n.destination = messages.destination AND n.id > messages.id)";
 const CLAIM_POSTGRES: &str = claim_sql!("FOR UPDATE SKIP LOCKED");
 const FINISH_MESSAGE: &str = finish_sql!("messages");
-const REQUEUE_FAILED_MESSAGES: &str =
-    requeue_failed_sql!("messages", "study_id IN (SELECT id FROM studies WHERE patient_data_removed_at IS NULL)");
+/// Not one a newer message of its study outranks: sent now, it would lower the study.
+const REQUEUE_FAILED_MESSAGES: &str = requeue_failed_sql!(
+    "messages",
+    "study_id IN (SELECT id FROM studies WHERE patient_data_removed_at IS NULL) \
+     AND NOT EXISTS (SELECT 1 FROM messages n \
+                     WHERE n.study_id = messages.study_id AND n.destination = messages.destination AND n.id > messages.id)"
+);
 const CLAIM_SQLITE: &str = claim_sql!("");
 
 /// The study's attributes a message carries.
@@ -213,6 +232,7 @@ impl Store {
         };
         // One transaction, as for jobs: a claim whose read is lost is rolled back.
         let mut tx = self.begin_write().await?;
+        sqlx::query(DROP_OUTRANKED).bind(destination).bind(now).execute(&mut *tx).await?;
         let claimed: Option<(i64,)> = sqlx::query_as(sql)
             .bind(self.node())
             .bind(now + lease.as_millis() as i64)
@@ -325,7 +345,8 @@ impl Store {
         self.finish_message(m, DeliveryState::Delivered, None, 0, EventKind::Delivered, to).await
     }
 
-    /// A transient failure: try again after `delay`.
+    /// A transient failure: try again after `delay`, unless a newer message of its study
+    /// outranks it meanwhile (`DROP_OUTRANKED`).
     pub async fn message_retry(&self, m: &ClaimedMessage, error: &str, delay: Duration) -> Result<bool> {
         let delay = delay.as_millis() as i64;
         self.finish_message(m, DeliveryState::Pending, Some(error), delay, EventKind::DeliveryDeferred, None).await

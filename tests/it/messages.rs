@@ -97,6 +97,38 @@ fn a_settling_message_gives_way_to_a_higher_one(backend: Backend) {
     assert_eq!(messages(&setup), [pair("urgent", "sending")], "the untried review message is superseded");
 }
 
+/// A message that failed for a while is outranked like one not tried yet: review is never sent
+/// after urgent, whether it was waiting to be tried again or on the wire when urgent came.
+fn a_message_tried_before_a_higher_one_is_never_sent_after_it(backend: Backend) {
+    let setup = Setup::new(backend);
+    let rules = [rule(Priority::ALL, Duration::ZERO)];
+    let lease = Duration::from_secs(60);
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        // waiting for another try when urgent comes
+        analyse(store, "1.2.46", "1.2.46.1", Priority::Review, &rules).await;
+        let review = store.claim_message("ris", lease).await.unwrap().expect("review is due");
+        assert!(store.message_retry(&review, "connection refused", Duration::ZERO).await.unwrap());
+        analyse(store, "1.2.46", "1.2.46.2", Priority::Urgent, &rules).await;
+        let m = store.claim_message("ris", lease).await.unwrap().expect("urgent is due");
+        assert_eq!(m.priority, Some(Priority::Urgent));
+        assert!(store.message_done(&m, "127.0.0.1:2575").await.unwrap());
+        assert!(store.claim_message("ris", lease).await.unwrap().is_none(), "review is not sent after urgent");
+
+        // on the wire when urgent comes: urgent waits for its answer, then review is not tried again
+        analyse(store, "1.2.47", "1.2.47.1", Priority::Review, &rules).await;
+        let review = store.claim_message("ris", lease).await.unwrap().expect("review is due");
+        analyse(store, "1.2.47", "1.2.47.2", Priority::Urgent, &rules).await;
+        assert!(store.claim_message("ris", lease).await.unwrap().is_none(), "urgent waits for the review on the wire");
+        assert!(store.message_retry(&review, "no ACK", Duration::ZERO).await.unwrap());
+        let m = store.claim_message("ris", lease).await.unwrap().expect("urgent is due");
+        assert_eq!(m.priority, Some(Priority::Urgent));
+        assert!(store.message_done(&m, "127.0.0.1:2575").await.unwrap());
+        assert!(store.claim_message("ris", lease).await.unwrap().is_none(), "review is not tried again");
+    });
+    assert_eq!(messages(&setup), [pair("urgent", "delivered"), pair("urgent", "delivered")]);
+}
+
 fn another_image_of_the_study_extends_the_settling(backend: Backend) {
     let setup = Setup::new(backend);
     let rules = [rule(Priority::ALL, Duration::from_millis(400))];
@@ -245,6 +277,7 @@ on_both_backends!(
     an_urgent_pa_then_a_routine_lateral_give_one_urgent_message,
     review_then_urgent_give_two_messages,
     a_settling_message_gives_way_to_a_higher_one,
+    a_message_tried_before_a_higher_one_is_never_sent_after_it,
     another_image_of_the_study_extends_the_settling,
     a_message_below_urgent_waits_for_the_studys_other_images,
     only_the_destinations_priorities_send_a_message,
