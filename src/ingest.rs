@@ -109,8 +109,9 @@ pub struct Recovery {
     /// committing them).
     pub left: usize,
     pub requeued_jobs: u64,
-    /// SOP Instance UIDs of the jobs quarantined now (see `Store::recover_interrupted_jobs`).
-    pub quarantined: Vec<String>,
+    /// SOP Instance UIDs of the jobs interrupted as often as allowed, which the first worker to
+    /// take them quarantines (see `Store::recover_interrupted_jobs`).
+    pub to_quarantine: Vec<String>,
 }
 
 pub struct Ingest {
@@ -266,8 +267,8 @@ impl Ingest {
     /// registered now (rows and a queued job, event `instance_recovered`) rather than deleted:
     /// if the sender retries, the same bytes are recognised as a duplicate. Temporary files were
     /// never acknowledged and were removed when the spool was opened. Jobs left `running` are
-    /// re-queued, or quarantined when the node has died while analysing them `quarantine_after`
-    /// times.
+    /// re-queued; one the node has died analysing `quarantine_after` times is then quarantined,
+    /// and reported "not analysed", by the first worker that takes it.
     ///
     /// `analysed` tells, by SOP Class UID, whether a recovered instance is queued for analysis.
     ///
@@ -282,7 +283,7 @@ impl Ingest {
         let interrupted = self.store.recover_interrupted_jobs(quarantine_after).await?;
         let mut report = Recovery {
             requeued_jobs: interrupted.requeued,
-            quarantined: interrupted.quarantined,
+            to_quarantine: interrupted.to_quarantine,
             ..Default::default()
         };
         let known = self.store.known_paths().await?;

@@ -166,12 +166,19 @@ impl Worker {
                     due.push(job);
                     continue;
                 }
-                // taken over from a node that died while analysing it, as often as we allow
+                // a node died while analysing it as often as we allow (this one, before its
+                // restart, or another whose lease ran out)
                 let reason = format!(
-                    "quarantined: a node stopped {} time(s) while analysing this image; it is not analysed again",
+                    "quarantined: a node stopped {} time(s) while analysing this image; it is not analysed again \
+                     (`pneumotriage requeue` tries once more)",
                     job.interruptions
                 );
-                error!(job = job.id, instance = job.instance_id, %reason, "job quarantined");
+                error!(
+                    job = job.id,
+                    sop_instance_uid = %job.sop_instance_uid,
+                    %reason,
+                    "quarantined an image; it is reported \"not analysed\""
+                );
                 // not opened again: the report goes by message only
                 self.runtime.clone().block_on(self.end_unanalysed(
                     &job,

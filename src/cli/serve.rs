@@ -29,7 +29,7 @@ use pneumotriage::shutdown::Shutdown;
 use pneumotriage::spool::Spool;
 use pneumotriage::store::{JobScope, Store};
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::preflight::{Checked, ModelsError};
 
@@ -257,11 +257,11 @@ async fn recover(config: &Config, ingest: &Ingest, store: &Store) -> anyhow::Res
             "spool files without rows younger than {SHARED_ORPHAN_MIN_AGE:?} are left to the node storing them (shared spool); a later start-up registers any still without rows"
         );
     }
-    for sop_instance_uid in &recovery.quarantined {
-        error!(
+    for sop_instance_uid in &recovery.to_quarantine {
+        warn!(
             sop_instance_uid = %sop_instance_uid,
             times = quarantine_after,
-            "quarantined an image: the node stopped every time it analysed it; it is not analysed again"
+            "the node stopped every time it analysed an image: it is quarantined, not analysed again"
         );
     }
     if recovery.registered > 0 || recovery.requeued_jobs > 0 || recovery.unreadable > 0 {

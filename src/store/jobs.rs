@@ -59,8 +59,9 @@ impl JobEnd {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct InterruptedJobs {
     pub requeued: u64,
-    /// The SOP Instance UIDs of the jobs quarantined now.
-    pub quarantined: Vec<String>,
+    /// The SOP Instance UIDs of those among them interrupted as often as allowed: the worker
+    /// that takes each quarantines it.
+    pub to_quarantine: Vec<String>,
 }
 
 /// A DICOM object made of a result, already written under `<data_dir>/outputs`.
@@ -519,37 +520,28 @@ impl Store {
 
     /// Start-up recovery of the jobs left `running`: those claimed by this node (it died while
     /// analysing them) and those whose lease has expired (another node died). Each counts an
-    /// interruption; one interrupted `quarantine_after` times is quarantined (failed, event
-    /// `job_quarantined`), so that an image that kills the node cannot do so at every restart;
-    /// the others are re-queued.
+    /// interruption and goes back in the queue. One interrupted `quarantine_after` times is
+    /// quarantined by the worker that takes it next, without opening its image, and reported
+    /// "not analysed" like any image the node could not analyse, so that an image that kills the
+    /// node cannot do so at every restart and is still never silent.
     pub async fn recover_interrupted_jobs(&self, quarantine_after: u32) -> Result<InterruptedJobs> {
         let now = self.now();
-        let limit = i64::from(quarantine_after);
-        let reason = format!(
-            "quarantined: the node stopped {quarantine_after} time(s) while analysing this image; \
-             it is not analysed again (`pneumotriage requeue` tries once more)"
-        );
         let mut tx = self.begin_write().await?;
-        let recovered: Vec<(i64, JobState)> = sqlx::query_as(
-            "UPDATE jobs SET interruptions = interruptions + 1, \
-                 state = CASE WHEN interruptions + 1 >= $1 THEN 'failed' ELSE 'queued' END, \
-                 quarantined_at = CASE WHEN interruptions + 1 >= $1 THEN $2 ELSE NULL END, \
-                 reason = CASE WHEN interruptions + 1 >= $1 THEN $3 ELSE reason END, \
-                 claimed_by = NULL, lease_expires_at = NULL, updated_at = $2 \
-             WHERE state = 'running' AND (claimed_by = $4 OR claimed_by IS NULL \
-                                          OR lease_expires_at IS NULL OR lease_expires_at < $2) \
-             RETURNING id, state",
+        let recovered: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE jobs SET interruptions = interruptions + 1, state = 'queued', \
+                 claimed_by = NULL, lease_expires_at = NULL, updated_at = $1 \
+             WHERE state = 'running' AND (claimed_by = $2 OR claimed_by IS NULL \
+                                          OR lease_expires_at IS NULL OR lease_expires_at < $1) \
+             RETURNING id, interruptions",
         )
-        .bind(limit)
         .bind(now)
-        .bind(&reason)
         .bind(self.node())
         .fetch_all(&mut *tx)
         .await?;
         let mut report = InterruptedJobs::default();
-        for (id, state) in recovered {
-            if state == JobState::Queued {
-                report.requeued += 1;
+        for (id, interruptions) in recovered {
+            report.requeued += 1;
+            if interruptions < i64::from(quarantine_after) {
                 continue;
             }
             let (sop,): (String,) = sqlx::query_as(
@@ -558,9 +550,7 @@ impl Store {
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-            let event = Event::new(EventKind::JobQuarantined).instance(&sop).detail(&reason);
-            insert_event(&mut *tx, self.node(), self.now(), &event).await?;
-            report.quarantined.push(sop);
+            report.to_quarantine.push(sop);
         }
         if report.requeued > 0 {
             let detail = format!("{} job(s) left running were re-queued", report.requeued);

@@ -317,8 +317,8 @@ fn poison_codestream_fails_before_decoding(backend: Backend) {
 }
 
 /// The crash-loop breaker: an image that was being analysed each time the node died is
-/// quarantined at the restart after `quarantine_after` (2) such deaths, the worklist says so,
-/// and the node goes on. The images in its batch when the node first died are then analysed
+/// quarantined at the restart after `quarantine_after` (2) such deaths, unopened, reported "not
+/// analysed" (a notice), the worklist says so, and the node goes on. The images in its batch when the node first died are then analysed
 /// one by one, so that they are not quarantined with it.
 fn image_that_kills_the_node_twice_is_quarantined(backend: Backend) {
     let mut setup = Setup::new(backend); // analysis off until the batch is waiting
@@ -367,8 +367,17 @@ fn image_that_kills_the_node_twice_is_quarantined(backend: Backend) {
     let node = setup.start();
     let log = node.wait_for_log("quarantined an image");
     assert!(log.contains(&uid), "{log}");
-    assert_eq!(job_state().as_deref(), Some("failed"));
+    assert!(log.contains("the node stopped every time it analysed an image"), "said at start-up: {log}");
     setup.wait_count("SELECT COUNT(*) FROM jobs WHERE quarantined_at IS NOT NULL AND interruptions = 2", 1);
+    assert_eq!(job_state().as_deref(), Some("failed"));
+    // reported "not analysed", as any image the node could not analyse: never silent
+    setup.wait_count(
+        &format!(
+            "SELECT COUNT(*) FROM notices n JOIN instances i ON i.id = n.instance_id \
+             WHERE i.sop_instance_uid = '{uid}' AND n.reason LIKE 'quarantined:%'"
+        ),
+        1,
+    );
     setup.wait_count("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND quarantined_at IS NULL", 3);
     setup.wait_count("SELECT COUNT(*) FROM events WHERE kind = 'job_quarantined'", 1);
     let study = common::study_instance_uid(&slow);
