@@ -7,6 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use crate::config::selection::{compile, SelectionAction, SelectionConfig, SelectionRule, TagMatch};
+use crate::domain::storable_text;
 
 /// The tags the rules look at, as an image has them (trimmed; multi-valued ones split).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,14 +29,15 @@ impl Tags {
     pub fn of(obj: &InMemDicomObject, calling_ae: &str) -> Tags {
         let values = |tag| -> Vec<String> {
             let text = obj.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()).unwrap_or_default();
-            text.split('\\').map(|v| v.trim_matches(|c: char| c == ' ' || c == '\0').to_string()).collect()
+            // a NUL inside a value would reach the reason, which the database and the reports keep
+            text.split('\\').map(|v| storable_text(v.trim_matches(|c: char| c == ' ' || c == '\0'))).collect()
         };
         let mut view_code = Vec::new();
         if let Some(items) = obj.element_opt(tags::VIEW_CODE_SEQUENCE).ok().flatten().and_then(|e| e.items()) {
             for item in items {
                 for tag in [tags::CODE_VALUE, tags::CODE_MEANING] {
                     if let Some(v) = item.element_opt(tag).ok().flatten().and_then(|e| e.to_str().ok()) {
-                        view_code.push(v.trim().to_string());
+                        view_code.push(storable_text(v.trim()));
                     }
                 }
             }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Backend, Event, JobScope, Result, Store};
 use crate::audit::{AuditEvent, Peer};
-use crate::domain::{DeliveryState, EventKind, ObjectKind};
+use crate::domain::{storable_text, DeliveryState, EventKind, ObjectKind};
 
 /// A delivery this node has claimed, with what the sender needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -217,7 +217,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(sql)
             .bind(end.state)
-            .bind(end.error)
+            .bind(end.error.map(storable_text))
             .bind(now + end.delay_ms)
             .bind(now)
             .bind(id)

@@ -13,7 +13,7 @@ use super::ingest::insert_event;
 use super::messages::{make_messages, not_analysed_control_id};
 use super::{Backend, Event, Result, Store};
 use crate::config::Config;
-use crate::domain::{Decision, EventKind, JobState, MessageRule, ObjectKind, Policy, Priority};
+use crate::domain::{storable_text, Decision, EventKind, JobState, MessageRule, ObjectKind, Policy, Priority};
 
 /// A job this node has claimed, with what the worker needs to find the instance.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -467,7 +467,7 @@ impl Store {
         )
         .bind(job.instance_id)
         .bind(job.id)
-        .bind(reason)
+        .bind(storable_text(reason))
         .bind(self.node())
         .bind(now)
         .fetch_one(&mut *tx)
@@ -508,7 +508,7 @@ impl Store {
                  lease_expires_at = NULL, updated_at = $3 \
              WHERE id = $4 AND state = 'running' AND claimed_by = $5",
         )
-        .bind(reason)
+        .bind(storable_text(reason))
         .bind(now + delay.as_millis() as i64)
         .bind(now)
         .bind(job.id)
@@ -744,7 +744,7 @@ async fn finish<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
          WHERE id = $4 AND state = 'running' AND claimed_by = $5",
     )
     .bind(state)
-    .bind(reason)
+    .bind(reason.map(storable_text))
     .bind(now)
     .bind(job_id)
     .bind(node)

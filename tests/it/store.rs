@@ -140,6 +140,24 @@ fn a_retried_job_waits_for_its_time_then_counts_its_attempts(backend: Backend) {
     assert_eq!(setup.count("SELECT COUNT(*) FROM events WHERE kind = 'analysis_failed'"), 1);
 }
 
+/// A NUL inside a reason (a tag value read from the image, a receiver's error text) is kept as
+/// U+FFFD: PostgreSQL refuses NUL in text, and the write would fail at every try.
+fn reasons_with_a_nul_are_recorded(backend: Backend) {
+    let setup = Setup::new(backend);
+    setup.with_store(async |store| {
+        store.migrate().await.unwrap();
+        store.record_instance(&instance("1.2.6.5", 1)).await.unwrap();
+        let lease = Duration::from_secs(60);
+        let job = store.claim_job(lease, JobScope::AnySpool).await.unwrap().unwrap();
+        assert!(store.retry_job(&job, "decoder said \0", Duration::ZERO).await.unwrap());
+        let job = store.claim_job(lease, JobScope::AnySpool).await.unwrap().expect("due now");
+        let reason = "not selected: Body Part Examined SKULL\0X";
+        assert!(store.end_job(&job, JobEnd::Skipped, reason).await.unwrap());
+    });
+    let kept = "SELECT COUNT(*) FROM jobs WHERE state = 'skipped' AND reason = 'not selected: Body Part Examined SKULL\u{FFFD}X'";
+    assert_eq!(setup.count(kept), 1);
+}
+
 /// The workers ask for the jobs a node died analysing apart from the others (they are
 /// analysed alone in the node), and those come first.
 fn interrupted_jobs_are_claimed_apart_and_first(backend: Backend) {
@@ -320,6 +338,7 @@ on_both_backends!(
     two_nodes_claim_each_job_once_and_take_over_expired_leases,
     a_retried_job_waits_for_its_time_then_counts_its_attempts,
     interrupted_jobs_are_claimed_apart_and_first,
+    reasons_with_a_nul_are_recorded,
     results_of_one_study_recorded_at_once_give_its_priority_and_one_message,
     migrations_upgrade_a_database_with_records
 );
