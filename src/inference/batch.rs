@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::analyse::{AnalyseError, Analyser, Analysis, Preparation, Prepared};
 use super::checks::Skip;
+use super::runtime::RuntimeError;
 use super::selection::Selection;
 use crate::domain::SkipCause;
 use crate::imaging::{self, ImagingError};
@@ -34,6 +35,8 @@ impl From<AnalyseError> for Unanalysed {
             }
             AnalyseError::Imaging(e) => Unanalysed::Failed(e.to_string()),
             AnalyseError::Skipped(skip) => Unanalysed::Skipped(skip),
+            // the same image would give NaN again
+            AnalyseError::Runtime(e @ RuntimeError::NotANumber { .. }) => Unanalysed::Failed(e.to_string()),
             AnalyseError::Runtime(e) => Unanalysed::Transient(e.to_string()),
             AnalyseError::Selection(e) => Unanalysed::Failed(e),
         }

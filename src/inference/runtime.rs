@@ -39,6 +39,10 @@ pub enum RuntimeError {
          {source} (the GPU build of ONNX Runtime is PyPI's onnxruntime-gpu with its [cuda,cudnn] extras)"
     )]
     GpuRequired { name: String, device: u16, source: ort::Error },
+    /// A model gave NaN: no decision can be made of it (a positive would be called, NaN being
+    /// below no threshold), and the same image would give it again.
+    #[error("model {name} gave NaN (not a number) for this image; it is not analysed")]
+    NotANumber { name: String },
     #[error("model {name}: {message}")]
     Shape { name: String, message: String },
 }
@@ -218,14 +222,18 @@ impl Model {
         };
         let (_, values) = output.try_extract_tensor::<f32>().map_err(fail)?;
         let per_image = values.len() / batch;
-        Ok(values
+        let probabilities: Vec<Vec<f32>> = values
             .par_chunks_exact(per_image.max(1))
             .take(inputs.len())
             .map(|image| match s.output_kind {
                 OutputKind::Probabilities => image.to_vec(),
                 OutputKind::Logits => image.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
             })
-            .collect())
+            .collect();
+        if probabilities.par_iter().any(|image| image.iter().any(|v| v.is_nan())) {
+            return Err(RuntimeError::NotANumber { name: s.name.clone() });
+        }
+        Ok(probabilities)
     }
 }
 

@@ -326,3 +326,69 @@ fn the_int8_and_fp16_variants_run_in_the_node_with_the_same_decisions() {
         assert_eq!(decisions, float32, "{kind}");
     }
 }
+
+/// A classifier that gives NaN (a broken export, an fp16 overflow) fails the image: NaN is
+/// below no threshold, and taken as a probability it would call every image positive. One that
+/// gives NaN for every image is stopped at the warm-up, before any image, and says why.
+#[test]
+fn a_model_that_gives_nan_fails_the_image_rather_than_calling_it_positive() {
+    let work = tempfile::tempdir().unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let manifest = std::fs::read_to_string(models.join("manifest.toml")).unwrap();
+    let loaded = pneumotriage::inference::Manifest::load(&models.join("manifest.toml")).unwrap();
+    let (classifier, segmenter) = (
+        loaded.model(pneumotriage::inference::Role::Classifier),
+        loaded.model(pneumotriage::inference::Role::Segmenter),
+    );
+    let copy = work.path().join(&segmenter.file);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(loaded.path_of(segmenter), copy).unwrap();
+    let files = synthetic_images(&work.path().join("images"), 2, 77);
+    // The classifier's output times sqrt(1 - the input's brightest value): NaN for a radiograph
+    // (its normalised values pass 1), finite for the warm-up's blank image; or, for every image,
+    // the output taken through sqrt(-1 - |x|).
+    let head = "import onnx, sys\nfrom onnx import helper, TensorProto\nm = onnx.load(sys.argv[1])\n\
+                inp, out = m.graph.input[0].name, m.graph.output[0].name\nfor n in m.graph.node:\n    \
+                n.output[:] = ['raw' if o == out else o for o in n.output]\n\
+                one = helper.make_tensor('one', TensorProto.FLOAT, [], [1.0])\n\
+                minus_one = helper.make_tensor('minus_one', TensorProto.FLOAT, [], [-1.0])\n\
+                m.graph.initializer.extend([one, minus_one])\n";
+    let per_image = "m.graph.node.extend([helper.make_node('GlobalMaxPool', [inp], ['max']), \
+                     helper.make_node('Flatten', ['max'], ['flat'], axis=1), \
+                     helper.make_node('Sub', ['one', 'flat'], ['left']), helper.make_node('Sqrt', ['left'], ['root']), \
+                     helper.make_node('Mul', ['raw', 'root'], [out])])\nonnx.save(m, sys.argv[2])";
+    let always = "m.graph.node.extend([helper.make_node('Abs', ['raw'], ['abs']), \
+                  helper.make_node('Sub', ['minus_one', 'abs'], ['neg']), helper.make_node('Sqrt', ['neg'], [out])])\n\
+                  onnx.save(m, sys.argv[2])";
+    let infer_with = |name: &str, tail: &str| {
+        let nan = work.path().join(format!("{name}.onnx"));
+        let script = format!("{head}{tail}");
+        let made = Command::new(python()).args(["-c", &script]).arg(loaded.path_of(classifier)).arg(&nan).output();
+        let made = made.unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&nan).unwrap()));
+        let edited = manifest
+            .replace(&classifier.sha256, &digest)
+            .replace(&format!("file = \"{}\"", classifier.file), &format!("file = \"{name}.onnx\""));
+        std::fs::write(work.path().join(format!("{name}.toml")), edited).unwrap();
+        let config = work.path().join(format!("{name}-config.toml"));
+        let models = work.path().join(format!("{name}.toml")).display().to_string();
+        std::fs::write(&config, format!("[inference]\nmodels = {models:?}\nthreads = 1\n")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pneumotriage"))
+            .arg("infer")
+            .arg("--config")
+            .arg(&config)
+            .args(&files)
+            .output()
+            .unwrap()
+    };
+    let run = infer_with("classifier-nan-on-radiographs", per_image);
+    let report = text(&run);
+    assert!(!report.contains(": Positive") && !report.contains(": Negative"), "{report}");
+    assert_eq!(report.matches("gave NaN (not a number) for this image").count(), 2, "{report}");
+
+    let run = infer_with("classifier-nan-always", always);
+    let report = text(&run);
+    assert!(!run.status.success(), "{report}");
+    assert!(report.contains("warming up the models: model pneumotriage-demo-classifier gave NaN"), "{report}");
+}
