@@ -126,6 +126,18 @@ impl Manifest {
             if Path::new(&m.file).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
                 return Err(bad("file: a relative path inside the manifest's directory"));
             }
+            // the objects name the model in LO values (Algorithm Name and Version; "name version"
+            // in the SEG's Content Description): 64 characters at most, one value each
+            let words = format!("{} {}", m.name, m.version);
+            if m.name.trim().is_empty() || m.version.trim().is_empty() {
+                return Err(bad("name/version: neither may be empty"));
+            }
+            if words.chars().count() > 64 || words.chars().any(|c| c.is_control() || c == '\\') {
+                return Err(bad(
+                    "name/version: together, with a space between, at most 64 characters, without a backslash or \
+                     a control character (the DICOM objects carry them as LO values)",
+                ));
+            }
         }
         Ok(manifest)
     }
@@ -151,5 +163,41 @@ impl Manifest {
             });
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model's name and version go into the objects as LO values: one that would make an
+    /// invalid object is refused when the manifest is read, naming the key.
+    #[test]
+    fn names_the_objects_cannot_carry_are_refused() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml");
+        let text = std::fs::read_to_string(&demo).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.toml");
+        // with its version, "0.1.0", and a space: 58 characters fill the 64
+        let (longest, too_long) = ("n".repeat(58), "n".repeat(59));
+        for (name, ok) in [
+            ("pneumotriage-demo-classifier", true),
+            (longest.as_str(), true),
+            (too_long.as_str(), false),
+            ("back\\slash", false),
+            ("tab\tbed", false),
+            ("Größe – ok", true),
+            (" ", false),
+        ] {
+            let edited = text.replacen("name = \"pneumotriage-demo-classifier\"", &format!("name = {name:?}"), 1);
+            std::fs::write(&path, edited).unwrap();
+            match Manifest::load(&path) {
+                Ok(_) => assert!(ok, "{name:?} taken"),
+                Err(e) => {
+                    assert!(!ok, "{name:?} refused: {e}");
+                    assert!(e.to_string().contains("models[0].name/version"), "{e}");
+                }
+            }
+        }
     }
 }

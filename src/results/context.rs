@@ -74,6 +74,10 @@ pub struct Context<'a> {
     /// When the objects are made, as DICOM DA and TM: one time for all of an image's objects.
     pub date: String,
     pub time: String,
+    /// The source's Timezone Offset From UTC, which `date` and `time` are given in and the
+    /// objects carry; without one both are this host's local time, as the source's own times
+    /// presumably are (PS3.3 C.12.1.1.8: one offset holds for every date and time of an object).
+    pub utc_offset: Option<String>,
 }
 
 impl<'a> Context<'a> {
@@ -94,8 +98,9 @@ impl<'a> Context<'a> {
             study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
             series_instance_uid: source_text(source, tags::SERIES_INSTANCE_UID),
         };
-        let (date, time) = dicom_now();
-        Ok(Context { source, source_key, models, uid_root, node_name, date, time })
+        let utc_offset = source_text(source.dataset, tags::TIMEZONE_OFFSET_FROM_UTC).filter(|o| offset_of(o).is_some());
+        let (date, time) = dicom_now(utc_offset.as_deref().and_then(offset_of));
+        Ok(Context { source, source_key, models, uid_root, node_name, date, time, utc_offset })
     }
 
     /// The UID for `role` ("instance", "series", ...) in the object of `kind`: a hash of the
@@ -138,7 +143,14 @@ impl<'a> Context<'a> {
         };
         let mut obj = InMemDicomObject::new_empty();
         copy_patient_and_study(self.source.dataset, &mut obj);
+        if let Some(offset) = &self.utc_offset {
+            obj.put(text(tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, offset));
+        }
         for element in [
+            // Text is written in UTF-8, whatever the source declared: the copied values are read
+            // as text already, and what the node adds (the series description, the models'
+            // names) may hold what the source's character set cannot (or no set was declared).
+            text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
             text(tags::SOP_CLASS_UID, VR::UI, uids.sop_class_uid),
             text(tags::SOP_INSTANCE_UID, VR::UI, &uids.sop_instance_uid),
             text(tags::INSTANCE_CREATION_DATE, VR::DA, &self.date),
@@ -162,30 +174,33 @@ impl<'a> Context<'a> {
 }
 
 /// The attributes copied from the source: patient and study. Type 2 attributes the source
-/// lacks are written empty.
+/// lacks are written empty; the others only where the source has them (the issuer of the
+/// patient ID among them: a PACS that files by issuer files the objects with their source).
 fn copy_patient_and_study(source: &InMemDicomObject, target: &mut InMemDicomObject) {
-    for (tag, vr) in [
-        (tags::SPECIFIC_CHARACTER_SET, VR::CS),
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_INSTANCE_UID, VR::UI),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-        (tags::STUDY_DESCRIPTION, VR::LO),
+    for (tag, empty_if_absent) in [
+        (tags::PATIENT_NAME, Some(VR::PN)),
+        (tags::PATIENT_ID, Some(VR::LO)),
+        (tags::ISSUER_OF_PATIENT_ID, None),
+        (tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE, None),
+        (tags::OTHER_PATIENT_I_DS_SEQUENCE, None),
+        (tags::PATIENT_BIRTH_DATE, Some(VR::DA)),
+        (tags::PATIENT_SEX, Some(VR::CS)),
+        (tags::STUDY_INSTANCE_UID, Some(VR::UI)),
+        (tags::STUDY_DATE, Some(VR::DA)),
+        (tags::STUDY_TIME, Some(VR::TM)),
+        (tags::REFERRING_PHYSICIAN_NAME, Some(VR::PN)),
+        (tags::STUDY_ID, Some(VR::SH)),
+        (tags::ACCESSION_NUMBER, Some(VR::SH)),
+        (tags::STUDY_DESCRIPTION, None),
     ] {
-        match source.element_opt(tag).ok().flatten() {
-            Some(e) => {
+        match (source.element_opt(tag).ok().flatten(), empty_if_absent) {
+            (Some(e), _) => {
                 target.put(e.clone());
             }
-            None if tag != tags::SPECIFIC_CHARACTER_SET && tag != tags::STUDY_DESCRIPTION => {
+            (None, Some(vr)) => {
                 target.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
             }
-            None => {}
+            (None, None) => {}
         }
     }
 }
@@ -201,11 +216,30 @@ fn source_text(source: &InMemDicomObject, tag: Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Now as DICOM DA and TM, in UTC.
-pub fn dicom_now() -> (String, String) {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    (digits[..8].to_string(), digits[8..14].to_string())
+/// Now as DICOM DA and TM: at `offset` from UTC, else in this host's local time.
+pub fn dicom_now(offset: Option<chrono::FixedOffset>) -> (String, String) {
+    let now = chrono::Utc::now();
+    let at = now.with_timezone(&offset.unwrap_or_else(|| *now.with_timezone(&chrono::Local).offset()));
+    (at.format("%Y%m%d").to_string(), at.format("%H%M%S").to_string())
+}
+
+/// A Timezone Offset From UTC (`+HHMM` or `-HHMM`, PS3.5 Table 6.2-1 DT) as an offset; `None`
+/// when it is not one.
+fn offset_of(value: &str) -> Option<chrono::FixedOffset> {
+    let (sign, digits) = match value.as_bytes() {
+        [b'+', rest @ ..] => (1, rest),
+        [b'-', rest @ ..] => (-1, rest),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number = |d: &[u8]| i32::from(d[0] - b'0') * 10 + i32::from(d[1] - b'0');
+    let (hours, minutes) = (number(&digits[..2]), number(&digits[2..]));
+    if hours > 14 || minutes > 59 {
+        return None;
+    }
+    chrono::FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
 }
 
 #[cfg(test)]
@@ -255,6 +289,69 @@ pub(super) mod tests {
         assert_eq!(ctx.device_observer_uid(), uid::derive("2.25", &["device observer", "node-a"]));
     }
 
+    /// What the node writes itself may hold what no source character set can (a series
+    /// description "KI – Größe", a model's name), and a source may declare a set the writer
+    /// cannot encode (ISO 2022 with Japanese): every object is UTF-8, and says so.
+    #[test]
+    fn objects_are_written_in_utf8_whatever_the_source_declared() {
+        let manifest = manifest();
+        for declared in [None, Some("ISO_IR 100"), Some("\\ISO 2022 IR 87")] {
+            let mut source = source();
+            if let Some(declared) = declared {
+                source.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, declared));
+            }
+            source.put(text(tags::PATIENT_NAME, VR::PN, "Müller^Jörg=山田^太郎"));
+            let ctx = context(&source, &manifest);
+            let series = Series { number: 9902, description: "KI – Größe" };
+            let (obj, uids) = ctx.new_object(ObjectKind::Sr, "1.2.840.10008.5.1.4.1.1.88.34", "SR", series);
+            let bytes = crate::results::common::Built::new(obj, uids).unwrap().to_bytes().unwrap();
+            let written = String::from_utf8_lossy(&bytes);
+            assert!(written.contains("ISO_IR 192"), "{declared:?}");
+            assert!(!written.contains("ISO 2022") && !written.contains("ISO_IR 100"), "{declared:?}");
+            assert!(written.contains("KI – Größe") && written.contains("Müller^Jörg=山田^太郎"), "{declared:?}");
+        }
+    }
+
+    /// The objects' dates and times are given at the source's offset from UTC, which they then
+    /// carry; a source without one gets this host's local time and no offset.
+    #[test]
+    fn times_are_given_at_the_sources_offset_from_utc() {
+        let manifest = manifest();
+        let mut source = source();
+        source.put(text(tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+1345"));
+        let ctx = context(&source, &manifest);
+        let at = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(13 * 3600 + 45 * 60).unwrap());
+        assert_eq!(ctx.date, at.format("%Y%m%d").to_string());
+        let (ours, theirs) = (ctx.time[..4].to_string(), at.format("%H%M").to_string());
+        let earlier = (at - chrono::Duration::minutes(1)).format("%H%M").to_string();
+        assert!(ours == theirs || ours == earlier, "{ours} at +1345, {theirs} now");
+        let (obj, _) = ctx.new_object(
+            ObjectKind::Seg,
+            "1.2.840.10008.5.1.4.1.1.66.4",
+            "SEG",
+            Series { number: 1, description: "" },
+        );
+        assert_eq!(obj.element(tags::TIMEZONE_OFFSET_FROM_UTC).unwrap().to_str().unwrap(), "+1345");
+
+        for bad in ["+1500", "0100", "+01:00", "-0960", ""] {
+            assert_eq!(offset_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(offset_of("-0330"), chrono::FixedOffset::west_opt(3 * 3600 + 30 * 60));
+        let plain = super::tests::source();
+        let ctx = context(&plain, &manifest);
+        assert_eq!(ctx.utc_offset, None);
+        let (obj, _) = ctx.new_object(
+            ObjectKind::Seg,
+            "1.2.840.10008.5.1.4.1.1.66.4",
+            "SEG",
+            Series { number: 1, description: "" },
+        );
+        assert!(obj.element_opt(tags::TIMEZONE_OFFSET_FROM_UTC).unwrap().is_none());
+        let local = chrono::Local::now();
+        assert_eq!(ctx.date.len(), 8);
+        assert!(ctx.date == local.format("%Y%m%d").to_string() || local.format("%H%M").to_string() == "0000");
+    }
+
     #[test]
     fn a_source_without_its_identity_makes_nothing() {
         let manifest = manifest();
@@ -286,5 +383,17 @@ pub(super) mod tests {
         assert_eq!(uids.study_instance_uid, "1.2.3.4");
         assert_eq!(get(tags::PATIENT_ID), "P1");
         assert_eq!(get(tags::CONTENT_DATE), ctx.date);
+        assert!(obj.element_opt(tags::ISSUER_OF_PATIENT_ID).unwrap().is_none(), "type 3: only if the source has it");
+
+        let mut issued = source.clone();
+        issued.put(text(tags::ISSUER_OF_PATIENT_ID, VR::LO, "HOSP-A"));
+        let ctx = context(&issued, &manifest);
+        let (obj, _) = ctx.new_object(
+            ObjectKind::Sr,
+            "1.2.840.10008.5.1.4.1.1.88.34",
+            "SR",
+            Series { number: 1, description: "" },
+        );
+        assert_eq!(obj.element(tags::ISSUER_OF_PATIENT_ID).unwrap().to_str().unwrap(), "HOSP-A");
     }
 }

@@ -100,7 +100,8 @@ pub fn build(ctx: &Context, series: Series, mask: &[bool], width: u32, height: u
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &organization)])],
     ));
-    obj.put(text(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D"));
+    // No Dimension Organization Type (type 3): its "3D" is a volume of parallel planes, which a
+    // projection radiograph's one frame is not (highdicom leaves it out, and refuses "3D" here).
     obj.put(seq(
         tags::DIMENSION_INDEX_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
@@ -182,6 +183,7 @@ mod tests {
         assert_eq!(built.object.meta().media_storage_sop_instance_uid(), built.uids.sop_instance_uid);
         assert_eq!(built.uids.sop_instance_uid, ctx.derive_uid(ObjectKind::Seg, "instance"));
         assert_eq!(get(tags::PATIENT_ORIENTATION), "L\\F");
+        assert!(built.object.element_opt(tags::DIMENSION_ORGANIZATION_TYPE).unwrap().is_none(), "not a volume");
     }
 
     #[test]
