@@ -39,6 +39,8 @@ pub enum SpoolError {
     Invalid(#[source] ScanError),
     #[error("{0}")]
     InvalidUid(String),
+    #[error("another copy of this instance was stored at {0} at the same moment (another node, or a fetch beside the node); the sender may try again")]
+    Taken(PathBuf),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -61,6 +63,8 @@ pub struct Spool {
     /// pruning at once rather than at its next interval. 0: none.
     free_target_bytes: u64,
     pressure: tokio::sync::Notify,
+    /// Study folders whose own entry this process has made durable (see `place`).
+    durable_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// A file being received; removed on drop unless it was placed into the spool.
@@ -104,7 +108,11 @@ impl Spool {
         for dir in [root.join(TMP_DIR), tmp] {
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
-                if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // what a command beside the node (`fetch`) is writing stays; an earlier process
+                // with this one's ID has nothing in hand
+                let writing = writer(&name).is_some_and(|pid| pid != std::process::id() && is_running(pid));
+                if name.ends_with(TMP_SUFFIX) && !writing {
                     fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                     removed += 1;
                 }
@@ -127,6 +135,7 @@ impl Spool {
             bucket: None,
             free_target_bytes: 0,
             pressure: tokio::sync::Notify::new(),
+            durable_dirs: Default::default(),
         })
     }
 
@@ -253,15 +262,15 @@ impl Spool {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    /// This node's temporary files that no receive in progress holds: those a process before
-    /// this one left (their names start with its process ID), as paths.
+    /// This node's temporary files that no receive in progress holds: those a process that has
+    /// ended left (their names start with its process ID), as paths. Not those of a command
+    /// running beside the node (`fetch` writes here too).
     pub fn stale_temporaries(&self) -> Vec<PathBuf> {
-        let ours = format!("{}-", std::process::id());
         let Ok(entries) = fs::read_dir(&self.tmp) else { return Vec::new() };
         entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.ends_with(TMP_SUFFIX) && !name.starts_with(&ours))
+            .filter(|name| name.ends_with(TMP_SUFFIX) && writer(name).is_none_or(|pid| !is_running(pid)))
             .map(|name| self.tmp.join(name))
             .collect()
     }
@@ -292,27 +301,55 @@ impl Spool {
         Ok(TempInstance { path, file: Some(file), bytes: 0, flushed: 0 })
     }
 
-    /// Moves a complete, synced temporary file to `relative` and makes the rename durable.
+    /// Moves a complete, synced temporary file to `relative` and makes the rename durable. Never
+    /// over a file already there: two processes can store one UID at once (nodes sharing the
+    /// spool, or `fetch` beside the node), each sure it is the first, and the loser must not
+    /// replace the file whose rows the winner committed.
     pub fn place(&self, temp: &mut TempInstance, relative: &str) -> Result<(), SpoolError> {
         let target = self.root.join(relative);
         let dir = target.parent().expect("spool paths have a study directory");
-        let created_dir = !dir.exists();
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        if let Err(e) = fs::rename(&temp.path, &target) {
+        // The folder's own entry in the root must be durable too: synced by the first file this
+        // process places in the folder, whoever made it (another receive may have made it a
+        // moment before and not synced the root yet), and again once it is made anew (the sweep
+        // removes folders left empty). Not at every file: a sync of a folder with nothing new
+        // still costs the disk a cache flush.
+        let mut fresh = self.make_dir(dir)?;
+        if let Err(e) = rename_new(&temp.path, &target) {
             // the sweep may have removed the study's folder, found empty, in between: once more
             if e.kind() != io::ErrorKind::NotFound {
-                return Err(io_err(&target)(e));
+                return Err(placing_failed(&target, e));
             }
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-            fs::rename(&temp.path, &target).map_err(io_err(&target))?;
+            fresh |= self.make_dir(dir)?;
+            rename_new(&temp.path, &target).map_err(|e| placing_failed(&target, e))?;
         }
         temp.file = None;
         temp.path = PathBuf::new();
         sync_dir(dir)?;
-        if created_dir {
+        if fresh || !self.durable_dirs().contains(dir) {
             sync_dir(&self.root)?;
+            let mut durable = self.durable_dirs();
+            if durable.len() >= DURABLE_DIRS_KEPT {
+                durable.clear(); // forgetting costs a sync, not durability
+            }
+            durable.insert(dir.to_path_buf());
         }
         Ok(())
+    }
+
+    /// Makes study folder `dir` if it is not there; whether this call made it. A folder made
+    /// anew is first forgotten as durable, so that another receive placing a file in it
+    /// meanwhile syncs the root itself.
+    fn make_dir(&self, dir: &Path) -> Result<bool, SpoolError> {
+        if dir.is_dir() {
+            return Ok(false);
+        }
+        self.durable_dirs().remove(dir);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(true)
+    }
+
+    fn durable_dirs(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.durable_dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes a placed file whose rows could not be committed. Not from the bucket: there,
@@ -420,6 +457,40 @@ impl TempInstance {
     }
 }
 
+/// The process ID a temporary file's name starts with (`<pid>-<n>.part`).
+fn writer(name: &str) -> Option<u32> {
+    name.split_once('-')?.0.parse().ok()
+}
+
+/// Whether process `pid` is running (on this host: a node's temporary folder is its own).
+fn is_running(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return false };
+    // a process of another user (an admin's `fetch` under sudo) answers "not permitted"
+    matches!(rustix::process::test_kill_process(pid), Ok(()) | Err(rustix::io::Errno::PERM))
+}
+
+/// Renames `from` to `to` unless `to` exists. Where the file system cannot rename that way
+/// (`RENAME_NOREPLACE` is not everywhere), a hard link, which never replaces, then the removal
+/// of `from`.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        other => other.map_err(io::Error::from),
+    }
+}
+
+fn placing_failed(target: &Path, e: io::Error) -> SpoolError {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        SpoolError::Taken(target.to_path_buf())
+    } else {
+        io_err(target)(e)
+    }
+}
+
 impl Drop for TempInstance {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
@@ -471,11 +542,27 @@ pub fn write_all_durably(root: &Path, files: &[(String, &[u8])]) -> Result<(), S
             dirs.push(dir);
         }
     }
-    dirs.par_iter().try_for_each(|dir| sync_dir(dir))
+    dirs.par_iter().try_for_each(|dir| sync_dirs(dir, root))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// How many study folders `Spool::place` remembers as durable (a few hundred bytes each).
+const DURABLE_DIRS_KEPT: usize = 10_000;
+
+/// Makes durable the files' new names in `dir` and `dir`'s own entry in the folders up to
+/// `root`: every time, not only when this call made `dir` (another writer may have made it a
+/// moment before and not synced its parent yet).
+fn sync_dirs(dir: &Path, root: &Path) -> Result<(), SpoolError> {
+    sync_dir(dir)?;
+    let mut at = dir;
+    while let Some(parent) = at.parent().filter(|p| p.starts_with(root)) {
+        sync_dir(parent)?;
+        at = parent;
+    }
+    Ok(())
 }
 
 /// A UID fit to be a path component: digits and dots, 1 to 64 characters, no empty component.
@@ -534,6 +621,58 @@ mod tests {
             assert_eq!(node_folder(name), folder);
             assert!(!node_folder(name).contains('/') && node_folder(name) != "..");
         }
+    }
+
+    fn temp_with(spool: &Spool, bytes: &[u8]) -> TempInstance {
+        let mut temp = spool.create_temp("1.2.840.10008.5.1.4.1.1.1", "1.2.3.4", "1.2.840.10008.1.2.1").unwrap();
+        temp.write(bytes).unwrap();
+        temp.sync().unwrap();
+        temp
+    }
+
+    /// Two processes storing one UID at once each take it for the first version: the second
+    /// file placed must not replace the first (whose rows may be committed), and is refused.
+    #[test]
+    fn a_file_is_never_placed_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), "node", 0, 1 << 20).unwrap();
+        let mut first = temp_with(&spool, b"first");
+        let mut second = temp_with(&spool, b"second");
+        spool.place(&mut first, "1.2/1.2.3.4.dcm").unwrap();
+        let second_path = second.path().to_path_buf();
+        match spool.place(&mut second, "1.2/1.2.3.4.dcm") {
+            Err(SpoolError::Taken(path)) => assert!(path.ends_with("1.2/1.2.3.4.dcm")),
+            other => panic!("placed over the first: {other:?}"),
+        }
+        let kept = fs::read(dir.path().join("1.2/1.2.3.4.dcm")).unwrap();
+        assert!(kept.ends_with(b"first"), "the first file is intact");
+        drop(second);
+        assert!(!second_path.exists(), "the refused file is removed");
+    }
+
+    /// The temporary files of a process still running (a `fetch` beside the node) are neither
+    /// swept nor removed at start-up; those of processes that ended are.
+    #[test]
+    fn temporaries_of_a_running_process_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), "node", 0, 1 << 20).unwrap();
+        let mut beside = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let tmp = dir.path().join(TMP_DIR).join("node");
+        let (live, ended, ours) = (
+            tmp.join(format!("{}-0{TMP_SUFFIX}", beside.id())),
+            tmp.join(format!("{}-0{TMP_SUFFIX}", i32::MAX - 1)),
+            tmp.join(format!("{}-0{TMP_SUFFIX}", std::process::id())),
+        );
+        for path in [&live, &ended, &ours] {
+            fs::write(path, b"part").unwrap();
+        }
+        assert_eq!(spool.stale_temporaries(), std::slice::from_ref(&ended), "only the ended process's");
+        let (_, removed) = Spool::open(dir.path(), "node", 0, 1 << 20).unwrap();
+        assert_eq!(removed, 2, "at start-up, the ended process's and an earlier one's with this ID");
+        assert!(live.exists() && !ended.exists() && !ours.exists());
+        beside.kill().unwrap();
+        beside.wait().unwrap();
+        assert_eq!(spool.stale_temporaries(), [live], "once the process has ended");
     }
 
     #[test]
