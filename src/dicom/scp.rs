@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
-    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ,
-    UserVariableItem,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, UserVariableItem,
 };
 use dicom_ul::Pdu;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,21 +38,54 @@ const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
 pub struct Scp {
     config: DicomConfig,
     ingest: Arc<Ingest>,
-    /// Bounds concurrent associations; a permit lives as long as its association.
-    associations: Arc<Semaphore>,
-    /// Associations open per remote address, bounded below the global limit so that one peer
-    /// (idle or hostile) cannot take every slot.
-    per_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Associations: `dicom.max_associations`, `dicom.max_associations_per_host` from one address.
+    associations: Slots,
+    /// Connections not associated yet (a TLS handshake, the A-ASSOCIATE-RQ awaited), within the
+    /// same two numbers: before the allow-list is read, any host may connect, and idle sockets
+    /// held until the ARTIM timeout would otherwise be bounded by nothing but file descriptors,
+    /// which the spool and the database need too.
+    unassociated: Slots,
 }
 
-/// An association's hold on the limits: its global permit and its slot for its address.
-struct Admission {
+/// A bounded number of holders, and fewer from any one address, so that one peer (idle or
+/// hostile) cannot take every slot.
+struct Slots {
+    all: Arc<Semaphore>,
+    per_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    host_limit: usize,
+}
+
+/// A hold on a slot of [`Slots`], given back when dropped.
+struct Slot {
     _permit: OwnedSemaphorePermit,
     per_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
-impl Drop for Admission {
+/// Why no slot was free.
+enum Full {
+    Host(usize),
+    All,
+}
+
+impl Slots {
+    fn new(limit: usize, host_limit: usize) -> Slots {
+        Slots { all: Arc::new(Semaphore::new(limit)), per_host: Arc::default(), host_limit }
+    }
+
+    fn take(&self, ip: IpAddr) -> Result<Slot, Full> {
+        let mut counts = self.per_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let from_host = counts.get(&ip).copied().unwrap_or(0);
+        if from_host >= self.host_limit {
+            return Err(Full::Host(from_host));
+        }
+        let permit = self.all.clone().try_acquire_owned().map_err(|_| Full::All)?;
+        *counts.entry(ip).or_insert(0) += 1;
+        Ok(Slot { _permit: permit, per_host: self.per_host.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.per_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(n) = counts.get_mut(&self.ip) {
@@ -66,8 +99,9 @@ impl Drop for Admission {
 
 impl Scp {
     pub fn new(config: DicomConfig, ingest: Arc<Ingest>) -> Arc<Scp> {
-        let associations = Arc::new(Semaphore::new(config.max_associations));
-        Arc::new(Scp { config, ingest, associations, per_host: Arc::default() })
+        let associations = Slots::new(config.max_associations, config.max_associations_per_host);
+        let unassociated = Slots::new(config.max_associations, config.max_associations_per_host);
+        Arc::new(Scp { config, ingest, associations, unassociated })
     }
 
     /// Accepts associations on the plain listener and, when configured, the TLS one, until
@@ -94,8 +128,14 @@ impl Scp {
             match accepted {
                 Ok((stream, peer, tls)) => {
                     backoff = Duration::from_millis(10);
+                    let Ok(slot) = self.unassociated.take(peer.ip().to_canonical()) else {
+                        // closed at once: counted, not logged one by one (a flood would fill the log)
+                        debug!(%peer, "too many connections waiting to associate; closed");
+                        crate::metrics::association(false);
+                        continue;
+                    };
                     let scp = self.clone();
-                    associations.spawn(async move { scp.handle_connection(stream, peer, tls).await });
+                    associations.spawn(async move { scp.handle_connection(stream, peer, tls, slot).await });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin or die.
@@ -118,7 +158,15 @@ impl Scp {
         }
     }
 
-    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    /// One connection: its TLS handshake and A-ASSOCIATE-RQ within the ARTIM timeout, holding
+    /// `unassociated` until then, and the association if it is admitted.
+    async fn handle_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        unassociated: Slot,
+    ) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
@@ -166,6 +214,7 @@ impl Scp {
                 return;
             }
         };
+        drop(unassociated);
         let calling_ae = conformance::trim_uid(request.calling_ae_title.trim()).to_string();
         match self.admit(&request, &calling_ae, peer) {
             Err((rejection, reason)) => {
@@ -216,7 +265,7 @@ impl Scp {
         request: &AssociationRQ,
         calling_ae: &str,
         peer: SocketAddr,
-    ) -> Result<Admission, (AssociationRJ, String)> {
+    ) -> Result<Slot, (AssociationRJ, String)> {
         let user_reject = |reason: AssociationRJServiceUserReason, text: String| {
             (
                 AssociationRJ {
@@ -226,6 +275,16 @@ impl Scp {
                 text,
             )
         };
+        // PS3.8 9.3.2: bit 0 of the protocol version names the one version there is
+        if request.protocol_version & 1 == 0 {
+            let reject = AssociationRJ {
+                result: AssociationRJResult::Permanent,
+                source: AssociationRJSource::ServiceProviderASCE(
+                    AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+                ),
+            };
+            return Err((reject, format!("protocol version {:#06x} not supported", request.protocol_version)));
+        }
         if request.application_context_name.trim_end_matches('\0') != APPLICATION_CONTEXT {
             return Err(user_reject(
                 AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
@@ -271,16 +330,13 @@ impl Scp {
             )
         };
         let ip = peer.ip().to_canonical();
-        let mut counts = self.per_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let from_host = counts.get(&ip).copied().unwrap_or(0);
-        if from_host >= self.config.max_associations_per_host {
-            return Err(busy(format!("already {from_host} associations from {ip} (dicom.max_associations_per_host)")));
-        }
-        let permit = self.associations.clone().try_acquire_owned().map_err(|_| {
-            busy(format!("already {} concurrent associations (dicom.max_associations)", self.config.max_associations))
-        })?;
-        *counts.entry(ip).or_insert(0) += 1;
-        Ok(Admission { _permit: permit, per_host: self.per_host.clone(), ip })
+        self.associations.take(ip).map_err(|full| match full {
+            Full::Host(n) => busy(format!("already {n} associations from {ip} (dicom.max_associations_per_host)")),
+            Full::All => busy(format!(
+                "already {} concurrent associations (dicom.max_associations)",
+                self.config.max_associations
+            )),
+        })
     }
 
     /// Records an audit event about a peer; a database outage is logged, not fatal.
@@ -590,7 +646,10 @@ impl Association {
         if crate::spool::sanitize_uid(sop_instance).is_none() {
             return Sink::Discard(Refusal::Unreadable("the Affected SOP Instance UID is not a valid UID".into()));
         }
-        if conformance::service_for(sop_class, &self.scp.config).is_none() {
+        // Verification is a service of its own (C-ECHO), not a storage class
+        let storage = conformance::service_for(sop_class, &self.scp.config)
+            .filter(|service| *service != conformance::Service::Verification);
+        if storage.is_none() {
             return Sink::Discard(Refusal::UnsupportedClass("SOP class not supported".into()));
         }
         if sop_class != context.abstract_syntax {

@@ -286,6 +286,52 @@ for a in held:
     let _ = hog.wait();
 }
 
+/// Idle sockets that never associate (from any host: the allow-list is read only with the
+/// A-ASSOCIATE-RQ) are bounded like associations: past `max_associations_per_host` from one
+/// address the node closes them at once, and others still get in.
+fn idle_connections_from_one_host_are_bounded(backend: Backend) {
+    let setup = Setup::with(backend, "", "max_associations = 6\nmax_associations_per_host = 2");
+    let _node = setup.start();
+    let script = r#"
+import socket, sys, time
+socks = []
+for _ in range(6):
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    socks.append(s)
+time.sleep(0.5)
+states = []
+for s in socks:
+    s.settimeout(0.5)
+    try:
+        states.append("closed" if s.recv(1) == b"" else "data")
+    except socket.timeout:
+        states.append("open")
+    except ConnectionResetError:
+        states.append("closed")
+print(" ".join(states), flush=True)
+time.sleep(float(sys.argv[2]))
+"#;
+    let mut hog = Command::new(python())
+        .args(["-c", script, &setup.port.to_string(), "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    let mut stdout = hog.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        first_line.push(byte[0] as char);
+    }
+    assert_eq!(first_line, "open open closed closed closed closed");
+    // while those two wait, another host associates
+    let out = storescu(setup.port, &[], &[&pydicom_data("RG1_UNCR.dcm")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = hog.kill();
+    let _ = hog.wait();
+}
+
 /// Point 2: a JPEG 2000 image whose codestream claims 60000 x 60000 while the data set says
 /// 1955 x 1841 is stored, then fails alone before any decoder allocates; the node stays up
 /// across a restart and does not take the job again.
@@ -401,6 +447,7 @@ on_both_backends!(
     control_characters_from_peers_are_escaped,
     bad_first_pdus_get_an_abort,
     one_host_cannot_take_every_association,
+    idle_connections_from_one_host_are_bounded,
     poison_codestream_fails_before_decoding,
     image_that_kills_the_node_twice_is_quarantined,
 );

@@ -66,6 +66,62 @@ fn mr_is_refused_unless_store_only_is_configured(backend: Backend) {
     assert_eq!(rows[0].4, "skipped", "store-only classes are never analysed");
 }
 
+/// A C-STORE on the Verification context is not a store: Verification is C-ECHO alone, so its
+/// SOP class is not a storage class the node takes (0x0122), whatever the data set holds.
+fn a_store_of_the_verification_class_is_refused_0122(backend: Backend) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    const VERIFICATION: &str = "1.2.840.10008.1.1";
+    let setup = Setup::with(backend, "", "accept_all_storage = true");
+    let _node = setup.start();
+    let obj = dicom_object::InMemDicomObject::from_element_iter([
+        DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(VERIFICATION)),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.6")),
+        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+    ]);
+    let mut data = Vec::new();
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    obj.write_dataset_with_ts(&mut data, &ts).unwrap();
+    let mut assoc = associate(setup.port, &[(VERIFICATION, EXPLICIT_LE)]).unwrap();
+    let ctx = context_id(&assoc, VERIFICATION);
+    assert_eq!(scu::store(&mut assoc, ctx, VERIFICATION, "1.2.3.4.6", &data), 0x0122);
+    assoc.release().unwrap();
+    assert_nothing_kept(&setup);
+}
+
+/// PS3.8 9.3.2: an association request of a protocol version other than 1 is rejected by the
+/// ACSE, reason "protocol version not supported" (source 2, reason 2), permanently.
+fn an_unknown_protocol_version_is_rejected(backend: Backend) {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    use std::io::{Read, Write};
+    let setup = Setup::new(backend);
+    let node = setup.start();
+    let request = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 2,
+        calling_ae_title: "TESTSCU".into(),
+        called_ae_title: "PNEUMOTRIAGE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::pdu::write_pdu(&mut bytes, &request).unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&0x03), "A-ASSOCIATE-RJ expected, got {reply:?}");
+    assert_eq!(&reply[7..10], &[1, 2, 2], "rejected permanently by the ACSE: protocol version not supported");
+    let log = node.wait_for_log("association rejected");
+    assert!(log.contains("protocol version 0x0002 not supported"), "{log}");
+    assert_nothing_kept(&setup);
+}
+
 fn malformed_data_set_is_answered_c000(backend: Backend) {
     let setup = Setup::new(backend);
     let node = setup.start();
@@ -183,6 +239,8 @@ on_both_backends!(
     known_ae_from_another_host_is_rejected,
     wrong_called_ae_is_rejected,
     mr_is_refused_unless_store_only_is_configured,
+    a_store_of_the_verification_class_is_refused_0122,
+    an_unknown_protocol_version_is_rejected,
     malformed_data_set_is_answered_c000,
     data_set_that_contradicts_its_command_is_answered_a900,
     disk_below_the_floor_is_answered_a700,
