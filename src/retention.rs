@@ -188,7 +188,9 @@ impl Retention {
         let mut pressure = 0;
         while self.free_bytes()? < target {
             pressure = 1;
-            // local copies the bucket keeps go first: nothing is lost
+            // With a bucket, local copies it keeps are what can go: nothing is lost. Deleting
+            // items early would delete them from the bucket and free nothing here, where their
+            // copies are gone already: what fills the disk then is work still to do.
             if self.cache_bytes.is_some() {
                 let need = target.saturating_sub(self.free_bytes()?);
                 let evicted = self.evict_local_copies(None, need, "to make room").await?;
@@ -196,6 +198,9 @@ impl Retention {
                     pruned.evicted.add(evicted);
                     continue;
                 }
+                pressure = 2;
+                pruned.nothing_left = true;
+                break;
             }
             // a batch at a time, until there is room again or nothing finished is left: objects
             // already delivered first (the PACS has them), then the oldest finished images

@@ -452,3 +452,29 @@ impl Store {
         Ok((kept(images), kept(outputs)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweep asks which files have rows by path: through an index, not a read of every
+    /// output row (they are kept for as long as the results).
+    #[tokio::test]
+    async fn output_rows_are_found_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/plan.db", dir.path().display()), 1, "test").await.unwrap();
+        store.migrate().await.unwrap();
+        for table in ["instances", "outputs"] {
+            let sql = format!("EXPLAIN QUERY PLAN SELECT path FROM {table} WHERE path IN ($1, $2)");
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind("1.2/1.2.3.dcm")
+                .bind("1.2/1.2.4.dcm")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+            let plan: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+            assert!(plan.iter().all(|d| !d.starts_with("SCAN")), "{table}: {plan:#?}");
+            assert!(plan.iter().any(|d| d.contains("INDEX")), "{table}: {plan:#?}");
+        }
+    }
+}

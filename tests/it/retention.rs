@@ -459,10 +459,10 @@ fn with_an_object_store_local_copies_are_a_cache_with_a_size_limit() {
 }
 
 /// With an object store and free space below the target (1 PiB here), the local copies of
-/// finished items go first, all of them, and only then are finished items deleted early (from
-/// the bucket too): none of the released ones had a local copy left to delete.
+/// finished items go, all of them, and nothing is deleted early: deleting from the bucket would
+/// free nothing on this disk, where those items have no copy left.
 #[test]
-fn under_disk_pressure_local_copies_go_before_anything_is_deleted_early() {
+fn under_disk_pressure_local_copies_go_and_the_bucket_keeps_everything() {
     let s3 = crate::common::s3::S3::start();
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let db = simulation_db(Backend::Sqlite, dir.path());
@@ -479,11 +479,12 @@ fn under_disk_pressure_local_copies_go_before_anything_is_deleted_early() {
 
         let pruned = site.retention.prune().await.unwrap();
         let finished = 10 + objects as u64;
-        assert_eq!(pruned.evicted.files, finished, "every finished local copy went first: {pruned:?}");
-        assert_eq!(pruned.under_pressure.files, finished, "then every finished item: {pruned:?}");
-        assert!(pruned.nothing_left, "{pruned:?}");
-        assert_eq!(s3.keys("pressure/spool/").len(), 3, "the images still to analyse stay in the bucket");
-        assert!(s3.keys("pressure/outputs/").is_empty());
+        assert_eq!(pruned.evicted.files, finished, "every finished local copy went: {pruned:?}");
+        assert_eq!(pruned.under_pressure.files, 0, "nothing deleted early: {pruned:?}");
+        assert!(pruned.nothing_left, "the disk is still short, and nothing here can go: {pruned:?}");
+        assert_eq!(s3.keys("pressure/spool/").len(), 13, "the bucket keeps every image");
+        assert_eq!(s3.keys("pressure/outputs/").len(), objects as usize, "and every object");
+        assert_eq!(site.count("SELECT COUNT(*) FROM instances WHERE released_at IS NOT NULL").await, 0);
         assert_eq!(disk_use(&site.spool).1, 3);
         site.store.close().await;
     });
