@@ -226,6 +226,12 @@ impl Link {
             }
             Link::Udp(socket) => {
                 for m in messages {
+                    // one datagram per record (RFC 5426): a longer one would fail at every try and
+                    // hold back every record after it
+                    if m.len() > MAX_DATAGRAM {
+                        tracing::error!(bytes = m.len(), "an audit record is longer than a UDP datagram; dropped");
+                        continue;
+                    }
                     within(socket.send(m.as_bytes())).await?;
                 }
                 Ok(())
@@ -254,6 +260,10 @@ impl Link {
         }
     }
 }
+
+/// The largest UDP payload over IPv6 (65,535 less its 8-byte header and IPv6's 40): what any
+/// repository's address can take.
+const MAX_DATAGRAM: usize = 65_487;
 
 async fn within<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
     match tokio::time::timeout(NETWORK_TIMEOUT, f).await {
@@ -456,5 +466,27 @@ async fn pause(stop: &Shutdown, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = stop.triggered() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record longer than a datagram is dropped, and the records after it still go (it would
+    /// otherwise fail at every try and hold them all back).
+    #[tokio::test]
+    async fn a_record_longer_than_a_datagram_does_not_hold_back_the_others() {
+        let repository = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(repository.local_addr().unwrap()).await.unwrap();
+        let mut link = Link::Udp(socket);
+        let records = ["first".to_string(), "x".repeat(MAX_DATAGRAM + 1), "after".to_string()];
+        link.send(&records).await.expect("sent");
+        let mut buf = vec![0u8; 70_000];
+        for expected in ["first", "after"] {
+            let n = tokio::time::timeout(Duration::from_secs(5), repository.recv(&mut buf)).await.unwrap().unwrap();
+            assert_eq!(&buf[..n], expected.as_bytes());
+        }
     }
 }

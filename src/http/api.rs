@@ -123,12 +123,22 @@ pub struct StudiesQuery {
     limit: Option<usize>,
 }
 
+/// The longest query string `/api/studies` takes.
+const MAX_QUERY: usize = 2048;
+
 pub async fn studies(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
     Query(query): Query<StudiesQuery>,
 ) -> Result<Response, ApiError> {
+    // its few parameters fit in far less, and a record as long as a URL may be fits no datagram
+    if raw.as_ref().is_some_and(|raw| raw.len() > MAX_QUERY) {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the query is longer than {MAX_QUERY} characters"),
+        ));
+    }
     let priorities: Option<Vec<Priority>> = filter("priority", &query.priority)?;
     let states: Option<Vec<StudyState>> = filter("state", &query.state)?;
     // the list names patients: the query is on the audit trail before anything is read

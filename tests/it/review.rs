@@ -148,6 +148,9 @@ fn verdicts_through_the_api_and_the_page_make_the_report(backend: Backend) {
     let as_form = [("Authorization", lee.as_str()), ("Content-Type", "text/plain")];
     let (status, _, _) = http_request(setup.http_port, "POST", &path(positives[0].1), &as_form, agree).unwrap();
     assert_eq!(status, 415);
+    // a query string as long as a URL may be: refused before it reaches the audit trail
+    let long = format!("/api/studies?priority={}", "a".repeat(3000));
+    assert_eq!(http_request(setup.http_port, "GET", &long, &[("Authorization", lee.as_str())], "").unwrap().0, 414);
     assert_eq!(post(&setup, &path(999_999), Some(LEE), agree).0, 404);
     assert_eq!(post(&setup, "/api/results/x/verdict", Some(LEE), agree).0, 404);
 
