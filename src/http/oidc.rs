@@ -271,13 +271,22 @@ impl Verifier {
         jwk.and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
     }
 
-    /// Reads the keys again (the provider rotated them), at most once a minute.
+    /// Reads the keys again (the provider rotated them), at most once a minute, whether the
+    /// reading succeeds or not: the time is taken before, under the lock, so that tokens naming
+    /// unknown keys (anyone can send them) start one reading a minute, not one each.
     fn read_keys_again(&self) -> Result<(), String> {
-        if self.keys.read().unwrap_or_else(|e| e.into_inner()).read_at.elapsed() < KEYS_AGAIN_AFTER {
-            return Ok(());
+        {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            if keys.read_at.elapsed() < KEYS_AGAIN_AFTER {
+                return Ok(());
+            }
+            keys.read_at = Instant::now();
         }
-        let set = read_keys(&self.fetcher, &self.jwks_uri)?;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys { set, read_at: Instant::now() };
+        let set = read_keys(&self.fetcher, &self.jwks_uri).map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the OpenID provider's keys again");
+            "signed with a key this node cannot check now".to_string()
+        })?;
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).set = set;
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Signing in on the page with the hospital's OpenID provider: the authorization code flow with
-//! PKCE (RFC 7636, S256), a state and a nonce per attempt; the ID token checked; then a session
-//! cookie (`Secure`, `HttpOnly`, `SameSite=Lax`) that the API takes as it takes a token, until
-//! it expires or the person signs out.
+//! PKCE (RFC 7636, S256), a state and a nonce per attempt, the state also in a cookie of the
+//! browser that started it (the callback is taken from that browser only); the ID token
+//! checked; then a session cookie (`Secure`, `HttpOnly`, `SameSite=Lax`) that the API takes as
+//! it takes a token, until it expires or the person signs out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,10 @@ use crate::audit::{AuditEvent, User};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "pneumotriage_session";
+
+/// The cookie that ties a sign-in's `state` to the browser that started it: a callback from
+/// another browser (a link to a half-finished sign-in of someone else's account) is refused.
+const SIGNIN_COOKIE: &str = "pneumotriage_signin";
 
 /// How long a sign-in may take at the provider.
 const ATTEMPT_TTL: Duration = Duration::from_secs(600);
@@ -122,13 +127,26 @@ pub async fn login(State(state): State<AppState>) -> Result<Response, ApiError> 
         .finish();
     let separator = if verifier.authorization_endpoint.contains('?') { "&" } else { "?" };
     let url = format!("{}{separator}{query}", verifier.authorization_endpoint);
-    let mut attempts = state.sessions.attempts.lock().unwrap_or_else(|e| e.into_inner());
+    let cookie =
+        format!("{SIGNIN_COOKIE}={id}; Path=/auth; Max-Age={}; Secure; HttpOnly; SameSite=Lax", ATTEMPT_TTL.as_secs());
+    remember(&mut state.sessions.attempts.lock().unwrap_or_else(|e| e.into_inner()), id, attempt);
+    let mut response = redirect(&url);
+    response.headers_mut().insert(header::SET_COOKIE, header::HeaderValue::from_str(&cookie).expect("ASCII"));
+    Ok(response)
+}
+
+/// Keeps a sign-in under way, forgetting the expired ones and, when there are too many, the
+/// oldest: a flood of /auth/login costs its own attempts, never the sign-in of the next person.
+fn remember(attempts: &mut HashMap<String, Attempt>, id: String, attempt: Attempt) {
     attempts.retain(|_, a| a.started.elapsed() < ATTEMPT_TTL);
-    if attempts.len() >= MAX_ATTEMPTS {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many sign-ins under way; try again shortly"));
+    while attempts.len() >= MAX_ATTEMPTS {
+        let oldest = attempts.iter().min_by_key(|(_, a)| a.started).map(|(id, _)| id.clone());
+        match oldest {
+            Some(oldest) => attempts.remove(&oldest),
+            None => break,
+        };
     }
     attempts.insert(id, attempt);
-    Ok(redirect(&url))
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,17 +161,23 @@ pub struct Callback {
 pub async fn callback(
     State(state): State<AppState>,
     caller: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     Query(answer): Query<Callback>,
 ) -> Result<Response, ApiError> {
     let (verifier, _) = configured(&state)?;
     let address = caller.map(|c| c.0 .0.ip().to_canonical().to_string());
-    let attempt = answer.state.as_deref().and_then(|id| {
+    let started_here = answer.state.is_some() && cookie(&headers, SIGNIN_COOKIE) == answer.state;
+    let attempt = answer.state.as_deref().filter(|_| started_here).and_then(|id| {
         let mut attempts = state.sessions.attempts.lock().unwrap_or_else(|e| e.into_inner());
         attempts.remove(id).filter(|a| a.started.elapsed() < ATTEMPT_TTL)
     });
     let identity = match (attempt, answer.code, answer.error) {
         (_, _, Some(error)) => {
             Err(format!("the provider refused: {error} {}", answer.error_description.unwrap_or_default()))
+        }
+        (None, _, _) if !started_here => {
+            Err("this sign-in was not started in this browser (its state is not the one this browser was given)"
+                .to_string())
         }
         (None, _, _) => Err("no sign-in under way with this state (expired, or not started here)".to_string()),
         (Some(_), None, _) => Err("the provider gave no code".to_string()),
@@ -185,8 +209,11 @@ pub async fn callback(
         sessions.insert(id.clone(), session);
     }
     let cookie = format!("{COOKIE}={id}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax", minutes * 60);
+    let done = format!("{SIGNIN_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Lax");
     let mut response = redirect("/");
-    response.headers_mut().insert(header::SET_COOKIE, header::HeaderValue::from_str(&cookie).expect("ASCII"));
+    for cookie in [cookie, done] {
+        response.headers_mut().append(header::SET_COOKIE, header::HeaderValue::from_str(&cookie).expect("ASCII"));
+    }
     Ok(response)
 }
 
@@ -212,6 +239,19 @@ mod tests {
     fn pkce_s256_follows_rfc_7636() {
         // RFC 7636 appendix B
         assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    }
+
+    /// A flood of /auth/login forgets its own oldest attempts; the newest is always kept.
+    #[test]
+    fn attempts_past_the_limit_forget_the_oldest() {
+        let mut attempts = HashMap::new();
+        let attempt = || Attempt { verifier: String::new(), nonce: String::new(), started: Instant::now() };
+        for i in 0..MAX_ATTEMPTS + 5 {
+            remember(&mut attempts, format!("a{i}"), attempt());
+        }
+        assert_eq!(attempts.len(), MAX_ATTEMPTS);
+        assert!(attempts.contains_key(&format!("a{}", MAX_ATTEMPTS + 4)), "the newest is kept");
+        assert!(!attempts.contains_key("a0"), "the oldest went");
     }
 
     #[test]

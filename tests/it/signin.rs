@@ -180,6 +180,48 @@ fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
     assert_eq!(offered["sign_in"], "/auth/login", "the 401 offers the sign-in");
 }
 
+/// A sign-in's state is tied to the browser that started it: the callback of someone else's
+/// half-finished sign-in (a link an insider sends, to swap the victim into their account) is
+/// refused before the code is exchanged, and does not spend the attempt.
+#[test]
+fn a_callback_from_another_browser_is_refused() {
+    let mut setup = Setup::new(Backend::Sqlite);
+    let public = format!("http://localhost:{}", setup.http_port);
+    let provider = OidcProvider::start(setup.dir.path(), &format!("{public}/auth/callback"));
+    setup.http = format!(
+        "public_url = \"{public}/\"\n[http.oidc]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n\
+         client_id = \"{AUDIENCE}\"\nclient_secret = \"a-client-secret-for-the-node\"\n",
+        provider.issuer
+    );
+    setup.write_config("", "", common::DEFAULT_PEERS);
+    let _node = setup.start();
+    let (status, head, _) = http_request(setup.http_port, "GET", "/auth/login", &[], "").unwrap();
+    assert_eq!(status, 303, "{head}");
+    let state = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: pneumotriage_signin=")
+                .or_else(|| l.strip_prefix("Set-Cookie: pneumotriage_signin="))
+        })
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("a sign-in cookie: {head}"))
+        .to_string();
+    assert!(head.contains(&format!("state={state}")), "the cookie holds the state the provider is given: {head}");
+    assert!(head.to_lowercase().contains("httponly") && head.contains("Path=/auth"), "{head}");
+
+    let callback = format!("/auth/callback?code=a-code&state={state}");
+    let (status, _, body) = http_request(setup.http_port, "GET", &callback, &[], "").unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not started in this browser"), "{body}");
+    // the browser that started it gets as far as the provider (which knows no such code)
+    let cookie = format!("pneumotriage_signin={state}");
+    let (status, _, body) = http_request(setup.http_port, "GET", &callback, &[("Cookie", &cookie)], "").unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("not started in this browser") && !body.contains("no sign-in under way"), "{body}");
+}
+
 /// Behind a reverse proxy that signs people in: the user and roles it names in its headers are
 /// taken from its address only; the same headers from any other address are refused.
 #[test]
