@@ -158,7 +158,9 @@ fn exchange(target: &Hl7Target, message: &str) -> Result<Vec<u8>, MllpError> {
             .filter(|d| !d.is_zero())
             .ok_or(MllpError::Timeout(target.timeout))
     };
+    // the write runs the TLS handshake, which reads the server's answer: bounded too
     connection.tcp().set_write_timeout(Some(remaining()?)).map_err(MllpError::Write)?;
+    connection.tcp().set_read_timeout(Some(remaining()?)).map_err(MllpError::Write)?;
     connection
         .write_all(&frame(message))
         .and_then(|()| connection.flush())

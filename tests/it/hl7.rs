@@ -326,3 +326,32 @@ fn tls_to_an_untrusted_receiver_is_transient_and_sends_nothing() {
     assert!(matches!(&result, Err(MessageError::Transient(_))), "{result:?}");
     assert!(receiver.received().is_empty());
 }
+
+/// TLS towards a peer that takes the connection and never answers (a plain MLLP port, a stuck
+/// receiver): the handshake, run by the first write, is bounded by the timeout like the rest;
+/// the destination's one sender is not stalled for ever.
+#[test]
+fn tls_to_a_silent_peer_is_transient_after_the_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.accept().map(|(stream, _)| stream));
+    let config = pneumotriage::tls::client_config(&certs.path().join("ca.crt"), None).expect("the CA file is usable");
+    let target = Hl7Target {
+        host: "127.0.0.1".into(),
+        port,
+        tls: Some((config, "localhost".into())),
+        timeout: Duration::from_secs(1),
+    };
+    let (message, control_id) = example();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let _ = done.send((send(&target, &message, &control_id), started.elapsed()));
+    });
+    let (result, took) = result.recv_timeout(Duration::from_secs(10)).expect("the send ends");
+    assert!(matches!(&result, Err(MessageError::Transient(_))), "{result:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(held.join());
+}
