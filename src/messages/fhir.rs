@@ -436,7 +436,8 @@ fn identifier_system(issuer: &str) -> Option<String> {
 }
 
 /// The `ifNoneExist` search on an identifier, escaped for FHIR search (`\ , $ |`) and then for
-/// the URL query.
+/// the URL query. Without a system, `|value`: an identifier without a system, not the value in
+/// any system (another clinic's MRN that happens to be the same number is someone else).
 fn identifier_search(system: Option<&str>, value: &str) -> String {
     let escape = |s: &str| {
         let mut out = String::new();
@@ -450,7 +451,7 @@ fn identifier_search(system: Option<&str>, value: &str) -> String {
     };
     match system {
         Some(system) => format!("identifier={}|{}", escape(system), escape(value)),
-        None => format!("identifier={}", escape(value)),
+        None => format!("identifier=|{}", escape(value)),
     }
 }
 
@@ -690,7 +691,8 @@ mod tests {
         assert_eq!(patient["birthDate"], "1970-01-01");
         assert_eq!(patient["gender"], "male");
         assert_eq!(patient["identifier"][0], json!({ "value": "PAT001", "assigner": { "display": "HOSP" } }));
-        assert_eq!(bundle["entry"][0]["request"]["ifNoneExist"], "identifier=PAT001");
+        // no system: only an identifier without one matches, never PAT001 of another system
+        assert_eq!(bundle["entry"][0]["request"]["ifNoneExist"], "identifier=|PAT001");
     }
 
     #[test]
