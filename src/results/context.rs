@@ -98,8 +98,10 @@ impl<'a> Context<'a> {
             study_instance_uid: required(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
             series_instance_uid: source_text(source, tags::SERIES_INSTANCE_UID),
         };
-        let utc_offset = source_text(source.dataset, tags::TIMEZONE_OFFSET_FROM_UTC).filter(|o| offset_of(o).is_some());
-        let (date, time) = dicom_now(utc_offset.as_deref().and_then(offset_of));
+        let offset = source_text(source.dataset, tags::TIMEZONE_OFFSET_FROM_UTC)
+            .and_then(|text| offset_of(&text).map(|offset| (text, offset)));
+        let (date, time) = dicom_now(offset.as_ref().map(|(_, offset)| *offset));
+        let utc_offset = offset.map(|(text, _)| text);
         Ok(Context { source, source_key, models, uid_root, node_name, date, time, utc_offset })
     }
 

@@ -266,8 +266,21 @@ for a in held:
     if a.is_established:
         a.release()
 "#;
+    let (mut hog, first_line) = hold_from_another_host(script, setup.port, "15");
+    assert_eq!(first_line, "held held refused");
+    let log = node.wait_for_log("dicom.max_associations_per_host");
+    assert!(log.contains("127.0.0.2"), "{log}");
+    // while they are held, others get in
+    let out = storescu(setup.port, &[], &[&pydicom_data("RG1_UNCR.dcm")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = hog.wait();
+}
+
+/// Runs `script` (Python: the node's port and how long to hold, then prints one line of what it
+/// saw) beside the test; the running script and that line.
+fn hold_from_another_host(script: &str, port: u16, hold_secs: &str) -> (std::process::Child, String) {
     let mut hog = Command::new(python())
-        .args(["-c", script, &setup.port.to_string(), "15"])
+        .args(["-c", script, &port.to_string(), hold_secs])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -277,13 +290,7 @@ for a in held:
     while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
         first_line.push(byte[0] as char);
     }
-    assert_eq!(first_line, "held held refused");
-    let log = node.wait_for_log("dicom.max_associations_per_host");
-    assert!(log.contains("127.0.0.2"), "{log}");
-    // while they are held, others get in
-    let out = storescu(setup.port, &[], &[&pydicom_data("RG1_UNCR.dcm")]);
-    assert!(out.status.success(), "{}", text(&out));
-    let _ = hog.wait();
+    (hog, first_line)
 }
 
 /// Idle sockets that never associate (from any host: the allow-list is read only with the
@@ -313,17 +320,7 @@ for s in socks:
 print(" ".join(states), flush=True)
 time.sleep(float(sys.argv[2]))
 "#;
-    let mut hog = Command::new(python())
-        .args(["-c", script, &setup.port.to_string(), "10"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    let mut stdout = hog.stdout.take().unwrap();
-    let mut byte = [0u8; 1];
-    while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        first_line.push(byte[0] as char);
-    }
+    let (mut hog, first_line) = hold_from_another_host(script, setup.port, "10");
     assert_eq!(first_line, "open open closed closed closed closed");
     // while those two wait, another host associates
     let out = storescu(setup.port, &[], &[&pydicom_data("RG1_UNCR.dcm")]);

@@ -138,13 +138,10 @@ fn the_api_accepts_the_providers_tokens_with_their_roles_and_refuses_the_rest() 
     assert_eq!(verdicts, 1, "only dr.house's verdict");
 }
 
-/// A radiologist signs in on the page in headless Chromium (the provider's login form and
-/// consent), opens the study and records a verdict, which the API shows under the provider's
-/// name for them; after Sign out the session cookie opens nothing.
-#[test]
-fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
-    let mut setup = Setup::analysing(Backend::Sqlite, "");
-    // Chromium keeps a Secure cookie from http://localhost (a secure context); a site has HTTPS
+/// The node's page signs people in with a provider started for it, at `http://localhost:PORT`
+/// (Chromium keeps a Secure cookie from localhost, a secure context; a site has HTTPS): the
+/// provider, and that public URL.
+fn sign_in_on_the_page(setup: &mut Setup) -> (OidcProvider, String) {
     let public = format!("http://localhost:{}", setup.http_port);
     let provider = OidcProvider::start(setup.dir.path(), &format!("{public}/auth/callback"));
     setup.http = format!(
@@ -153,6 +150,16 @@ fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
         provider.issuer
     );
     setup.write_config("", "", common::DEFAULT_PEERS);
+    (provider, public)
+}
+
+/// A radiologist signs in on the page in headless Chromium (the provider's login form and
+/// consent), opens the study and records a verdict, which the API shows under the provider's
+/// name for them; after Sign out the session cookie opens nothing.
+#[test]
+fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
+    let mut setup = Setup::analysing(Backend::Sqlite, "");
+    let (_provider, public) = sign_in_on_the_page(&mut setup);
     let node = setup.start();
     let (study, result) = analysed_positive(&setup);
 
@@ -186,14 +193,7 @@ fn a_radiologist_signs_in_on_the_page_and_records_a_verdict() {
 #[test]
 fn a_callback_from_another_browser_is_refused() {
     let mut setup = Setup::new(Backend::Sqlite);
-    let public = format!("http://localhost:{}", setup.http_port);
-    let provider = OidcProvider::start(setup.dir.path(), &format!("{public}/auth/callback"));
-    setup.http = format!(
-        "public_url = \"{public}/\"\n[http.oidc]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n\
-         client_id = \"{AUDIENCE}\"\nclient_secret = \"a-client-secret-for-the-node\"\n",
-        provider.issuer
-    );
-    setup.write_config("", "", common::DEFAULT_PEERS);
+    let (_provider, _) = sign_in_on_the_page(&mut setup);
     let _node = setup.start();
     let (status, head, _) = http_request(setup.http_port, "GET", "/auth/login", &[], "").unwrap();
     assert_eq!(status, 303, "{head}");
