@@ -98,12 +98,23 @@ pub fn psql(sql: &str) {
 
 /// A port nothing listens on now and that no other test of this run was given: the system may
 /// hand the same free port to two binds in a row (a node was once given it for both DICOM and
-/// HTTP), so each port is given out once.
+/// HTTP), so each port is given out once. Taken below the system's ephemeral range: a port the
+/// system picked (`:0`) lies in it, where the run's outgoing connections take their own ports,
+/// and one of them took a node's port between its handing out and the node's bind.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral.max(20_000));
+    let random = std::collections::hash_map::RandomState::new();
     loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if GIVEN.lock().unwrap().insert(port) {
+        let mut draw = random.build_hasher();
+        draw.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let port = low + (draw.finish() % u64::from(high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && GIVEN.lock().unwrap().insert(port) {
             return port;
         }
     }
